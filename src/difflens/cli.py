@@ -1,0 +1,52 @@
+"""The `difflens` command: one entry point, subcommands registered by each area of the library.
+
+Each area owns a `cli.py` with `register(subparsers)`; handlers are thin wrappers over its Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Areas that contribute subcommands, in the order `difflens --help` lists them.
+_AREAS = [
+    "difflens.embedded.cli",  # world train, generate
+    "difflens.capture.cli",  # sites, cache, cache info
+    "difflens.dictionaries.cli",  # train, eval, analyze
+    "difflens.demo",  # demo
+]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="difflens", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _AREAS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # area not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (CLIError, ValueError, FileNotFoundError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"difflens {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
