@@ -1,0 +1,13 @@
+"""On-disk activation store: sharded, memory-mapped, crash-safe (see `layout` for the folder layout).
+
+    store = ActivationStore.open(path)
+    reader = store.reader("double.18.img.out", 0)
+    for acts_BD, row_ids_B in reader.iter_batches(4096):
+        ...
+"""
+
+from difflens.store.layout import DTYPES
+from difflens.store.reader import ActivationStore, SiteReader
+from difflens.store.writer import ChunkRows, EntrySpec, StoreWriter
+
+__all__ = ["ActivationStore", "SiteReader", "StoreWriter", "EntrySpec", "ChunkRows", "DTYPES"]

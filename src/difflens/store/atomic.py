@@ -1,0 +1,74 @@
+"""Crash-safe file writes: write a temporary file, fsync it, then `os.replace` it into place.
+
+A reader (or a resumed run) therefore sees either the old file or the complete new one,
+never a half-written file, whatever moment the writer is killed at. Leftover temporaries
+carry the `.tmp-` marker and are removed by `remove_temporaries`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+TMP_MARKER = ".tmp-"
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = True) -> None:
+    path = Path(path)
+    tmp = _tmp_path(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), sync_dir)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True) -> None:
+    """Save `array` as a .npy file (never pickled) atomically."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
+
+
+def remove_temporaries(root: str | os.PathLike) -> int:
+    """Delete temporaries left by killed writers under `root`; returns how many were removed."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if TMP_MARKER in name:
+                os.remove(os.path.join(dirpath, name))
+                removed += 1
+    return removed
