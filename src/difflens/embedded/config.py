@@ -1,0 +1,60 @@
+"""Configuration of the embedded shapes-world model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ShapesModelConfig:
+    """Pixel-space FLUX-style model: 4x4 RGB patches of a 64 px image -> a 16x16 grid of image tokens."""
+
+    image_size: int = 64
+    patch_size: int = 4
+    num_double_blocks: int = 2
+    num_single_blocks: int = 2
+    num_heads: int = 4
+    head_dim: int = 24
+    axes_dims_rope: tuple[int, int, int] = (8, 8, 8)  # must sum to head_dim
+    text_layers: int = 2
+    text_heads: int = 4
+    max_text_len: int = 24
+    vocab: list[str] = field(default_factory=list)  # filled from the world's vocabulary when empty
+
+    def __post_init__(self):
+        self.axes_dims_rope = tuple(self.axes_dims_rope)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if sum(self.axes_dims_rope) != self.head_dim:
+            raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to head_dim {self.head_dim}")
+        if not self.vocab:
+            from ..world import vocabulary
+
+            self.vocab = vocabulary()
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def width(self) -> int:
+        """Residual-stream width of the transformer (= text embedding width)."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def patch_channels(self) -> int:
+        return 3 * self.patch_size**2
+
+    @classmethod
+    def tiny(cls) -> "ShapesModelConfig":
+        """A very small model for tests: 32 px, 8x8 tokens, width 32."""
+        return cls(image_size=32, patch_size=4, num_double_blocks=1, num_single_blocks=1, num_heads=2, head_dim=16,
+                   axes_dims_rope=(4, 6, 6), text_layers=1, text_heads=2)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShapesModelConfig":
+        return cls(**json.loads(text))

@@ -1,0 +1,205 @@
+"""The embedded text-to-image model: text encoder + diffusers' FluxTransformer2DModel, in pixel space.
+
+Like FLUX.1 it is a rectified flow: x_t = (1 - t) x_0 + t noise, the transformer predicts the
+velocity noise - x_0, and a sampler integrates from t = 1 to 0 with Euler steps. The transformer
+is called with FluxPipeline's keyword arguments, so hooks on its blocks see FLUX's tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import FluxTransformer2DModel
+from safetensors.torch import load_file, save_file
+
+from .config import ShapesModelConfig
+from .text_encoder import TextEncoder, WordTokenizer
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+DEFAULT_STEPS = 8
+
+
+def build_transformer(cfg: ShapesModelConfig) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=cfg.patch_channels,
+        out_channels=cfg.patch_channels,
+        num_layers=cfg.num_double_blocks,
+        num_single_layers=cfg.num_single_blocks,
+        attention_head_dim=cfg.head_dim,
+        num_attention_heads=cfg.num_heads,
+        joint_attention_dim=cfg.width,
+        pooled_projection_dim=cfg.width,
+        guidance_embeds=False,
+        axes_dims_rope=cfg.axes_dims_rope,
+    )
+
+
+def patchify(images_BCHW: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, 3, H, W) -> tokens (B, (H/p)*(W/p), 3*p*p), row-major over the patch grid."""
+    b, c, h, w = images_BCHW.shape
+    x = images_BCHW.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpatchify(tokens_BND: torch.Tensor, patch: int, grid: int) -> torch.Tensor:
+    """Inverse of `patchify`: (B, grid*grid, 3*p*p) -> (B, 3, grid*p, grid*p)."""
+    b = tokens_BND.shape[0]
+    x = tokens_BND.reshape(b, grid, grid, 3, patch, patch)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, 3, grid * patch, grid * patch)
+
+
+def sigma_schedule(num_steps: int) -> torch.Tensor:
+    """Noise levels t_0 = 1 > ... > t_N = 0 for an N-step Euler sampler (uniform in t)."""
+    if not 1 <= num_steps <= 1000:
+        raise ValueError(f"num_steps must be between 1 and 1000, got {num_steps}")
+    return torch.linspace(1.0, 0.0, num_steps + 1)
+
+
+class ShapesPipeline:
+    """Holds the model parts; `generate` turns prompts into images. Call `.to(device)` to move it."""
+
+    def __init__(self, config: ShapesModelConfig, transformer: FluxTransformer2DModel, text_encoder: TextEncoder):
+        self.config = config
+        self.transformer = transformer.eval()
+        self.text_encoder = text_encoder.eval()
+        self.tokenizer = WordTokenizer(config.vocab, config.max_text_len)
+        g = config.grid_size
+        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        # FLUX's position ids: (0, row, col) for image tokens, zeros for text tokens.
+        self.img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).float()
+        self.txt_ids = torch.zeros(config.max_text_len, 3)
+
+    # ---- construction -------------------------------------------------------------------
+    @staticmethod
+    def build_modules(config: ShapesModelConfig) -> tuple[FluxTransformer2DModel, TextEncoder]:
+        text_encoder = TextEncoder(len(config.vocab) + 1, config.max_text_len, config.width, config.text_layers,
+                                   config.text_heads)
+        return build_transformer(config), text_encoder
+
+    @classmethod
+    def random(cls, config: ShapesModelConfig | None = None, seed: int = 0) -> "ShapesPipeline":
+        """A randomly initialised model (tests, and the start of training)."""
+        torch.manual_seed(seed)
+        config = config or ShapesModelConfig()
+        return cls(config, *cls.build_modules(config))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = WEIGHTS_DIR, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "ShapesPipeline":
+        """Load `config.json` + `model.safetensors` from a folder (default: the weights shipped in the package)."""
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"embedded model file missing: {path / name}")
+        config = ShapesModelConfig.from_json((path / CONFIG_FILE).read_text())
+        pipe = cls(config, *cls.build_modules(config))
+        pipe.load_state_dict(load_file(path / WEIGHTS_FILE))
+        return pipe.to(device, dtype)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        sd = {f"transformer.{k}": v for k, v in self.transformer.state_dict().items()}
+        sd.update({f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()})
+        return sd
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        parts = {"transformer": {}, "text_encoder": {}}
+        for key, value in sd.items():
+            prefix, _, rest = key.partition(".")
+            if prefix not in parts:
+                raise ValueError(f"unexpected tensor {key!r} in embedded model weights")
+            parts[prefix][rest] = value
+        self.transformer.load_state_dict(parts["transformer"])
+        self.text_encoder.load_state_dict(parts["text_encoder"])
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        """Write config.json + model.safetensors (weights cast to `dtype` to keep the package small)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(self.config.to_json())
+        sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        save_file(sd, str(tmp))
+        tmp.replace(path / WEIGHTS_FILE)
+
+    def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "ShapesPipeline":
+        self.transformer.to(device=device, dtype=dtype)
+        self.text_encoder.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    # ---- model calls -----------------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds_BTD, pooled_BD) for a list of prompts."""
+        ids = self.tokenizer(list(prompts)).to(self.device)
+        states, pooled = self.text_encoder(ids)
+        return states.to(self.dtype), pooled.to(self.dtype)
+
+    def velocity(self, x_BND: torch.Tensor, t_B: torch.Tensor, prompt_embeds_BTD: torch.Tensor,
+                 pooled_BD: torch.Tensor) -> torch.Tensor:
+        """Predicted velocity (noise - x_0) for noisy image tokens at noise levels t in [0, 1]."""
+        return self.transformer(
+            hidden_states=x_BND,
+            encoder_hidden_states=prompt_embeds_BTD,
+            pooled_projections=pooled_BD,
+            timestep=t_B.to(x_BND.dtype),  # FluxTransformer2DModel multiplies by 1000 itself
+            img_ids=self.img_ids.to(x_BND.device),
+            txt_ids=self.txt_ids.to(x_BND.device),
+            return_dict=False,
+        )[0]
+
+    def initial_noise(self, seeds: list[int]) -> torch.Tensor:
+        """x_1 (B, N, 3*p*p): image i's noise depends only on seeds[i]."""
+        cfg = self.config
+        shape = (cfg.grid_size**2, cfg.patch_channels)
+        noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(noise).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str] | str, num_steps: int = DEFAULT_STEPS,
+                 seeds: list[int] | int = 0) -> np.ndarray:
+        """Images uint8 (B, H, W, 3). `seeds` is one seed per prompt, or a base seed (image i gets seed + i).
+
+        The transformer is called exactly once per step with the whole batch (hooks count steps that way).
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if isinstance(seeds, int):
+            seeds = [seeds + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        sigmas = sigma_schedule(num_steps)
+        embeds, pooled = self.encode_prompt(prompts)
+        x = self.initial_noise(seeds)
+        for i in range(num_steps):
+            t = torch.full((len(prompts),), float(sigmas[i]), device=self.device)
+            v = self.velocity(x, t, embeds, pooled)
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        return tokens_to_uint8(x, self.config)
+
+
+def tokens_to_uint8(x_BND: torch.Tensor, config: ShapesModelConfig) -> np.ndarray:
+    images = unpatchify(x_BND.float().cpu(), config.patch_size, config.grid_size)  # in [-1, 1]
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return images.permute(0, 2, 3, 1).numpy()
+
+
+def uint8_to_tokens(images_BHWC: np.ndarray, config: ShapesModelConfig) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images_BHWC)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return patchify(x, config.patch_size)
+
+
+def load_embedded(device: str = "cpu", dtype: torch.dtype = torch.float32) -> ShapesPipeline:
+    """The trained embedded shapes-world model shipped inside the package."""
+    return ShapesPipeline.from_pretrained(WEIGHTS_DIR, device=device, dtype=dtype)

@@ -1,0 +1,157 @@
+"""Train the embedded model on freshly rendered shapes-world scenes with the rectified-flow objective.
+
+Every step's data and noise are a pure function of (seed, step), so a run resumed from a checkpoint
+continues exactly as if it had never stopped. Checkpoints are written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..world import render, sample_scene
+from .config import ShapesModelConfig
+from .pipeline import ShapesPipeline, uint8_to_tokens
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    out: str = "checkpoints/embedded"
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    min_lr_fraction: float = 0.1  # cosine decay to this share of lr
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0  # model init and noise
+    data_seed: int = 0  # scenes
+    checkpoint_every: int = 200
+    threads: int | None = None
+    model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ShapesModelConfig(**self.model)
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def training_batch(step: int, cfg: TrainConfig) -> tuple[list[str], torch.Tensor]:
+    """(captions, clean image tokens x0_BND in [-1, 1]) for one step: a pure function of (data_seed, step)."""
+    rng = np.random.default_rng([cfg.data_seed, step])
+    scenes = [sample_scene(rng) for _ in range(cfg.batch_size)]
+    images = np.stack([render(s, cfg.model.image_size)[0] for s in scenes])
+    return [s.caption for s in scenes], uint8_to_tokens(images, cfg.model)
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def flow_loss(pipe: ShapesPipeline, prompts: list[str], x0_BND: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rectified-flow loss: MSE between predicted and true velocity at logit-normal noise levels."""
+    b = x0_BND.shape[0]
+    noise = torch.randn(x0_BND.shape, generator=generator)
+    t = torch.sigmoid(torch.randn(b, generator=generator))
+    xt = (1 - t[:, None, None]) * x0_BND + t[:, None, None] * noise
+    embeds, pooled = pipe.encode_prompt(prompts)
+    v = pipe.velocity(xt.to(pipe.device), t.to(pipe.device), embeds, pooled)
+    return torch.nn.functional.mse_loss(v.float(), (noise - x0_BND).to(pipe.device))
+
+
+def _params(pipe: ShapesPipeline) -> list[torch.nn.Parameter]:
+    return [*pipe.transformer.parameters(), *pipe.text_encoder.parameters()]
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> ShapesPipeline:
+    """Train (or resume) into `cfg.out`; returns the pipeline carrying the EMA weights."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = ShapesPipeline.random(cfg.model, seed=cfg.seed)
+    pipe.transformer.train()
+    pipe.text_encoder.train()
+    params = _params(pipe)
+    ema = ShapesPipeline(cfg.model, *ShapesPipeline.build_modules(cfg.model))
+    ema.load_state_dict(pipe.state_dict())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    start = 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        try:
+            ckpt = torch.load(ckpt_path, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same message
+            raise ValueError(f"checkpoint {ckpt_path} is unreadable ({err}); delete it to start over") from err
+        saved_cfg = json.loads(ckpt["config"])
+        if saved_cfg["model"] != asdict(cfg.model):
+            raise ValueError(f"checkpoint {ckpt_path} was trained with a different model config")
+        pipe.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    ema_params = [p for p in (*ema.transformer.parameters(), *ema.text_encoder.parameters())]
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train")
+    log = open(out / "loss.jsonl", "a")
+    t0 = time.time()
+    for step in bar:
+        prompts, x0 = training_batch(step, cfg)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        loss = flow_loss(pipe, prompts, x0, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % 20 == 0:
+            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "elapsed_s": time.time() - t0}) + "\n")
+            log.flush()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _atomic_save({"model": pipe.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                          "step": step + 1, "config": json.dumps(asdict(cfg))}, ckpt_path)
+    log.close()
+    ema.transformer.eval()
+    ema.text_encoder.eval()
+    return ema
+
+
+def load_checkpoint_ema(out: str | Path) -> ShapesPipeline:
+    """The EMA pipeline stored in a training folder's checkpoint (to evaluate or export mid-run)."""
+    ckpt = torch.load(Path(out) / CHECKPOINT, weights_only=True)
+    model_cfg = ShapesModelConfig(**json.loads(ckpt["config"])["model"])
+    pipe = ShapesPipeline(model_cfg, *ShapesPipeline.build_modules(model_cfg))
+    pipe.load_state_dict(ckpt["ema"])
+    return pipe

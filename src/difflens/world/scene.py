@@ -1,0 +1,137 @@
+"""The shapes world: a seeded procedural generator of captioned scenes with known ground truth.
+
+A scene is a background colour plus one or two objects, each with a shape, colour, size and a
+cell of a 3x3 grid. Captions come from a few templates and name every attribute, so a
+generation can be scored against its prompt by the oracle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+COLORS = {  # object colours, RGB
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 215, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 135, 30),
+}
+BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
+SIZES = ("small", "large")
+# 3x3 grid cells, row-major; each with the phrase captions use for it.
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+POSITION_PHRASES = {
+    "top left": "in the top left", "top": "at the top", "top right": "in the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "in the bottom left", "bottom": "at the bottom", "bottom right": "in the bottom right",
+}
+SINGLE_TEMPLATES = (
+    "a {obj} on a {bg} background",
+    "{bg} background with a {obj}",
+    "a picture of a {obj} on a {bg} background",
+)
+PAIR_TEMPLATES = (
+    "a {obj} and a {obj2} on a {bg} background",
+    "{bg} background with a {obj} and a {obj2}",
+)
+HELDOUT_FRACTION = 0.1  # share of (colour, shape, position) combinations never seen in training
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    shape: str
+    color: str
+    size: str
+    position: str
+    offset: tuple[float, float] = (0.0, 0.0)  # jitter of the centre, in pixels (dy, dx)
+
+    def phrase(self) -> str:
+        return f"{self.size} {self.color} {self.shape} {POSITION_PHRASES[self.position]}"
+
+    @property
+    def cell(self) -> tuple[int, int]:
+        """(row, col) of the object's cell in the 3x3 grid."""
+        return divmod(POSITIONS.index(self.position), 3)
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    objects: tuple[ObjectSpec, ...]
+    caption: str = field(default="")
+
+    def attributes(self) -> dict:
+        return {
+            "background": self.background,
+            "objects": [
+                {"shape": o.shape, "color": o.color, "size": o.size, "position": o.position} for o in self.objects
+            ],
+        }
+
+
+def heldout_combinations() -> frozenset[tuple[str, str, str]]:
+    """(colour, shape, position) triples reserved for evaluation: a fixed, seeded ~10 % of all."""
+    combos = [(c, s, p) for c in COLORS for s in SHAPES for p in POSITIONS]
+    rng = np.random.default_rng(20261123)
+    picked = rng.choice(len(combos), size=int(round(HELDOUT_FRACTION * len(combos))), replace=False)
+    return frozenset(combos[i] for i in picked)
+
+
+_HELDOUT = heldout_combinations()
+
+
+def _sample_object(rng: np.random.Generator, position: str, split: str) -> ObjectSpec:
+    while True:
+        color = str(rng.choice(list(COLORS)))
+        shape = str(rng.choice(SHAPES))
+        if ((color, shape, position) in _HELDOUT) == (split == "heldout"):
+            break
+    size = str(rng.choice(SIZES))
+    offset = tuple(float(v) for v in rng.uniform(-1.0, 1.0, size=2))
+    return ObjectSpec(shape=shape, color=color, size=size, position=position, offset=offset)
+
+
+def caption_for(background: str, objects: tuple[ObjectSpec, ...], template: int = 0) -> str:
+    templates = SINGLE_TEMPLATES if len(objects) == 1 else PAIR_TEMPLATES
+    t = templates[template % len(templates)]
+    return t.format(obj=objects[0].phrase(), obj2=objects[-1].phrase(), bg=background)
+
+
+def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None,
+                 pair_probability: float = 0.3) -> Scene:
+    """One random scene. `split="heldout"` draws single objects from the held-out combinations only."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if n_objects is None:
+        n_objects = 2 if (split == "train" and rng.random() < pair_probability) else 1
+    if n_objects not in (1, 2):
+        raise ValueError(f"a scene has one or two objects, got {n_objects}")
+    positions = rng.choice(len(POSITIONS), size=n_objects, replace=False)
+    objects = tuple(_sample_object(rng, POSITIONS[int(p)], split) for p in positions)
+    background = str(rng.choice(list(BACKGROUNDS)))
+    template = int(rng.integers(len(SINGLE_TEMPLATES if n_objects == 1 else PAIR_TEMPLATES)))
+    return Scene(background=background, objects=objects, caption=caption_for(background, objects, template))
+
+
+def sample_scenes(n: int, seed: int = 0, split: str = "train", n_objects: int | None = None) -> list[Scene]:
+    """`n` scenes, a pure function of (n, seed, split, n_objects)."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, split=split, n_objects=n_objects) for _ in range(n)]
+
+
+def world_prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
+    """Captions of `n` seeded scenes: the default prompt set for capture."""
+    return [s.caption for s in sample_scenes(n, seed=seed, split=split)]
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption can contain, sorted: the embedded model's tokenizer vocabulary."""
+    words: set[str] = set()
+    for text in (*SINGLE_TEMPLATES, *PAIR_TEMPLATES, *POSITION_PHRASES.values()):
+        words.update(w for w in text.split() if not w.startswith("{"))
+    words.update(SHAPES, COLORS, BACKGROUNDS, SIZES)
+    return sorted(words)
