@@ -1,0 +1,94 @@
+"""The one API every dictionary (TopK SAE, ITDA, MLP neurons) implements.
+
+Users work in *residual space* (the captured activations). Each dictionary owns a
+:class:`~difflens.dictionaries.normalization.Normalizer`; ``encode`` normalises first and
+``decode`` maps back, so reconstructions are always in residual space and SAE vs ITDA vs
+neurons are compared through exactly the same code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .normalization import Normalizer
+
+
+@dataclass
+class SparseCodes:
+    """Codes of B tokens as (values_BK, indices_BK); zero values are inactive slots."""
+
+    values: Tensor
+    indices: Tensor
+
+    def l0(self) -> Tensor:
+        """Active latents per token, shape (B,)."""
+        return (self.values != 0).sum(-1)
+
+    def to_dense(self, num_latents: int) -> Tensor:
+        """(B, D) dense codes: only for small inspections, never in training loops."""
+        out = self.values.new_zeros(self.values.shape[0], num_latents)
+        return out.scatter_add_(1, self.indices, self.values)
+
+
+def check_activations(acts_BN: Tensor, dim: int, what: str = "activations") -> None:
+    """Raise a clear ValueError for a width mismatch or non-finite values."""
+    if acts_BN.ndim != 2:
+        raise ValueError(f"{what} must be a (tokens, width) matrix, got shape {tuple(acts_BN.shape)}")
+    if acts_BN.shape[1] != dim:
+        raise ValueError(f"{what} have width {acts_BN.shape[1]} but the dictionary expects width {dim}")
+    if not torch.isfinite(acts_BN).all():
+        bad = int((~torch.isfinite(acts_BN)).any(1).sum())
+        raise ValueError(f"{what} contain NaN or inf values in {bad} of {acts_BN.shape[0]} rows")
+
+
+class Dictionary(torch.nn.Module):
+    """Base class: subclasses implement ``encode_normalized`` / ``decode_normalized``."""
+
+    kind: str = "dictionary"
+
+    def __init__(self, d_in: int, normalizer: Normalizer | None = None):
+        super().__init__()
+        self.d_in = d_in
+        self.normalizer = normalizer if normalizer is not None else Normalizer(d_in, "none")
+        if self.normalizer.dim != d_in:
+            raise ValueError(f"normaliser width {self.normalizer.dim} does not match dictionary width {d_in}")
+
+    @property
+    def num_latents(self) -> int:
+        raise NotImplementedError
+
+    # ---- normalised space (implemented by subclasses) ----
+    def encode_normalized(self, z_BN: Tensor) -> SparseCodes:
+        raise NotImplementedError
+
+    def decode_normalized(self, codes: SparseCodes) -> Tensor:
+        raise NotImplementedError
+
+    def decoder_rows(self) -> Tensor:
+        """(D, N) decoder directions in the normalised space."""
+        raise NotImplementedError
+
+    # ---- residual space (shared) ----
+    def encode(self, acts_BN: Tensor) -> SparseCodes:
+        check_activations(acts_BN, self.d_in)
+        return self.encode_normalized(self.normalizer.normalize(acts_BN.float()))
+
+    def decode(self, codes: SparseCodes) -> Tensor:
+        return self.normalizer.denormalize(self.decode_normalized(codes))
+
+    @torch.no_grad()
+    def reconstruct(self, acts_BN: Tensor) -> tuple[Tensor, SparseCodes]:
+        codes = self.encode(acts_BN)
+        return self.decode(codes), codes
+
+    @torch.no_grad()
+    def feature_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
+        """Unit-norm residual-space direction of each latent, shape (F, N) — what steering adds."""
+        rows = self.decoder_rows()
+        if latents is not None:
+            rows = rows[torch.as_tensor(latents, dtype=torch.long, device=rows.device)]
+        v = self.normalizer.to_residual_directions(rows.float())
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)

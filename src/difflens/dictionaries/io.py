@@ -1,0 +1,177 @@
+"""Dictionary files: safetensors + JSON only (loading never unpickles).
+
+Layout of one dictionary folder ``<run>/<site>/``:
+
+* TopK SAE — exactly sparsify's layout, so ``sparsify.SparseCoder.load_from_disk`` works:
+  ``cfg.json`` (sparsify keys ``activation, expansion_factor, normalize_decoder, num_latents, k,
+  multi_topk, skip_connection, transcode, d_in`` plus ``difflens_*`` keys sparsify ignores) and
+  ``sae.safetensors`` with exactly ``encoder.weight [D, N]``, ``encoder.bias [D]``,
+  ``W_dec [D, N]``, ``b_dec [N]`` (extra tensors would break sparsify's strict load).
+  The SAE weights act on *normalised* inputs; sparsify reproduces difflens outputs directly
+  only for normalisation "none". Use :func:`export_folded` for other tools.
+* ITDA — ``cfg.json`` + ``itda.safetensors`` (``atoms [M, N]`` and provenance vectors).
+* Neurons — ``cfg.json`` only.
+* Every kind — ``normalizer.safetensors`` (``mean, scale, rotation, variances``; kind in the
+  file's metadata) beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .base import Dictionary
+from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
+from .neurons import NeuronBasis
+from .normalization import Normalizer
+from .topk_sae import SAEConfig, TopKSAE
+
+NORMALIZER_FILE = "normalizer.safetensors"
+
+
+def atomic_save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool = True) -> dict:
+    return {
+        "activation": "topk",
+        "expansion_factor": max(1, num_latents // d_in),
+        "normalize_decoder": normalize_decoder,
+        "num_latents": num_latents,
+        "k": k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": d_in,
+    }
+
+
+# ---- normaliser ----
+def save_normalizer(norm: Normalizer, folder: Path) -> None:
+    tensors = {"mean": norm.mean, "scale": norm.scale, "variances": norm.variances}
+    if norm.kind == "pca":
+        tensors["rotation"] = norm.rotation
+    atomic_save_file(tensors, folder / NORMALIZER_FILE, metadata={"kind": norm.kind, "dim": str(norm.dim)})
+
+
+def load_normalizer(folder: Path, dim: int) -> Normalizer:
+    path = folder / NORMALIZER_FILE
+    if not path.exists():
+        return Normalizer(dim, "none")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    norm = Normalizer(int(meta.get("dim", dim)), meta.get("kind", "none"))
+    if norm.dim != dim:
+        raise ValueError(f"{path}: normaliser width {norm.dim} does not match dictionary width {dim}")
+    for key, value in load_file(str(path)).items():
+        getattr(norm, key).copy_(value)
+    return norm
+
+
+# ---- dictionaries ----
+def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | None = None) -> Path:
+    """Write ``dictionary`` into ``folder`` (see module docstring); ``meta`` lands in cfg.json."""
+    folder = Path(folder)
+    extra = {"difflens_kind": dictionary.kind, "difflens_meta": meta or {}}
+    if isinstance(dictionary, TopKSAE):
+        cfg = {**_sparsify_cfg(dictionary.d_in, dictionary.num_latents, dictionary.k), **extra}
+        cfg["difflens_normalization"] = dictionary.normalizer.kind
+        tensors = {
+            "encoder.weight": dictionary.W_enc,
+            "encoder.bias": dictionary.b_enc,
+            "W_dec": dictionary.W_dec,
+            "b_dec": dictionary.b_dec,
+        }
+        atomic_save_file(tensors, folder / "sae.safetensors")
+    elif isinstance(dictionary, ITDA):
+        cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, **dictionary.cfg.to_dict(), **extra}
+        tensors = {"atoms": dictionary.atoms, **{f"provenance.{k}": v for k, v in dictionary.provenance.items()}}
+        atomic_save_file(tensors, folder / "itda.safetensors")
+    elif isinstance(dictionary, NeuronBasis):
+        cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, "k": dictionary.k, **extra}
+    else:
+        raise ValueError(f"cannot save dictionary of type {type(dictionary).__name__}")
+    save_normalizer(dictionary.normalizer, folder)
+    atomic_write_json(cfg, folder / "cfg.json")
+    return folder
+
+
+def read_cfg(folder: str | Path) -> dict:
+    path = Path(folder) / "cfg.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no dictionary at {folder}: {path} is missing")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_dictionary(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
+    """Load any difflens dictionary folder (or a plain sparsify TopK SAE folder)."""
+    folder = Path(folder)
+    cfg = read_cfg(folder)
+    kind = cfg.get("difflens_kind", "sae")
+    d_in = int(cfg["d_in"])
+    norm = load_normalizer(folder, d_in)
+    if kind == "sae":
+        if cfg.get("activation", "topk") != "topk" or cfg.get("skip_connection") or cfg.get("transcode"):
+            raise ValueError(f"{folder}: only plain TopK SAEs are supported (no groupmax/skip/transcoder)")
+        path = folder / "sae.safetensors"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing")
+        tensors = load_file(str(path))
+        num_latents = int(cfg.get("num_latents") or cfg["expansion_factor"] * d_in)
+        sae = TopKSAE(d_in, SAEConfig(num_latents=num_latents, k=int(cfg["k"]), normalization=norm.kind), normalizer=norm)
+        with torch.no_grad():
+            for ours, theirs in (("W_enc", "encoder.weight"), ("b_enc", "encoder.bias"), ("W_dec", "W_dec"), ("b_dec", "b_dec")):
+                if theirs not in tensors:
+                    raise ValueError(f"{path}: missing tensor {theirs!r}")
+                getattr(sae, ours).copy_(tensors[theirs])
+        return sae.to(device)
+    if kind == "itda":
+        tensors = load_file(str(folder / "itda.safetensors"))
+        fields = {k: cfg[k] for k in ITDAConfig.__dataclass_fields__ if k in cfg}
+        itda = ITDA(d_in, ITDAConfig(**fields), normalizer=norm)
+        itda.load_atoms(tensors["atoms"], {k: tensors[f"provenance.{k}"] for k in PROVENANCE_KEYS})
+        return itda.to(device)
+    if kind == "neurons":
+        return NeuronBasis(d_in, cfg.get("k")).to(device)
+    raise ValueError(f"{folder}: unknown dictionary kind {kind!r}")
+
+
+@torch.no_grad()
+def export_folded(sae: TopKSAE, folder: str | Path) -> Path:
+    """Write a sparsify-layout SAE acting directly on residual-space activations.
+
+    With z = normalize(x): W_enc (z − b_dec) + b_enc = W'(x − b_dec') + b_enc' where
+    W' = (W_enc / scale) Rᵀ, b_dec' = denormalize(b_dec), b_enc' = b_enc − W_enc b_dec +
+    W'(b_dec' − mean); the decoder becomes W_dec' = (W_dec · scale) Rᵀ (rows no longer unit norm).
+    """
+    folder = Path(folder)
+    norm = sae.normalizer
+    W_enc = norm.encoder_to_residual(sae.W_enc.float())
+    b_dec = norm.denormalize(sae.b_dec.float()[None])[0]
+    b_enc = sae.b_enc - sae.W_enc @ sae.b_dec + W_enc @ (b_dec - norm.mean)
+    W_dec = norm.to_residual_directions(sae.W_dec.float())
+    atomic_save_file({"encoder.weight": W_enc, "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec}, folder / "sae.safetensors")
+    cfg = {**_sparsify_cfg(sae.d_in, sae.num_latents, sae.k, normalize_decoder=False), "difflens_kind": "sae"}
+    cfg["difflens_meta"] = {"folded_from_normalization": norm.kind}
+    atomic_write_json(cfg, folder / "cfg.json")
+    return folder

@@ -1,0 +1,190 @@
+"""Input normalisation for dictionaries: none | standardise | PCA whitening.
+
+The FLUX residual stream is extremely anisotropic (a few directions carry most of the
+variance), which leaves > 99 % of a plain SAE's latents dead. Whitening fixes that. The map is
+affine and invertible:
+
+    z_BN = ((x_BN − mean_N) @ rotation_NN) / scale_N          (encode side)
+    x_BN = (z_BN · scale_N) @ rotation_NNᵀ + mean_N            (decode side)
+
+* ``none``:        mean 0, rotation I, scale 1
+* ``standardise``: per-dimension mean and standard deviation, rotation I
+* ``pca``:         rotation = eigenvectors of the covariance (columns, descending variance),
+                   scale = √eigenvalue (floored at ``eps_rel`` × the largest, so directions the data
+                   never visits do not explode)
+
+Statistics are accumulated in float64 over a stream of batches (shifted by the first batch's
+mean for numerical stability), so the fit can use many more tokens than fit in memory. Fitting
+on fewer than ``min_tokens_per_dim × width`` tokens is refused: the reference implementation
+whitened with 1,024 tokens in 3,072 dimensions, i.e. a rank-deficient covariance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+KINDS = ("none", "standardise", "pca")
+
+
+@dataclass
+class CovarianceAccumulator:
+    """Streaming float64 first and second moments (optionally summed across DDP ranks)."""
+
+    dim: int
+    count: int = 0
+    shift: Tensor | None = None
+    sum_N: Tensor | None = None
+    outer_NN: Tensor | None = None
+
+    def update(self, acts_BN: Tensor) -> None:
+        if acts_BN.ndim != 2 or acts_BN.shape[1] != self.dim:
+            raise ValueError(f"expected activations of shape (batch, {self.dim}), got {tuple(acts_BN.shape)}")
+        x = acts_BN.detach().to("cpu", torch.float64)
+        if not torch.isfinite(x).all():
+            raise ValueError("activations contain NaN or inf; cannot fit a normalisation")
+        if self.shift is None:
+            self.shift = x.mean(0)
+            self.sum_N = torch.zeros(self.dim, dtype=torch.float64)
+            self.outer_NN = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+        x = x - self.shift
+        self.count += x.shape[0]
+        self.sum_N += x.sum(0)
+        self.outer_NN.addmm_(x.t(), x)
+
+    def all_reduce(self) -> None:
+        """Sum the moments over ranks (the shift is taken from rank 0 first)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        if self.shift is None:
+            raise ValueError("a rank received no tokens for the normalisation fit")
+        # Re-centre every rank on rank 0's shift so the sums add up.
+        shift0 = self.shift.clone()
+        dist.broadcast(shift0, 0)
+        delta = self.shift - shift0
+        n = self.count
+        self.outer_NN += torch.outer(self.sum_N, delta) + torch.outer(delta, self.sum_N) + n * torch.outer(delta, delta)
+        self.sum_N += n * delta
+        self.shift = shift0
+        count = torch.tensor([float(n)], dtype=torch.float64)
+        for t in (count, self.sum_N, self.outer_NN):
+            dist.all_reduce(t)
+        self.count = int(count.item())
+
+    def mean_cov(self) -> tuple[Tensor, Tensor]:
+        if self.count < 2:
+            raise ValueError("need at least 2 tokens to fit a normalisation")
+        m = self.sum_N / self.count
+        cov = (self.outer_NN - self.count * torch.outer(m, m)) / (self.count - 1)
+        return m + self.shift, (cov + cov.t()) / 2
+
+
+class Normalizer(torch.nn.Module):
+    """Affine input normalisation stored beside a dictionary; see the module docstring."""
+
+    def __init__(self, dim: int, kind: str = "none"):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown normalisation {kind!r}; choose one of {', '.join(KINDS)}")
+        self.kind = kind
+        self.dim = dim
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        self.register_buffer("rotation", torch.eye(dim) if kind == "pca" else torch.zeros(0))
+        # Eigenvalues (descending) for PCA, per-dimension variances for standardise: the spectrum.
+        self.register_buffer("variances", torch.zeros(dim))
+
+    # ---- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        batches: Iterable[Tensor],
+        dim: int,
+        kind: str = "pca",
+        *,
+        max_tokens: int | None = None,
+        min_tokens_per_dim: float = 10.0,
+        eps_rel: float = 1e-6,
+    ) -> "Normalizer":
+        """Fit from a stream of (B, N) batches, using up to ``max_tokens`` tokens."""
+        norm = cls(dim, kind)
+        if kind == "none":
+            return norm
+        acc = CovarianceAccumulator(dim)
+        for acts in batches:
+            if max_tokens is not None and acc.count >= max_tokens:
+                break
+            if max_tokens is not None:
+                acts = acts[: max_tokens - acc.count]
+            acc.update(acts)
+        acc.all_reduce()
+        norm.set_from_moments(acc, min_tokens_per_dim=min_tokens_per_dim, eps_rel=eps_rel)
+        return norm
+
+    def set_from_moments(self, acc: CovarianceAccumulator, *, min_tokens_per_dim: float = 10.0, eps_rel: float = 1e-6):
+        need = int(min_tokens_per_dim * self.dim)
+        if acc.count < need:
+            raise ValueError(
+                f"{self.kind} normalisation needs at least {need} tokens ({min_tokens_per_dim:g} × width {self.dim}) "
+                f"but only {acc.count} were available; capture more tokens or lower min_tokens_per_dim"
+            )
+        mean, cov = acc.mean_cov()
+        self.mean.copy_(mean.float())
+        if self.kind == "standardise":
+            var = cov.diagonal().clamp_min(0)
+            self.variances.copy_(var.float())
+            self.scale.copy_(var.clamp_min(eps_rel * float(var.max()) + 1e-30).sqrt().float())
+        else:
+            evals, evecs = torch.linalg.eigh(cov)
+            order = torch.argsort(evals, descending=True)
+            evals, evecs = evals[order].clamp_min(0), evecs[:, order]
+            # Fix the sign of each eigenvector (largest-magnitude entry positive): deterministic output.
+            signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
+            evecs = evecs * torch.where(signs == 0, 1.0, signs)
+            self.variances.copy_(evals.float())
+            self.rotation.copy_(evecs.float())
+            self.scale.copy_(evals.clamp_min(eps_rel * float(evals[0]) + 1e-30).sqrt().float())
+
+    # ---- the map -------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> None:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"activation width {x.shape[-1]} does not match the dictionary's width {self.dim}")
+
+    def normalize(self, x_BN: Tensor) -> Tensor:
+        """Residual space → the dictionary's input space."""
+        self._check(x_BN)
+        if self.kind == "none":
+            return x_BN
+        z = x_BN - self.mean.to(x_BN.dtype)
+        if self.kind == "pca":
+            z = z @ self.rotation.to(x_BN.dtype)
+        return z / self.scale.to(x_BN.dtype)
+
+    def denormalize(self, z_BN: Tensor) -> Tensor:
+        """The dictionary's input space → residual space (exact inverse of :meth:`normalize`)."""
+        if self.kind == "none":
+            return z_BN
+        return self.to_residual_directions(z_BN) + self.mean.to(z_BN.dtype)
+
+    def to_residual_directions(self, v_FN: Tensor) -> Tensor:
+        """Map directions (no mean shift), e.g. decoder rows, into residual space: (v · scale) @ Rᵀ."""
+        if self.kind == "none":
+            return v_FN
+        v = v_FN * self.scale.to(v_FN.dtype)
+        if self.kind == "pca":
+            v = v @ self.rotation.t().to(v_FN.dtype)
+        return v
+
+    def encoder_to_residual(self, W_DN: Tensor) -> Tensor:
+        """Fold the map into encoder rows: W z = W' (x − mean) with W' = (W / scale) @ Rᵀ."""
+        if self.kind == "none":
+            return W_DN
+        W = W_DN / self.scale.to(W_DN.dtype)
+        if self.kind == "pca":
+            W = W @ self.rotation.t().to(W_DN.dtype)
+        return W

@@ -1,0 +1,122 @@
+"""TopK sparse autoencoder (Gao et al. 2024) as used by the FLUX paper.
+
+Paper form (input already normalised, see ``normalization.py``)::
+
+    e = TopK(W_enc (x − b_post + b_pre)),   y = W_dec e + b_dec
+
+difflens stores the sparsify parametrisation, which contains the paper's as a special case::
+
+    e = TopK(ReLU(W_enc (x − b_dec) + b_enc)),   y = W_dec e + b_dec
+
+* ``b_dec`` plays the role of ``b_post``: the decoder bias, subtracted from the input before
+  encoding (so the encoder sees the centred input) and added back after decoding.
+* The paper's input-space ``b_pre`` enters only through ``W_enc b_pre``, which is a per-latent
+  bias: ``b_enc = W_enc b_pre``. We learn ``b_enc`` (D) directly — a superset, since
+  ``W_enc b_pre`` is restricted to the N-dimensional column space of W_enc.
+* The ReLU only zeroes negative values among the k winners, so codes are non-negative and
+  sparsify's ``SparseCoder`` produces identical outputs from the same tensors.
+
+Shapes: B tokens, N input width, D latents (``num_latents``), K active latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .base import Dictionary, SparseCodes
+from .normalization import Normalizer
+from .sparse_ops import sparse_decode, topk_encode
+
+
+@dataclass
+class SAEConfig:
+    """Architecture of a TopK SAE. ``num_latents = 0`` means ``expansion_factor × d_in``.
+
+    Defaults follow the FLUX paper's main setting (≈ 21× expansion, k = 64 on width 3072,
+    PCA whitening); for small models pick k so that k ≪ num_latents.
+    """
+
+    num_latents: int = 0
+    expansion_factor: int = 16
+    k: int = 64
+    normalization: str = "pca"
+
+    def resolve(self, d_in: int) -> "SAEConfig":
+        n = self.num_latents or self.expansion_factor * d_in
+        if not 0 < self.k <= n:
+            raise ValueError(f"k must be in 1..num_latents ({n}), got {self.k}")
+        return SAEConfig(num_latents=n, expansion_factor=max(1, n // d_in), k=self.k, normalization=self.normalization)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SAEOutput:
+    """Training-time forward result in the normalised space."""
+
+    recon_BN: Tensor
+    values_BK: Tensor
+    indices_BK: Tensor
+    aux_values_BA: Tensor
+    aux_indices_BA: Tensor
+
+
+class TopKSAE(Dictionary):
+    kind = "sae"
+
+    def __init__(self, d_in: int, cfg: SAEConfig, normalizer: Normalizer | None = None, seed: int = 0):
+        cfg = cfg.resolve(d_in)
+        super().__init__(d_in, normalizer if normalizer is not None else Normalizer(d_in, cfg.normalization))
+        self.cfg = cfg
+        D = cfg.num_latents
+        gen = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(D, d_in, generator=gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        # Decoder rows start unit-norm; the encoder starts as the decoder's transpose (Gao et al.).
+        self.W_enc = nn.Parameter(W_dec.clone())
+        self.b_enc = nn.Parameter(torch.zeros(D))
+        self.W_dec = nn.Parameter(W_dec)
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    @property
+    def num_latents(self) -> int:
+        return self.cfg.num_latents
+
+    @property
+    def k(self) -> int:
+        return self.cfg.k
+
+    # ---- core ----
+    def forward_train(self, z_BN: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
+        """Differentiable forward in normalised space; AuxK codes over ``dead_idx`` when given."""
+        vals, idx, aux_vals, aux_idx = topk_encode(z_BN, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux)
+        recon = sparse_decode(vals, idx, self.W_dec) + self.b_dec
+        return SAEOutput(recon, vals, idx, aux_vals, aux_idx)
+
+    def encode_normalized(self, z_BN: Tensor) -> SparseCodes:
+        vals, idx, _, _ = topk_encode(z_BN, self.b_dec, self.W_enc, self.b_enc, self.k)
+        return SparseCodes(vals, idx)
+
+    def decode_normalized(self, codes: SparseCodes) -> Tensor:
+        return sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
+
+    def decoder_rows(self) -> Tensor:
+        return self.W_dec.detach()
+
+    # ---- decoder-norm constraint ----
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (after every optimiser step)."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project each decoder row's gradient onto the row's tangent space (before the step)."""
+        if self.W_dec.grad is None:
+            return
+        parallel_D = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+        self.W_dec.grad -= parallel_D * self.W_dec
