@@ -1,0 +1,101 @@
+"""Reconstruction metrics — the single definition difflens uses.
+
+    FVU = Σ_tokens ‖x − x̂‖² / Σ_tokens ‖x − mean(x)‖²
+
+where mean(x) is the per-dimension mean over the same set of tokens (a training batch, or the
+whole evaluation window), i.e. FVU = 1 − R². Variance explained = 1 − FVU. Evaluation reports
+it in residual space (what users see) and in the dictionary's normalised space (what the
+training loss optimises; the two differ under whitening, which re-weights directions).
+
+L0 = mean number of non-zero codes per token. Dead fraction = share of latents that never
+fired over the evaluated token window (state the window when reporting it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from difflens.dictionaries.base import Dictionary, check_activations
+
+
+def fvu(x_BN: Tensor, recon_BN: Tensor) -> float:
+    """FVU of one batch (see module docstring)."""
+    x, r = x_BN.double(), recon_BN.double()
+    return float((x - r).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-300))
+
+
+class MetricAccumulator:
+    """Streams batches in float64 so FVU over a large window equals the one-shot value."""
+
+    def __init__(self, dim: int, num_latents: int):
+        self.n = 0
+        self.sum_x = torch.zeros(dim, dtype=torch.float64)
+        self.sum_sq = 0.0
+        self.sse = 0.0
+        self.l0_sum = 0.0
+        self.fired = torch.zeros(max(num_latents, 0), dtype=torch.long)
+
+    def update(self, x_BN: Tensor, recon_BN: Tensor, indices_BK: Tensor | None = None, values_BK: Tensor | None = None):
+        x, r = x_BN.detach().double().cpu(), recon_BN.detach().double().cpu()
+        self.n += x.shape[0]
+        self.sum_x += x.sum(0)
+        self.sum_sq += float(x.pow(2).sum())
+        self.sse += float((x - r).pow(2).sum())
+        if values_BK is not None:
+            active = values_BK.detach().cpu() != 0
+            self.l0_sum += float(active.sum())
+            if self.fired.numel():
+                self.fired += torch.bincount(indices_BK.detach().cpu()[active], minlength=self.fired.numel())
+
+    def total_variance(self) -> float:
+        return self.sum_sq - float(self.sum_x.pow(2).sum()) / max(self.n, 1)
+
+    def result(self) -> dict:
+        value = self.sse / max(self.total_variance(), 1e-300)
+        return {
+            "fvu": value,
+            "variance_explained": 1.0 - value,
+            "l0": self.l0_sum / max(self.n, 1),
+            "dead_fraction": float((self.fired == 0).float().mean()) if self.fired.numel() else 0.0,
+            "tokens": self.n,
+        }
+
+
+@torch.no_grad()
+def evaluate(dictionary: Dictionary, reader, max_tokens: int = 100_000, batch_size: int = 4096, seed: int = 0,
+             device: str | torch.device = "cpu") -> dict:
+    """Metrics of ``dictionary`` on up to ``max_tokens`` shuffled rows of ``reader``."""
+    if reader.dim != dictionary.d_in:
+        raise ValueError(f"store rows have width {reader.dim} but the dictionary expects width {dictionary.d_in}")
+    dictionary = dictionary.to(device).eval()
+    resid = MetricAccumulator(dictionary.d_in, dictionary.num_latents)
+    normed = MetricAccumulator(dictionary.d_in, 0)
+    for acts, _ in reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=10_000):
+        acts = acts[: max_tokens - resid.n].float().to(device)
+        check_activations(acts, dictionary.d_in)
+        z = dictionary.normalizer.normalize(acts)
+        codes = dictionary.encode_normalized(z)
+        z_hat = dictionary.decode_normalized(codes)
+        resid.update(acts, dictionary.normalizer.denormalize(z_hat), codes.indices, codes.values)
+        normed.update(z, z_hat)
+        if resid.n >= max_tokens:
+            break
+    out = resid.result()
+    out["fvu_normalized"] = normed.result()["fvu"]
+    out["num_latents"] = dictionary.num_latents
+    out["kind"] = dictionary.kind
+    out["normalization"] = dictionary.normalizer.kind
+    return out
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """Plain fixed-width table of ``rows`` (floats with 4 significant digits)."""
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""PNG plots (matplotlib, Agg backend) for the paper's figures 3–6 and 8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def heatmap(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str, path: Path, cbar: str) -> Path:
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(col_labels) + 2), max(3, 0.3 * len(row_labels) + 1.5)))
+    im = ax.imshow(matrix, aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(col_labels)), col_labels)
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    ax.set_xlabel("denoising step")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label=cbar)
+    return _save(fig, path)
+
+
+def spectrum(variances: np.ndarray, title: str, path: Path) -> Path:
+    frac = variances / max(variances.sum(), 1e-30)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.semilogy(np.arange(1, len(frac) + 1), np.maximum(frac, 1e-12))
+    a.set_xlabel("principal component")
+    a.set_ylabel("fraction of variance")
+    b.plot(np.arange(1, len(frac) + 1), np.cumsum(frac))
+    b.set_xlabel("number of components")
+    b.set_ylabel("cumulative fraction")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str, path: Path, logx: bool = False) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
