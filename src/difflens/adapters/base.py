@@ -1,0 +1,251 @@
+"""The adapter interface every text-to-image model implements, and the hook plumbing they share.
+
+Site names
+----------
+FLUX.1 and the embedded model (a FluxTransformer2DModel)::
+
+    double.<i>.<stream>.<kind>     transformer_blocks[i]        (double-stream block)
+    single.<i>.<stream>.<kind>     single_transformer_blocks[i] (single-stream block, split into parts)
+
+    stream: img (image tokens, row-major over the latent grid) | txt (text tokens)
+    kind:   out    the block's output residual stream              (B, T, width)
+            update the block's output minus its input (what it adds) (B, T, width)
+            mlp    the block's MLP hidden activations, after GELU   (B, T, mlp_width) -- the neuron baseline
+
+  e.g. ``double.18.img.out``, ``double.18.txt.update``, ``single.9.img.out``, ``double.3.img.mlp``.
+
+SDXL / SDXL Turbo (every Transformer2DModel in the UNet, by module path)::
+
+    unet.<module path>.update      block output minus input, image tokens of the conditional half
+    unet.<module path>.out         block output
+  e.g. ``unet.down_blocks.2.attentions.1.update``, ``unet.mid_block.attentions.0.update``.
+
+Activations handed to capture callbacks are ``acts_BTD``: B images of the batch (the conditional
+half under classifier-free guidance), T tokens of the site (image tokens row-major:
+token = row * grid_w + col), D channels. Steps are 0-based denoising step indices.
+
+Hooks
+-----
+`ModelAdapter.generate(..., capture=..., interventions=...)` installs PyTorch hooks for the
+duration of one generation:
+  * `Capture(sites, steps, fn)` calls ``fn(site, step, acts_BTD)`` (read only, so images are
+    unchanged bit for bit);
+  * `Intervention(site, vector_D, token_mask_T, steps, scale)` adds ``scale * vector`` to the
+    site's tokens in the mask at the chosen steps (out/update sites: the block's output stream;
+    mlp sites: the MLP hidden). Captures see values after interventions at the same site.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+CaptureFn = Callable[[str, int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """A hook site at a given resolution. grid = (grid_h, grid_w) for image-stream sites, else None."""
+
+    name: str
+    stream: str  # "image" | "text"
+    kind: str  # "out" | "update" | "mlp"
+    tokens: int  # T per image
+    dim: int  # D
+    grid: tuple[int, int] | None = None
+
+
+@dataclass
+class Capture:
+    """Record `sites` at `steps` (None = every step) by calling fn(site, step, acts_BTD)."""
+
+    sites: Sequence[str]
+    fn: CaptureFn
+    steps: Collection[int] | None = None
+
+
+@dataclass
+class Intervention:
+    """Add `scale * vector_D` to `site` over the tokens where `token_mask_T` is nonzero (None = all),
+    at `steps` (None = all). A float mask weights the addition per token."""
+
+    site: str
+    vector_D: torch.Tensor
+    token_mask_T: torch.Tensor | None = None
+    steps: Collection[int] | None = None
+    scale: float = 1.0
+
+    def apply(self, acts_BTD: torch.Tensor, step: int) -> torch.Tensor:
+        if self.steps is not None and step not in self.steps:
+            return acts_BTD
+        delta = self.scale * self.vector_D.to(acts_BTD)
+        if self.token_mask_T is None:
+            return acts_BTD + delta
+        mask = self.token_mask_T.to(acts_BTD).reshape(1, -1, 1)
+        if mask.shape[1] != acts_BTD.shape[1]:
+            raise ValueError(f"intervention mask on {self.site} has {mask.shape[1]} tokens, the site has {acts_BTD.shape[1]}")
+        return acts_BTD + mask * delta
+
+
+@dataclass
+class HookPlan:
+    """What the hooks of one generation do; the step counter is advanced by the denoiser's pre-hook."""
+
+    captures: list[Capture] = field(default_factory=list)
+    interventions: list[Intervention] = field(default_factory=list)
+    calls_per_step: int = 1
+    calls: int = 0
+    text_len: int | None = None  # text tokens of the current call (FLUX single blocks need it)
+
+    @property
+    def step(self) -> int:
+        return self.calls // self.calls_per_step
+
+    def wanted(self) -> set[str]:
+        return {s for c in self.captures for s in c.sites} | {i.site for i in self.interventions}
+
+    def intervene(self, site: str, acts_BTD: torch.Tensor) -> torch.Tensor:
+        for iv in self.interventions:
+            if iv.site == site:
+                acts_BTD = iv.apply(acts_BTD, self.step)
+        return acts_BTD
+
+    def capture(self, site: str, acts_BTD: torch.Tensor) -> None:
+        for c in self.captures:
+            if site in c.sites and (c.steps is None or self.step in c.steps):
+                c.fn(site, self.step, acts_BTD.detach())
+
+    def capturing(self, site: str) -> bool:
+        return any(site in c.sites and (c.steps is None or self.step in c.steps) for c in self.captures)
+
+    def intervening(self, site: str) -> bool:
+        return any(i.site == site and (i.steps is None or self.step in i.steps) for i in self.interventions)
+
+
+class ModelAdapter(ABC):
+    """A text-to-image model as difflens sees it: sites, seeded batch generation with hooks, token grid."""
+
+    #: short model name written into store manifests
+    name: str = "model"
+    default_num_steps: int = 1
+    default_resolution: int = 256
+    default_guidance: float | None = None
+    default_store_dtype: str = "float16"
+
+    # -- to implement ------------------------------------------------------------------
+    @abstractmethod
+    def sites(self, resolution: int | None = None) -> list[SiteInfo]:
+        """Every hook site with its shape at `resolution` (default resolution if None)."""
+
+    @property
+    @abstractmethod
+    def default_sites(self) -> list[str]:
+        """Sites captured when none are named."""
+
+    @abstractmethod
+    def _denoiser(self) -> torch.nn.Module:
+        """The module called once per denoising step (per CFG pass): the step counter hooks it."""
+
+    @abstractmethod
+    def _install(self, plan: HookPlan, sites: list[str]) -> list:
+        """Register the forward hooks that serve `sites`; return their handles."""
+
+    @abstractmethod
+    def _generate(self, prompts: list[str], seeds: list[int], num_steps: int, resolution: int,
+                  guidance: float | None, plan: HookPlan) -> np.ndarray:
+        """Run the model; images uint8 (B, H, W, 3). May set plan.calls_per_step (CFG passes)."""
+
+    # -- shared behaviour --------------------------------------------------------------
+    def site(self, name: str, resolution: int | None = None) -> SiteInfo:
+        by_name = {s.name: s for s in self.sites(resolution)}
+        if name not in by_name:
+            close = [n for n in by_name if n.split(".")[:2] == name.split(".")[:2]] or list(by_name)[:8]
+            raise ValueError(f"unknown site {name!r} for model {self.name}; e.g. {', '.join(close[:8])} "
+                             f"(`difflens sites --model {self.name}` lists all {len(by_name)})")
+        return by_name[name]
+
+    def grid(self, resolution: int | None = None) -> tuple[int, int]:
+        """(grid_h, grid_w) of the image tokens of the main (transformer) grid."""
+        img = [s for s in self.sites(resolution) if s.grid]
+        return img[0].grid
+
+    def token_to_rowcol(self, index, site: str | None = None, resolution: int | None = None):
+        """Image-token index (int or array) -> (row, col) in the latent grid (of `site` for UNets)."""
+        grid = self.site(site, resolution).grid if site else self.grid(resolution)
+        if grid is None:
+            raise ValueError(f"site {site} holds text tokens: they have no (row, col)")
+        index = np.asarray(index)
+        if (index < 0).any() or (index >= grid[0] * grid[1]).any():
+            raise ValueError(f"image-token index out of range for a {grid[0]}x{grid[1]} grid")
+        return index // grid[1], index % grid[1]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int] | int = 0,
+        num_steps: int | None = None,
+        resolution: int | None = None,
+        guidance: float | None = None,
+        capture: Capture | Sequence[Capture] = (),
+        interventions: Sequence[Intervention] = (),
+    ) -> np.ndarray:
+        """Generate images uint8 (B, H, W, 3) with hooks active. Image i's noise depends only on seeds[i]
+        (an int base seed s means seeds s, s+1, ...)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else [int(s) for s in seeds]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        if not prompts:
+            raise ValueError("no prompts to generate")
+        num_steps = self.default_num_steps if num_steps is None else int(num_steps)
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        resolution = self.default_resolution if resolution is None else int(resolution)
+        guidance = self.default_guidance if guidance is None else guidance
+        plan = HookPlan(captures=[capture] if isinstance(capture, Capture) else list(capture),
+                        interventions=list(interventions))
+        with self.hooked(plan, resolution):
+            return self._generate(prompts, seeds, num_steps, resolution, guidance, plan)
+
+    @contextmanager
+    def hooked(self, plan: HookPlan, resolution: int | None = None):
+        """Install the plan's hooks (and the step counter) for the duration of the block."""
+        sites = sorted(plan.wanted())
+        for s in sites:
+            self.site(s, resolution)  # unknown site -> clear error before anything runs
+
+        def count(_module, args, kwargs):
+            ehs = kwargs.get("encoder_hidden_states")
+            plan.text_len = ehs.shape[1] if isinstance(ehs, torch.Tensor) else None
+            return None
+
+        def advance(_module, _args, _kwargs, _out):
+            plan.calls += 1
+
+        handles = []
+        if sites:
+            den = self._denoiser()
+            handles = [den.register_forward_pre_hook(count, with_kwargs=True),
+                       den.register_forward_hook(advance, with_kwargs=True)]
+            handles += self._install(plan, sites)
+        try:
+            yield plan
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, so image i's noise depends only on seeds[i]."""
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+
+
+def to_uint8(images_BHWC: np.ndarray) -> np.ndarray:
+    """Pipeline output in [0, 1] float -> uint8."""
+    return (np.clip(np.asarray(images_BHWC, dtype=np.float32), 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,195 @@
+"""The capture runner: generate images chunk by chunk, record chosen sites at chosen steps,
+write rows, traces and images into an activation store (`difflens.store`).
+
+Images are grouped into fixed chunks of `batch_size` consecutive image ids; chunk c is
+generated as one batch by rank c % world_size, so a torchrun capture produces exactly the
+shards a single process would. Completed chunks are skipped on rerun (resume after kill -9).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from difflens.adapters import Capture, LoadOptions, ModelAdapter, load_adapter
+from difflens.capture.distributed import DistContext, init_from_env
+from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
+
+
+@dataclass
+class CaptureConfig:
+    """Settings of one capture. None = the model's default."""
+
+    out: str
+    model: str = "embedded"
+    sites: list[str] | None = None  # names or globs ("double.*.img.out"); None: the model's default sites
+    steps_to_record: list[int] | None = None  # 0-based denoising steps; None: [0]
+    prompts: str = "world"  # "world" (the shapes world's captions) or a text file, one prompt per line
+    n_images: int | None = None  # default: the file's line count, or 256 world prompts
+    resolution: int | None = None
+    num_steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0  # image i gets seed + i; world prompts are drawn with this seed
+    batch_size: int = 8  # images per chunk (one generation batch, one shard per site and step)
+    store_dtype: str | None = None  # "float16" | "bfloat16"; default: the model's (bfloat16 for FLUX)
+    save_images: bool = True
+    load: LoadOptions = field(default_factory=LoadOptions)
+    progress: bool = True
+
+
+def resolve_prompts(source: str, n_images: int | None, seed: int) -> list[dict]:
+    """[{"image_id", "prompt", "seed"}]; prompts from the shapes world or a file, cycled to n_images."""
+    if n_images is not None and n_images < 1:
+        raise ValueError(f"--n-images must be >= 1, got {n_images}")
+    if source == "world":
+        from difflens.world import world_prompts
+
+        prompts = world_prompts(n_images or 256, seed=seed, split="train")
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path} (use --prompts world for the shapes world)")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompts file {path} holds no prompts")
+    n = n_images or len(prompts)
+    return [{"image_id": i, "prompt": prompts[i % len(prompts)], "seed": seed + i} for i in range(n)]
+
+
+def resolve_sites(adapter: ModelAdapter, requested: list[str] | None, resolution: int) -> list:
+    """Site names (globs allowed) -> SiteInfo list, in the order given."""
+    available = adapter.sites(resolution)
+    if not requested:
+        return [adapter.site(s, resolution) for s in adapter.default_sites]
+    out = []
+    for pattern in requested:
+        if any(c in pattern for c in "*?["):
+            matches = [s for s in available if fnmatch.fnmatchcase(s.name, pattern)]
+            if not matches:
+                raise ValueError(f"--sites pattern {pattern!r} matches no site of {adapter.name}")
+        else:
+            matches = [adapter.site(pattern, resolution)]
+        out += [m for m in matches if m not in out]
+    return out
+
+
+def prompts_hash(prompts: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(prompts, sort_keys=True).encode()).hexdigest()
+
+
+class _ChunkRecorder:
+    """Capture callback: keeps each (site, step)'s acts_BTD of the current chunk, cast for storage."""
+
+    def __init__(self, store_dtype: torch.dtype):
+        self.dtype = store_dtype
+        self.acts: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __call__(self, site: str, step: int, acts_BTD: torch.Tensor) -> None:
+        cast = acts_BTD.to(self.dtype)
+        if not bool(torch.isfinite(cast).all()):
+            bad = "overflow" if bool(torch.isfinite(acts_BTD).all()) else "NaN/inf"
+            hint = "; capture with --store-dtype bfloat16" if bad == "overflow" else ""
+            raise ValueError(f"activations at {site} step {step}: {bad} when stored as {self.dtype}{hint}")
+        cpu = cast.to("cpu")
+        if cpu.data_ptr() == acts_BTD.data_ptr():
+            cpu = cpu.clone()  # never keep a view of the model's live tensor
+        self.acts[(site, step)] = cpu
+
+
+def run_capture(cfg: CaptureConfig, adapter: ModelAdapter | None = None) -> Path:
+    """Run (or resume) a capture into cfg.out; returns the store path. Works under torchrun."""
+    ctx = init_from_env(cfg.load.device)
+    try:
+        return _run(cfg, adapter, ctx)
+    finally:
+        ctx.close()
+
+
+def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> Path:
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    prompts = resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed)
+    if adapter is None:
+        load = cfg.load
+        if ctx.world_size > 1 and torch.cuda.is_available() and (load.device or "cuda").startswith("cuda"):
+            load = LoadOptions(**{**asdict(load), "device": f"cuda:{ctx.local_rank}"})
+        adapter = load_adapter(cfg.model, load)
+    resolution = adapter.default_resolution if cfg.resolution is None else cfg.resolution
+    num_steps = adapter.default_num_steps if cfg.num_steps is None else cfg.num_steps
+    guidance = adapter.default_guidance if cfg.guidance is None else cfg.guidance
+    steps = sorted(set(cfg.steps_to_record if cfg.steps_to_record is not None else [0]))
+    bad = [s for s in steps if not 0 <= s < num_steps]
+    if bad:
+        raise ValueError(f"--steps-to-record {bad} outside 0..{num_steps - 1} ({num_steps} denoising steps)")
+    sites = resolve_sites(adapter, cfg.sites, resolution)
+    store_dtype = cfg.store_dtype or adapter.default_store_dtype
+    writer = StoreWriter(cfg.out, dtype=store_dtype)
+    from difflens.store.layout import DTYPES
+
+    recorder = _ChunkRecorder(DTYPES[store_dtype][1])
+    phash = prompts_hash(prompts)
+    settings = {
+        "model": adapter.name, "sites": [s.name for s in sites], "steps": steps, "resolution": resolution,
+        "num_steps": num_steps, "guidance": guidance, "seed": cfg.seed, "batch_size": cfg.batch_size,
+        "dtype": store_dtype, "n_images": len(prompts), "prompts_hash": phash, "save_images": cfg.save_images,
+    }
+    # rank 0 creates (or checks and cleans) the store before any rank writes into it
+    error = None
+    if ctx.is_main:
+        try:
+            writer.prepare(settings, prompts)
+        except (ValueError, FileNotFoundError) as err:
+            error = err
+    if not ctx.all_ok(error is None):
+        raise error or ValueError("rank 0 could not prepare the store (see its error)")
+    if not ctx.is_main:
+        writer.check_config(settings)
+
+    n_chunks = math.ceil(len(prompts) / cfg.batch_size)
+    done = writer.completed_chunks()
+    mine = [c for c in range(n_chunks) if c % ctx.world_size == ctx.rank and c not in done]
+    capture = Capture([s.name for s in sites], recorder, steps)
+    bar = _progress(len(mine), cfg.progress and ctx.is_main, f"capture {adapter.name}")
+    for c in mine:
+        batch = prompts[c * cfg.batch_size : (c + 1) * cfg.batch_size]
+        ids = [p["image_id"] for p in batch]
+        recorder.acts.clear()
+        images = adapter.generate([p["prompt"] for p in batch], [p["seed"] for p in batch], num_steps=num_steps,
+                                  resolution=resolution, guidance=guidance, capture=capture)
+        rows = {}
+        for s in sites:
+            for step in steps:
+                acts_BTD = recorder.acts.get((s.name, step))
+                if acts_BTD is None:
+                    raise RuntimeError(f"site {s.name} was not reached at step {step} (hook did not fire)")
+                B, T, D = acts_BTD.shape
+                rows[(s.name, step)] = ChunkRows(acts_BTD.reshape(B * T, D), np.repeat(ids, T),
+                                                 np.tile(np.arange(T), B))
+        writer.write_chunk(c, ids, images if cfg.save_images else None, rows)
+        bar.update(1)
+    bar.close()
+
+    ctx.barrier()
+    if ctx.is_main:
+        entries = [EntrySpec(s.name, step, s.dim, s.stream, s.tokens, s.grid) for s in sites for step in steps]
+        meta = {k: settings[k] for k in ("model", "n_images", "prompts_hash", "resolution", "num_steps", "guidance", "seed")}
+        writer.finalize(entries, n_chunks, meta)
+    ctx.barrier()
+    return Path(cfg.out)
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chunk", disable=not enabled)
+
+
+def open_store(path: str | Path) -> ActivationStore:
+    return ActivationStore.open(path)
