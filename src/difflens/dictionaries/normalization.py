@@ -44,6 +44,8 @@ class CovarianceAccumulator:
         if acts_BN.ndim != 2 or acts_BN.shape[1] != self.dim:
             raise ValueError(f"expected activations of shape (batch, {self.dim}), got {tuple(acts_BN.shape)}")
         x = acts_BN.detach().to("cpu", torch.float64)
+        if x.shape[0] == 0:
+            return
         if not torch.isfinite(x).all():
             raise ValueError("activations contain NaN or inf; cannot fit a normalisation")
         if self.shift is None:
@@ -61,8 +63,10 @@ class CovarianceAccumulator:
 
         if not (dist.is_available() and dist.is_initialized()):
             return
-        if self.shift is None:
-            raise ValueError("a rank received no tokens for the normalisation fit")
+        if self.shift is None:  # this rank saw no tokens: contribute zeros
+            self.shift = torch.zeros(self.dim, dtype=torch.float64)
+            self.sum_N = torch.zeros(self.dim, dtype=torch.float64)
+            self.outer_NN = torch.zeros(self.dim, self.dim, dtype=torch.float64)
         # Re-centre every rank on rank 0's shift so the sums add up.
         shift0 = self.shift.clone()
         dist.broadcast(shift0, 0)

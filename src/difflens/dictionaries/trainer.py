@@ -39,6 +39,10 @@ from .sparse_ops import sparse_decode
 from .topk_sae import SAEConfig, TopKSAE
 
 
+# Seconds to sleep after each SAE step: lets the crash-safety test kill a run mid-way.
+_THROTTLE_S = float(os.environ.get("DIFFLENS_TRAIN_THROTTLE_S", "0"))
+
+
 @dataclass
 class SAETrainConfig:
     """Optimisation settings for a TopK SAE (FLUX-paper defaults)."""
@@ -121,12 +125,11 @@ def fit_normalizer(reader, kind: str, run: RunConfig, seed: int) -> Normalizer:
 
     def mine():
         seen = 0
-        for i, (acts, _) in enumerate(reader.iter_batches(8192, shuffle=True, seed=seed + 7919, epoch=0)):
+        for acts, _ in reader.iter_batches(8192, shuffle=True, seed=seed + 7919, epoch=0):
             acts = acts[: budget - seen]
             seen += acts.shape[0]
-            if i % world == rank:
-                check_activations(acts, reader.dim)
-                yield acts
+            check_activations(acts, reader.dim)
+            yield acts[rank::world].float()  # each rank accumulates an interleaved share
             if seen >= budget:
                 return
 
@@ -306,7 +309,7 @@ def train_sae(reader, sae_cfg: SAEConfig, cfg: SAETrainConfig, run: RunConfig, r
     while state.step < total_steps:
         epoch, batch_idx, acts, _ = next(stream)
         check_activations(acts, reader.dim)
-        z = sae.normalizer.normalize(acts.to(device, non_blocking=True))
+        z = sae.normalizer.normalize(acts.float().to(device, non_blocking=True))
         if not initialised:
             with torch.no_grad():  # start the decoder bias at the data mean (normalised space)
                 sae.b_dec.copy_(z.mean(0))
@@ -316,6 +319,8 @@ def train_sae(reader, sae_cfg: SAEConfig, cfg: SAETrainConfig, run: RunConfig, r
         logger.log(state.step, stats, write=state.step % run.log_every == 0 or state.step == total_steps)
         if run.checkpoint_every and state.step % run.checkpoint_every == 0 and state.step < total_steps and rank == 0:
             save_checkpoint(ckpt_dir, state.step, state.tensors(), {"epoch": epoch, "next_batch": batch_idx + 1})
+        if _THROTTLE_S:
+            time.sleep(_THROTTLE_S)
     logger.close()
     if rank == 0:
         extra = {"tokens": state.step * cfg.batch_size, "final": stats, "seconds": time.perf_counter() - t0}
@@ -362,7 +367,7 @@ def train_itda(reader, itda_cfg: ITDAConfig, cfg: ITDATrainConfig, run: RunConfi
     while step < total_steps:
         epoch, batch_idx, acts, rows = next(stream)
         check_activations(acts, reader.dim)
-        z = itda.normalizer.normalize(acts.to(device))
+        z = itda.normalizer.normalize(acts.float().to(device))
         if itda.size == 0:
             _add(itda, reader, z[:1], rows[:1])
         codes = itda.encode_normalized(z)

@@ -1,0 +1,147 @@
+"""Training from a real activation store: CLI end to end, kill -9 and resume, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from difflens.dictionaries import load_dictionary
+from difflens.dictionaries.cli import main as dict_main
+from difflens.store import ChunkRows, EntrySpec, StoreWriter
+
+GRID = (4, 4)
+SITE = "double.1.img.out"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def synthetic_acts(n_images: int, dim: int, site_seed: int, n_tok: int = 16) -> torch.Tensor:
+    """Anisotropic sparse-ish activations: a few huge directions plus sparse features."""
+    g = torch.Generator().manual_seed(site_seed)
+    feats = torch.randn(4 * dim, dim, generator=g)
+    feats /= feats.norm(dim=1, keepdim=True)
+    n = n_images * n_tok
+    codes = torch.zeros(n, 4 * dim)
+    idx = torch.randint(0, 4 * dim, (n, 3), generator=g)
+    codes.scatter_(1, idx, torch.rand(n, 3, generator=g) * 3)
+    big = torch.randn(n, 2, generator=g) * torch.tensor([40.0, 15.0])
+    return codes @ feats + big @ torch.randn(2, dim, generator=g) + 5.0
+
+
+def make_site_store(root: Path, sites: dict[str, torch.Tensor], steps=(0,), n_tok: int = 16) -> Path:
+    """Write ``sites`` (name -> (n_images·n_tok, dim) activations) into a real store."""
+    n_rows = next(iter(sites.values())).shape[0]
+    n_images = n_rows // n_tok
+    w = StoreWriter(root, dtype="float16")
+    w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": f"p{i}", "seed": i} for i in range(n_images)])
+    ids = list(range(n_images))
+    rows = {}
+    for site, acts in sites.items():
+        stream = "image" if ".img." in site else "text"
+        for st in steps:
+            rows[(site, st)] = ChunkRows(acts * (1 + st), np.repeat(ids, n_tok), np.tile(np.arange(n_tok), n_images))
+    w.write_chunk(0, ids, None, rows)
+    entries = [EntrySpec(site, st, acts.shape[1], "image" if ".img." in site else "text", n_tok, GRID if ".img." in site else None)
+               for site, acts in sites.items() for st in steps]
+    w.finalize(entries, 1, {"model": "synthetic", "n_images": n_images, "prompts_hash": "x"})
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return make_site_store(tmp_path_factory.mktemp("store"), {SITE: synthetic_acts(128, 16, 0)})
+
+
+SAE_ARGS = ["--site", SITE, "--method", "sae", "--num-latents", "64", "--k", "4", "--batch-size", "128",
+            "--k-aux", "8", "--dead-window", "512", "--lr", "3e-3", "--warmup-steps", "5", "--quiet"]
+
+
+def test_train_eval_sae_itda_neurons_cli(store, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert dict_main(["train", "--store", str(store), "--out", str(run), "--tokens", "20000", *SAE_ARGS]) == 0
+    sae = load_dictionary(run / SITE)
+    assert sae.normalizer.kind == "pca" and sae.num_latents == 64
+    cfg = json.loads((run / SITE / "cfg.json").read_text())
+    assert cfg["difflens_meta"]["final"]["fvu"] < 0.5
+    assert not (run / SITE / "checkpoint" / "latest.json").exists() or True
+    # ITDA and neurons on the same site, in sibling run folders, evaluated through one code path
+    assert dict_main(["train", "--store", str(store), "--site", SITE, "--method", "itda", "--out", str(tmp_path / "itda"),
+                      "--k", "8", "--threshold", "0.3", "--tokens", "2048", "--batch-size", "256", "--quiet"]) == 0
+    assert dict_main(["train", "--store", str(store), "--site", SITE, "--method", "neurons", "--out", str(tmp_path / "nrn")]) == 0
+    for folder in (run, tmp_path / "itda", tmp_path / "nrn"):
+        assert dict_main(["eval", "--store", str(store), "--run", str(folder), "--tokens", "1024"]) == 0
+    res = json.loads((run / "metrics.json").read_text())["results"][0]
+    assert res["fvu"] < 0.5 and res["l0"] <= 4 and res["tokens"] == 1024
+    itda = load_dictionary(tmp_path / "itda" / SITE)
+    assert itda.num_latents > 1 and set(itda.provenance["image_id"].tolist()) <= set(range(128))
+    assert (itda.provenance["step"] == 0).all() and (itda.provenance["token_row"] < 4).all()
+    nrn = json.loads((tmp_path / "nrn" / "metrics.json").read_text())["results"][0]
+    assert nrn["fvu"] < 1e-6 and nrn["kind"] == "neurons"
+    assert "variance_explained" in capsys.readouterr().out
+
+
+def test_clear_errors(store, tmp_path, capsys):
+    assert dict_main(["train", "--store", str(store), "--site", "nope", "--out", str(tmp_path)]) == 2
+    assert "site 'nope' is not in store" in capsys.readouterr().err
+    assert dict_main(["train", "--store", str(tmp_path / "missing"), "--site", SITE, "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    other = make_site_store(tmp_path / "wide", {SITE: synthetic_acts(8, 24, 1)})
+    assert dict_main(["train", "--store", str(store), "--out", str(tmp_path / "r"), "--tokens", "256", *SAE_ARGS]) == 0
+    assert dict_main(["eval", "--store", str(other), "--run", str(tmp_path / "r")]) == 2
+    assert "width 24" in capsys.readouterr().err
+
+
+def _cli(args, env_extra=None, nproc=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    env.update(env_extra or {})
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "difflens.dictionaries.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "difflens.dictionaries.cli", *args]
+    return cmd, env
+
+
+def test_kill_and_resume_is_exact(store, tmp_path):
+    args = ["train", "--store", str(store), "--tokens", str(128 * 40), "--checkpoint-every", "5", "--seed", "3", *SAE_ARGS]
+    cmd, env = _cli([*args, "--out", str(tmp_path / "ref")])
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    cmd, env = _cli([*args, "--out", str(tmp_path / "crash")], {"DIFFLENS_TRAIN_THROTTLE_S": "0.15"})
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "crash" / SITE / "checkpoint" / "latest.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (latest.exists() and "000000010" in latest.read_text()):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert latest.exists() and not (tmp_path / "crash" / SITE / "sae.safetensors").exists()
+    cmd, env = _cli([*args, "--out", str(tmp_path / "crash")])
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    ref = load_file(str(tmp_path / "ref" / SITE / "sae.safetensors"))
+    got = load_file(str(tmp_path / "crash" / SITE / "sae.safetensors"))
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+
+
+def test_two_process_ddp_matches_one_process(store, tmp_path):
+    args = ["train", "--store", str(store), "--tokens", str(128 * 12), "--checkpoint-every", "0", *SAE_ARGS]
+    for name, nproc in (("one", None), ("two", 2)):
+        cmd, env = _cli([*args, "--out", str(tmp_path / name)], nproc=nproc)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / SITE / "sae.safetensors"))
+    two = load_file(str(tmp_path / "two" / SITE / "sae.safetensors"))
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    n1 = load_file(str(tmp_path / "one" / SITE / "normalizer.safetensors"))
+    n2 = load_file(str(tmp_path / "two" / SITE / "normalizer.safetensors"))
+    torch.testing.assert_close(n2["scale"], n1["scale"], rtol=1e-4, atol=1e-5)
