@@ -12,8 +12,10 @@ Names
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from difflens.adapters.base import ModelAdapter
+if TYPE_CHECKING:
+    from difflens.adapters.base import ModelAdapter
 
 MODEL_NAMES = ["embedded", "embedded-tiny", "embedded:PATH", "flux-schnell", "flux-dev", "flux:ID_OR_PATH",
                "sdxl-turbo", "sdxl", "sdxl:ID_OR_PATH", "flux-tiny", "sdxl-tiny"]
@@ -30,7 +32,7 @@ class LoadOptions:
     quantization: str | None = None  # "nf4" (FLUX only, GPU + bitsandbytes)
 
 
-def load_adapter(spec: str | None = None, options: LoadOptions | None = None) -> ModelAdapter:
+def load_adapter(spec: str | None = None, options: LoadOptions | None = None) -> "ModelAdapter":
     spec = spec or DEFAULT_MODEL
     opt = options or LoadOptions()
     if opt.quantization and not (spec.startswith("flux")):
@@ -68,7 +70,7 @@ def load_adapter(spec: str | None = None, options: LoadOptions | None = None) ->
     raise ValueError(f"unknown model {spec!r}; known: {', '.join(MODEL_NAMES)}")
 
 
-def _embedded(spec: str, kind: str, target: str, opt: LoadOptions) -> ModelAdapter:
+def _embedded(spec: str, kind: str, target: str, opt: LoadOptions) -> "ModelAdapter":
     import torch
 
     from difflens.adapters.embedded import EmbeddedAdapter
