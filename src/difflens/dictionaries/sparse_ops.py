@@ -37,8 +37,9 @@ def sparse_transpose_matmul(idx_BK: Tensor, vals_BK: Tensor, rhs_BN: Tensor, num
     """
     B, K = idx_BK.shape
     flat_idx = idx_BK.reshape(-1)
-    order = torch.argsort(flat_idx, stable=True)
-    rows_sorted = flat_idx[order]
+    # int32 keys: markedly faster (and less sensitive to CPU contention) than sorting int64.
+    rows_sorted, order = torch.sort(flat_idx.int(), stable=True)
+    rows_sorted = rows_sorted.long()
     tokens_sorted = torch.div(order, K, rounding_mode="floor")
     counts = torch.bincount(rows_sorted, minlength=num_latents)
     crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=idx_BK.device)

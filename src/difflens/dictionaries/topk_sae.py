@@ -111,12 +111,13 @@ class TopKSAE(Dictionary):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale decoder rows to unit norm (after every optimiser step)."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps)
+        norms = torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True)
+        self.W_dec.div_(norms.clamp_min_(torch.finfo(self.W_dec.dtype).eps))
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
         """Project each decoder row's gradient onto the row's tangent space (before the step)."""
         if self.W_dec.grad is None:
             return
-        parallel_D = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
-        self.W_dec.grad -= parallel_D * self.W_dec
+        parallel_D1 = torch.linalg.vecdot(self.W_dec.grad, self.W_dec).unsqueeze(1)
+        self.W_dec.grad.addcmul_(parallel_D1, self.W_dec, value=-1.0)

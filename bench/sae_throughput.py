@@ -1,0 +1,126 @@
+"""Throughput of one full TopK-SAE training step (forward, backward, optimiser) — difflens vs sparsify.
+
+    python bench/sae_throughput.py --n 1024 --d 16384 --k 32 --batch 4096 [--device cuda --bf16]
+
+Reports tokens/s of
+  * difflens: ``SAEState.train_step`` (sparse encoder backward, sparse decode, decoder-gradient
+    projection, gradient clipping, fused Adam, decoder renormalisation, dead-latent bookkeeping),
+  * the dense bound: time of the encoder matmul forward + its weight-gradient matmul
+    (B×N·N×D and D×B·B×N) at the same shapes — what any SAE step with a dense encoder pays,
+  * sparsify: ``SparseCoder`` forward, backward, ``remove_gradient_parallel_to_decoder_directions``,
+    Adam step, ``set_decoder_norm_to_unit_norm`` — its own training step, same shapes, same run.
+``bound_ratio`` = difflens tokens/s ÷ bound tokens/s (> 1 means faster than the bound, possible
+because difflens never forms the dense weight gradient). Last line: JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import time
+
+import torch
+
+
+def timeit(fn, warmup: int, iters: int, sync) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]  # median
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1024, help="input width")
+    ap.add_argument("--d", type=int, default=16384, help="latents")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--no-sparsify", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from difflens.dictionaries import SAEConfig, TopKSAE
+    from difflens.dictionaries.trainer import SAETrainConfig, SAEState
+
+    dev = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    amp_dtype = torch.bfloat16 if args.bf16 else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, args.n, generator=g).to(dev)
+    tv = (x - x.mean(0)).pow(2).sum()
+
+    # ---- difflens ----
+    sae = TopKSAE(args.n, SAEConfig(num_latents=args.d, k=args.k, normalization="none")).to(dev)
+    state = SAEState.create(sae, SAETrainConfig(k_aux=0, autocast=args.bf16, warmup_steps=1))
+    t_ours = timeit(lambda: state.train_step(x, tv), args.warmup, args.iters, sync)
+
+    # ---- dense bound: encoder matmul forward + its weight-gradient matmul ----
+    W = sae.W_enc.detach().clone()
+    gpre = torch.randn(args.batch, args.d, generator=g).to(dev)
+
+    def bound():
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=args.bf16):
+            x @ W.t()
+            gpre.t() @ x
+
+    t_bound = timeit(bound, args.warmup, args.iters, sync)
+    del gpre
+
+    result = {
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "n": args.n, "d": args.d, "k": args.k, "batch": args.batch, "bf16": args.bf16,
+        "step_s": t_ours, "bound_s": t_bound,
+        "tokens_per_s": args.batch / t_ours,
+        "bound_tokens_per_s": args.batch / t_bound,
+        "bound_ratio": t_bound / t_ours,
+    }
+
+    # ---- sparsify's own training step ----
+    if not args.no_sparsify:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from sparsify import SparseCoder, SparseCoderConfig
+        sp = SparseCoder(args.n, SparseCoderConfig(num_latents=args.d, k=args.k), device=dev)
+        opt = torch.optim.Adam(sp.parameters(), lr=2e-4, betas=(0.0, 0.99))
+
+        def sp_step():
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+                out = sp(x)
+            out.fvu.backward()
+            sp.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sp.set_decoder_norm_to_unit_norm()
+
+        t_sp = timeit(sp_step, args.warmup, args.iters, sync)
+        result.update({"sparsify_step_s": t_sp, "sparsify_tokens_per_s": args.batch / t_sp,
+                       "speedup_vs_sparsify": t_sp / t_ours, "sparsify_bound_ratio": t_bound / t_sp})
+
+    for key in ("tokens_per_s", "bound_tokens_per_s", "sparsify_tokens_per_s"):
+        if key in result:
+            print(f"{key:>24}: {result[key]:,.0f}")
+    print(f"{'bound_ratio':>24}: {result['bound_ratio']:.2f}")
+    if "speedup_vs_sparsify" in result:
+        print(f"{'speedup_vs_sparsify':>24}: {result['speedup_vs_sparsify']:.2f}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
