@@ -90,8 +90,12 @@ def _atomic_save(obj: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> ShapesPipeline:
-    """Train (or resume) into `cfg.out`; returns the pipeline carrying the EMA weights."""
+def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> ShapesPipeline:
+    """Train (or resume) into `cfg.out`; returns the pipeline carrying the EMA weights.
+
+    `until` stops after that step (checkpointed) without changing the schedule: a time-boxed run
+    that a later call resumes exactly.
+    """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -111,7 +115,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> ShapesPipeline:
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same message
             raise ValueError(f"checkpoint {ckpt_path} is unreadable ({err}); delete it to start over") from err
         saved_cfg = json.loads(ckpt["config"])
-        if saved_cfg["model"] != asdict(cfg.model):
+        if saved_cfg["model"] != json.loads(json.dumps(asdict(cfg.model))):
             raise ValueError(f"checkpoint {ckpt_path} was trained with a different model config")
         pipe.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -119,7 +123,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> ShapesPipeline:
         start = int(ckpt["step"])
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     ema_params = [p for p in (*ema.transformer.parameters(), *ema.text_encoder.parameters())]
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train")
+    stop = cfg.steps if until is None else min(until, cfg.steps)
+    bar = tqdm(range(start, stop), initial=start, total=cfg.steps, disable=not progress, desc="train")
     log = open(out / "loss.jsonl", "a")
     t0 = time.time()
     for step in bar:
@@ -139,7 +144,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> ShapesPipeline:
         if (step + 1) % 20 == 0:
             log.write(json.dumps({"step": step + 1, "loss": loss.item(), "elapsed_s": time.time() - t0}) + "\n")
             log.flush()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop:
             _atomic_save({"model": pipe.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                           "step": step + 1, "config": json.dumps(asdict(cfg))}, ckpt_path)
     log.close()

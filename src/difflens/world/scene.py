@@ -82,14 +82,20 @@ def heldout_combinations() -> frozenset[tuple[str, str, str]]:
 
 
 _HELDOUT = heldout_combinations()
+_HELDOUT_LIST = sorted(_HELDOUT)
 
 
-def _sample_object(rng: np.random.Generator, position: str, split: str) -> ObjectSpec:
+def _sample_object(rng: np.random.Generator, position: str) -> ObjectSpec:
+    """A training object at `position`: any (colour, shape) whose combination with it is not held out."""
     while True:
         color = str(rng.choice(list(COLORS)))
         shape = str(rng.choice(SHAPES))
-        if ((color, shape, position) in _HELDOUT) == (split == "heldout"):
+        if (color, shape, position) not in _HELDOUT:
             break
+    return _with_size_and_jitter(rng, shape, color, position)
+
+
+def _with_size_and_jitter(rng: np.random.Generator, shape: str, color: str, position: str) -> ObjectSpec:
     size = str(rng.choice(SIZES))
     offset = tuple(float(v) for v in rng.uniform(-1.0, 1.0, size=2))
     return ObjectSpec(shape=shape, color=color, size=size, position=position, offset=offset)
@@ -110,8 +116,14 @@ def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int 
         n_objects = 2 if (split == "train" and rng.random() < pair_probability) else 1
     if n_objects not in (1, 2):
         raise ValueError(f"a scene has one or two objects, got {n_objects}")
-    positions = rng.choice(len(POSITIONS), size=n_objects, replace=False)
-    objects = tuple(_sample_object(rng, POSITIONS[int(p)], split) for p in positions)
+    if split == "heldout":
+        if n_objects != 1:
+            raise ValueError("held-out scenes have a single object")
+        color, shape, position = _HELDOUT_LIST[int(rng.integers(len(_HELDOUT_LIST)))]
+        objects = (_with_size_and_jitter(rng, shape, color, position),)
+    else:
+        positions = rng.choice(len(POSITIONS), size=n_objects, replace=False)
+        objects = tuple(_sample_object(rng, POSITIONS[int(p)]) for p in positions)
     background = str(rng.choice(list(BACKGROUNDS)))
     template = int(rng.integers(len(SINGLE_TEMPLATES if n_objects == 1 else PAIR_TEMPLATES)))
     return Scene(background=background, objects=objects, caption=caption_for(background, objects, template))

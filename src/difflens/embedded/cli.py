@@ -1,0 +1,91 @@
+"""`difflens world train|render|quality` and `difflens generate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _save_png(image_HWC: np.ndarray, path: str | Path) -> None:
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_HWC).save(path)
+
+
+def _load_pipe(weights: str | None):
+    from .pipeline import WEIGHTS_DIR, ShapesPipeline
+
+    return ShapesPipeline.from_pretrained(weights or WEIGHTS_DIR)
+
+
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      data_seed=args.data_seed, checkpoint_every=args.checkpoint_every, threads=args.threads)
+    pipe = train(cfg)
+    export = Path(args.export or Path(args.out) / "final")
+    pipe.save_pretrained(export)
+    print(f"EMA weights written to {export}")
+
+
+def cmd_render(args) -> None:
+    from ..world import render, sample_scenes
+
+    for i, scene in enumerate(sample_scenes(args.n, seed=args.seed, split=args.split)):
+        _save_png(render(scene)[0], Path(args.out) / f"{i:04d}.png")
+        print(f"{i:04d}.png  {scene.caption}")
+
+
+def cmd_quality(args) -> None:
+    from .quality import measure_quality
+
+    print(json.dumps(measure_quality(_load_pipe(args.weights), n=args.n, num_steps=args.steps)))
+
+
+def cmd_generate(args) -> None:
+    from .pipeline import DEFAULT_STEPS  # noqa: F401  (default documented in --help)
+
+    images = _load_pipe(args.weights).generate([args.prompt], num_steps=args.steps, seeds=[args.seed])
+    _save_png(images[0], args.output)
+    print(f"wrote {args.output}")
+
+
+def register(sub) -> None:
+    from .pipeline import DEFAULT_STEPS
+
+    world = sub.add_parser("world", help="the shapes world and its embedded model")
+    wsub = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
+    t = wsub.add_parser("train", help="train the embedded model (checkpoints, resumes after a kill)")
+    t.add_argument("--out", default="checkpoints/embedded", help="training folder (checkpoint, loss log)")
+    t.add_argument("--export", default=None, help="where to write the final EMA weights (default OUT/final)")
+    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.set_defaults(func=cmd_train)
+    r = wsub.add_parser("render", help="render ground-truth scenes to PNG files")
+    r.add_argument("--n", type=int, default=8)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--split", choices=["train", "heldout"], default="train")
+    r.add_argument("--out", default="runs/world")
+    r.set_defaults(func=cmd_render)
+    q = wsub.add_parser("quality", help="score generations from held-out prompts with the oracle")
+    q.add_argument("--n", type=int, default=512)
+    q.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    q.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
+    q.set_defaults(func=cmd_quality)
+
+    g = sub.add_parser("generate", help="generate an image with the embedded model")
+    g.add_argument("prompt")
+    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"Euler steps, 1..50 (default {DEFAULT_STEPS})")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("-o", "--output", default="out.png")
+    g.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
+    g.set_defaults(func=cmd_generate)

@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difflens.cli import main as cli_main
+from difflens.embedded import ShapesModelConfig, ShapesPipeline
+from difflens.embedded.pipeline import WEIGHTS_DIR, patchify, unpatchify
+from difflens.embedded.train import CHECKPOINT, TrainConfig, train
+
+PROMPTS = ["a small red circle on the left on a white background",
+           "black background with a large blue square in the top right"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return ShapesPipeline.random(ShapesModelConfig.tiny(), seed=0)
+
+
+def test_patchify_round_trip_is_row_major():
+    x = torch.randn(2, 3, 32, 32)
+    tokens = patchify(x, 4)
+    assert tokens.shape == (2, 64, 48)
+    assert torch.equal(unpatchify(tokens, 4, 8), x)
+    # token 9 = row 1, col 1 of the 8x8 grid
+    assert torch.equal(tokens[:, 9], x[:, :, 4:8, 4:8].reshape(2, -1))
+
+
+def test_forward_and_generation_shapes(tiny):
+    cfg = tiny.config
+    embeds, pooled = tiny.encode_prompt(PROMPTS)
+    assert embeds.shape == (2, cfg.max_text_len, cfg.width) and pooled.shape == (2, cfg.width)
+    x = torch.randn(2, cfg.grid_size**2, cfg.patch_channels)
+    v = tiny.velocity(x, torch.tensor([0.5, 0.9]), embeds, pooled)
+    assert v.shape == x.shape
+    images = tiny.generate(PROMPTS, num_steps=2, seeds=[5, 6])
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_image_depends_only_on_its_own_seed_and_prompt(tiny):
+    pair = tiny.generate(PROMPTS, num_steps=2, seeds=[5, 6])
+    alone = tiny.generate(PROMPTS[1:], num_steps=2, seeds=[6])
+    assert np.abs(pair[1].astype(int) - alone[0].astype(int)).max() <= 1
+    assert not np.array_equal(tiny.generate(PROMPTS[:1], 2, [5]), tiny.generate(PROMPTS[:1], 2, [7]))
+
+
+def test_unknown_word_is_a_clear_error(tiny, capsys, tmp_path):
+    with pytest.raises(ValueError, match="unknown word.*'blob'"):
+        tiny.generate(["a red blob"], num_steps=1)
+    tiny.save_pretrained(tmp_path)
+    assert cli_main(["generate", "a purple unicorn", "--weights", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 2
+    assert "unknown word" in capsys.readouterr().err
+
+
+def test_training_checkpoints_and_resumes_exactly(tmp_path):
+    def cfg(out):
+        return TrainConfig(out=str(out), steps=3, batch_size=4, checkpoint_every=1, warmup_steps=1,
+                           model=ShapesModelConfig.tiny())
+
+    straight = train(cfg(tmp_path / "a"), progress=False)
+    train(cfg(tmp_path / "b"), progress=False, until=2)  # "killed" after two steps
+    ckpt = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 2
+    resumed = train(cfg(tmp_path / "b"), progress=False)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_corrupt_checkpoint_is_named(tmp_path):
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=str(tmp_path / CHECKPOINT)):
+        train(TrainConfig(out=str(tmp_path), steps=1, batch_size=2, model=ShapesModelConfig.tiny()), progress=False)
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path, dtype=torch.float32)
+    loaded = ShapesPipeline.from_pretrained(tmp_path)
+    assert np.array_equal(loaded.generate(PROMPTS, 2, 0), tiny.generate(PROMPTS, 2, 0))
+    with pytest.raises(FileNotFoundError, match="embedded model file missing"):
+        ShapesPipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_shipped_weights_generate_what_the_prompt_says(tmp_path):
+    from difflens.embedded import load_embedded
+    from difflens.world import read_image
+
+    weights = WEIGHTS_DIR / "model.safetensors"
+    assert weights.stat().st_size <= 25 * 2**20
+    card = json.loads((WEIGHTS_DIR / "config.json").read_text())
+    assert card["image_size"] == 64
+    pipe = load_embedded()
+    assert pipe.config.grid_size >= 16
+    out = tmp_path / "out.png"
+    assert cli_main(["generate", "a large red circle in the center on a white background", "--seed", "0",
+                     "-o", str(out)]) == 0
+    from PIL import Image
+
+    image = np.asarray(Image.open(out))
+    reading = read_image(image)
+    assert reading.background == "white"
+    assert [o.color for o in reading.objects] == ["red"]
