@@ -57,6 +57,7 @@ class SDXLAdapter(ModelAdapter):
         self.default_num_steps, self.default_guidance, self.default_resolution = num_steps, guidance, resolution
         if pipe.text_encoder_2 is None and encode_prompts is None:
             raise ValueError("SDXL pipeline has no text encoders: pass encode_prompts=prompts -> (embeds, pooled)")
+        self._cfg = False  # whether the current generation runs classifier-free guidance
         self._blocks = {n: m for n, m in self.unet.named_modules() if type(m).__name__ == "Transformer2DModel"}
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from difflens.adapters.registry import DEFAULT_MODEL, MODEL_NAMES
 
@@ -104,23 +105,13 @@ def cmd_cache(args) -> int:
         raise ValueError("--out DIR is required (the store folder)")
     from difflens.capture.runner import CaptureConfig, run_capture
 
-    steps = args.steps_to_record
-    if steps == "all":
-        from difflens.adapters import load_adapter
-
-        adapter = load_adapter(args.model, _load_options(args))
-        steps = list(range(args.num_steps or adapter.default_num_steps))
-    else:
-        adapter = None
     cfg = CaptureConfig(
-        out=args.out, model=args.model, sites=args.sites, steps_to_record=steps, prompts=args.prompts,
+        out=args.out, model=args.model, sites=args.sites, steps_to_record=args.steps_to_record, prompts=args.prompts,
         n_images=args.n_images, resolution=args.resolution, num_steps=args.num_steps, guidance=args.guidance,
         seed=args.seed, batch_size=args.batch_size, store_dtype=args.store_dtype, save_images=not args.no_images,
         load=_load_options(args), progress=not args.quiet,
     )
-    path = run_capture(cfg, adapter=adapter)
-    import os
-
+    path = run_capture(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         from difflens.store import ActivationStore
 

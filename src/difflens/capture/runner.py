@@ -30,7 +30,7 @@ class CaptureConfig:
     out: str
     model: str = "embedded"
     sites: list[str] | None = None  # names or globs ("double.*.img.out"); None: the model's default sites
-    steps_to_record: list[int] | None = None  # 0-based denoising steps; None: [0]
+    steps_to_record: list[int] | str | None = None  # 0-based denoising steps, or "all"; None: [0]
     prompts: str = "world"  # "world" (the shapes world's captions) or a text file, one prompt per line
     n_images: int | None = None  # default: the file's line count, or 256 world prompts
     resolution: int | None = None
@@ -124,7 +124,10 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
     resolution = adapter.default_resolution if cfg.resolution is None else cfg.resolution
     num_steps = adapter.default_num_steps if cfg.num_steps is None else cfg.num_steps
     guidance = adapter.default_guidance if cfg.guidance is None else cfg.guidance
-    steps = sorted(set(cfg.steps_to_record if cfg.steps_to_record is not None else [0]))
+    if cfg.steps_to_record == "all":
+        steps = list(range(num_steps))
+    else:
+        steps = sorted(set(cfg.steps_to_record if cfg.steps_to_record is not None else [0]))
     bad = [s for s in steps if not 0 <= s < num_steps]
     if bad:
         raise ValueError(f"--steps-to-record {bad} outside 0..{num_steps - 1} ({num_steps} denoising steps)")

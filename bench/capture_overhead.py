@@ -1,0 +1,92 @@
+"""Capture overhead versus plain generation of the same images on the embedded model.
+
+Plain:   adapter.generate(...) for every batch (no hooks, nothing written).
+Capture: the full `difflens cache` path -- hooks, float16 cast, shard writes with fsync,
+         ledger markers and PNG images -- for the same prompts, seeds and batches.
+Uses the shipped trained embedded model when present, else a randomly initialised model of
+the same (default) configuration, which costs the same to run. Target: overhead <= 10 %.
+
+    python bench/capture_overhead.py [--n-images 32] [--batch-size 8] [--steps 8] [--repeats 3]
+Last line of output is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+
+import torch
+
+from difflens.adapters.embedded import EmbeddedAdapter
+from difflens.capture import CaptureConfig, resolve_prompts, run_capture
+
+
+def load_model():
+    from difflens.embedded import ShapesModelConfig, ShapesPipeline, load_embedded
+
+    try:
+        return load_embedded(), "embedded (trained)"
+    except FileNotFoundError:
+        return ShapesPipeline.random(ShapesModelConfig(), seed=0), "embedded (random init, default config)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-images", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--sites", default=None, help="comma-separated (default: the model's main site)")
+    ap.add_argument("--steps-to-record", default="all", help="'all' or comma-separated steps")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    pipe, label = load_model()
+    pipe.transformer.eval()
+    adapter = EmbeddedAdapter(pipe)
+    sites = args.sites.split(",") if args.sites else adapter.default_sites
+    steps = list(range(args.steps)) if args.steps_to_record == "all" else [int(s) for s in args.steps_to_record.split(",")]
+    prompts = resolve_prompts("world", args.n_images, seed=0)
+    batches = [prompts[i : i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
+
+    def plain() -> None:
+        for b in batches:
+            adapter.generate([p["prompt"] for p in b], [p["seed"] for p in b], num_steps=args.steps)
+
+    def capture() -> None:
+        tmp = tempfile.mkdtemp(prefix="difflens-bench-")
+        try:
+            run_capture(CaptureConfig(out=tmp + "/store", sites=sites, steps_to_record=steps, n_images=args.n_images,
+                                      num_steps=args.steps, batch_size=args.batch_size, progress=False), adapter=adapter)
+        finally:
+            shutil.rmtree(tmp)
+
+    plain()  # warm-up
+    capture()
+    t_plain, t_capture, cpu_plain, cpu_capture = [], [], [], []
+    for _ in range(args.repeats):  # interleave so background load hits both alike
+        for fn, wall, cpu in ((plain, t_plain, cpu_plain), (capture, t_capture, cpu_capture)):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+    p, c = min(t_plain), min(t_capture)
+    cp, cc = min(cpu_plain), min(cpu_capture)
+    rows = args.n_images * len(steps) * sum(adapter.site(s).tokens for s in sites)
+    print(f"model            {label}, {torch.get_num_threads()} torch threads")
+    print(f"workload         {args.n_images} images, batch {args.batch_size}, {args.steps} steps; "
+          f"recording {', '.join(sites)} at {len(steps)} steps ({rows} rows)")
+    print(f"plain generation {p:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in t_plain)})")
+    print(f"with capture     {c:.3f} s  (runs: {', '.join(f'{t:.3f}' for t in t_capture)})")
+    print(f"overhead         {100 * (c / p - 1):+.1f} % wall, {100 * (cc / cp - 1):+.1f} % process CPU"
+          f" ({cp:.3f} vs {cc:.3f} s)  (target <= 10 %)")
+    print(json.dumps({"plain_s": round(p, 4), "capture_s": round(c, 4), "overhead_pct": round(100 * (c / p - 1), 2),
+                      "cpu_overhead_pct": round(100 * (cc / cp - 1), 2),
+                      "n_images": args.n_images, "steps": args.steps, "recorded_steps": len(steps), "rows": rows,
+                      "model": label}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Capture: traceability, images kept, CLI, kill -9 and resume, 2-rank torchrun == 1 process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import adapter, difflens_cmd, subprocess_env
+
+from difflens.adapters import Capture
+from difflens.capture import CaptureConfig, run_capture
+from difflens.cli import main as cli_main
+from difflens.store import ActivationStore
+
+SITES = ["double.1.img.out", "single.0.txt.update", "double.0.img.mlp"]
+
+
+def assert_same_store(a_dir, b_dir):
+    a, b = ActivationStore.open(a_dir), ActivationStore.open(b_dir)
+    assert a.entries() == b.entries()
+    for site, step in a.entries():
+        ra, rb = a.reader(site, step), b.reader(site, step)
+        assert ra.num_rows == rb.num_rows and ra.manifest["shards"] == rb.manifest["shards"]
+        ids = torch.arange(ra.num_rows)
+        assert torch.equal(ra.read_rows(ids), rb.read_rows(ids))
+        ta, tb = ra.trace(ids), rb.trace(ids)
+        for k in ta:
+            assert np.array_equal(ta[k], tb[k])
+        pairs = set(zip(ta["image_id"].tolist(), ta["token_index"].tolist()))
+        assert len(pairs) == ra.num_rows  # no duplicated rows
+    assert a.prompts() == b.prompts()
+    for i in range(len(a.prompts())):
+        assert np.array_equal(a.load_image(i), b.load_image(i))
+
+
+def test_every_row_traces_back_to_its_image_step_and_token(tmp_path):
+    a = adapter("flux-tiny")
+    out = tmp_path / "store"
+    run_capture(CaptureConfig(out=str(out), model="flux-tiny", sites=SITES, steps_to_record=[0, 1], n_images=5,
+                              batch_size=2, progress=False), adapter=a)
+    store = ActivationStore.open(out)
+    assert store.entries() == [(s, t) for s in SITES for t in (0, 1)]
+    r = store.reader("double.1.img.out", 1)
+    assert r.num_rows == 5 * 64 and r.dtype == torch.bfloat16 and r.manifest["model"] == "flux-tiny"
+    assert store.reader("single.0.txt.update", 0).num_rows == 5 * 8
+    assert store.reader("double.0.img.mlp", 0).dim == 128
+
+    # regenerate chunk 2 (image 4, alone) and chunk 1 (images 2, 3) and compare row by row
+    for ids in ([4], [2, 3]):
+        info = [store.image_info(i) for i in ids]
+        got = {}
+        images = a.generate([p["prompt"] for p in info], [p["seed"] for p in info],
+                            capture=Capture(SITES, lambda n, st, x: got.__setitem__((n, st), x.clone())))
+        for j, i in enumerate(ids):
+            assert np.array_equal(store.load_image(i), images[j])  # saved image == the generated one
+        for site, step in store.entries():
+            rd = store.reader(site, step)
+            rows = torch.arange(rd.num_rows)
+            tr = rd.trace(rows)
+            for j, i in enumerate(ids):
+                sel = np.nonzero(tr["image_id"] == i)[0]
+                assert (tr["step"][sel] == step).all()
+                tokens = tr["token_index"][sel]
+                assert tokens.tolist() == list(range(len(sel)))
+                want = got[(site, step)][j, tokens].to(torch.bfloat16).float()
+                assert torch.equal(rd.read_rows(sel), want), (site, step, i)
+                if rd.stream == "image":
+                    assert (tr["token_row"][sel] * 8 + tr["token_col"][sel] == tokens).all()
+                else:
+                    assert (tr["token_row"][sel] == -1).all()
+    assert store.image_info(3)["seed"] == 3
+    store.verify()
+
+
+def test_prompt_file_cycles_and_cli(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\na blue square on the left\n")
+    out = tmp_path / "s"
+    args = ["cache", "--model", "embedded-tiny", "--sites", "double.0.*.out", "--steps-to-record", "all",
+            "--num-steps", "2", "--prompts", str(prompts), "--n-images", "3", "--seed", "10", "--out", str(out), "--quiet"]
+    assert cli_main(args) == 0
+    store = ActivationStore.open(out)
+    assert store.entries() == [(s, t) for s in ("double.0.img.out", "double.0.txt.out") for t in (0, 1)]
+    assert [(p["prompt"], p["seed"]) for p in store.prompts()] == [
+        ("a red circle", 10), ("a blue square on the left", 11), ("a red circle", 12)]
+    assert cli_main(args) == 0  # rerun of a finished capture: nothing to do, same store
+    capsys.readouterr()
+    assert cli_main(["cache", "info", str(out)]) == 0
+    assert "double.0.txt.out" in capsys.readouterr().out
+    assert cli_main(["sites", "--model", "flux-tiny", "--json"]) == 0
+    assert '"single.1.img.mlp"' in capsys.readouterr().out
+
+    bad = {
+        ("cache", "--model", "embedded-tiny"): "--out DIR is required",
+        ("cache", "--model", "embedded-tiny", "--num-steps", "2", "--steps-to-record", "5", "--out", str(tmp_path / "x")): "outside 0..1",
+        ("cache", "--model", "embedded-tiny", "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "y")): "prompts file not found",
+        ("cache", "--model", "embedded-tiny", "--sites", "double.9.*", "--out", str(tmp_path / "z")): "matches no site",
+        ("cache", "info", str(tmp_path / "missing")): "not a directory",
+        ("cache", "--model", "embedded-tiny", "--n-images", "4", "--out", str(out)): "different settings",
+    }
+    for argv, message in bad.items():
+        assert cli_main(list(argv)) == 2
+        assert message in capsys.readouterr().err, argv
+
+
+CACHE_SITES = ["double.0.img.out", "single.0.txt.out"]
+
+
+def _cache_args(out, n_images, batch_size=1):
+    return ["cache", "--model", "embedded-tiny", "--sites", ",".join(CACHE_SITES), "--steps-to-record", "0,2",
+            "--num-steps", "3", "--prompts", "world", "--n-images", str(n_images), "--batch-size", str(batch_size),
+            "--out", str(out), "--quiet"]
+
+
+def _reference(out, n_images, batch_size):
+    run_capture(CaptureConfig(out=str(out), model="embedded-tiny", sites=CACHE_SITES, steps_to_record=[0, 2],
+                              num_steps=3, n_images=n_images, batch_size=batch_size, progress=False),
+                adapter=adapter("embedded-tiny"))
+
+
+def test_kill_minus_9_then_rerun_completes_without_duplicates(tmp_path):
+    n = 16
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(difflens_cmd(*_cache_args(out, n)), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = out / "done"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if done.exists() and len(os.listdir(done)) >= 1:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(os.listdir(done))
+    assert 1 <= n_done < n, f"kill landed after {n_done} of {n} chunks"
+    with pytest.raises(FileNotFoundError, match="rerun the same"):
+        ActivationStore.open(out)
+    # rerun the same command: it resumes and completes, identical to an uninterrupted run
+    assert cli_main(_cache_args(out, n)) == 0
+    ref = tmp_path / "ref"
+    _reference(ref, n, 1)
+    assert_same_store(ref, out)
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_torchrun_two_ranks_equals_one_process(tmp_path):
+    n = 7  # 4 chunks of 2 (the last one short), split 2/2 over the ranks
+    ref = tmp_path / "ref"
+    _reference(ref, n, 2)
+    out = tmp_path / "ddp"
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "difflens.cli", *_cache_args(out, n, batch_size=2)]
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((out / "done").iterdir())) == 4
+    assert_same_store(ref, out)
+    shards = sorted((ref / "sites").rglob("*.npy"))
+    for p in shards:
+        assert p.read_bytes() == (out / p.relative_to(ref)).read_bytes(), p
