@@ -46,9 +46,23 @@ def cmd_quality(args) -> None:
     print(json.dumps(measure_quality(_load_pipe(args.weights), n=args.n, num_steps=args.steps)))
 
 
-def cmd_generate(args) -> None:
-    from .pipeline import DEFAULT_STEPS  # noqa: F401  (default documented in --help)
+def cmd_ship(args) -> None:
+    from .card import ship
+    from .train import load_checkpoint_ema
 
+    folder = Path(args.train_dir)
+    config = json.loads((folder / "train_config.json").read_text())
+    quality = ship(load_checkpoint_ema(folder), config, dest=args.dest or _default_weights_dir(), n=args.n)
+    print(json.dumps(quality))
+
+
+def _default_weights_dir():
+    from .pipeline import WEIGHTS_DIR
+
+    return WEIGHTS_DIR
+
+
+def cmd_generate(args) -> None:
     images = _load_pipe(args.weights).generate([args.prompt], num_steps=args.steps, seeds=[args.seed])
     _save_png(images[0], args.output)
     print(f"wrote {args.output}")
@@ -81,6 +95,12 @@ def register(sub) -> None:
     q.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     q.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
     q.set_defaults(func=cmd_quality)
+
+    s = wsub.add_parser("ship", help="export a training run's EMA weights with a model card (measures quality)")
+    s.add_argument("train_dir", help="training folder written by `difflens world train`")
+    s.add_argument("--dest", default=None, help="weights folder (default: the package's shipped weights)")
+    s.add_argument("--n", type=int, default=512, help="held-out prompts to score for the card")
+    s.set_defaults(func=cmd_ship)
 
     g = sub.add_parser("generate", help="generate an image with the embedded model")
     g.add_argument("prompt")
