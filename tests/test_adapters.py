@@ -181,3 +181,20 @@ def test_bad_input_errors():
             load_adapter("flux:/nonexistent/flux", LoadOptions(quantization="nf4"))
     with pytest.raises(ValueError, match="2 seeds for 1 prompts"):
         f.generate(PROMPTS[:1], seeds=[1, 2])
+
+
+def test_from_pretrained_loads_a_saved_pipeline_folder(tmp_path):
+    """The real loading path (FluxPipeline/StableDiffusionXLPipeline.from_pretrained) on local folders."""
+    from difflens.adapters.flux import FluxAdapter, FluxLoadConfig
+    from difflens.adapters.sdxl import SDXLAdapter, SDXLLoadConfig
+
+    for name, cls, cfg_cls in (("flux-tiny", FluxAdapter, FluxLoadConfig), ("sdxl-tiny", SDXLAdapter, SDXLLoadConfig)):
+        tiny = adapter(name)
+        tiny.pipe.save_pretrained(tmp_path / name, safe_serialization=True)
+        loaded = cls.from_pretrained(cfg_cls(model_id=str(tmp_path / name), dtype="float32", device="cpu"),
+                                     encode_prompts=tiny.encode_prompts)
+        assert [s.name for s in loaded.sites(tiny.default_resolution)] == [s.name for s in tiny.sites()]
+        want = tiny.generate(PROMPTS, seeds=[3, 4])
+        got = loaded.generate(PROMPTS, seeds=[3, 4], resolution=tiny.default_resolution, num_steps=tiny.default_num_steps,
+                              guidance=0.0)
+        assert np.array_equal(got, want), name

@@ -3,6 +3,7 @@ FluxTransformer2DModel-backed adapter (the embedded model subclasses it too)."""
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,11 +28,13 @@ class FluxTransformerAdapter(ModelAdapter):
     transformer: torch.nn.Module
     main_site_block: int = 0
 
-    def grid_for(self, resolution: int) -> tuple[int, int]:  # pragma: no cover - abstract in spirit
-        raise NotImplementedError
+    @abstractmethod
+    def grid_for(self, resolution: int) -> tuple[int, int]:
+        """(grid_h, grid_w) of the image tokens at `resolution` px (ValueError if unsupported)."""
 
-    def text_len(self) -> int:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def text_len(self) -> int:
+        """Number of text tokens in the joint sequence."""
 
     def sites(self, resolution: int | None = None) -> list[SiteInfo]:
         res = self.default_resolution if resolution is None else int(resolution)
@@ -103,13 +106,17 @@ class FluxAdapter(FluxTransformerAdapter):
         self._probe_text_len = None
 
     @classmethod
-    def from_pretrained(cls, cfg: FluxLoadConfig, name: str | None = None) -> "FluxAdapter":
-        """Load FluxPipeline from `cfg.model_id` (hub id or local folder) with the requested options."""
+    def from_pretrained(cls, cfg: FluxLoadConfig, name: str | None = None,
+                        encode_prompts: PromptEncoder | None = None) -> "FluxAdapter":
+        """Load FluxPipeline from `cfg.model_id` (hub id or local folder) with the requested options.
+        `encode_prompts` is needed only for a folder saved without text encoders."""
         from diffusers import FluxPipeline, FluxTransformer2DModel
 
         dtype = _torch_dtype(cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
         kwargs = {"torch_dtype": dtype}
+        if encode_prompts is not None:  # own prompt embeddings: skip loading the text encoders
+            kwargs.update(text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None)
         if cfg.quantization:
             if cfg.quantization.lower() != "nf4":
                 raise ValueError(f"unknown quantization {cfg.quantization!r}; supported: nf4")
@@ -124,10 +131,12 @@ class FluxAdapter(FluxTransformerAdapter):
             pipe.to(device)
         else:  # the quantized transformer is already placed; move the rest
             for part in ("text_encoder", "text_encoder_2", "vae"):
-                getattr(pipe, part).to(device)
+                if getattr(pipe, part, None) is not None:
+                    getattr(pipe, part).to(device)
         dev = "dev" in cfg.model_id.lower()
         pipe.transformer.eval()
-        return cls(pipe, name=name or cfg.model_id, max_sequence_length=512 if dev else 256,
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, name=name or cfg.model_id, encode_prompts=encode_prompts, max_sequence_length=512 if dev else 256,
                    num_steps=28 if dev else 1, guidance=3.5 if dev else 0.0)
 
     # -- geometry ------------------------------------------------------------------------

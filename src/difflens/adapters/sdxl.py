@@ -61,11 +61,16 @@ class SDXLAdapter(ModelAdapter):
         self._blocks = {n: m for n, m in self.unet.named_modules() if type(m).__name__ == "Transformer2DModel"}
 
     @classmethod
-    def from_pretrained(cls, cfg: SDXLLoadConfig, name: str | None = None) -> "SDXLAdapter":
+    def from_pretrained(cls, cfg: SDXLLoadConfig, name: str | None = None,
+                        encode_prompts: PromptEncoder | None = None) -> "SDXLAdapter":
+        """Load StableDiffusionXLPipeline from a hub id or local folder (`encode_prompts`: see FluxAdapter)."""
         from diffusers import StableDiffusionXLPipeline
 
         dtype = _torch_dtype(cfg.dtype)
-        pipe = StableDiffusionXLPipeline.from_pretrained(cfg.model_id, torch_dtype=dtype)
+        kwargs = {"torch_dtype": dtype}
+        if encode_prompts is not None:  # own prompt embeddings: skip loading the text encoders
+            kwargs.update(text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None)
+        pipe = StableDiffusionXLPipeline.from_pretrained(cfg.model_id, **kwargs)
         if cfg.cpu_offload:
             if not torch.cuda.is_available():
                 raise ValueError("--cpu-offload moves weights between CPU and GPU; it needs a CUDA GPU")
@@ -74,7 +79,7 @@ class SDXLAdapter(ModelAdapter):
             pipe.to(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pipe.set_progress_bar_config(disable=True)
         turbo = "turbo" in cfg.model_id.lower()
-        return cls(pipe, name=name or cfg.model_id, num_steps=1 if turbo else 30,
+        return cls(pipe, name=name or cfg.model_id, encode_prompts=encode_prompts, num_steps=1 if turbo else 30,
                    guidance=0.0 if turbo else 5.0, resolution=512 if turbo else 1024)
 
     # -- sites -----------------------------------------------------------------------------
