@@ -34,13 +34,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = True) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = True, fsync: bool = True) -> None:
+    """`fsync=False` leaves durability to the caller (one `os.sync()` before its own commit point)."""
     path = Path(path)
     tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)
@@ -50,14 +52,15 @@ def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True) -> No
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), sync_dir)
 
 
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True) -> None:
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True, fsync: bool = True) -> None:
     """Save `array` as a .npy file (never pickled) atomically."""
     path = Path(path)
     tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)

@@ -1,7 +1,8 @@
 """Writing an activation store: chunk by chunk, atomically, resumable after kill -9.
 
 Protocol for one chunk (a fixed group of image ids generated as one batch):
-  1. every (site, step) shard and every image is written atomically (tmp + fsync + rename);
+  1. every (site, step) shard and every image is written by tmp + rename, then one `os.sync()`
+     makes them all durable (one flush instead of an fsync per file);
   2. then the chunk's ledger marker `done/chunk-XXXXXX.json` is written atomically.
 A chunk counts only once its marker exists, so a killed run leaves at worst orphan shards,
 which `StoreWriter.clean_incomplete` deletes and the rerun regenerates. `finalize` turns
@@ -10,6 +11,8 @@ Several processes (torchrun ranks) may write disjoint chunks into the same store
 """
 
 from __future__ import annotations
+
+import os
 
 import io
 import json
@@ -22,7 +25,7 @@ import torch
 
 from difflens import __version__
 from difflens.store import layout
-from difflens.store.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, fsync_dir, remove_temporaries
+from difflens.store.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, remove_temporaries
 
 
 @dataclass(frozen=True)
@@ -146,14 +149,15 @@ class StoreWriter:
             if trace.shape[0] != acts.shape[0]:
                 raise ValueError(f"{site}@{step}: {acts.shape[0]} rows but {trace.shape[0]} trace entries")
             name = layout.chunk_name(chunk_id)
-            atomic_save_npy(d / f"{name}.acts.npy", acts, sync_dir=False)
-            atomic_save_npy(d / f"{name}.trace.npy", trace, sync_dir=False)
-            fsync_dir(d)
+            atomic_save_npy(d / f"{name}.acts.npy", acts, sync_dir=False, fsync=False)
+            atomic_save_npy(d / f"{name}.trace.npy", trace, sync_dir=False, fsync=False)
             shards[_entry_key(site, step)] = {"rows": int(acts.shape[0]), "crc32": _crc32(acts)}
         if images_BHWC is not None:
             for image_id, img in zip(image_ids, images_BHWC):
-                atomic_write_bytes(layout.image_path(self.root, image_id), _png_bytes(img), sync_dir=False)
-            fsync_dir(self.root / layout.IMAGES_DIR)
+                atomic_write_bytes(layout.image_path(self.root, image_id), _png_bytes(img), sync_dir=False, fsync=False)
+        # One flush of everything above (files and renames) before the marker commits the chunk,
+        # instead of an fsync per file: a chunk without a marker is discarded and redone on resume.
+        os.sync()
         marker = {"chunk": int(chunk_id), "image_ids": [int(i) for i in image_ids], "shards": shards}
         atomic_write_json(layout.done_path(self.root, chunk_id), marker)
 
