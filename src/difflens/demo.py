@@ -130,7 +130,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "metrics": rows,
         "analyses": report,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "plots": sorted(str(p) for p in out.rglob("*.png")),
+        "plots": sorted(str(p) for folder in (plots_dir, out / "sweep") for p in folder.glob("*.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "metrics.txt").write_text(table + "\n")

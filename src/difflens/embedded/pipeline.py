@@ -128,6 +128,8 @@ class ShapesPipeline:
         tmp.replace(path / WEIGHTS_FILE)
 
     def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "ShapesPipeline":
+        if dtype == self.dtype:
+            dtype = None  # diffusers warns on any dtype cast, even a no-op one
         self.transformer.to(device=device, dtype=dtype)
         self.text_encoder.to(device=device, dtype=dtype)
         return self
