@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +35,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = True, fsync: bool = True) -> None:
-    """`fsync=False` leaves durability to the caller (one `os.sync()` before its own commit point)."""
+@contextmanager
+def atomic_file(path: str | os.PathLike, sync_dir: bool = True, fsync: bool = True):
+    """Open a temporary beside `path` for writing; on success flush it (fsync unless `fsync=False`,
+    which leaves durability to the caller's one `os.sync()` before its commit point) and rename it."""
     path = Path(path)
     tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
-        f.write(data)
+        yield f
         f.flush()
         if fsync:
             os.fsync(f.fileno())
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = True, fsync: bool = True) -> None:
+    with atomic_file(path, sync_dir, fsync) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True) -> None:
@@ -54,16 +62,8 @@ def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True) -> No
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True, fsync: bool = True) -> None:
     """Save `array` as a .npy file (never pickled) atomically."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
+    with atomic_file(path, sync_dir, fsync) as f:
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        if fsync:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if sync_dir:
-        fsync_dir(path.parent)
 
 
 def remove_temporaries(root: str | os.PathLike) -> int:
