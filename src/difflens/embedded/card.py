@@ -12,10 +12,12 @@ CARD_FILE = "MODEL_CARD.md"
 QUALITY_FILE = "quality.json"
 
 
-def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path = WEIGHTS_DIR, n: int = 512,
+def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
          num_steps: int | None = None) -> dict:
-    """Write fp16 weights, measure held-out quality on what was written, and write the model card."""
-    dest = Path(dest)
+    """Write fp16 weights, measure held-out quality on what was written, and write the model card.
+
+    `dest` defaults to the package's shipped-weights folder."""
+    dest = Path(dest or WEIGHTS_DIR)
     pipe.save_pretrained(dest)
     shipped = ShapesPipeline.from_pretrained(dest)  # measure the fp16 weights actually shipped
     kwargs = {} if num_steps is None else {"num_steps": num_steps}

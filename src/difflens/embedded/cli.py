@@ -52,14 +52,8 @@ def cmd_ship(args) -> None:
 
     folder = Path(args.train_dir)
     config = json.loads((folder / "train_config.json").read_text())
-    quality = ship(load_checkpoint_ema(folder), config, dest=args.dest or _default_weights_dir(), n=args.n)
+    quality = ship(load_checkpoint_ema(folder), config, dest=args.dest, n=args.n)
     print(json.dumps(quality))
-
-
-def _default_weights_dir():
-    from .pipeline import WEIGHTS_DIR
-
-    return WEIGHTS_DIR
 
 
 def cmd_generate(args) -> None:

@@ -137,7 +137,8 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
         opt.load_state_dict(ckpt["optimizer"])
         start = int(ckpt["step"])
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    ema_params = [p for p in (*ema.transformer.parameters(), *ema.text_encoder.parameters())]
+    ema_params = _params(ema)
+    live_params = [p.detach() for p in params]  # views: follow every optimizer step
     stop = cfg.steps if until is None else min(until, cfg.steps)
     bar = tqdm(range(start, stop), initial=start, total=cfg.steps, disable=not progress, desc="train")
     log = open(out / "loss.jsonl", "a")
@@ -154,7 +155,7 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
+            torch._foreach_lerp_(ema_params, live_params, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 20 == 0:
             log.write(json.dumps({"step": step + 1, "loss": loss.item(), "elapsed_s": time.time() - t0}) + "\n")
