@@ -1,12 +1,12 @@
 """Capture overhead versus plain generation of the same images on the embedded model.
 
 Plain:   adapter.generate(...) for every batch (no hooks, nothing written).
-Capture: the full `difflens cache` path -- hooks, float16 cast, shard writes with fsync,
+Capture: the full `difflens cache` path -- hooks, float16 cast, shard writes, one sync per chunk,
          ledger markers and PNG images -- for the same prompts, seeds and batches.
 Uses the shipped trained embedded model when present, else a randomly initialised model of
 the same (default) configuration, which costs the same to run. Target: overhead <= 10 %.
 
-    python bench/capture_overhead.py [--n-images 32] [--batch-size 8] [--steps 8] [--repeats 3]
+    python bench/capture_overhead.py [--n-images 32] [--batch-size 8] [--steps 8] [--repeats 7]
 Last line of output is JSON.
 """
 
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--sites", default=None, help="comma-separated (default: the model's main site)")
     ap.add_argument("--steps-to-record", default="all", help="'all' or comma-separated steps")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
 
     pipe, label = load_model()
@@ -55,23 +55,29 @@ def main() -> None:
         for b in batches:
             adapter.generate([p["prompt"] for p in b], [p["seed"] for p in b], num_steps=args.steps)
 
-    def capture() -> None:
-        tmp = tempfile.mkdtemp(prefix="difflens-bench-")
-        try:
-            run_capture(CaptureConfig(out=tmp + "/store", sites=sites, steps_to_record=steps, n_images=args.n_images,
-                                      num_steps=args.steps, batch_size=args.batch_size, progress=False), adapter=adapter)
-        finally:
-            shutil.rmtree(tmp)
+    tmp = tempfile.mkdtemp(prefix="difflens-bench-")
 
-    plain()  # warm-up
-    capture()
+    def capture() -> None:
+        run_capture(CaptureConfig(out=tmp + "/store", sites=sites, steps_to_record=steps, n_images=args.n_images,
+                                  num_steps=args.steps, batch_size=args.batch_size, progress=False), adapter=adapter)
+
+    def clean() -> None:  # deleting the store is not part of capturing: done outside the timing
+        shutil.rmtree(tmp + "/store", ignore_errors=True)
+
     t_plain, t_capture, cpu_plain, cpu_capture = [], [], [], []
-    for _ in range(args.repeats):  # interleave so background load hits both alike
-        for fn, wall, cpu in ((plain, t_plain, cpu_plain), (capture, t_capture, cpu_capture)):
-            t0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
+    try:
+        plain()  # warm-up
+        capture()
+        clean()
+        for _ in range(args.repeats):  # interleave so background load hits both alike
+            for fn, wall, cpu in ((plain, t_plain, cpu_plain), (capture, t_capture, cpu_capture)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+                clean()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     p, c = min(t_plain), min(t_capture)
     cp, cc = min(cpu_plain), min(cpu_capture)
     rows = args.n_images * len(steps) * sum(adapter.site(s).tokens for s in sites)

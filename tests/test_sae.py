@@ -123,3 +123,33 @@ def test_width_mismatch_and_nan_errors():
     bad[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         sae.encode(bad)
+
+
+def test_reused_score_buffer_leaves_earlier_results_intact():
+    """Training scores into one reused CPU buffer; codes of an earlier batch must not change."""
+    gen = torch.Generator().manual_seed(4)
+    W, b_enc, b_dec = torch.randn(40, 8, generator=gen), torch.randn(40, generator=gen), torch.randn(8, generator=gen)
+    x1, x2 = torch.randn(12, 8, generator=gen), torch.randn(12, 8, generator=gen)
+    ref1 = topk_encode(x1, b_dec, W, b_enc, 5)
+    got1 = topk_encode(x1, b_dec, W, b_enc, 5, reuse_buffer=True)
+    got2 = topk_encode(x2, b_dec, W, b_enc, 5, reuse_buffer=True)
+    for ref, got in zip(ref1[:2], got1[:2]):
+        torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(got2[0], topk_encode(x2, b_dec, W, b_enc, 5)[0])
+
+
+def test_clip_grad_norm_matches_torch():
+    from difflens.dictionaries.trainer import clip_grad_norm
+
+    for max_norm in (0.5, 1e3):  # clipping, and the no-op case
+        gen = torch.Generator().manual_seed(5)
+        ours = [torch.nn.Parameter(torch.randn(7, 3, generator=gen)) for _ in range(3)]
+        ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+        for p, r in zip(ours, ref):
+            p.grad = torch.randn(7, 3, generator=gen)
+            r.grad = p.grad.clone()
+        norm = clip_grad_norm(ours, max_norm)
+        ref_norm = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+        assert abs(norm - float(ref_norm)) < 1e-5
+        for p, r in zip(ours, ref):
+            torch.testing.assert_close(p.grad, r.grad)

@@ -12,6 +12,7 @@ import fnmatch
 import hashlib
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 
 from difflens.adapters import Capture, LoadOptions, ModelAdapter, load_adapter
 from difflens.capture.distributed import DistContext, init_from_env
-from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
+from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter, layout
 
 
 @dataclass
@@ -87,19 +88,17 @@ def prompts_hash(prompts: list[dict]) -> str:
 class _ChunkRecorder:
     """Capture callback: keeps each (site, step)'s acts_BTD of the current chunk, cast for storage."""
 
-    def __init__(self, store_dtype: torch.dtype):
-        self.dtype = store_dtype
+    def __init__(self, store_dtype: str):
+        self.dtype_name = store_dtype
+        self.dtype = layout.DTYPES[store_dtype][1]
         self.acts: dict[tuple[str, int], torch.Tensor] = {}
 
     def __call__(self, site: str, step: int, acts_BTD: torch.Tensor) -> None:
-        cast = acts_BTD.to(self.dtype)
-        if not bool(torch.isfinite(cast).all()):
-            bad = "overflow" if bool(torch.isfinite(acts_BTD).all()) else "NaN/inf"
-            hint = "; capture with --store-dtype bfloat16" if bad == "overflow" else ""
-            raise ValueError(f"activations at {site} step {step}: {bad} when stored as {self.dtype}{hint}")
-        cpu = cast.to("cpu")
+        cpu = acts_BTD.to(device="cpu", dtype=self.dtype)
         if cpu.data_ptr() == acts_BTD.data_ptr():
             cpu = cpu.clone()  # never keep a view of the model's live tensor
+        # fail at the step that overflows, before the rest of the chunk is generated
+        layout.check_finite(layout.to_storage(cpu, self.dtype_name), acts_BTD, self.dtype_name, f"{site} step {step}")
         self.acts[(site, step)] = cpu
 
 
@@ -134,9 +133,7 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
     sites = resolve_sites(adapter, cfg.sites, resolution)
     store_dtype = cfg.store_dtype or adapter.default_store_dtype
     writer = StoreWriter(cfg.out, dtype=store_dtype)
-    from difflens.store.layout import DTYPES
-
-    recorder = _ChunkRecorder(DTYPES[store_dtype][1])
+    recorder = _ChunkRecorder(store_dtype)
     phash = prompts_hash(prompts)
     settings = {
         "model": adapter.name, "sites": [s.name for s in sites], "steps": steps, "resolution": resolution,
@@ -160,23 +157,34 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
     mine = [c for c in range(n_chunks) if c % ctx.world_size == ctx.rank and c not in done]
     capture = Capture([s.name for s in sites], recorder, steps)
     bar = _progress(len(mine), cfg.progress and ctx.is_main, f"capture {adapter.name}")
-    for c in mine:
-        batch = prompts[c * cfg.batch_size : (c + 1) * cfg.batch_size]
-        ids = [p["image_id"] for p in batch]
-        recorder.acts.clear()
-        images = adapter.generate([p["prompt"] for p in batch], [p["seed"] for p in batch], num_steps=num_steps,
-                                  resolution=resolution, guidance=guidance, capture=capture)
-        rows = {}
-        for s in sites:
-            for step in steps:
-                acts_BTD = recorder.acts.get((s.name, step))
-                if acts_BTD is None:
-                    raise RuntimeError(f"site {s.name} was not reached at step {step} (hook did not fire)")
-                B, T, D = acts_BTD.shape
-                rows[(s.name, step)] = ChunkRows(acts_BTD.reshape(B * T, D), np.repeat(ids, T),
-                                                 np.tile(np.arange(T), B))
-        writer.write_chunk(c, ids, images if cfg.save_images else None, rows)
-        bar.update(1)
+    # Chunk c's files are written here, but its commit (waiting for the disk, then the ledger marker) runs
+    # on a background thread while chunk c+1 generates. CPU work stays on this thread: a busy second
+    # thread would stall torch's own worker threads. A commit error surfaces before the next one starts.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difflens-store-commit") as pool:
+        pending = None
+        for c in mine:
+            batch = prompts[c * cfg.batch_size : (c + 1) * cfg.batch_size]
+            ids = [p["image_id"] for p in batch]
+            recorder.acts = {}
+            images = adapter.generate([p["prompt"] for p in batch], [p["seed"] for p in batch], num_steps=num_steps,
+                                      resolution=resolution, guidance=guidance, capture=capture)
+            rows = {}
+            for s in sites:
+                for step in steps:
+                    acts_BTD = recorder.acts.get((s.name, step))
+                    if acts_BTD is None:
+                        raise RuntimeError(f"site {s.name} was not reached at step {step} (hook did not fire)")
+                    B, T, D = acts_BTD.shape
+                    rows[(s.name, step)] = ChunkRows(acts_BTD.reshape(B * T, D), np.repeat(ids, T),
+                                                     np.tile(np.arange(T), B))
+            marker = writer.stage_chunk(c, ids, images if cfg.save_images else None, rows)
+            if pending is not None:
+                pending.result()
+                bar.update(1)
+            pending = pool.submit(writer.commit_chunk, marker)
+        if pending is not None:
+            pending.result()
+            bar.update(1)
     bar.close()
 
     ctx.barrier()

@@ -30,6 +30,25 @@ def _csr(crow: Tensor, col: Tensor, vals: Tensor, size: tuple[int, int]) -> Tens
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(crow, col, vals, size=size, check_invariants=False)
 
+_WORKSPACE: dict[tuple, Tensor] = {}
+
+
+def _cpu_workspace(shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """A reused buffer for the (B × D) pre-activations of training steps on CPU, else None (a fresh tensor).
+
+    Each step's B×D scores are only needed until top-k has run. On CPU a fresh buffer of that size
+    is new memory from the kernel every step, and its page faults cost ~5 % of a training step;
+    GPU caching allocators already reuse memory.
+    """
+    if device.type != "cpu":
+        return None
+    key = (shape, dtype)
+    if key not in _WORKSPACE:
+        _WORKSPACE.clear()  # keep one buffer: the shapes of a training run do not change
+        _WORKSPACE[key] = torch.empty(shape, dtype=dtype)
+    return _WORKSPACE[key]
+
+
 def sparse_transpose_matmul(idx_BK: Tensor, vals_BK: Tensor, rhs_BN: Tensor, num_latents: int) -> Tensor:
     """Return ``Sᵀ rhs`` (D × N) where S (B × D) holds ``vals`` at ``idx``; never forms S densely.
 
@@ -67,11 +86,13 @@ class TopKEncode(torch.autograd.Function):
     """codes = ReLU(TopK(W_enc (x − b_dec) + b_enc)), optionally with an AuxK head over dead latents."""
 
     @staticmethod
-    def forward(ctx, x_BN, b_dec_N, W_enc_DN, b_enc_D, k: int, dead_idx: Tensor | None, k_aux: int):
+    def forward(ctx, x_BN, b_dec_N, W_enc_DN, b_enc_D, k: int, dead_idx: Tensor | None, k_aux: int,
+                reuse_buffer: bool):
         xc_BN = x_BN - b_dec_N
         dev = x_BN.device.type
         dt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else xc_BN.dtype
-        pre_BD = torch.addmm(b_enc_D.to(dt), xc_BN.to(dt), W_enc_DN.t().to(dt))
+        pre_BD = torch.addmm(b_enc_D.to(dt), xc_BN.to(dt), W_enc_DN.t().to(dt),
+                             out=_cpu_workspace((x_BN.shape[0], W_enc_DN.shape[0]), dt, x_BN.device) if reuse_buffer else None)
         vals_BK, idx_BK = pre_BD.topk(k, dim=-1, sorted=False)
         vals_BK = vals_BK.float().relu_()
         if dead_idx is not None and dead_idx.numel() > 0 and k_aux > 0:
@@ -108,7 +129,7 @@ class TopKEncode(torch.autograd.Function):
             grad_b_dec = -(grad_b_enc @ W_enc_DN.float())
         if not need_benc:
             grad_b_enc = None
-        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None
+        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None
 
 
 class SparseDecode(torch.autograd.Function):
@@ -131,9 +152,12 @@ class SparseDecode(torch.autograd.Function):
         return g_vals, None, g_W
 
 
-def topk_encode(x_BN, b_dec_N, W_enc_DN, b_enc_D, k, dead_idx=None, k_aux=0):
-    """Return (vals_BK, idx_BK, aux_vals_BA, aux_idx_BA); see :class:`TopKEncode`."""
-    return TopKEncode.apply(x_BN, b_dec_N, W_enc_DN, b_enc_D, k, dead_idx, k_aux)
+def topk_encode(x_BN, b_dec_N, W_enc_DN, b_enc_D, k, dead_idx=None, k_aux=0, reuse_buffer=False):
+    """Return (vals_BK, idx_BK, aux_vals_BA, aux_idx_BA); see :class:`TopKEncode`.
+
+    reuse_buffer: score into one CPU buffer kept across calls (training, where the batch shape is fixed).
+    """
+    return TopKEncode.apply(x_BN, b_dec_N, W_enc_DN, b_enc_D, k, dead_idx, k_aux, reuse_buffer)
 
 
 def sparse_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_DN: Tensor) -> Tensor:

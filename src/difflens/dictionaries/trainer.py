@@ -43,6 +43,20 @@ from .topk_sae import SAEConfig, TopKSAE
 _THROTTLE_S = float(os.environ.get("DIFFLENS_TRAIN_THROTTLE_S", "0"))
 
 
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before clipping.
+
+    Same result as torch's clip_grad_norm_, but skips the pass over every gradient when no clipping
+    is needed (the usual case), which is ~1 % of an SAE step on CPU.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
+    return norm
+
 @dataclass
 class SAETrainConfig:
     """Optimisation settings for a TopK SAE (FLUX-paper defaults)."""
@@ -237,7 +251,7 @@ class SAEState:
             dist.all_reduce(fired)
             dist.all_reduce(sums)
         sae.remove_parallel_decoder_grad()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        clip_grad_norm(params, cfg.grad_clip)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(self.step)
         self.opt.step()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+PREDICTIONS = ("x", "velocity")
+
 
 @dataclass
 class ShapesModelConfig:
@@ -20,6 +22,10 @@ class ShapesModelConfig:
     text_layers: int = 2
     text_heads: int = 4
     max_text_len: int = 24
+    # "x": the transformer outputs the clean image x_0 and the velocity is derived from it (JiT, Li & He 2025);
+    # flat-colour pixel patches are far easier to predict than noise, so edges (= shapes) come out clean.
+    # "velocity": the transformer outputs noise - x_0 directly, as FLUX does.
+    prediction: str = "x"
     vocab: list[str] = field(default_factory=list)  # filled from the world's vocabulary when empty
 
     def __post_init__(self):
@@ -28,6 +34,8 @@ class ShapesModelConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if sum(self.axes_dims_rope) != self.head_dim:
             raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to head_dim {self.head_dim}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not self.vocab:
             from ..world import vocabulary
 

@@ -1,7 +1,8 @@
 """The embedded text-to-image model: text encoder + diffusers' FluxTransformer2DModel, in pixel space.
 
-Like FLUX.1 it is a rectified flow: x_t = (1 - t) x_0 + t noise, the transformer predicts the
-velocity noise - x_0, and a sampler integrates from t = 1 to 0 with Euler steps. The transformer
+Like FLUX.1 it is a rectified flow: x_t = (1 - t) x_0 + t noise, the model predicts the velocity
+noise - x_0 (by default derived from the transformer's estimate of x_0, see `ShapesModelConfig.prediction`),
+and a sampler integrates from t = 1 to 0 with Euler steps. The transformer
 is called with FluxPipeline's keyword arguments, so hooks on its blocks see FLUX's tensors.
 """
 
@@ -22,6 +23,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DEFAULT_STEPS = 8
+MIN_T_FOR_X_PREDICTION = 0.05  # v = (x_t - x_0) / t is divided by at least this
 
 
 def build_transformer(cfg: ShapesModelConfig) -> FluxTransformer2DModel:
@@ -152,7 +154,7 @@ class ShapesPipeline:
     def velocity(self, x_BND: torch.Tensor, t_B: torch.Tensor, prompt_embeds_BTD: torch.Tensor,
                  pooled_BD: torch.Tensor) -> torch.Tensor:
         """Predicted velocity (noise - x_0) for noisy image tokens at noise levels t in [0, 1]."""
-        return self.transformer(
+        out = self.transformer(
             hidden_states=x_BND,
             encoder_hidden_states=prompt_embeds_BTD,
             pooled_projections=pooled_BD,
@@ -161,6 +163,10 @@ class ShapesPipeline:
             txt_ids=self.txt_ids.to(x_BND.device),
             return_dict=False,
         )[0]
+        if self.config.prediction == "velocity":
+            return out
+        t_B11 = t_B.to(x_BND.dtype).clamp(min=MIN_T_FOR_X_PREDICTION)[:, None, None]
+        return (x_BND - out) / t_B11
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """x_1 (B, N, 3*p*p): image i's noise depends only on seeds[i]."""

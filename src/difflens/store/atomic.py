@@ -56,8 +56,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = Tr
         f.write(data)
 
 
-def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), sync_dir)
+def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True, fsync: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), sync_dir, fsync)
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True, fsync: bool = True) -> None:

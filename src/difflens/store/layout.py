@@ -73,6 +73,24 @@ def to_storage(acts_ND: torch.Tensor, dtype: str) -> np.ndarray:
     return t.numpy()
 
 
+_EXPONENT_MASK = {"float16": 0x7C00, "bfloat16": 0x7F80}  # all exponent bits set <=> inf or NaN
+
+
+def check_finite(stored: np.ndarray, original: torch.Tensor, dtype: str, where: str) -> None:
+    """Raise a clear error if stored rows hold inf/NaN: an overflow of `dtype`, or non-finite model output.
+
+    Reads the exponent bits with numpy (~100x faster than torch.isfinite on half precision on CPU);
+    `original` (the values before the cast) is only looked at to explain a failure.
+    """
+    mask = _EXPONENT_MASK[dtype]
+    if stored.size == 0 or not ((stored.view(np.uint16) & mask) == mask).any():
+        return
+    if bool(torch.isfinite(original).all()):
+        raise ValueError(f"activations at {where} overflow {dtype} (max |x| = {original.abs().max().item():.3g}); "
+                         f"capture with --store-dtype bfloat16")
+    raise ValueError(f"activations at {where} contain NaN or inf (the model itself produced them)")
+
+
 def storage_to_torch(array: np.ndarray, dtype: str) -> torch.Tensor:
     """View an on-disk numpy array (rows, dim) as a torch tensor of the stored value dtype (no copy)."""
     if dtype == "bfloat16":
