@@ -20,8 +20,10 @@ args = parser.parse_args()
 
 start = time.time()
 result = measure_quality(ShapesPipeline.from_pretrained(args.weights), n=args.n, num_steps=args.steps)
-print(f"{args.n} held-out single-object prompts, {args.steps} steps, {time.time() - start:.1f} s")
+print(f"{args.n} held-out single-object prompts, {args.steps} steps, guidance {result['guidance']}, "
+      f"{time.time() - start:.1f} s")
 for key, value in result.items():
     print(f"  {key:16s} {value}")
-keys = ("color_acc", "shape_acc", "position_acc", "background_acc", "size_acc", "one_object_acc", "steps", "n")
+keys = ("color_acc", "shape_acc", "position_acc", "background_acc", "size_acc", "one_object_acc", "steps",
+        "guidance", "n")
 print(json.dumps({k: result[k] for k in keys}))

@@ -57,6 +57,20 @@ def test_embedded_sites():
         a.generate(PROMPTS, resolution=64)
 
 
+def test_embedded_guidance_captures_the_conditional_half():
+    a = adapter("embedded-tiny")
+    plain = a.generate(PROMPTS, seeds=[3, 4], guidance=3.0, num_steps=2)
+    images, got = capture_all(a, sites=["double.0.img.out"], guidance=3.0, num_steps=2)
+    assert np.array_equal(plain, images)
+    batches = []
+    block = a.pipe.transformer.transformer_blocks[0]
+    h = block.register_forward_hook(lambda m, args, kwargs, out: batches.append(out[1]), with_kwargs=True)
+    a.generate(PROMPTS, seeds=[3, 4], guidance=3.0, num_steps=2)
+    h.remove()
+    assert batches[0].shape[0] == 4  # [empty prompts; prompts]
+    torch.testing.assert_close(got[("double.0.img.out", 1)], batches[1][2:], rtol=0, atol=0)
+
+
 def test_sdxl_sites_follow_the_unet_and_cfg_halves():
     a = adapter("sdxl-tiny")
     assert a.default_sites == ["unet.mid_block.attentions.0.update", "unet.up_blocks.0.attentions.0.update",

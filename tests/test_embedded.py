@@ -102,3 +102,41 @@ def test_shipped_weights_generate_what_the_prompt_says(tmp_path):
     reading = read_image(image)
     assert reading.background == "white"
     assert [o.color for o in reading.objects] == ["red"]
+
+
+def test_guidance_mixes_prompt_and_empty_prompt(tiny):
+    """guidance <= 1 is plain sampling; > 1 changes the image, deterministically and per image."""
+    plain = tiny.generate(PROMPTS, num_steps=2, seeds=[5, 6])
+    assert np.array_equal(tiny.generate(PROMPTS, num_steps=2, seeds=[5, 6], guidance_scale=1.0), plain)
+    guided = tiny.generate(PROMPTS, num_steps=2, seeds=[5, 6], guidance_scale=4.0)
+    assert not np.array_equal(guided, plain)
+    alone = tiny.generate(PROMPTS[1:], num_steps=2, seeds=[6], guidance_scale=4.0)
+    assert np.abs(guided[1].astype(int) - alone[0].astype(int)).max() <= 1
+    # the empty prompt is a valid, finite text input
+    states, pooled = tiny.encode_ids(tiny.tokenizer.unconditional(2))
+    assert torch.isfinite(states).all() and torch.isfinite(pooled).all()
+    with pytest.raises(ValueError, match="guidance_scale"):
+        tiny.generate(PROMPTS, num_steps=1, guidance_scale=float("nan"))
+
+
+def test_caption_dropout_empties_some_prompts_deterministically(tiny):
+    from difflens.embedded.train import caption_ids
+
+    ids = tiny.tokenizer(PROMPTS * 8)
+    assert torch.equal(caption_ids(tiny, PROMPTS * 8, 0.0, torch.Generator().manual_seed(0)), ids)
+    a = caption_ids(tiny, PROMPTS * 8, 0.5, torch.Generator().manual_seed(0))
+    b = caption_ids(tiny, PROMPTS * 8, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    empty = (a == 0).all(1)
+    assert 0 < int(empty.sum()) < 16 and torch.equal(a[~empty], ids[~empty])
+
+
+def test_resume_ignores_a_changed_guidance_default(tmp_path):
+    model = ShapesModelConfig.tiny()
+    train(TrainConfig(out=str(tmp_path), steps=2, batch_size=2, model=model), progress=False, until=1)
+    model.guidance_scale = 3.0  # a sampling default, not part of the weights
+    train(TrainConfig(out=str(tmp_path), steps=2, batch_size=2, model=model), progress=False)
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 2
+    model.head_dim, model.axes_dims_rope = 8, (2, 2, 4)
+    with pytest.raises(ValueError, match="different model config"):
+        train(TrainConfig(out=str(tmp_path), steps=3, batch_size=2, model=model), progress=False)

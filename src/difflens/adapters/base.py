@@ -100,6 +100,9 @@ class HookPlan:
     interventions: list[Intervention] = field(default_factory=list)
     calls_per_step: int = 1
     calls: int = 0
+    # the denoiser's batch is [unconditional; conditional] (classifier-free guidance): captures see the
+    # conditional half only; interventions apply to both halves
+    cfg_batch: bool = False
     text_len: int | None = None  # text tokens of the current call (FLUX single blocks need it)
 
     @property
@@ -116,6 +119,8 @@ class HookPlan:
         return acts_BTD
 
     def capture(self, site: str, acts_BTD: torch.Tensor) -> None:
+        if self.cfg_batch:
+            acts_BTD = acts_BTD[acts_BTD.shape[0] // 2 :]
         for c in self.captures:
             if site in c.sites and (c.steps is None or self.step in c.steps):
                 c.fn(site, self.step, acts_BTD.detach())

@@ -20,7 +20,7 @@ class EmbeddedAdapter(FluxTransformerAdapter):
         self.name = name
         self.default_num_steps = DEFAULT_STEPS
         self.default_resolution = pipe.config.image_size
-        self.default_guidance = None
+        self.default_guidance = pipe.config.guidance_scale
         self.main_site_block = len(pipe.transformer.transformer_blocks) - 1
 
     def grid_for(self, resolution: int) -> tuple[int, int]:
@@ -34,6 +34,6 @@ class EmbeddedAdapter(FluxTransformerAdapter):
 
     def _generate(self, prompts, seeds, num_steps, resolution, guidance, plan) -> np.ndarray:
         self.grid_for(resolution)
-        if guidance not in (None, 0, 0.0):
-            raise ValueError(f"{self.name} has no guidance (got guidance={guidance})")
-        return self.pipe.generate(prompts, num_steps=num_steps, seeds=list(seeds))
+        scale = self.pipe.config.guidance_scale if guidance is None else float(guidance)
+        plan.cfg_batch = scale > 1
+        return self.pipe.generate(prompts, num_steps=num_steps, seeds=list(seeds), guidance_scale=scale)

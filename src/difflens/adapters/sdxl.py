@@ -57,7 +57,6 @@ class SDXLAdapter(ModelAdapter):
         self.default_num_steps, self.default_guidance, self.default_resolution = num_steps, guidance, resolution
         if pipe.text_encoder_2 is None and encode_prompts is None:
             raise ValueError("SDXL pipeline has no text encoders: pass encode_prompts=prompts -> (embeds, pooled)")
-        self._cfg = False  # whether the current generation runs classifier-free guidance
         self._blocks = {n: m for n, m in self.unet.named_modules() if type(m).__name__ == "Transformer2DModel"}
 
     @classmethod
@@ -142,11 +141,10 @@ class SDXLAdapter(ModelAdapter):
                 if plan.intervening(n):
                     out_btd = plan.intervene(n, out_btd)
                     changed = True
-            cond = slice(shape[0] // 2, None) if self._cfg else slice(None)
             for n in names:
                 if plan.capturing(n):
                     val = out_btd if n.endswith(".out") else out_btd - _bchw_to_btd(inp)
-                    plan.capture(n, val[cond])
+                    plan.capture(n, val)
             if not changed:
                 return None
             new = out_btd.transpose(1, 2).reshape(shape)
@@ -158,7 +156,7 @@ class SDXLAdapter(ModelAdapter):
     def _generate(self, prompts, seeds, num_steps, resolution, guidance, plan) -> np.ndarray:
         self._spatial("mid_block", resolution)
         g = 0.0 if guidance is None else float(guidance)
-        self._cfg = g > 1.0 and self.unet.config.time_cond_proj_dim is None  # the pipeline's own rule
+        plan.cfg_batch = g > 1.0 and self.unet.config.time_cond_proj_dim is None  # the pipeline's own rule
         if self.encode_prompts is not None:
             embeds, pooled = self.encode_prompts(prompts)
             text = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}

@@ -10,6 +10,11 @@ from .quality import measure_quality
 
 CARD_FILE = "MODEL_CARD.md"
 QUALITY_FILE = "quality.json"
+_PREDICTION = {
+    "x": "the transformer outputs the clean image x_0; the sampler's velocity is (x_t - x_0) / t "
+         "and training uses the velocity loss",
+    "velocity": "the transformer outputs the velocity noise - x_0 directly",
+}
 
 
 def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
@@ -41,6 +46,7 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         f"{cfg.num_single_blocks} single blocks, RoPE axes {list(cfg.axes_dims_rope)}; {params / 1e6:.2f} M parameters",
         f"- text encoder: {len(cfg.vocab)}-word vocabulary, {cfg.text_layers} layers, {cfg.max_text_len} tokens; "
         f"{text_params / 1e6:.2f} M parameters",
+        f"- prediction: {_PREDICTION[cfg.prediction]}",
         f"- weights: `{WEIGHTS_FILE}`, fp16, {size_mb:.1f} MB; EMA of the training weights",
         "",
         "## Training",
@@ -51,7 +57,8 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         "",
         "## Measured quality",
         f"{quality['n']} single-object prompts from held-out (colour, shape, position) combinations, "
-        f"{quality['steps']} Euler steps, scored by the oracle (`difflens.world.read_image`) on the largest object found:",
+        f"{quality['steps']} Euler steps, guidance scale {quality['guidance']} (the model's default), scored by the",
+        "oracle (`difflens.world.read_image`) on the largest object found:",
         "",
         "| metric | value |",
         "|---|---|",

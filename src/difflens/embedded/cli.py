@@ -25,7 +25,8 @@ def cmd_train(args) -> None:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      data_seed=args.data_seed, checkpoint_every=args.checkpoint_every, threads=args.threads)
+                      data_seed=args.data_seed, checkpoint_every=args.checkpoint_every, threads=args.threads,
+                      caption_dropout=args.caption_dropout, loss_t_floor=args.loss_t_floor)
     pipe = train(cfg)
     export = Path(args.export or Path(args.out) / "final")
     pipe.save_pretrained(export)
@@ -43,7 +44,10 @@ def cmd_render(args) -> None:
 def cmd_quality(args) -> None:
     from .quality import measure_quality
 
-    print(json.dumps(measure_quality(_load_pipe(args.weights), n=args.n, num_steps=args.steps)))
+    pipe = _load_pipe(args.weights)
+    if args.guidance is not None:
+        pipe.config.guidance_scale = args.guidance
+    print(json.dumps(measure_quality(pipe, n=args.n, num_steps=args.steps)))
 
 
 def cmd_ship(args) -> None:
@@ -52,12 +56,16 @@ def cmd_ship(args) -> None:
 
     folder = Path(args.train_dir)
     config = json.loads((folder / "train_config.json").read_text())
-    quality = ship(load_checkpoint_ema(folder), config, dest=args.dest, n=args.n)
+    pipe = load_checkpoint_ema(folder)
+    if args.guidance is not None:
+        pipe.config.guidance_scale = args.guidance
+    quality = ship(pipe, config, dest=args.dest, n=args.n)
     print(json.dumps(quality))
 
 
 def cmd_generate(args) -> None:
-    images = _load_pipe(args.weights).generate([args.prompt], num_steps=args.steps, seeds=[args.seed])
+    images = _load_pipe(args.weights).generate([args.prompt], num_steps=args.steps, seeds=[args.seed],
+                                               guidance_scale=args.guidance)
     _save_png(images[0], args.output)
     print(f"wrote {args.output}")
 
@@ -70,13 +78,15 @@ def register(sub) -> None:
     t = wsub.add_parser("train", help="train the embedded model (checkpoints, resumes after a kill)")
     t.add_argument("--out", default="checkpoints/embedded", help="training folder (checkpoint, loss log)")
     t.add_argument("--export", default=None, help="where to write the final EMA weights (default OUT/final)")
-    t.add_argument("--steps", type=int, default=6000)
+    t.add_argument("--steps", type=int, default=7000)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-seed", type=int, default=0)
     t.add_argument("--checkpoint-every", type=int, default=200)
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    t.add_argument("--loss-t-floor", type=float, default=0.5, help="noise level below which loss weights stop growing")
     t.set_defaults(func=cmd_train)
     r = wsub.add_parser("render", help="render ground-truth scenes to PNG files")
     r.add_argument("--n", type=int, default=8)
@@ -88,12 +98,14 @@ def register(sub) -> None:
     q.add_argument("--n", type=int, default=512)
     q.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     q.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
+    q.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's; <= 1: none)")
     q.set_defaults(func=cmd_quality)
 
     s = wsub.add_parser("ship", help="export a training run's EMA weights with a model card (measures quality)")
     s.add_argument("train_dir", help="training folder written by `difflens world train`")
     s.add_argument("--dest", default=None, help="weights folder (default: the package's shipped weights)")
     s.add_argument("--n", type=int, default=512, help="held-out prompts to score for the card")
+    s.add_argument("--guidance", type=float, default=None, help="guidance scale to ship as the model's default")
     s.set_defaults(func=cmd_ship)
 
     g = sub.add_parser("generate", help="generate an image with the embedded model")
@@ -102,4 +114,5 @@ def register(sub) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("-o", "--output", default="out.png")
     g.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's; <= 1: none)")
     g.set_defaults(func=cmd_generate)

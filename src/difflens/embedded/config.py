@@ -26,6 +26,9 @@ class ShapesModelConfig:
     # flat-colour pixel patches are far easier to predict than noise, so edges (= shapes) come out clean.
     # "velocity": the transformer outputs noise - x_0 directly, as FLUX does.
     prediction: str = "x"
+    # default classifier-free guidance scale of `generate`; <= 1 turns guidance off (as in diffusers), > 1
+    # needs a model trained with caption dropout. A sampling setting: not compared when training resumes.
+    guidance_scale: float = 1.0
     vocab: list[str] = field(default_factory=list)  # filled from the world's vocabulary when empty
 
     def __post_init__(self):
@@ -36,6 +39,8 @@ class ShapesModelConfig:
             raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to head_dim {self.head_dim}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if not 0 <= self.guidance_scale < float("inf"):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         if not self.vocab:
             from ..world import vocabulary
 
@@ -59,6 +64,10 @@ class ShapesModelConfig:
         """A very small model for tests: 32 px, 8x8 tokens, width 32."""
         return cls(image_size=32, patch_size=4, num_double_blocks=1, num_single_blocks=1, num_heads=2, head_dim=16,
                    axes_dims_rope=(4, 6, 6), text_layers=1, text_heads=2)
+
+    def architecture(self) -> dict:
+        """The fields that fix the weights' shapes and meaning (all but sampling defaults)."""
+        return {k: v for k, v in json.loads(json.dumps(asdict(self))).items() if k != "guidance_scale"}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

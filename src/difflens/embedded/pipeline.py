@@ -147,8 +147,11 @@ class ShapesPipeline:
     # ---- model calls -----------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(prompt_embeds_BTD, pooled_BD) for a list of prompts."""
-        ids = self.tokenizer(list(prompts)).to(self.device)
-        states, pooled = self.text_encoder(ids)
+        return self.encode_ids(self.tokenizer(list(prompts)))
+
+    def encode_ids(self, ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds_BTD, pooled_BD) for token ids (all zeros: the empty prompt)."""
+        states, pooled = self.text_encoder(ids_BT.to(self.device))
         return states.to(self.dtype), pooled.to(self.dtype)
 
     def velocity(self, x_BND: torch.Tensor, t_B: torch.Tensor, prompt_embeds_BTD: torch.Tensor,
@@ -177,22 +180,35 @@ class ShapesPipeline:
 
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, num_steps: int = DEFAULT_STEPS,
-                 seeds: list[int] | int = 0) -> np.ndarray:
+                 seeds: list[int] | int = 0, guidance_scale: float | None = None) -> np.ndarray:
         """Images uint8 (B, H, W, 3). `seeds` is one seed per prompt, or a base seed (image i gets seed + i).
 
-        The transformer is called exactly once per step with the whole batch (hooks count steps that way).
+        guidance_scale: classifier-free guidance, v = v_empty + scale (v_prompt - v_empty); None: the model's
+        default (`config.guidance_scale`); <= 1: none. The transformer is called exactly once per step (hooks
+        count steps that way); with guidance its batch is [empty prompts; prompts], 2B rows.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if isinstance(seeds, int):
             seeds = [seeds + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+        scale = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if not 0 <= scale < float("inf"):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        guided = scale > 1
         sigmas = sigma_schedule(num_steps)
         embeds, pooled = self.encode_prompt(prompts)
+        if guided:
+            empty_embeds, empty_pooled = self.encode_ids(self.tokenizer.unconditional(len(prompts)))
+            embeds, pooled = torch.cat([empty_embeds, embeds]), torch.cat([empty_pooled, pooled])
         x = self.initial_noise(seeds)
         for i in range(num_steps):
-            t = torch.full((len(prompts),), float(sigmas[i]), device=self.device)
-            v = self.velocity(x, t, embeds, pooled)
+            x_in = torch.cat([x, x]) if guided else x
+            t = torch.full((x_in.shape[0],), float(sigmas[i]), device=self.device)
+            v = self.velocity(x_in, t, embeds, pooled)
+            if guided:
+                v_empty, v_prompt = v.chunk(2)
+                v = v_empty + scale * (v_prompt - v_empty)
             x = x + (sigmas[i + 1] - sigmas[i]) * v
         return tokens_to_uint8(x, self.config)
 

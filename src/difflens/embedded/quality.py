@@ -17,4 +17,5 @@ def measure_quality(pipe: ShapesPipeline, n: int = 512, num_steps: int = DEFAULT
         pipe.generate([s.caption for s in scenes[i: i + batch_size]], num_steps=num_steps, seeds=seed * 100_000 + i)
         for i in range(0, n, batch_size)
     ])
-    return {**score_images(scenes, images), "steps": num_steps, "n": n, "split": split}
+    return {**score_images(scenes, images), "steps": num_steps, "guidance": pipe.config.guidance_scale, "n": n,
+            "split": split}

@@ -35,6 +35,10 @@ class WordTokenizer:
             ids[b, : len(words)] = torch.tensor([self.index[w] for w in words])
         return ids
 
+    def unconditional(self, n: int) -> torch.Tensor:
+        """ids_BT of the empty prompt (the unconditional input of classifier-free guidance)."""
+        return torch.zeros(n, self.max_len, dtype=torch.long)
+
 
 class TextEncoder(nn.Module):
     """Embeddings + a small pre-norm transformer encoder -> per-token states and a pooled vector (FLUX's two inputs)."""
@@ -49,8 +53,13 @@ class TextEncoder(nn.Module):
         self.pool = nn.Linear(width, width)
 
     def forward(self, ids_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(states_BTD, pooled_BD). Padding is masked in attention and in the mean pool."""
+        """(states_BTD, pooled_BD). Padding is masked in attention and in the mean pool.
+
+        Position 0 is never masked: all-padding ids (`WordTokenizer.unconditional`) are the empty prompt,
+        which classifier-free guidance uses; every real prompt has a word there.
+        """
         pad_BT = ids_BT == 0
+        pad_BT[:, 0] = False
         h = self.token_embedding(ids_BT) + self.position_embedding[: ids_BT.shape[1]]
         h = self.norm(self.encoder(h, src_key_padding_mask=pad_BT))
         keep = (~pad_BT).unsqueeze(-1).to(h.dtype)

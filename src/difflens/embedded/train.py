@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..world import render, sample_scene
 from .config import ShapesModelConfig
-from .pipeline import ShapesPipeline, patchify, uint8_to_tokens
+from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify, uint8_to_tokens
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -29,7 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 @dataclass
 class TrainConfig:
     out: str = "checkpoints/embedded"
-    steps: int = 6000
+    steps: int = 7000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
@@ -37,6 +37,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     object_loss_weight: float = 20.0  # loss weight of object pixels (and a 1 px rim) relative to background
+    # share of captions replaced by the empty prompt, so the model also learns the unconditional
+    # velocity that classifier-free guidance needs
+    caption_dropout: float = 0.1
+    # the velocity loss weighs x_0 errors by 1 / t^2; below this t the weight stops growing, which keeps
+    # the nearly-clean steps from drowning out the noisy ones, where the prompt alone decides the shape
+    loss_t_floor: float = 0.5
     seed: int = 0  # model init and noise
     data_seed: int = 0  # scenes
     checkpoint_every: int = 200
@@ -51,6 +57,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0 <= self.loss_t_floor <= 1:
+            raise ValueError(f"loss_t_floor must be in [0, 1], got {self.loss_t_floor}")
 
 
 def training_batch(step: int, cfg: TrainConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -76,20 +86,34 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def flow_loss(pipe: ShapesPipeline, prompts: list[str], x0_BND: torch.Tensor, generator: torch.Generator,
-              weights_BND: torch.Tensor | None = None) -> torch.Tensor:
-    """Rectified-flow loss: (weighted) MSE between predicted and true velocity at logit-normal noise levels."""
+def flow_loss(pipe: ShapesPipeline, ids_BT: torch.Tensor, x0_BND: torch.Tensor, generator: torch.Generator,
+              weights_BND: torch.Tensor | None = None, loss_t_floor: float = 0.0) -> torch.Tensor:
+    """Rectified-flow loss: (weighted) MSE between predicted and true velocity at logit-normal noise levels.
+
+    The velocity error is (x_0 error) / t; with `loss_t_floor` > 0 it is scaled to (x_0 error) / max(t, floor).
+    """
     b = x0_BND.shape[0]
     noise = torch.randn(x0_BND.shape, generator=generator)
     t = torch.sigmoid(torch.randn(b, generator=generator))
     xt = (1 - t[:, None, None]) * x0_BND + t[:, None, None] * noise
-    embeds, pooled = pipe.encode_prompt(prompts)
+    embeds, pooled = pipe.encode_ids(ids_BT)
     v = pipe.velocity(xt.to(pipe.device), t.to(pipe.device), embeds, pooled)
     err = (v.float() - (noise - x0_BND).to(pipe.device)) ** 2
+    if loss_t_floor > 0:
+        t_used = t.clamp(min=MIN_T_FOR_X_PREDICTION) if pipe.config.prediction == "x" else t
+        err = err * ((t_used / t.clamp(min=loss_t_floor)) ** 2)[:, None, None].to(err.device)
     if weights_BND is None:
         return err.mean()
     weights_BND = weights_BND.to(pipe.device)
     return (err * weights_BND).sum() / weights_BND.sum()
+
+
+def caption_ids(pipe: ShapesPipeline, prompts: list[str], dropout: float, generator: torch.Generator) -> torch.Tensor:
+    """Token ids of the captions, each replaced by the empty prompt with probability `dropout`."""
+    ids = pipe.tokenizer(prompts)
+    if dropout > 0:  # draw nothing otherwise, so runs without dropout keep their random stream
+        ids[torch.rand(len(prompts), generator=generator) < dropout] = 0
+    return ids
 
 
 def _params(pipe: ShapesPipeline) -> list[torch.nn.Parameter]:
@@ -129,8 +153,8 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
             ckpt = torch.load(ckpt_path, weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same message
             raise ValueError(f"checkpoint {ckpt_path} is unreadable ({err}); delete it to start over") from err
-        saved_cfg = json.loads(ckpt["config"])
-        if saved_cfg["model"] != json.loads(json.dumps(asdict(cfg.model))):
+        saved_model = ShapesModelConfig(**json.loads(ckpt["config"])["model"])
+        if saved_model.architecture() != cfg.model.architecture():
             raise ValueError(f"checkpoint {ckpt_path} was trained with a different model config")
         pipe.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
@@ -148,7 +172,8 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        loss = flow_loss(pipe, prompts, x0, gen, weights)
+        ids = caption_ids(pipe, prompts, cfg.caption_dropout, gen)
+        loss = flow_loss(pipe, ids, x0, gen, weights, cfg.loss_t_floor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
