@@ -140,3 +140,23 @@ def test_resume_ignores_a_changed_guidance_default(tmp_path):
     model.head_dim, model.axes_dims_rope = 8, (2, 2, 4)
     with pytest.raises(ValueError, match="different model config"):
         train(TrainConfig(out=str(tmp_path), steps=3, batch_size=2, model=model), progress=False)
+
+
+def test_latent_model_trains_its_autoencoder_first_and_round_trips(tmp_path):
+    from difflens.embedded.train import AUTOENCODER_CHECKPOINT
+
+    model = ShapesModelConfig.tiny()
+    model.latent_channels = 4
+    cfg = TrainConfig(out=str(tmp_path), steps=2, batch_size=2, warmup_steps=1, autoencoder_steps=2, model=model)
+    pipe = train(cfg, progress=False)
+    assert torch.load(tmp_path / AUTOENCODER_CHECKPOINT, weights_only=True)["step"] == 2
+    assert pipe.transformer.config.in_channels == 4
+    images = pipe.generate(PROMPTS, num_steps=2, seeds=[1, 2])
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    tokens = pipe.images_to_tokens(images)
+    assert tokens.shape == (2, model.grid_size**2, 4) and tokens.abs().max() <= 1
+    pipe.save_pretrained(tmp_path / "w", dtype=torch.float32)
+    loaded = ShapesPipeline.from_pretrained(tmp_path / "w")
+    assert np.array_equal(loaded.generate(PROMPTS, num_steps=2, seeds=[1, 2]), images)
+    with pytest.raises(ValueError, match="latent_channels"):
+        ShapesModelConfig(latent_channels=4, patch_size=2)

@@ -32,16 +32,25 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
     params = sum(p.numel() for p in shipped.transformer.parameters())
     text_params = sum(p.numel() for p in shipped.text_encoder.parameters())
     size_mb = (dest / WEIGHTS_FILE).stat().st_size / 2**20
+    if cfg.latent_channels:
+        ae_params = sum(p.numel() for p in shipped.autoencoder.parameters())
+        tokens = (f"- image {cfg.image_size}x{cfg.image_size} RGB -> convolutional autoencoder (x4 downsampling, "
+                  f"tanh latents, {ae_params / 1e6:.2f} M parameters, trained first, then frozen) -> "
+                  f"{cfg.grid_size}x{cfg.grid_size} = {cfg.grid_size**2} image tokens of {cfg.latent_channels} "
+                  f"channels (row-major)")
+    else:
+        tokens = (f"- image {cfg.image_size}x{cfg.image_size} RGB, {cfg.patch_size}x{cfg.patch_size} patches -> "
+                  f"{cfg.grid_size}x{cfg.grid_size} = {cfg.grid_size**2} image tokens of {cfg.patch_channels} "
+                  f"channels (row-major)")
     lines = [
         "# Embedded shapes-world model",
         "",
         "A small text-to-image model of the procedural shapes world, built on diffusers' `FluxTransformer2DModel`",
-        "(double- and single-stream blocks, like FLUX.1) with a word-level text encoder trained jointly, in pixel",
-        "space, with the rectified-flow objective. It is difflens' default model.",
+        "(double- and single-stream blocks, like FLUX.1) with a word-level text encoder trained jointly, with the",
+        "rectified-flow objective. It is difflens' default model.",
         "",
         "## Architecture",
-        f"- image {cfg.image_size}x{cfg.image_size} RGB, {cfg.patch_size}x{cfg.patch_size} patches -> "
-        f"{cfg.grid_size}x{cfg.grid_size} = {cfg.grid_size**2} image tokens of {cfg.patch_channels} channels (row-major)",
+        tokens,
         f"- transformer width {cfg.width} ({cfg.num_heads} heads x {cfg.head_dim}), {cfg.num_double_blocks} double blocks, "
         f"{cfg.num_single_blocks} single blocks, RoPE axes {list(cfg.axes_dims_rope)}; {params / 1e6:.2f} M parameters",
         f"- text encoder: {len(cfg.vocab)}-word vocabulary, {cfg.text_layers} layers, {cfg.max_text_len} tokens; "

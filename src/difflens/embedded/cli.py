@@ -22,11 +22,14 @@ def _load_pipe(weights: str | None):
 
 
 def cmd_train(args) -> None:
+    from .config import ShapesModelConfig
     from .train import TrainConfig, train
 
     cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       data_seed=args.data_seed, checkpoint_every=args.checkpoint_every, threads=args.threads,
-                      caption_dropout=args.caption_dropout, loss_t_floor=args.loss_t_floor)
+                      caption_dropout=args.caption_dropout, loss_t_floor=args.loss_t_floor,
+                      autoencoder_steps=args.autoencoder_steps, autoencoder_latent_noise=args.autoencoder_noise,
+                      model=ShapesModelConfig(latent_channels=args.latent_channels))
     pipe = train(cfg)
     export = Path(args.export or Path(args.out) / "final")
     pipe.save_pretrained(export)
@@ -87,6 +90,9 @@ def register(sub) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
     t.add_argument("--loss-t-floor", type=float, default=0.5, help="noise level below which loss weights stop growing")
+    t.add_argument("--latent-channels", type=int, default=8, help="autoencoder latent channels (0: pixel space)")
+    t.add_argument("--autoencoder-steps", type=int, default=4500)
+    t.add_argument("--autoencoder-noise", type=float, default=0.05, help="latent noise in autoencoder training")
     t.set_defaults(func=cmd_train)
     r = wsub.add_parser("render", help="render ground-truth scenes to PNG files")
     r.add_argument("--n", type=int, default=8)

@@ -29,6 +29,9 @@ class ShapesModelConfig:
     # default classifier-free guidance scale of `generate`; <= 1 turns guidance off (as in diffusers), > 1
     # needs a model trained with caption dropout. A sampling setting: not compared when training resumes.
     guidance_scale: float = 1.0
+    # 0: the transformer works on pixel patches. > 0: on the latents of a small autoencoder
+    # (`autoencoder.py`, x4 downsampling, so patch_size must be 4) with this many channels, as FLUX does.
+    latent_channels: int = 0
     vocab: list[str] = field(default_factory=list)  # filled from the world's vocabulary when empty
 
     def __post_init__(self):
@@ -39,6 +42,9 @@ class ShapesModelConfig:
             raise ValueError(f"axes_dims_rope {self.axes_dims_rope} must sum to head_dim {self.head_dim}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.latent_channels < 0 or (self.latent_channels and self.patch_size != 4):
+            raise ValueError(f"latent_channels must be 0 (pixels) or > 0 with patch_size 4, got "
+                             f"{self.latent_channels} with patch_size {self.patch_size}")
         if not 0 <= self.guidance_scale < float("inf"):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
         if not self.vocab:
@@ -58,6 +64,11 @@ class ShapesModelConfig:
     @property
     def patch_channels(self) -> int:
         return 3 * self.patch_size**2
+
+    @property
+    def token_channels(self) -> int:
+        """Channels of one image token the transformer denoises: a pixel patch or a latent vector."""
+        return self.latent_channels or self.patch_channels
 
     @classmethod
     def tiny(cls) -> "ShapesModelConfig":

@@ -17,6 +17,7 @@ from diffusers import FluxTransformer2DModel
 from safetensors.torch import load_file, save_file
 
 from .config import ShapesModelConfig
+from .autoencoder import ShapesAutoencoder
 from .text_encoder import TextEncoder, WordTokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -29,8 +30,8 @@ MIN_T_FOR_X_PREDICTION = 0.05  # v = (x_t - x_0) / t is divided by at least this
 def build_transformer(cfg: ShapesModelConfig) -> FluxTransformer2DModel:
     return FluxTransformer2DModel(
         patch_size=1,
-        in_channels=cfg.patch_channels,
-        out_channels=cfg.patch_channels,
+        in_channels=cfg.token_channels,
+        out_channels=cfg.token_channels,
         num_layers=cfg.num_double_blocks,
         num_single_layers=cfg.num_single_blocks,
         attention_head_dim=cfg.head_dim,
@@ -66,10 +67,14 @@ def sigma_schedule(num_steps: int) -> torch.Tensor:
 class ShapesPipeline:
     """Holds the model parts; `generate` turns prompts into images. Call `.to(device)` to move it."""
 
-    def __init__(self, config: ShapesModelConfig, transformer: FluxTransformer2DModel, text_encoder: TextEncoder):
+    def __init__(self, config: ShapesModelConfig, transformer: FluxTransformer2DModel, text_encoder: TextEncoder,
+                 autoencoder: ShapesAutoencoder | None = None):
+        if bool(config.latent_channels) != (autoencoder is not None):
+            raise ValueError("a latent-space config needs an autoencoder, a pixel-space one none")
         self.config = config
         self.transformer = transformer.eval()
         self.text_encoder = text_encoder.eval()
+        self.autoencoder = autoencoder.eval() if autoencoder is not None else None
         self.tokenizer = WordTokenizer(config.vocab, config.max_text_len)
         g = config.grid_size
         rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
@@ -79,10 +84,18 @@ class ShapesPipeline:
 
     # ---- construction -------------------------------------------------------------------
     @staticmethod
-    def build_modules(config: ShapesModelConfig) -> tuple[FluxTransformer2DModel, TextEncoder]:
+    def build_modules(config: ShapesModelConfig) -> tuple:
+        """(transformer, text_encoder, autoencoder or None), randomly initialised."""
         text_encoder = TextEncoder(len(config.vocab) + 1, config.max_text_len, config.width, config.text_layers,
                                    config.text_heads)
-        return build_transformer(config), text_encoder
+        autoencoder = ShapesAutoencoder(config.latent_channels) if config.latent_channels else None
+        return build_transformer(config), text_encoder, autoencoder
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        parts = {"transformer": self.transformer, "text_encoder": self.text_encoder}
+        if self.autoencoder is not None:
+            parts["autoencoder"] = self.autoencoder
+        return parts
 
     @classmethod
     def random(cls, config: ShapesModelConfig | None = None, seed: int = 0) -> "ShapesPipeline":
@@ -105,19 +118,18 @@ class ShapesPipeline:
         return pipe.to(device, dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        sd = {f"transformer.{k}": v for k, v in self.transformer.state_dict().items()}
-        sd.update({f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()})
-        return sd
+        return {f"{name}.{k}": v for name, module in self.modules().items() for k, v in module.state_dict().items()}
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        parts = {"transformer": {}, "text_encoder": {}}
+        modules = self.modules()
+        parts = {name: {} for name in modules}
         for key, value in sd.items():
             prefix, _, rest = key.partition(".")
             if prefix not in parts:
                 raise ValueError(f"unexpected tensor {key!r} in embedded model weights")
             parts[prefix][rest] = value
-        self.transformer.load_state_dict(parts["transformer"])
-        self.text_encoder.load_state_dict(parts["text_encoder"])
+        for name, module in modules.items():
+            module.load_state_dict(parts[name])
 
     def save_pretrained(self, path: str | Path, dtype: torch.dtype = torch.float16) -> None:
         """Write config.json + model.safetensors (weights cast to `dtype` to keep the package small)."""
@@ -132,8 +144,8 @@ class ShapesPipeline:
     def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "ShapesPipeline":
         if dtype == self.dtype:
             dtype = None  # diffusers warns on any dtype cast, even a no-op one
-        self.transformer.to(device=device, dtype=dtype)
-        self.text_encoder.to(device=device, dtype=dtype)
+        for module in self.modules().values():
+            module.to(device=device, dtype=dtype)
         return self
 
     @property
@@ -174,7 +186,7 @@ class ShapesPipeline:
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """x_1 (B, N, 3*p*p): image i's noise depends only on seeds[i]."""
         cfg = self.config
-        shape = (cfg.grid_size**2, cfg.patch_channels)
+        shape = (cfg.grid_size**2, cfg.token_channels)
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device, self.dtype)
 
@@ -210,7 +222,27 @@ class ShapesPipeline:
                 v_empty, v_prompt = v.chunk(2)
                 v = v_empty + scale * (v_prompt - v_empty)
             x = x + (sigmas[i + 1] - sigmas[i]) * v
-        return tokens_to_uint8(x, self.config)
+        return self.tokens_to_uint8(x)
+
+    # ---- images <-> the tokens the transformer denoises ---------------------------------------
+    def images_to_tokens(self, images_BHWC: np.ndarray) -> torch.Tensor:
+        """uint8 images (B, H, W, 3) -> clean tokens x_0 (B, grid*grid, token_channels), row-major."""
+        pixels = uint8_to_tokens(images_BHWC, self.config)
+        if self.autoencoder is None:
+            return pixels
+        images = unpatchify(pixels, self.config.patch_size, self.config.grid_size)
+        with torch.no_grad():
+            latents = self.autoencoder.encode(images.to(self.device, self.dtype))
+        return latents.flatten(2).transpose(1, 2)
+
+    def tokens_to_uint8(self, x_BND: torch.Tensor) -> np.ndarray:
+        """Denoised tokens -> uint8 images (B, H, W, 3) (through the decoder in latent space)."""
+        if self.autoencoder is None:
+            return tokens_to_uint8(x_BND, self.config)
+        g = self.config.grid_size
+        with torch.no_grad():
+            images = self.autoencoder.decode(x_BND.transpose(1, 2).reshape(x_BND.shape[0], -1, g, g))
+        return tokens_to_uint8(patchify(images.float().cpu(), self.config.patch_size), self.config)
 
 
 def tokens_to_uint8(x_BND: torch.Tensor, config: ShapesModelConfig) -> np.ndarray:

@@ -21,9 +21,10 @@ from tqdm import tqdm
 
 from ..world import render, sample_scene
 from .config import ShapesModelConfig
-from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify, uint8_to_tokens
+from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify
 
 CHECKPOINT = "checkpoint.pt"
+AUTOENCODER_CHECKPOINT = "autoencoder.pt"
 
 
 @dataclass
@@ -43,6 +44,10 @@ class TrainConfig:
     # the velocity loss weighs x_0 errors by 1 / t^2; below this t the weight stops growing, which keeps
     # the nearly-clean steps from drowning out the noisy ones, where the prompt alone decides the shape
     loss_t_floor: float = 0.5
+    # latent models (model.latent_channels > 0): the autoencoder is trained first, then frozen
+    autoencoder_steps: int = 4500
+    autoencoder_lr: float = 1e-3
+    autoencoder_latent_noise: float = 0.05  # added to latents in its training: the decoder learns to forgive
     seed: int = 0  # model init and noise
     data_seed: int = 0  # scenes
     checkpoint_every: int = 200
@@ -63,20 +68,60 @@ class TrainConfig:
             raise ValueError(f"loss_t_floor must be in [0, 1], got {self.loss_t_floor}")
 
 
-def training_batch(step: int, cfg: TrainConfig) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """(captions, clean image tokens x0_BND in [-1, 1], loss weights_BND) for one step.
+def training_batch(step: int, cfg: TrainConfig, stream: int = 0) -> tuple[list[str], np.ndarray, torch.Tensor]:
+    """(captions, images uint8 (B, H, W, 3), pixel loss weights_B1HW) for one step.
 
-    A pure function of (data_seed, step). Objects cover a few per cent of the pixels and their shape
-    lives in their edges, so object pixels and a one-pixel rim get `object_loss_weight`.
+    A pure function of (data_seed, step, stream); stream 1 feeds the autoencoder. Objects cover a few
+    per cent of the pixels and their shape lives in their edges, so object pixels and a one-pixel rim
+    get `object_loss_weight`.
     """
-    rng = np.random.default_rng([cfg.data_seed, step])
+    rng = np.random.default_rng([cfg.data_seed, step] + ([stream] if stream else []))
     scenes = [sample_scene(rng) for _ in range(cfg.batch_size)]
     renders = [render(s, cfg.model.image_size) for s in scenes]
     images = np.stack([image for image, _ in renders])
     objects = np.stack([ndimage.binary_dilation(np.any(masks, axis=0)) for _, masks in renders])
-    weights = 1 + (cfg.object_loss_weight - 1) * np.repeat(objects[..., None], 3, axis=-1).astype(np.float32)
-    x0 = uint8_to_tokens(images, cfg.model)
-    return [s.caption for s in scenes], x0, patchify(torch.from_numpy(weights).permute(0, 3, 1, 2), cfg.model.patch_size)
+    weights = 1 + (cfg.object_loss_weight - 1) * torch.from_numpy(objects[:, None].astype(np.float32))
+    return [s.caption for s in scenes], images, weights
+
+
+def token_weights(weights_B1HW: torch.Tensor, config: ShapesModelConfig) -> torch.Tensor:
+    """Pixel loss weights -> per-token weights: (B, N, 48) per pixel value, or (B, N, 1) per latent token
+    (the largest pixel weight under it)."""
+    if not config.latent_channels:
+        return patchify(weights_B1HW.expand(-1, 3, -1, -1), config.patch_size)
+    pooled = torch.nn.functional.max_pool2d(weights_B1HW, config.patch_size)
+    return pooled.flatten(2).transpose(1, 2)
+
+
+def train_autoencoder(pipe: ShapesPipeline, cfg: TrainConfig, progress: bool = True) -> None:
+    """Train (or resume, or just load) `pipe.autoencoder` on renders; checkpointed to AUTOENCODER_CHECKPOINT.
+
+    Loss: weighted MSE of decode(encode(x) + noise) against x, so decoding tolerates imperfect latents.
+    """
+    ae = pipe.autoencoder
+    path = Path(cfg.out) / AUTOENCODER_CHECKPOINT
+    opt = torch.optim.Adam(ae.parameters(), lr=cfg.autoencoder_lr)
+    start = 0
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+        ae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    ae.train()
+    for step in tqdm(range(start, cfg.autoencoder_steps), initial=start, total=cfg.autoencoder_steps,
+                     disable=not progress, desc="autoencoder"):
+        _, images, weights = training_batch(step, cfg, stream=1)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
+        z = ae.encode(x)
+        z = z + cfg.autoencoder_latent_noise * torch.randn(z.shape, generator=gen)
+        loss = (((ae.decode(z) - x) ** 2) * weights).sum() / (weights.sum() * 3)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.autoencoder_steps:
+            _atomic_save({"model": ae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, path)
+    ae.eval().requires_grad_(False)
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -140,6 +185,8 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = ShapesPipeline.random(cfg.model, seed=cfg.seed)
+    if pipe.autoencoder is not None:
+        train_autoencoder(pipe, cfg, progress)
     pipe.transformer.train()
     pipe.text_encoder.train()
     params = _params(pipe)
@@ -168,7 +215,8 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     log = open(out / "loss.jsonl", "a")
     t0 = time.time()
     for step in bar:
-        prompts, x0, weights = training_batch(step, cfg)
+        prompts, images, pixel_weights = training_batch(step, cfg)
+        x0, weights = pipe.images_to_tokens(images), token_weights(pixel_weights, cfg.model)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, cfg)
