@@ -81,7 +81,7 @@ def register(sub) -> None:
     t = wsub.add_parser("train", help="train the embedded model (checkpoints, resumes after a kill)")
     t.add_argument("--out", default="checkpoints/embedded", help="training folder (checkpoint, loss log)")
     t.add_argument("--export", default=None, help="where to write the final EMA weights (default OUT/final)")
-    t.add_argument("--steps", type=int, default=7000)
+    t.add_argument("--steps", type=int, default=5000)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)

@@ -10,7 +10,8 @@ PREDICTIONS = ("x", "velocity")
 
 @dataclass
 class ShapesModelConfig:
-    """Pixel-space FLUX-style model: 4x4 RGB patches of a 64 px image -> a 16x16 grid of image tokens."""
+    """FLUX-style model of 64 px images on a 16x16 grid of image tokens: latents of a small autoencoder
+    (x4 downsampling, like FLUX's VAE + 2x2 patches) or, with latent_channels = 0, 4x4 RGB pixel patches."""
 
     image_size: int = 64
     patch_size: int = 4
@@ -31,7 +32,7 @@ class ShapesModelConfig:
     guidance_scale: float = 1.0
     # 0: the transformer works on pixel patches. > 0: on the latents of a small autoencoder
     # (`autoencoder.py`, x4 downsampling, so patch_size must be 4) with this many channels, as FLUX does.
-    latent_channels: int = 0
+    latent_channels: int = 8
     vocab: list[str] = field(default_factory=list)  # filled from the world's vocabulary when empty
 
     def __post_init__(self):
@@ -74,7 +75,7 @@ class ShapesModelConfig:
     def tiny(cls) -> "ShapesModelConfig":
         """A very small model for tests: 32 px, 8x8 tokens, width 32."""
         return cls(image_size=32, patch_size=4, num_double_blocks=1, num_single_blocks=1, num_heads=2, head_dim=16,
-                   axes_dims_rope=(4, 6, 6), text_layers=1, text_heads=2)
+                   axes_dims_rope=(4, 6, 6), text_layers=1, text_heads=2, latent_channels=0)
 
     def architecture(self) -> dict:
         """The fields that fix the weights' shapes and meaning (all but sampling defaults)."""

@@ -30,7 +30,7 @@ AUTOENCODER_CHECKPOINT = "autoencoder.pt"
 @dataclass
 class TrainConfig:
     out: str = "checkpoints/embedded"
-    steps: int = 7000
+    steps: int = 5000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
