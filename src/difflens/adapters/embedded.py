@@ -34,6 +34,6 @@ class EmbeddedAdapter(FluxTransformerAdapter):
 
     def _generate(self, prompts, seeds, num_steps, resolution, guidance, plan) -> np.ndarray:
         self.grid_for(resolution)
-        scale = self.pipe.config.guidance_scale if guidance is None else float(guidance)
+        scale = self.pipe.resolve_guidance(guidance)
         plan.cfg_batch = scale > 1
         return self.pipe.generate(prompts, num_steps=num_steps, seeds=list(seeds), guidance_scale=scale)

@@ -48,8 +48,7 @@ def cmd_quality(args) -> None:
     from .quality import measure_quality
 
     pipe = _load_pipe(args.weights)
-    if args.guidance is not None:
-        pipe.config.guidance_scale = args.guidance
+    pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
     print(json.dumps(measure_quality(pipe, n=args.n, num_steps=args.steps)))
 
 
@@ -60,8 +59,7 @@ def cmd_ship(args) -> None:
     folder = Path(args.train_dir)
     config = json.loads((folder / "train_config.json").read_text())
     pipe = load_checkpoint_ema(folder)
-    if args.guidance is not None:
-        pipe.config.guidance_scale = args.guidance
+    pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
     quality = ship(pipe, config, dest=args.dest, n=args.n)
     print(json.dumps(quality))
 

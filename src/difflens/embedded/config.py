@@ -8,6 +8,13 @@ from dataclasses import asdict, dataclass, field
 PREDICTIONS = ("x", "velocity")
 
 
+def check_guidance_scale(scale: float) -> float:
+    """A classifier-free guidance scale: finite and >= 0 (<= 1 turns guidance off, as in diffusers)."""
+    if not 0 <= scale < float("inf"):
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {scale}")
+    return scale
+
+
 @dataclass
 class ShapesModelConfig:
     """FLUX-style model of 64 px images on a 16x16 grid of image tokens: latents of a small autoencoder
@@ -46,8 +53,7 @@ class ShapesModelConfig:
         if self.latent_channels < 0 or (self.latent_channels and self.patch_size != 4):
             raise ValueError(f"latent_channels must be 0 (pixels) or > 0 with patch_size 4, got "
                              f"{self.latent_channels} with patch_size {self.patch_size}")
-        if not 0 <= self.guidance_scale < float("inf"):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {self.guidance_scale}")
+        check_guidance_scale(self.guidance_scale)
         if not self.vocab:
             from ..world import vocabulary
 

@@ -1,4 +1,4 @@
-"""The embedded text-to-image model: text encoder + diffusers' FluxTransformer2DModel, in pixel space.
+"""The embedded text-to-image model: text encoder + diffusers' FluxTransformer2DModel (+ autoencoder in latent space).
 
 Like FLUX.1 it is a rectified flow: x_t = (1 - t) x_0 + t noise, the model predicts the velocity
 noise - x_0 (by default derived from the transformer's estimate of x_0, see `ShapesModelConfig.prediction`),
@@ -16,8 +16,8 @@ import torch
 from diffusers import FluxTransformer2DModel
 from safetensors.torch import load_file, save_file
 
-from .config import ShapesModelConfig
 from .autoencoder import ShapesAutoencoder
+from .config import ShapesModelConfig, check_guidance_scale
 from .text_encoder import TextEncoder, WordTokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -184,11 +184,15 @@ class ShapesPipeline:
         return (x_BND - out) / t_B11
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
-        """x_1 (B, N, 3*p*p): image i's noise depends only on seeds[i]."""
+        """x_1 (B, N, token_channels): image i's noise depends only on seeds[i]."""
         cfg = self.config
         shape = (cfg.grid_size**2, cfg.token_channels)
         noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
         return torch.stack(noise).to(self.device, self.dtype)
+
+    def resolve_guidance(self, guidance_scale: float | None) -> float:
+        """The scale `generate` uses: the model's default when None; > 1 runs a [empty; prompts] batch."""
+        return check_guidance_scale(self.config.guidance_scale if guidance_scale is None else float(guidance_scale))
 
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, num_steps: int = DEFAULT_STEPS,
@@ -204,9 +208,7 @@ class ShapesPipeline:
             seeds = [seeds + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        scale = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
-        if not 0 <= scale < float("inf"):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        scale = self.resolve_guidance(guidance_scale)
         guided = scale > 1
         sigmas = sigma_schedule(num_steps)
         embeds, pooled = self.encode_prompt(prompts)
@@ -227,33 +229,31 @@ class ShapesPipeline:
     # ---- images <-> the tokens the transformer denoises ---------------------------------------
     def images_to_tokens(self, images_BHWC: np.ndarray) -> torch.Tensor:
         """uint8 images (B, H, W, 3) -> clean tokens x_0 (B, grid*grid, token_channels), row-major."""
-        pixels = uint8_to_tokens(images_BHWC, self.config)
+        images = uint8_to_pixels(images_BHWC)
         if self.autoencoder is None:
-            return pixels
-        images = unpatchify(pixels, self.config.patch_size, self.config.grid_size)
+            return patchify(images, self.config.patch_size)
         with torch.no_grad():
             latents = self.autoencoder.encode(images.to(self.device, self.dtype))
         return latents.flatten(2).transpose(1, 2)
 
     def tokens_to_uint8(self, x_BND: torch.Tensor) -> np.ndarray:
         """Denoised tokens -> uint8 images (B, H, W, 3) (through the decoder in latent space)."""
-        if self.autoencoder is None:
-            return tokens_to_uint8(x_BND, self.config)
         g = self.config.grid_size
+        if self.autoencoder is None:
+            return pixels_to_uint8(unpatchify(x_BND.float().cpu(), self.config.patch_size, g))
         with torch.no_grad():
-            images = self.autoencoder.decode(x_BND.transpose(1, 2).reshape(x_BND.shape[0], -1, g, g))
-        return tokens_to_uint8(patchify(images.float().cpu(), self.config.patch_size), self.config)
+            return pixels_to_uint8(self.autoencoder.decode(x_BND.transpose(1, 2).reshape(x_BND.shape[0], -1, g, g)))
 
 
-def tokens_to_uint8(x_BND: torch.Tensor, config: ShapesModelConfig) -> np.ndarray:
-    images = unpatchify(x_BND.float().cpu(), config.patch_size, config.grid_size)  # in [-1, 1]
-    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+def uint8_to_pixels(images_BHWC: np.ndarray) -> torch.Tensor:
+    """uint8 images (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images_BHWC)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def pixels_to_uint8(images_BCHW: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W), nominally in [-1, 1] (clamped) -> uint8 images (B, H, W, 3)."""
+    images = ((images_BCHW.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return images.permute(0, 2, 3, 1).numpy()
-
-
-def uint8_to_tokens(images_BHWC: np.ndarray, config: ShapesModelConfig) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images_BHWC)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return patchify(x, config.patch_size)
 
 
 def load_embedded(device: str = "cpu", dtype: torch.dtype = torch.float32) -> ShapesPipeline:

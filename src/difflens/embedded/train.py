@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..world import render, sample_scene
 from .config import ShapesModelConfig
-from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify
+from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify, uint8_to_pixels
 
 CHECKPOINT = "checkpoint.pt"
 AUTOENCODER_CHECKPOINT = "autoencoder.pt"
@@ -111,7 +111,7 @@ def train_autoencoder(pipe: ShapesPipeline, cfg: TrainConfig, progress: bool = T
     for step in tqdm(range(start, cfg.autoencoder_steps), initial=start, total=cfg.autoencoder_steps,
                      disable=not progress, desc="autoencoder"):
         _, images, weights = training_batch(step, cfg, stream=1)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = uint8_to_pixels(images)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
         z = ae.encode(x)
         z = z + cfg.autoencoder_latent_noise * torch.randn(z.shape, generator=gen)
