@@ -167,3 +167,19 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path):
     shards = sorted((ref / "sites").rglob("*.npy"))
     for p in shards:
         assert p.read_bytes() == (out / p.relative_to(ref)).read_bytes(), p
+
+
+def test_store_records_weights_and_refuses_to_resume_under_other_weights(tmp_path):
+    a = adapter("embedded-tiny")
+    cfg = CaptureConfig(out=str(tmp_path / "s"), model="embedded-tiny", sites=["double.0.img.out"], num_steps=2,
+                        n_images=2, batch_size=1, progress=False)
+    run_capture(cfg, adapter=a)
+    fingerprint = a.weights_fingerprint()
+    assert ActivationStore.open(cfg.out).meta["weights"] == fingerprint
+    assert adapter("embedded-tiny").weights_fingerprint() == fingerprint  # same seed, same weights
+    run_capture(cfg, adapter=adapter("embedded-tiny"))  # a rerun with equal weights is accepted
+    with torch.no_grad():
+        a.pipe.text_encoder.token_embedding.weight[3, 0] += 0.5  # one value of the (jointly trained) text encoder
+    assert a.weights_fingerprint() != fingerprint
+    with pytest.raises(ValueError, match=r"different settings \(weights\)"):
+        run_capture(cfg, adapter=a)

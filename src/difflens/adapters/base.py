@@ -37,6 +37,7 @@ duration of one generation:
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from contextlib import contextmanager
@@ -165,7 +166,15 @@ class ModelAdapter(ABC):
                   guidance: float | None, plan: HookPlan) -> np.ndarray:
         """Run the model; images uint8 (B, H, W, 3). May set plan.calls_per_step (CFG passes)."""
 
+    def weight_modules(self) -> dict[str, torch.nn.Module]:
+        """The modules whose weights decide what the model generates (their fingerprint goes into stores)."""
+        return {"denoiser": self._denoiser()}
+
     # -- shared behaviour --------------------------------------------------------------
+    def weights_fingerprint(self) -> str:
+        """A short hash of the model's weights: a store refuses to resume under different weights."""
+        return weights_fingerprint(self.weight_modules())
+
     def site(self, name: str, resolution: int | None = None) -> SiteInfo:
         by_name = {s.name: s for s in self.sites(resolution)}
         if name not in by_name:
@@ -244,6 +253,29 @@ class ModelAdapter(ABC):
         finally:
             for h in handles:
                 h.remove()
+
+
+def weights_fingerprint(modules: dict[str, torch.nn.Module], full_below: int = 1 << 20,
+                        sample: int = 1 << 14) -> str:
+    """sha256 (16 hex digits) over every tensor's name, shape and dtype, and its values: all of them for
+    tensors under `full_below` values, else `sample` evenly strided ones. Small models are hashed exactly;
+    FLUX's 12B parameters cost a few MB of reads. Tensors on the meta device (offloaded) count by shape."""
+    h = hashlib.sha256()
+    for module_name in sorted(modules):
+        for name, tensor in sorted(modules[module_name].state_dict().items()):
+            h.update(f"{module_name}.{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            if tensor.device.type == "meta" or tensor.numel() == 0:
+                continue
+            values = tensor.detach().reshape(-1)
+            if values.numel() >= full_below:
+                values = values[:: values.numel() // sample][:sample]
+            h.update(values.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def diffusers_modules(pipe) -> dict[str, torch.nn.Module]:
+    """The torch modules of a diffusers pipeline (denoiser, VAE, text encoders that are loaded)."""
+    return {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
 
 
 def seeded_generators(seeds: Sequence[int]) -> list[torch.Generator]:

@@ -23,6 +23,9 @@ class EmbeddedAdapter(FluxTransformerAdapter):
         self.default_guidance = pipe.config.guidance_scale
         self.main_site_block = len(pipe.transformer.transformer_blocks) - 1
 
+    def weight_modules(self) -> dict:
+        return self.pipe.modules()
+
     def grid_for(self, resolution: int) -> tuple[int, int]:
         if resolution != self.pipe.config.image_size:
             raise ValueError(f"{self.name} generates {self.pipe.config.image_size} px images only (got resolution {resolution})")

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from difflens.adapters import flux_hooks
-from difflens.adapters.base import HookPlan, ModelAdapter, SiteInfo, seeded_generators, to_uint8
+from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_modules, seeded_generators,
+                                   to_uint8)
 
 # prompts -> (prompt_embeds_BTD, pooled_prompt_embeds_BD); used when the pipeline has no text encoders.
 PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -104,6 +105,9 @@ class FluxAdapter(FluxTransformerAdapter):
         if pipe.text_encoder is None and encode_prompts is None:
             raise ValueError("FLUX pipeline has no text encoders: pass encode_prompts=prompts -> (embeds, pooled)")
         self._probe_text_len = None
+
+    def weight_modules(self) -> dict[str, torch.nn.Module]:
+        return diffusers_modules(self.pipe)
 
     @classmethod
     def from_pretrained(cls, cfg: FluxLoadConfig, name: str | None = None,

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from difflens.adapters.base import HookPlan, ModelAdapter, SiteInfo, seeded_generators, to_uint8
+from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_modules, seeded_generators,
+                                   to_uint8)
 from difflens.adapters.flux import PromptEncoder, _torch_dtype
 
 SDXL_MODELS = {
@@ -58,6 +59,9 @@ class SDXLAdapter(ModelAdapter):
         if pipe.text_encoder_2 is None and encode_prompts is None:
             raise ValueError("SDXL pipeline has no text encoders: pass encode_prompts=prompts -> (embeds, pooled)")
         self._blocks = {n: m for n, m in self.unet.named_modules() if type(m).__name__ == "Transformer2DModel"}
+
+    def weight_modules(self) -> dict[str, torch.nn.Module]:
+        return diffusers_modules(self.pipe)
 
     @classmethod
     def from_pretrained(cls, cfg: SDXLLoadConfig, name: str | None = None,

@@ -136,9 +136,10 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
     recorder = _ChunkRecorder(store_dtype)
     phash = prompts_hash(prompts)
     settings = {
-        "model": adapter.name, "sites": [s.name for s in sites], "steps": steps, "resolution": resolution,
-        "num_steps": num_steps, "guidance": guidance, "seed": cfg.seed, "batch_size": cfg.batch_size,
-        "dtype": store_dtype, "n_images": len(prompts), "prompts_hash": phash, "save_images": cfg.save_images,
+        "model": adapter.name, "weights": adapter.weights_fingerprint(), "sites": [s.name for s in sites],
+        "steps": steps, "resolution": resolution, "num_steps": num_steps, "guidance": guidance, "seed": cfg.seed,
+        "batch_size": cfg.batch_size, "dtype": store_dtype, "n_images": len(prompts), "prompts_hash": phash,
+        "save_images": cfg.save_images,
     }
     # rank 0 creates (or checks and cleans) the store before any rank writes into it
     error = None
@@ -190,7 +191,8 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
     ctx.barrier()
     if ctx.is_main:
         entries = [EntrySpec(s.name, step, s.dim, s.stream, s.tokens, s.grid) for s in sites for step in steps]
-        meta = {k: settings[k] for k in ("model", "n_images", "prompts_hash", "resolution", "num_steps", "guidance", "seed")}
+        meta = {k: settings[k] for k in ("model", "weights", "n_images", "prompts_hash", "resolution", "num_steps",
+                                         "guidance", "seed")}
         writer.finalize(entries, n_chunks, meta)
     ctx.barrier()
     return Path(cfg.out)

@@ -267,7 +267,7 @@ class ActivationStore:
         m = self.meta
         lines = [
             f"store      {self.root}",
-            f"model      {m.get('model')}",
+            f"model      {m.get('model')}   (weights {m.get('weights', 'not recorded')})",
             f"images     {m.get('n_images')} at {m.get('resolution')} px, {m.get('num_steps')} steps (prompts hash {str(m.get('prompts_hash'))[:12]})",
             f"dtype      {m.get('dtype')}   difflens {m.get('difflens_version')}",
             f"{'site':<40} {'step':>4} {'stream':>6} {'dim':>6} {'rows':>12} {'grid':>7} {'MB':>9}",
