@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .scene import BACKGROUNDS, COLORS, POSITIONS
+from .render import SHAPE_AREA, SHAPE_CENTROID_OFFSET, shape_inside
+from .scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES
 
 _BG_NAMES = list(BACKGROUNDS)
 _BG_RGB = np.array([BACKGROUNDS[n] for n in _BG_NAMES], dtype=np.float32)
@@ -45,26 +46,43 @@ def _nearest(rgb: np.ndarray, palette: np.ndarray) -> int:
     return int(np.argmin(((palette - rgb) ** 2).sum(-1)))
 
 
-def classify_shape(mask: np.ndarray) -> str:
-    """Shape of one connected blob from its bounding-box occupancy.
+# template fits tried per shape: radius scales around the area-matched radius, centre shifts in pixels
+_FIT_SCALES = np.array([0.9, 0.95, 1.0, 1.05, 1.1], dtype=np.float32)
+_FIT_SHIFTS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=np.float32)
 
-    Square fills its box; a circle leaves the box corners partly empty; a diamond leaves all
-    four corners empty; an apex-up triangle leaves the top corners empty, fills the bottom ones.
+
+def shape_fits(mask: np.ndarray) -> dict[str, float]:
+    """Best intersection-over-union of one blob with each ideal shape, fitted to the blob's area and centroid.
+
+    Matching whole templates, not a few corner pixels, is what makes the reading robust to the ragged edges
+    and softened corners of generations (bench/oracle_robustness.py measures it).
     """
     rows, cols = np.nonzero(mask)
-    box = mask[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1].astype(np.float32)
-    h, w = box.shape
-    fill = box.mean()
-    ch, cw = max(1, round(h * 0.25)), max(1, round(w * 0.25))
-    top = (box[:ch, :cw].mean() + box[:ch, -cw:].mean()) / 2
-    bottom = (box[-ch:, :cw].mean() + box[-ch:, -cw:].mean()) / 2
-    if fill > 0.9 or min(top, bottom) > 0.75:
-        return "square"
-    if bottom - top > 0.25:
-        return "triangle"
-    if fill > 0.62 or min(top, bottom) > 0.2:
-        return "circle"
-    return "diamond"
+    area = len(rows)
+    cy, cx = rows.mean() + 0.5, cols.mean() + 0.5
+    pad = int(0.3 * max(np.ptp(rows), np.ptp(cols))) + 3
+    y0, x0 = max(0, rows.min() - pad), max(0, cols.min() - pad)
+    window_HW = mask[y0: rows.max() + pad + 1, x0: cols.max() + pad + 1]
+    y_HW, x_HW = np.mgrid[0: window_HW.shape[0], 0: window_HW.shape[1]].astype(np.float32) + 0.5
+    y_HW, x_HW = y_HW + y0, x_HW + x0
+    fits = {}
+    for shape in SHAPES:
+        radius_R = np.sqrt(area / SHAPE_AREA[shape]) * _FIT_SCALES
+        centre_y_RS = cy - SHAPE_CENTROID_OFFSET[shape] * radius_R[:, None] + _FIT_SHIFTS
+        centre_x_S = cx + _FIT_SHIFTS
+        dy = y_HW - centre_y_RS[:, :, None, None, None]  # (R, Sy, 1, H, W)
+        dx = x_HW - centre_x_S[:, None, None]  # (Sx, H, W)
+        template = shape_inside(shape, dy, dx, radius_R[:, None, None, None, None])  # (R, Sy, Sx, H, W)
+        inter = (template & window_HW).sum((-2, -1))
+        union = (template | window_HW).sum((-2, -1))
+        fits[shape] = float((inter / union).max())
+    return fits
+
+
+def classify_shape(mask: np.ndarray) -> str:
+    """The shape whose fitted template overlaps one blob best (see `shape_fits`)."""
+    fits = shape_fits(mask)
+    return max(fits, key=fits.get)
 
 
 def read_image(image: np.ndarray) -> SceneReading:

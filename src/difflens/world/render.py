@@ -9,10 +9,14 @@ from .scene import BACKGROUNDS, COLORS, Scene
 SIZE_FRACTION = {"small": 0.16, "large": 0.28}  # object extent as a fraction of the image side
 
 
-def shape_mask(shape: str, cy: float, cx: float, radius: float, image_size: int) -> np.ndarray:
-    """Boolean (H, W) mask of a shape centred at (cy, cx) with half-extent `radius`, tested at pixel centres."""
-    y, x = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
-    dy, dx = y - cy, x - cx
+# area of each shape in units of its half-extent squared (the shapes `shape_inside` draws)
+SHAPE_AREA = {"circle": np.pi, "square": (2 * 0.85) ** 2, "triangle": 2.0, "diamond": 2.0}
+# vertical offset of a shape's centroid from its centre, in half-extents (the triangle's mass sits low)
+SHAPE_CENTROID_OFFSET = {"circle": 0.0, "square": 0.0, "triangle": 1 / 3, "diamond": 0.0}
+
+
+def shape_inside(shape: str, dy: np.ndarray, dx: np.ndarray, radius) -> np.ndarray:
+    """Whether points at offsets (dy, dx) from a shape's centre lie inside it (half-extent `radius`; broadcasts)."""
     if shape == "circle":
         return dy**2 + dx**2 <= radius**2
     if shape == "square":
@@ -23,6 +27,12 @@ def shape_mask(shape: str, cy: float, cx: float, radius: float, image_size: int)
     if shape == "diamond":
         return np.abs(dy) + np.abs(dx) <= radius
     raise ValueError(f"unknown shape {shape!r}")
+
+
+def shape_mask(shape: str, cy: float, cx: float, radius: float, image_size: int) -> np.ndarray:
+    """Boolean (H, W) mask of a shape centred at (cy, cx) with half-extent `radius`, tested at pixel centres."""
+    y, x = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
+    return shape_inside(shape, y - cy, x - cx, radius)
 
 
 def object_geometry(cell: tuple[int, int], offset: tuple[float, float], size: str, image_size: int):
