@@ -160,3 +160,16 @@ def test_latent_model_trains_its_autoencoder_first_and_round_trips(tmp_path):
     assert np.array_equal(loaded.generate(PROMPTS, num_steps=2, seeds=[1, 2]), images)
     with pytest.raises(ValueError, match="latent_channels"):
         ShapesModelConfig(latent_channels=4, patch_size=2)
+
+
+def test_ship_writes_weights_quality_and_a_card_that_keeps_the_notes(tiny, tmp_path):
+    from difflens.embedded.card import CARD_FILE, QUALITY_FILE, ship
+
+    quality = ship(tiny, {"steps": 2, "model": {}}, dest=tmp_path, n=2, num_steps=1,
+                   notes="## Training history\nTrained twice; the first run diverged.")
+    card = (tmp_path / CARD_FILE).read_text()
+    assert card.startswith("# Embedded shapes-world model")
+    assert f"| shape_acc | {quality['shape_acc']:.3f} |" in card
+    assert card.rstrip().endswith("Trained twice; the first run diverged.")
+    assert json.loads((tmp_path / QUALITY_FILE).read_text()) == quality
+    assert ShapesPipeline.from_pretrained(tmp_path).config.architecture() == tiny.config.architecture()

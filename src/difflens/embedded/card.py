@@ -18,10 +18,11 @@ _PREDICTION = {
 
 
 def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
-         num_steps: int | None = None) -> dict:
+         num_steps: int | None = None, notes: str = "") -> dict:
     """Write fp16 weights, measure held-out quality on what was written, and write the model card.
 
-    `dest` defaults to the package's shipped-weights folder."""
+    `dest` defaults to the package's shipped-weights folder. `notes` (markdown: training history, known
+    limitations) are appended to the generated card, so a re-ship does not lose what a person wrote."""
     dest = Path(dest or WEIGHTS_DIR)
     pipe.save_pretrained(dest)
     shipped = ShapesPipeline.from_pretrained(dest)  # measure the fp16 weights actually shipped
@@ -75,5 +76,7 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         "",
         "`one_object_acc` is the share of images where the oracle found exactly one object (stray specks count).",
     ]
+    if notes.strip():
+        lines += ["", notes.strip()]
     (dest / CARD_FILE).write_text("\n".join(lines) + "\n")
     return quality

@@ -60,7 +60,8 @@ def cmd_ship(args) -> None:
     config = json.loads((folder / "train_config.json").read_text())
     pipe = load_checkpoint_ema(folder)
     pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
-    quality = ship(pipe, config, dest=args.dest, n=args.n)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    quality = ship(pipe, config, dest=args.dest, n=args.n, notes=notes)
     print(json.dumps(quality))
 
 
@@ -110,6 +111,7 @@ def register(sub) -> None:
     s.add_argument("--dest", default=None, help="weights folder (default: the package's shipped weights)")
     s.add_argument("--n", type=int, default=512, help="held-out prompts to score for the card")
     s.add_argument("--guidance", type=float, default=None, help="guidance scale to ship as the model's default")
+    s.add_argument("--notes", default=None, help="markdown file appended to the model card (history, limitations)")
     s.set_defaults(func=cmd_ship)
 
     g = sub.add_parser("generate", help="generate an image with the embedded model")
