@@ -62,9 +62,10 @@ def test_oracle_is_exact_on_renders():
 def test_oracle_reads_shapes_through_ragged_edges_and_soft_corners():
     # generations are never pixel-exact; a judge that needs every corner pixel reads their squares as circles
     scenes = sample_scenes(200, seed=21, n_objects=1)
+    renders = [render(s) for s in scenes]
     rng = np.random.default_rng(0)
-    ragged = np.stack([roughen_edges(s, *render(s), 0.2, rng) for s in scenes])
-    soft = np.stack([soften(render(s)[0], 0.6) for s in scenes])
+    ragged = np.stack([roughen_edges(s, image, masks, 0.2, rng) for s, (image, masks) in zip(scenes, renders)])
+    soft = np.stack([soften(image, 0.6) for image, _ in renders])
     assert score_images(scenes, ragged)["shape_acc"] >= 0.95
     assert score_images(scenes, soft)["shape_acc"] >= 0.93
 

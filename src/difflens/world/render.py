@@ -9,8 +9,9 @@ from .scene import BACKGROUNDS, COLORS, Scene
 SIZE_FRACTION = {"small": 0.16, "large": 0.28}  # object extent as a fraction of the image side
 
 
+SQUARE_HALF_SIDE = 0.85  # a square's half side, in half-extents (so it looks as big as the circle)
 # area of each shape in units of its half-extent squared (the shapes `shape_inside` draws)
-SHAPE_AREA = {"circle": np.pi, "square": (2 * 0.85) ** 2, "triangle": 2.0, "diamond": 2.0}
+SHAPE_AREA = {"circle": np.pi, "square": (2 * SQUARE_HALF_SIDE) ** 2, "triangle": 2.0, "diamond": 2.0}
 # vertical offset of a shape's centroid from its centre, in half-extents (the triangle's mass sits low)
 SHAPE_CENTROID_OFFSET = {"circle": 0.0, "square": 0.0, "triangle": 1 / 3, "diamond": 0.0}
 
@@ -20,7 +21,7 @@ def shape_inside(shape: str, dy: np.ndarray, dx: np.ndarray, radius) -> np.ndarr
     if shape == "circle":
         return dy**2 + dx**2 <= radius**2
     if shape == "square":
-        half = 0.85 * radius
+        half = SQUARE_HALF_SIDE * radius
         return (np.abs(dy) <= half) & (np.abs(dx) <= half)
     if shape == "triangle":  # apex up, base at the bottom
         return (dy >= -radius) & (dy <= radius) & (np.abs(dx) <= (dy + radius) / 2)
