@@ -63,7 +63,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from difflens.dictionaries import SAEConfig, TopKSAE
-    from difflens.dictionaries.trainer import SAETrainConfig, SAEState
+    from difflens.dictionaries.train import SAEState, SAETrainConfig
 
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)

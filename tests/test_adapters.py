@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -161,7 +165,7 @@ def test_intervention_adds_vector_on_mask_at_steps():
     # nothing selected -> nothing changes
     none = a.generate(PROMPTS, seeds=[3, 4], interventions=[Intervention(site, vec, torch.zeros(64))])
     assert np.array_equal(none, base_img)
-    with pytest.raises(ValueError, match="mask on double.1.img.out has 5 tokens"):
+    with pytest.raises(ValueError, match="intervention on double.1.img.out: token mask has 5 tokens, the site has 64"):
         a.generate(PROMPTS, interventions=[Intervention(site, vec, torch.ones(5))])
 
 
@@ -212,3 +216,79 @@ def test_from_pretrained_loads_a_saved_pipeline_folder(tmp_path):
         got = loaded.generate(PROMPTS, seeds=[3, 4], resolution=tiny.default_resolution, num_steps=tiny.default_num_steps,
                               guidance=0.0)
         assert np.array_equal(got, want), name
+
+
+@contextmanager
+def diffusers_warnings():
+    """Collect what diffusers warns about: its logger (which does not propagate to the root logger,
+    so caplog misses it) and Python warnings raised from diffusers code."""
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            got.append(record.getMessage())
+
+    handler = Keep(level=logging.WARNING)
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield got
+        got += [str(w.message) for w in caught if "diffusers" in w.filename]
+    finally:
+        logger.removeHandler(handler)
+
+
+def _flux_folder(tmp_path, folder: str, guidance_embeds: bool):
+    from difflens.adapters.flux import FluxAdapter, FluxLoadConfig
+    from difflens.adapters.tiny import tiny_flux_pipeline
+
+    pipe, enc = tiny_flux_pipeline(guidance_embeds=guidance_embeds, num_layers=1, num_single_layers=1)
+    path = tmp_path / folder
+    pipe.save_pretrained(path, safe_serialization=True)
+    with diffusers_warnings() as warned:
+        loaded = FluxAdapter.from_pretrained(FluxLoadConfig(model_id=str(path), dtype="float32", device="cpu"),
+                                             encode_prompts=enc)
+    assert not warned, warned  # e.g. diffusers' torch_dtype deprecation
+    return loaded
+
+
+def test_flux_defaults_come_from_the_transformer_config_not_the_path(tmp_path):
+    # a schnell-like transformer (no guidance embedding) under a path that says "dev" twice
+    schnell = _flux_folder(tmp_path, "dev/shm/FLUX.1-dev-copy", guidance_embeds=False)
+    assert (schnell.default_num_steps, schnell.default_guidance, schnell.max_sequence_length) == (1, 0.0, 256)
+    # and the converse: a guidance-distilled (dev-like) transformer under a "schnell" path
+    dev = _flux_folder(tmp_path, "FLUX.1-schnell", guidance_embeds=True)
+    assert (dev.default_num_steps, dev.default_guidance, dev.max_sequence_length) == (28, 3.5, 512)
+
+
+def test_sdxl_defaults_come_from_the_scheduler_config_not_the_path(tmp_path):
+    from diffusers import EulerDiscreteScheduler
+
+    from difflens.adapters.sdxl import SDXLAdapter, SDXLLoadConfig
+
+    tiny = adapter("sdxl-tiny")
+    loaded = {}
+    for folder, spacing in (("sdxl-turbo", "leading"), ("sdxl-base", "trailing")):
+        tiny.pipe.scheduler = EulerDiscreteScheduler.from_config(tiny.pipe.scheduler.config, timestep_spacing=spacing)
+        tiny.pipe.save_pretrained(tmp_path / folder, safe_serialization=True)
+        loaded[folder] = SDXLAdapter.from_pretrained(SDXLLoadConfig(model_id=str(tmp_path / folder), dtype="float32",
+                                                                    device="cpu"), encode_prompts=tiny.encode_prompts)
+    tiny.pipe.scheduler = EulerDiscreteScheduler.from_config(tiny.pipe.scheduler.config, timestep_spacing="trailing")
+    base, turbo = loaded["sdxl-turbo"], loaded["sdxl-base"]
+    # "leading" spacing: a many-step model at the pipeline's own size (UNet sample_size 16 x VAE factor 2)
+    assert (base.default_num_steps, base.default_guidance, base.default_resolution) == (30, 5.0, 32)
+    assert (turbo.default_num_steps, turbo.default_guidance, turbo.default_resolution) == (1, 0.0, 512)
+
+
+@pytest.mark.parametrize("spec,dtype", [("embedded-tiny", None), ("embedded-tiny", "float16"), ("embedded", None)])
+def test_loading_the_embedded_model_emits_no_diffusers_warning(spec, dtype):
+    from difflens.embedded.pipeline import WEIGHTS_DIR
+
+    if spec == "embedded" and not (WEIGHTS_DIR / "model.safetensors").is_file():
+        pytest.skip("the trained embedded model is not in this checkout")
+    with diffusers_warnings() as warned:
+        a = load_adapter(spec, LoadOptions(dtype=dtype))
+    assert a.pipe.dtype == getattr(torch, dtype or "float32")
+    assert not warned, warned

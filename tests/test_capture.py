@@ -18,6 +18,7 @@ from difflens.adapters import Capture
 from difflens.capture import CaptureConfig, run_capture
 from difflens.cli import main as cli_main
 from difflens.store import ActivationStore
+from difflens.store.split import choose_holdout
 
 SITES = ["double.1.img.out", "single.0.txt.update", "double.0.img.mlp"]
 
@@ -93,7 +94,17 @@ def test_prompt_file_cycles_and_cli(tmp_path, capsys):
     assert cli_main(args) == 0  # rerun of a finished capture: nothing to do, same store
     capsys.readouterr()
     assert cli_main(["cache", "info", str(out)]) == 0
-    assert "double.0.txt.out" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "double.0.txt.out" in info
+    assert "split      train 2 images / held-out 1 images (fraction 0.1, seed 0)" in info  # --holdout 0.1 by default
+    # re-split the finished store: a new fraction and seed, recorded in store.json
+    assert cli_main(["cache", "split", str(out), "--holdout", "0.5", "--seed", "3"]) == 0
+    assert "held out 2 of 3 images" in capsys.readouterr().out
+    assert ActivationStore.open(out).holdout == choose_holdout(3, 0.5, 3)
+    assert ActivationStore.open(out).reader("double.0.img.out", 1, split="held-out").image_ids().tolist() == [1, 2]
+    assert cli_main(["cache", "split", str(out), "--holdout", "0"]) == 0
+    assert "held out 0 of 3 images: none" in capsys.readouterr().out
+    assert ActivationStore.open(out).holdout is None
     assert cli_main(["sites", "--model", "flux-tiny", "--json"]) == 0
     assert '"single.1.img.mlp"' in capsys.readouterr().out
 
@@ -104,6 +115,10 @@ def test_prompt_file_cycles_and_cli(tmp_path, capsys):
         ("cache", "--model", "embedded-tiny", "--sites", "double.9.*", "--out", str(tmp_path / "z")): "matches no site",
         ("cache", "info", str(tmp_path / "missing")): "not a directory",
         ("cache", "--model", "embedded-tiny", "--n-images", "4", "--out", str(out)): "different settings",
+        ("cache", "split", str(out), "--holdout", "1"): "holdout fraction must be in [0, 1)",
+        ("cache", "split"): "usage: difflens cache split DIR --holdout F",
+        ("cache", "split", str(tmp_path / "missing")): "not a directory",
+        ("cache", "--model", "embedded-tiny", "--holdout", "-0.5", "--out", str(tmp_path / "w")): "in [0, 1)",
     }
     for argv, message in bad.items():
         assert cli_main(list(argv)) == 2
@@ -183,3 +198,25 @@ def test_store_records_weights_and_refuses_to_resume_under_other_weights(tmp_pat
     assert a.weights_fingerprint() != fingerprint
     with pytest.raises(ValueError, match=r"different settings \(weights\)"):
         run_capture(cfg, adapter=a)
+
+
+def test_holdout_is_written_at_finalize_and_a_rerun_may_change_it(tmp_path):
+    cfg = CaptureConfig(out=str(tmp_path / "s"), model="embedded-tiny", sites=["double.0.img.out"], num_steps=2,
+                        n_images=6, batch_size=2, progress=False)
+    run_capture(cfg, adapter=adapter("embedded-tiny"))
+    store = ActivationStore.open(cfg.out)
+    assert store.holdout == choose_holdout(6, 0.1, 0) and len(store.holdout["image_ids"]) == 1
+    assert "holdout" not in (tmp_path / "s" / "capture.json").read_text()  # not a capture setting
+    shards = store.reader("double.0.img.out", 0).manifest["shards"]
+    assert all(isinstance(s["trace_crc32"], int) for s in shards)
+    # a rerun with only another holdout is accepted: nothing to regenerate, the new split is recorded
+    cfg.holdout = 0.5
+    run_capture(cfg, adapter=adapter("embedded-tiny"))
+    store = ActivationStore.open(cfg.out)
+    assert store.holdout == choose_holdout(6, 0.5, 0) and len(store.holdout["image_ids"]) == 3
+    train, held = (store.reader("double.0.img.out", 0, split=s) for s in ("train", "held-out"))
+    assert train.num_rows == held.num_rows == store.reader("double.0.img.out", 0).num_rows // 2
+    assert store.reader("double.0.img.out", 0).manifest["shards"] == shards
+    cfg.holdout = 1.0  # refused before any work
+    with pytest.raises(ValueError, match="holdout fraction must be in"):
+        run_capture(cfg, adapter=adapter("embedded-tiny"))

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from difflens.dictionaries import load_dictionary
-from difflens.dictionaries.cli import main as dict_main
+from difflens.cli import main as dict_main
 from difflens.store import ChunkRows, EntrySpec, StoreWriter
 
 GRID = (4, 4)
@@ -62,7 +62,7 @@ def store(tmp_path_factory) -> Path:
 
 
 SAE_ARGS = ["--site", SITE, "--method", "sae", "--num-latents", "64", "--k", "4", "--batch-size", "128",
-            "--k-aux", "8", "--dead-window", "512", "--lr", "3e-3", "--warmup-steps", "5", "--quiet"]
+            "--k-aux", "8", "--dead-window-tokens", "512", "--lr", "3e-3", "--warmup-steps", "5", "--quiet"]
 
 
 def test_train_eval_sae_itda_neurons_cli(store, tmp_path, capsys):
@@ -72,7 +72,9 @@ def test_train_eval_sae_itda_neurons_cli(store, tmp_path, capsys):
     assert sae.normalizer.kind == "pca" and sae.num_latents == 64
     cfg = json.loads((run / SITE / "cfg.json").read_text())
     assert cfg["difflens_meta"]["final"]["fvu"] < 0.5
-    assert not (run / SITE / "checkpoint" / "latest.json").exists() or True
+    assert cfg["difflens_meta"]["site"] == SITE and cfg["difflens_meta"]["store"]["path"] == str(store.resolve())
+    log = [json.loads(line) for line in (run / SITE / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 20000 // 128 + 1 and log[-1]["fvu"] == cfg["difflens_meta"]["final"]["fvu"]
     # ITDA and neurons on the same site, in sibling run folders, evaluated through one code path
     assert dict_main(["train", "--store", str(store), "--site", SITE, "--method", "itda", "--out", str(tmp_path / "itda"),
                       "--k", "8", "--threshold", "0.3", "--tokens", "2048", "--batch-size", "256", "--quiet"]) == 0
@@ -80,13 +82,15 @@ def test_train_eval_sae_itda_neurons_cli(store, tmp_path, capsys):
     for folder in (run, tmp_path / "itda", tmp_path / "nrn"):
         assert dict_main(["eval", "--store", str(store), "--run", str(folder), "--tokens", "1024"]) == 0
     res = json.loads((run / "metrics.json").read_text())["results"][0]
-    assert res["fvu"] < 0.5 and res["l0"] <= 4 and res["tokens"] == 1024
+    assert res["fvu_residual"] < 0.5 and res["l0"] <= 4 and res["tokens"] == 1024
+    assert res["split"] == "all" and res["in_sample"] is True  # this store is not split by image
     itda = load_dictionary(tmp_path / "itda" / SITE)
     assert itda.num_latents > 1 and set(itda.provenance["image_id"].tolist()) <= set(range(128))
     assert (itda.provenance["step"] == 0).all() and (itda.provenance["token_row"] < 4).all()
     nrn = json.loads((tmp_path / "nrn" / "metrics.json").read_text())["results"][0]
-    assert nrn["fvu"] < 1e-6 and nrn["kind"] == "neurons"
-    assert "variance_explained" in capsys.readouterr().out
+    assert nrn["fvu_residual"] < 1e-6 and nrn["kind"] == "neurons"
+    out = capsys.readouterr().out
+    assert "fvu_residual" in out and "fvu_input_space" in out and "in-sample" in out
 
 
 def test_clear_errors(store, tmp_path, capsys):

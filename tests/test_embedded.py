@@ -10,6 +10,11 @@ from difflens.embedded import ShapesModelConfig, ShapesPipeline
 from difflens.embedded.pipeline import WEIGHTS_DIR, patchify, unpatchify
 from difflens.embedded.train import CHECKPOINT, TrainConfig, train
 
+
+def saved_step(path) -> int:
+    """The step a checkpoint pointer (JSON) publishes."""
+    return json.loads(Path(path).read_text())["step"]
+
 PROMPTS = ["a small red circle on the left on a white background",
            "black background with a large blue square in the top right"]
 
@@ -61,12 +66,58 @@ def test_training_checkpoints_and_resumes_exactly(tmp_path):
 
     straight = train(cfg(tmp_path / "a"), progress=False)
     train(cfg(tmp_path / "b"), progress=False, until=2)  # "killed" after two steps
-    ckpt = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)
-    assert ckpt["step"] == 2
+    assert saved_step(tmp_path / "b" / CHECKPOINT) == 2
     resumed = train(cfg(tmp_path / "b"), progress=False)
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    assert saved_step(tmp_path / "b" / CHECKPOINT) == 3
+    files = sorted(p.name for p in (tmp_path / "b").glob("checkpoint*"))
+    assert files == ["checkpoint-000000003.safetensors", CHECKPOINT]  # older tensor files are deleted
     for key, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_checkpoint_survives_a_kill_between_its_two_files_and_never_unpickles(tmp_path, monkeypatch):
+    """Killed after the new tensor file but before the JSON pointer: the previous checkpoint is still whole,
+    and resuming from it (with pickle and torch.load booby-trapped) matches an uninterrupted run."""
+    import pickle
+
+    from difflens.embedded import checkpoint as ckpt_mod
+
+    def cfg(out):
+        return TrainConfig(out=str(out), steps=3, batch_size=2, warmup_steps=1, model=ShapesModelConfig.tiny())
+
+    straight = train(cfg(tmp_path / "a"), progress=False)
+    train(cfg(tmp_path / "b"), progress=False, until=1)
+    real_write_json = ckpt_mod.atomic_write_json
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("kill -9 before the pointer swap")
+
+    monkeypatch.setattr(ckpt_mod, "atomic_write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tmp_path / "b"), progress=False, until=2)
+    monkeypatch.setattr(ckpt_mod, "atomic_write_json", real_write_json)
+    assert saved_step(tmp_path / "b" / CHECKPOINT) == 1
+    assert (tmp_path / "b" / "checkpoint-000000001.safetensors").exists()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("checkpoint loading unpickled something")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")):
+        monkeypatch.setattr(module, name, boom)
+    resumed = train(cfg(tmp_path / "b"), progress=False)
+    for key, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    assert [p.name for p in (tmp_path / "b").glob("*.safetensors*")] == ["checkpoint-000000003.safetensors"]
+    from difflens.embedded.train import load_checkpoint_ema
+
+    for key, value in load_checkpoint_ema(tmp_path / "b").state_dict().items():
+        torch.testing.assert_close(value, straight.state_dict()[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_pickled_checkpoint_of_an_older_version_is_refused_by_name(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"old pickle")
+    with pytest.raises(ValueError, match="checkpoint.pt.*pickled"):
+        train(TrainConfig(out=str(tmp_path), steps=1, batch_size=2, model=ShapesModelConfig.tiny()), progress=False)
 
 
 def test_corrupt_checkpoint_is_named(tmp_path):
@@ -136,7 +187,7 @@ def test_resume_ignores_a_changed_guidance_default(tmp_path):
     train(TrainConfig(out=str(tmp_path), steps=2, batch_size=2, model=model), progress=False, until=1)
     model.guidance_scale = 3.0  # a sampling default, not part of the weights
     train(TrainConfig(out=str(tmp_path), steps=2, batch_size=2, model=model), progress=False)
-    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == 2
+    assert saved_step(tmp_path / CHECKPOINT) == 2
     model.head_dim, model.axes_dims_rope = 8, (2, 2, 4)
     with pytest.raises(ValueError, match="different model config"):
         train(TrainConfig(out=str(tmp_path), steps=3, batch_size=2, model=model), progress=False)
@@ -149,7 +200,7 @@ def test_latent_model_trains_its_autoencoder_first_and_round_trips(tmp_path):
     model.latent_channels = 4
     cfg = TrainConfig(out=str(tmp_path), steps=2, batch_size=2, warmup_steps=1, autoencoder_steps=2, model=model)
     pipe = train(cfg, progress=False)
-    assert torch.load(tmp_path / AUTOENCODER_CHECKPOINT, weights_only=True)["step"] == 2
+    assert saved_step(tmp_path / AUTOENCODER_CHECKPOINT) == 2
     assert pipe.transformer.config.in_channels == 4
     images = pipe.generate(PROMPTS, num_steps=2, seeds=[1, 2])
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8

@@ -5,8 +5,8 @@ import json
 import torch
 
 from difflens.dictionaries import NeuronBasis, SAEConfig, TopKSAE
-from difflens.dictionaries.cli import main as dict_main
-from difflens.dictionaries.sources import TensorReader
+from difflens.cli import main as dict_main
+from difflens.store.sources import TensorReader
 from difflens.evaluation import MetricAccumulator, evaluate, fvu
 
 
@@ -43,7 +43,8 @@ def test_evaluate_l0_dead_and_kinds():
         sae.b_enc[5:] = -1  # latents 5.. can never fire
     res = evaluate(sae, reader, max_tokens=512)
     assert res["dead_fraction"] >= 27 / 32 and res["l0"] <= 3
-    assert abs(res["fvu"] - res["fvu_normalized"]) < 1e-6  # no normalisation: same space
+    assert abs(res["fvu_residual"] - res["fvu_input_space"]) < 1e-6  # no normalisation: same space
+    assert res["input_space"] == res["loss_space"] == "residual"
 
 
 def test_analyze_cli_writes_json_and_plots(tmp_path):
@@ -66,7 +67,7 @@ def test_analyze_cli_writes_json_and_plots(tmp_path):
     assert report["pca_spectrum"]["top1_fraction"] > 0.5
     assert len(report["sweep"]) == 4
     for png in ("residual_norms_image.png", "residual_norms_text.png", "pca_spectrum_double.1.img.out.png",
-                "sweep_fvu.png", "sweep_dead_fraction.png"):
+                "sweep_fvu_vs_k.png", "sweep_fvu_vs_size.png", "sweep_dead_fraction.png"):
         assert (out / png).stat().st_size > 1000, png
     # across layers: one dictionary per site in a run folder
     run = tmp_path / "run"
@@ -77,4 +78,4 @@ def test_analyze_cli_writes_json_and_plots(tmp_path):
                       "--step", "0"]) == 0
     rows = json.loads((out / "layers" / "analysis.json").read_text())["layers"]
     assert [r["site"] for r in rows] == ["double.0.img.out", "double.1.img.out"]
-    assert (out / "layers" / "layers_fvu.png").exists()
+    assert (out / "layers" / "layers_fvu_residual.png").exists() and (out / "layers" / "layers_fvu_input_space.png").exists()

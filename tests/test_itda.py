@@ -4,8 +4,8 @@ import torch
 
 from difflens.dictionaries import ITDA, ITDAConfig, gradient_pursuit
 from difflens.dictionaries.itda import relative_loss
-from difflens.dictionaries.sources import TensorReader
-from difflens.dictionaries.trainer import ITDATrainConfig, RunConfig, train_itda
+from difflens.store.sources import TensorReader
+from difflens.dictionaries.train import ITDATrainConfig, RunConfig, train_itda
 
 
 def slow_pursuit(x_N, atoms_MN, k):
@@ -56,9 +56,10 @@ def _train(x, tmp_path, threshold, name):
     trace = {"image_id": torch.arange(len(x)) // 100, "token_row": (torch.arange(len(x)) % 100) // 10,
              "token_col": torch.arange(len(x)) % 10, "step": torch.zeros(len(x))}
     reader = TensorReader(x, trace)
-    cfg = ITDAConfig(k=4, threshold=threshold, max_atoms=500, max_add_per_batch=64, prune_cos=0.99, normalization="none")
-    run = RunConfig(out=str(tmp_path), site=name, progress=False, checkpoint_every=0)
-    return train_itda(reader, cfg, ITDATrainConfig(batch_size=256, num_tokens=len(x)), run), reader
+    cfg = ITDATrainConfig(k=4, threshold=threshold, max_atoms=500, max_add_per_batch=64, prune_cos=0.99,
+                          normalization="none", batch_size=256, num_tokens=len(x))
+    run = RunConfig(out=str(tmp_path / name), progress=False, checkpoint_every=0)
+    return train_itda(reader, cfg, run, site=name), reader
 
 
 def test_itda_recovers_known_atoms_and_provenance(tmp_path):

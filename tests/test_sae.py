@@ -74,7 +74,7 @@ def test_input_gradient_when_requested():
 
 
 def test_decoder_norm_invariant_after_steps():
-    from difflens.dictionaries.trainer import SAETrainConfig, SAEState
+    from difflens.dictionaries.train import SAEState, SAETrainConfig
 
     sae = _sae()
     state = SAEState.create(sae, SAETrainConfig(lr=1e-2, warmup_steps=1, k_aux=0))
@@ -139,7 +139,7 @@ def test_reused_score_buffer_leaves_earlier_results_intact():
 
 
 def test_clip_grad_norm_matches_torch():
-    from difflens.dictionaries.trainer import clip_grad_norm
+    from difflens.dictionaries.train.sae import clip_grad_norm
 
     for max_norm in (0.5, 1e3):  # clipping, and the no-op case
         gen = torch.Generator().manual_seed(5)

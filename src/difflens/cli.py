@@ -13,7 +13,8 @@ import sys
 _AREAS = [
     "difflens.embedded.cli",  # world train, generate
     "difflens.capture.cli",  # sites, cache, cache info
-    "difflens.dictionaries.cli",  # train, eval, analyze
+    "difflens.dictionaries.cli",  # train, export
+    "difflens.evaluation.cli",  # eval, analyze
     "difflens.demo",  # demo
 ]
 
@@ -37,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    return run_parser(build_parser(), argv)
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; user errors print one line and return 2."""
     args = parser.parse_args(argv)
     try:
         result = args.func(args)

@@ -1,36 +1,63 @@
-"""`difflens demo`: the main job end to end on the embedded model, in a few minutes on a CPU.
+"""`difflens demo`: the main job end to end on the embedded model, in minutes on a CPU, through the Python API.
 
-capture residual streams -> train a PCA-whitened TopK SAE, an unwhitened one, an ITDA dictionary and the
-MLP-neuron baseline on the main site -> evaluate all of them on activations of *other* images ->
-residual-norm, PCA-spectrum and k/size analyses -> one run folder with `summary.json` and PNG plots.
+capture residual streams (20 % of the images held out) -> on the main site train TopK SAEs with plain inputs,
+whitened inputs (whitened loss) and whitened inputs (residual loss), an ITDA dictionary and the MLP-neuron
+baseline, all at the same k, size and token budget -> evaluate on the held-out images in both FVU spaces ->
+does the whitened SAE transfer to other denoising steps and to the other block? -> residual norms, PCA
+spectrum, and a k/size sweep whose SAEs get the main run's token budget -> `summary.json`, `metrics.txt`, plots.
+Every stage resumes or is skipped when its output exists.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from difflens.configs import add_config_arguments, config_from_args
 
 
 @dataclass
 class DemoConfig:
+    """`difflens demo` settings."""
+
     out: str = "runs/demo"
+    """run folder"""
     model: str = "embedded"
-    train_images: int = 192  # 192 x 256 image tokens per (site, step)
-    eval_images: int = 48  # different prompts and seeds: metrics are measured on unseen images
-    steps_to_record: tuple[int, ...] = (0, 3, 7)
-    site: str | None = None  # default: the adapter's main site (last double block, image stream)
+    """model to capture from"""
+    n_images: int = 240
+    """images to generate (256 image tokens each per site and step)"""
+    holdout: float = 0.2
+    """fraction of the images held out for evaluation"""
+    steps_to_record: list[int] = field(default_factory=lambda: [0, 3, 7])
+    """denoising steps to record"""
+    site: str | None = None
+    """main site (default: the model's: last double block, image stream)"""
     site_step: int = 3
+    """denoising step the dictionaries are trained at"""
     expansion_factor: int = 8
+    """dictionary latents per input dimension"""
     k: int = 16
+    """active latents per token (SAE and ITDA)"""
     sae_tokens: int = 1_500_000
+    """training tokens of every SAE, sweep SAEs included"""
     itda_tokens: int = 200_000
+    """tokens streamed through ITDA"""
     itda_threshold: float = 0.3
+    """ITDA's per-token loss threshold"""
+    sweep_ks: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    """k values of the sweep"""
+    sweep_expansions: list[int] = field(default_factory=lambda: [2, 8])
+    """sweep sizes, as multiples of the width"""
     eval_tokens: int = 12_288
+    """held-out evaluation tokens"""
     seed: int = 0
+    """seed of the prompts, images and training"""
     device: str = "cpu"
-    progress: bool = True
+    """training device"""
+    quiet: bool = False
+    """no progress bars"""
 
 
 def _say(msg: str) -> None:
@@ -38,112 +65,106 @@ def _say(msg: str) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run every stage into `cfg.out` (each stage resumes or is skipped if its output exists); returns the summary."""
-    from .adapters import load_adapter
-    from .capture.runner import CaptureConfig, run_capture
-    from .dictionaries.io import load_dictionary, save_dictionary
-    from .dictionaries.itda import ITDAConfig
-    from .dictionaries.neurons import NeuronBasis
-    from .dictionaries.sources import open_reader, open_store
-    from .dictionaries.topk_sae import SAEConfig
-    from .dictionaries.trainer import ITDATrainConfig, RunConfig, SAETrainConfig, train_itda, train_sae
+    """Run every stage into ``cfg.out``; returns the summary (also written to summary.json)."""
+    import difflens as dl
+
     from .evaluation import analyses
-    from .evaluation.metrics import evaluate, format_table
+    from .evaluation.cli import TABLE
+    from .evaluation.metrics import format_table
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    adapter = load_adapter(cfg.model)
-    site = cfg.site or adapter.default_sites[0]
+
+    def timed(name: str, fn):
+        start = time.time()
+        result = fn()
+        timings[name] = round(time.time() - start, 1)
+        return result
+
+    model = dl.load_model(cfg.model)
+    site = cfg.site or model.default_sites[0]
     mlp_site = site.rsplit(".", 1)[0] + ".mlp"
-    residual_sites = [s.name for s in adapter.sites() if s.name.endswith(".out")]
-
-    def capture(name: str, n_images: int, seed: int, sites: list[str], steps: list[int]) -> Path:
-        start = time.time()
-        _say(f"capturing {len(sites)} sites x steps {steps} from {n_images} images -> {out / name}")
-        path = run_capture(CaptureConfig(out=str(out / name), model=cfg.model, sites=sites, steps_to_record=steps,
-                                         prompts="world", n_images=n_images, seed=seed, progress=cfg.progress),
-                           adapter=adapter)
-        timings[f"capture_{name}"] = time.time() - start
-        return path
-
-    train_store = capture("store", cfg.train_images, cfg.seed, residual_sites + [mlp_site], list(cfg.steps_to_record))
-    eval_store = capture("store_eval", cfg.eval_images, cfg.seed + 10_000, [site, mlp_site], [cfg.site_step])
-    reader = open_reader(train_store, site, cfg.site_step)
-
-    def run_cfg(name: str, the_site: str = site) -> RunConfig:
-        return RunConfig(out=str(out / "dictionaries" / name), site=the_site, step=cfg.site_step,
-                         norm_fit_tokens=reader.num_rows, device=cfg.device, progress=cfg.progress,
-                         meta={"store": str(train_store)})
-
-    sae_train = SAETrainConfig(batch_size=4096, num_tokens=cfg.sae_tokens, lr=1e-3, k_aux=2 * cfg.k,
-                               dead_window_tokens=min(cfg.sae_tokens // 4, 500_000), seed=cfg.seed)
-    folders = {}
-    for name, normalization in (("sae_pca", "pca"), ("sae_none", "none")):
-        start = time.time()
-        _say(f"training TopK SAE ({normalization} normalisation) on {site} step {cfg.site_step}")
-        train_sae(reader, SAEConfig(expansion_factor=cfg.expansion_factor, k=cfg.k, normalization=normalization),
-                  sae_train, run_cfg(name))
-        timings[f"train_{name}"] = time.time() - start
-        folders[name] = run_cfg(name).folder()
-    start = time.time()
+    residual_sites = [s.name for s in model.sites() if s.name.endswith(".img.out") or s.name.endswith(".txt.out")]
+    _say(f"capturing {len(residual_sites) + 1} sites x steps {cfg.steps_to_record} from {cfg.n_images} images "
+         f"({cfg.holdout:.0%} held out) -> {out / 'store'}")
+    store = timed("capture", lambda: dl.capture(model, n_images=cfg.n_images, sites=residual_sites + [mlp_site],
+                                                steps=list(cfg.steps_to_record), out=out / "store", seed=cfg.seed,
+                                                holdout=cfg.holdout, progress=not cfg.quiet))
+    width = model.site(site).dim
+    size = cfg.expansion_factor * width
+    common = dict(k=cfg.k, num_latents=size, num_tokens=cfg.sae_tokens, batch_size=4096, lr=1e-3, k_aux=2 * cfg.k,
+                  dead_window_tokens=min(cfg.sae_tokens // 4, 500_000), seed=cfg.seed, device=cfg.device,
+                  norm_fit_tokens=10**9, progress=not cfg.quiet)
+    variants = {"sae_pca": dict(normalization="pca"),
+                "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual"),
+                "sae_none": dict(normalization="none")}
+    dictionaries = {}
+    for name, extra in variants.items():
+        _say(f"training TopK SAE {name} ({size} latents, k {cfg.k}, {cfg.sae_tokens:,} tokens) on {site} "
+             f"step {cfg.site_step}")
+        dictionaries[name] = timed(f"train_{name}", lambda: dl.train_sae(
+            store, site, cfg.site_step, out=out / "dictionaries" / name, **common, **extra))
     _say(f"training ITDA (threshold {cfg.itda_threshold}, k {cfg.k}) on {site}")
-    train_itda(reader, ITDAConfig(k=cfg.k, threshold=cfg.itda_threshold, max_atoms=cfg.expansion_factor * reader.dim * 4),
-               ITDATrainConfig(num_tokens=cfg.itda_tokens, seed=cfg.seed), run_cfg("itda"))
-    timings["train_itda"] = time.time() - start
-    folders["itda"] = run_cfg("itda").folder()
-    mlp_reader = open_reader(train_store, mlp_site, cfg.site_step)
-    folders["neurons"] = run_cfg("neurons", mlp_site).folder()
-    save_dictionary(NeuronBasis(mlp_reader.dim, cfg.k), folders["neurons"],
-                    meta={"site": mlp_site, "step": cfg.site_step, "store": str(train_store)})
+    dictionaries["itda"] = timed("train_itda", lambda: dl.train_itda(
+        store, site, cfg.site_step, out=out / "dictionaries" / "itda", k=cfg.k, threshold=cfg.itda_threshold,
+        max_atoms=4 * size, num_tokens=cfg.itda_tokens, seed=cfg.seed, norm_fit_tokens=10**9,
+        progress=not cfg.quiet))
+    dictionaries["neurons"] = dl.neuron_baseline(store, mlp_site, cfg.site_step, k=cfg.k,
+                                                 out=out / "dictionaries" / "neurons")
 
-    _say(f"evaluating on {cfg.eval_images} unseen images")
-    rows = []
-    for name, folder in folders.items():
-        the_site = mlp_site if name == "neurons" else site
-        metrics = evaluate(load_dictionary(folder), open_reader(eval_store, the_site, cfg.site_step),
-                           max_tokens=cfg.eval_tokens, device=cfg.device)
-        rows.append({"dictionary": name, "site": the_site, "step": cfg.site_step, **metrics})
-    table = format_table(rows, ["dictionary", "site", "normalization", "num_latents", "fvu", "variance_explained",
-                                "l0", "dead_fraction"])
+    _say("evaluating on the held-out images")
+    rows = [{"dictionary": name, **dl.evaluate(d, max_tokens=cfg.eval_tokens, device=cfg.device)}
+            for name, d in dictionaries.items()]
+    table = format_table(rows, ["dictionary", *TABLE])
     print(table)
 
-    _say("analyses: residual norms by layer x step, PCA spectrum, k/size sweep")
+    other_blocks = [s for s in residual_sites if s.endswith(".img.out") and s != site and model.site(s).dim == width]
+    _say(f"does sae_pca (trained at step {cfg.site_step}) transfer to steps {cfg.steps_to_record} and to {other_blocks}?")
+    steps_rows = analyses.across_steps(dictionaries["sae_pca"], store, sites=other_blocks,
+                                       max_tokens=cfg.eval_tokens, out_dir=out / "plots")
+    steps_table = format_table(steps_rows, ["site", "step", "split", "fvu_residual", "fvu_input_space", "l0",
+                                            "dead_fraction"])
+    print(steps_table)
+
+    _say("analyses: residual norms by layer x step, PCA spectrum, k/size sweep at the same token budget")
     plots_dir = out / "plots"
-    plots_dir.mkdir(exist_ok=True)
-    store = open_store(train_store)
+    from .dictionaries.train import RunConfig, SAETrainConfig
+
+    reader = store.reader(site, cfg.site_step, split="train")
     report = {
         "residual_norms": analyses.residual_norms(store, max_tokens=4096, out_dir=plots_dir),
         "pca_spectrum": analyses.pca_spectrum(reader, site, max_tokens=reader.num_rows, out_dir=plots_dir),
     }
-    sweep_train = SAETrainConfig(batch_size=4096, num_tokens=cfg.sae_tokens // 3, lr=1e-3, seed=cfg.seed,
-                                 dead_window_tokens=cfg.sae_tokens // 12)
-    sweep_run = RunConfig(out=str(out / "sweep"), site=site, step=cfg.site_step, checkpoint_every=0, progress=False,
-                          norm_fit_tokens=reader.num_rows)
-    report["sweep"] = analyses.sweep_k_size(reader, site, [4, 8, 16, 32], [2 * reader.dim, cfg.expansion_factor * reader.dim],
-                                            sweep_train, sweep_run, normalization="pca")
+    sweep_cfg = SAETrainConfig(**{k: v for k, v in common.items() if k in SAETrainConfig.__dataclass_fields__})
+    sweep_rows = timed("sweep", lambda: analyses.sweep_k_size(
+        store, list(cfg.sweep_ks), [e * width for e in cfg.sweep_expansions], sweep_cfg, out / "sweep",
+        site=site, step=cfg.site_step, eval_tokens=cfg.eval_tokens,
+        run=RunConfig(progress=False, checkpoint_every=0, norm_fit_tokens=10**9, device=cfg.device)))
+    report["sweep"] = sweep_rows
+    report["across_steps"] = steps_rows
+    sweep_table = format_table(sweep_rows, ["num_latents", "k", "fvu_input_space", "fvu_residual", "dead_fraction"])
+    print(sweep_table)
     summary = {
-        "model": cfg.model,
+        "config": asdict(cfg),
         "site": site,
         "step": cfg.site_step,
-        "fvu_definition": "sum |x - x_hat|^2 / sum |x - mean(x)|^2 over evaluation tokens (per-dimension mean)",
+        "fvu_definition": "sum |x - x_hat|^2 / sum |x - mean(x)|^2 over held-out tokens (per-dimension mean); "
+                          "fvu_residual: in the captured activations' space; fvu_input_space: in the dictionary's "
+                          "normalised input space",
         "metrics": rows,
         "analyses": report,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "timings_s": timings,
         "plots": sorted(str(p) for folder in (plots_dir, out / "sweep") for p in folder.glob("*.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "metrics.txt").write_text(table + "\n")
-    _say(f"done: {out / 'summary.json'}, metrics table {out / 'metrics.txt'}, plots in {plots_dir}")
+    (out / "metrics.txt").write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
+                                     f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n")
+    _say(f"done: {out / 'summary.json'}, tables {out / 'metrics.txt'}, plots in {plots_dir} and {out / 'sweep'}")
     return summary
 
 
 def register(sub) -> None:
-    p = sub.add_parser("demo", help="capture -> SAE + ITDA -> evaluate -> plots, on the embedded model")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--train-images", type=int, default=DemoConfig.train_images)
-    p.add_argument("--sae-tokens", type=int, default=DemoConfig.sae_tokens)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=lambda a: run_demo(DemoConfig(out=a.out, model=a.model, train_images=a.train_images,
-                                                       sae_tokens=a.sae_tokens, progress=not a.quiet)) and 0)
+    p = sub.add_parser("demo", help="capture -> SAEs + ITDA -> held-out evaluation -> sweeps and plots, on the embedded model")
+    add_config_arguments(p, DemoConfig)
+    p.set_defaults(func=lambda a: run_demo(config_from_args(DemoConfig, a)) and 0)

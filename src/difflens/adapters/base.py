@@ -32,12 +32,15 @@ duration of one generation:
     unchanged bit for bit);
   * `Intervention(site, vector_D, token_mask_T, steps, scale)` adds ``scale * vector`` to the
     site's tokens in the mask at the chosen steps (out/update sites: the block's output stream;
-    mlp sites: the MLP hidden). Captures see values after interventions at the same site.
+    mlp sites: the MLP hidden). Captures see values after interventions at the same site (and an
+    out/update pair of one block sees the interventions on both). Interventions are validated
+    against the site and the run (width, finiteness, token count, steps) before the model runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from contextlib import contextmanager
@@ -81,6 +84,38 @@ class Intervention:
     steps: Collection[int] | None = None
     scale: float = 1.0
 
+    def validate(self, info: SiteInfo, num_steps: int | None = None) -> None:
+        """Check the intervention against its site's shape (at the run's resolution) and the run's
+        `num_steps` before any hook runs; a mismatch would otherwise fail deep inside the model
+        (wrong width) or do nothing at all (a step the run never reaches)."""
+        where = f"intervention on {self.site}"
+        v = self.vector_D
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{where}: vector_D must be a torch.Tensor, got {type(v).__name__}")
+        if v.ndim != 1:
+            raise ValueError(f"{where}: vector_D must be 1-D (D,), got shape {tuple(v.shape)}")
+        if v.shape[0] != info.dim:
+            raise ValueError(f"{where}: vector has width {v.shape[0]}, the site has width {info.dim}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{where}: vector has non-finite values (nan or inf)")
+        if not math.isfinite(float(self.scale)):
+            raise ValueError(f"{where}: scale must be finite, got {self.scale}")
+        m = self.token_mask_T
+        if m is not None:
+            if not isinstance(m, torch.Tensor) or m.ndim != 1:
+                raise ValueError(f"{where}: token mask must be a 1-D torch.Tensor (T,), got "
+                                 f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
+            if m.shape[0] != info.tokens:
+                raise ValueError(f"{where}: token mask has {m.shape[0]} tokens, the site has {info.tokens} "
+                                 f"at this resolution")
+            if not torch.isfinite(m.float()).all():
+                raise ValueError(f"{where}: token mask has non-finite values (nan or inf)")
+        if self.steps is not None:
+            bad = [s for s in self.steps if int(s) != s or s < 0 or (num_steps is not None and s >= num_steps)]
+            if bad:
+                span = f"0..{num_steps - 1}" if num_steps is not None else "0 or more"
+                raise ValueError(f"{where}: steps {sorted(bad)} lie outside this run's steps ({span})")
+
     def apply(self, acts_BTD: torch.Tensor, step: int) -> torch.Tensor:
         if self.steps is not None and step not in self.steps:
             return acts_BTD
@@ -88,7 +123,7 @@ class Intervention:
         if self.token_mask_T is None:
             return acts_BTD + delta
         mask = self.token_mask_T.to(acts_BTD).reshape(1, -1, 1)
-        if mask.shape[1] != acts_BTD.shape[1]:
+        if mask.shape[1] != acts_BTD.shape[1]:  # validate() catches this first under ModelAdapter.hooked
             raise ValueError(f"intervention mask on {self.site} has {mask.shape[1]} tokens, the site has {acts_BTD.shape[1]}")
         return acts_BTD + mask * delta
 
@@ -224,15 +259,18 @@ class ModelAdapter(ABC):
         guidance = self.default_guidance if guidance is None else guidance
         plan = HookPlan(captures=[capture] if isinstance(capture, Capture) else list(capture),
                         interventions=list(interventions))
-        with self.hooked(plan, resolution):
+        with self.hooked(plan, resolution, num_steps):
             return self._generate(prompts, seeds, num_steps, resolution, guidance, plan)
 
     @contextmanager
-    def hooked(self, plan: HookPlan, resolution: int | None = None):
-        """Install the plan's hooks (and the step counter) for the duration of the block."""
+    def hooked(self, plan: HookPlan, resolution: int | None = None, num_steps: int | None = None):
+        """Install the plan's hooks (and the step counter) for the duration of the block. Sites and
+        interventions are checked first (at `resolution`; steps against `num_steps` when given), so a
+        bad plan raises before the model runs."""
         sites = sorted(plan.wanted())
-        for s in sites:
-            self.site(s, resolution)  # unknown site -> clear error before anything runs
+        info = {s: self.site(s, resolution) for s in sites}  # unknown site -> clear error
+        for iv in plan.interventions:
+            iv.validate(info[iv.site], num_steps)
 
         def count(_module, args, kwargs):
             ehs = kwargs.get("encoder_hidden_states")

@@ -75,6 +75,34 @@ def _torch_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
+def dtype_kwargs(dtype: torch.dtype) -> dict:
+    """The from_pretrained keyword for a dtype: `dtype` where diffusers has deprecated `torch_dtype`
+    (it warns on every load otherwise), `torch_dtype` on older releases that do not know `dtype`."""
+    from diffusers.utils import deprecation_utils
+
+    return {"dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype": dtype}
+
+
+@dataclass(frozen=True)
+class FluxDefaults:
+    """Sampling defaults of a FLUX.1 variant."""
+
+    num_steps: int
+    guidance: float
+    max_sequence_length: int
+
+
+# FLUX.1-dev is guidance-distilled (its transformer embeds the guidance scale); schnell is timestep-distilled
+FLUX_DEV_DEFAULTS = FluxDefaults(num_steps=28, guidance=3.5, max_sequence_length=512)
+FLUX_SCHNELL_DEFAULTS = FluxDefaults(num_steps=1, guidance=0.0, max_sequence_length=256)
+
+
+def flux_defaults(transformer) -> FluxDefaults:
+    """Defaults from the loaded transformer's config, not the model's path: `guidance_embeds` is what
+    tells dev (True) from schnell (False)."""
+    return FLUX_DEV_DEFAULTS if transformer.config.guidance_embeds else FLUX_SCHNELL_DEFAULTS
+
+
 def _nf4_config(dtype: torch.dtype):
     if not torch.cuda.is_available():
         raise ValueError("NF4 quantization needs a CUDA GPU (bitsandbytes 4-bit kernels); load without --quantization on CPU")
@@ -118,14 +146,14 @@ class FluxAdapter(FluxTransformerAdapter):
 
         dtype = _torch_dtype(cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        kwargs = {"torch_dtype": dtype}
+        kwargs = dtype_kwargs(dtype)
         if encode_prompts is not None:  # own prompt embeddings: skip loading the text encoders
             kwargs.update(text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None)
         if cfg.quantization:
             if cfg.quantization.lower() != "nf4":
                 raise ValueError(f"unknown quantization {cfg.quantization!r}; supported: nf4")
             kwargs["transformer"] = FluxTransformer2DModel.from_pretrained(
-                cfg.model_id, subfolder="transformer", quantization_config=_nf4_config(dtype), torch_dtype=dtype)
+                cfg.model_id, subfolder="transformer", quantization_config=_nf4_config(dtype), **dtype_kwargs(dtype))
         pipe = FluxPipeline.from_pretrained(cfg.model_id, **kwargs)
         if cfg.cpu_offload:
             if not torch.cuda.is_available():
@@ -137,11 +165,11 @@ class FluxAdapter(FluxTransformerAdapter):
             for part in ("text_encoder", "text_encoder_2", "vae"):
                 if getattr(pipe, part, None) is not None:
                     getattr(pipe, part).to(device)
-        dev = "dev" in cfg.model_id.lower()
         pipe.transformer.eval()
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, name=name or cfg.model_id, encode_prompts=encode_prompts, max_sequence_length=512 if dev else 256,
-                   num_steps=28 if dev else 1, guidance=3.5 if dev else 0.0)
+        d = flux_defaults(pipe.transformer)
+        return cls(pipe, name=name or cfg.model_id, encode_prompts=encode_prompts,
+                   max_sequence_length=d.max_sequence_length, num_steps=d.num_steps, guidance=d.guidance)
 
     # -- geometry ------------------------------------------------------------------------
     def grid_for(self, resolution: int) -> tuple[int, int]:

@@ -73,15 +73,15 @@ def _block_hook(plan: HookPlan, prefix: str, names: set[str]) -> Callable:
         io = {"img": [in_img, out_img], "txt": [in_txt, out_txt]}
         changed = False
         for stream, pair in io.items():
-            for what in ("out", "update"):
-                n = f"{prefix}.{stream}.{what}"
-                if n not in names:
-                    continue
+            here = [n for n in (f"{prefix}.{stream}.out", f"{prefix}.{stream}.update") if n in names]
+            # out and update are one point of the stream: every intervention there lands before any capture
+            for n in here:
                 if plan.intervening(n):  # adding to the update adds to the output
                     pair[1] = plan.intervene(n, pair[1])
                     changed = True
+            for n in here:
                 if plan.capturing(n):
-                    plan.capture(n, pair[1] if what == "out" else pair[1] - pair[0])
+                    plan.capture(n, pair[1] if n.endswith(".out") else pair[1] - pair[0])
         return pack(io["txt"][1], io["img"][1]) if changed else None
 
     return hook

@@ -17,7 +17,7 @@ import torch
 
 from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_modules, seeded_generators,
                                    to_uint8)
-from difflens.adapters.flux import PromptEncoder, _torch_dtype
+from difflens.adapters.flux import PromptEncoder, _torch_dtype, dtype_kwargs
 
 SDXL_MODELS = {
     "sdxl-turbo": "stabilityai/sdxl-turbo",
@@ -40,6 +40,17 @@ class SDXLLoadConfig:
     dtype: str = "float16"
     device: str | None = None
     cpu_offload: bool = False
+
+
+def sdxl_defaults(pipe) -> tuple[int, float, int]:
+    """(num_steps, guidance, resolution) from the loaded pipeline, not the model's path. SDXL Turbo has
+    SDXL's architecture; what its folder carries differently is a scheduler with "trailing" timestep
+    spacing, which one-step sampling needs (with "leading" spacing one step starts from t = 1, nearly
+    clean). Few-step models: 1 step, no guidance, 512 px (Turbo's training size). Others: 30 steps,
+    guidance 5, and the pipeline's own default size (UNet sample_size x VAE factor: 1024 for SDXL)."""
+    if pipe.scheduler.config.get("timestep_spacing") == "trailing":
+        return 1, 0.0, 512
+    return 30, 5.0, int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
 def _bchw_to_btd(x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +81,7 @@ class SDXLAdapter(ModelAdapter):
         from diffusers import StableDiffusionXLPipeline
 
         dtype = _torch_dtype(cfg.dtype)
-        kwargs = {"torch_dtype": dtype}
+        kwargs = dtype_kwargs(dtype)
         if encode_prompts is not None:  # own prompt embeddings: skip loading the text encoders
             kwargs.update(text_encoder=None, text_encoder_2=None, tokenizer=None, tokenizer_2=None)
         pipe = StableDiffusionXLPipeline.from_pretrained(cfg.model_id, **kwargs)
@@ -81,9 +92,9 @@ class SDXLAdapter(ModelAdapter):
         else:
             pipe.to(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         pipe.set_progress_bar_config(disable=True)
-        turbo = "turbo" in cfg.model_id.lower()
-        return cls(pipe, name=name or cfg.model_id, encode_prompts=encode_prompts, num_steps=1 if turbo else 30,
-                   guidance=0.0 if turbo else 5.0, resolution=512 if turbo else 1024)
+        steps, guidance, resolution = sdxl_defaults(pipe)
+        return cls(pipe, name=name or cfg.model_id, encode_prompts=encode_prompts, num_steps=steps,
+                   guidance=guidance, resolution=resolution)
 
     # -- sites -----------------------------------------------------------------------------
     def _spatial(self, path: str, resolution: int) -> int:

@@ -27,16 +27,17 @@ class HashPromptEncoder:
         return (torch.stack([p[0] for p in pairs]).to(self.dtype), torch.stack([p[1] for p in pairs]).to(self.dtype))
 
 
-def tiny_flux_pipeline(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2):
+def tiny_flux_pipeline(seed: int = 0, num_layers: int = 2, num_single_layers: int = 2, guidance_embeds: bool = False):
     """FluxPipeline with a 2+2-block transformer (width 32), a 1-level VAE (grid = resolution / 2)
-    and no text encoders. Returns (pipe, HashPromptEncoder)."""
+    and no text encoders. guidance_embeds=True makes it dev-like (guidance-distilled), else schnell-like.
+    Returns (pipe, HashPromptEncoder)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=num_layers, num_single_layers=num_single_layers,
         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        axes_dims_rope=(4, 4, 8),
+        axes_dims_rope=(4, 4, 8), guidance_embeds=guidance_embeds,
     ).eval()
     vae = AutoencoderKL(
         sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1,

@@ -1,4 +1,4 @@
-"""`difflens sites`, `difflens cache`, `difflens cache info` -- thin over the capture and store APIs."""
+"""`difflens sites`, `difflens cache`, `difflens cache info`, `difflens cache split` -- thin over the capture and store APIs."""
 
 from __future__ import annotations
 
@@ -45,12 +45,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sites)
 
     p = subparsers.add_parser(
-        "cache", help="capture activations into a store (`cache info DIR` describes one)",
+        "cache", help="capture activations into a store (`cache info DIR` describes one, `cache split DIR` re-splits it)",
         description="Capture activations: difflens cache --model M --sites S --out DIR. "
                     "Describe a store: difflens cache info DIR [--verify]. "
+                    "Choose its held-out images anew: difflens cache split DIR --holdout F [--seed S]. "
                     "Multi-process: torchrun --nproc_per_node N --no-python difflens cache ...")
-    p.add_argument("action", nargs="?", choices=["info"], help="'info DIR' prints what a store holds")
-    p.add_argument("dir", nargs="?", help="store folder (with 'info')")
+    p.add_argument("action", nargs="?", choices=["info", "split"],
+                   help="'info DIR' prints what a store holds; 'split DIR' re-chooses its held-out images")
+    p.add_argument("dir", nargs="?", help="store folder (with 'info' or 'split')")
     p.add_argument("--verify", action="store_true", help="with info: checksum every shard")
     _add_model_args(p)
     p.add_argument("--sites", type=_csv, help="comma-separated site names or globs (default: the model's main site)")
@@ -60,7 +62,9 @@ def register(subparsers) -> None:
     p.add_argument("--resolution", type=int)
     p.add_argument("--num-steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="image i gets seed + i (capture); the split's seed (with 'split')")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="fraction of images held out of training, chosen by image (default 0.1; 0: no split)")
     p.add_argument("--batch-size", type=int, default=8, help="images per generation batch / shard")
     p.add_argument("--store-dtype", choices=["float16", "bfloat16"], help="stored row dtype (default: per model)")
     p.add_argument("--no-images", action="store_true", help="do not save the generated images")
@@ -88,12 +92,19 @@ def cmd_sites(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    if args.action == "info":
+    if args.action in ("info", "split"):
         from difflens.store import ActivationStore
 
         if not args.dir:
-            raise ValueError("usage: difflens cache info DIR")
+            raise ValueError(f"usage: difflens cache {args.action} DIR" + (" --holdout F [--seed S]" if args.action == "split" else ""))
         store = ActivationStore.open(args.dir)
+        if args.action == "split":
+            from difflens.store.split import describe_holdout
+
+            held = store.set_holdout(args.holdout, seed=args.seed)
+            print(f"held out {len(held['image_ids'])} of {store.meta.get('n_images')} images: "
+                  f"{describe_holdout(store.holdout, store.meta.get('n_images'))}")
+            return 0
         print(store.describe())
         if args.verify:
             store.verify()
@@ -109,7 +120,7 @@ def cmd_cache(args) -> int:
         out=args.out, model=args.model, sites=args.sites, steps_to_record=args.steps_to_record, prompts=args.prompts,
         n_images=args.n_images, resolution=args.resolution, num_steps=args.num_steps, guidance=args.guidance,
         seed=args.seed, batch_size=args.batch_size, store_dtype=args.store_dtype, save_images=not args.no_images,
-        load=_load_options(args), progress=not args.quiet,
+        holdout=args.holdout, load=_load_options(args), progress=not args.quiet,
     )
     path = run_capture(cfg)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflens.adapters import Capture, LoadOptions, ModelAdapter, load_adapter
-from difflens.capture.distributed import DistContext, init_from_env
-from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter, layout
+from difflens.adapters import Capture, LoadOptions, ModelAdapter, SiteInfo, load_adapter
+from difflens.distributed import DistContext, init_from_env
+from difflens.store import ChunkRows, EntrySpec, StoreWriter, layout
+from difflens.store.split import check_fraction
 
 
 @dataclass
@@ -41,15 +42,27 @@ class CaptureConfig:
     batch_size: int = 8  # images per chunk (one generation batch, one shard per site and step)
     store_dtype: str | None = None  # "float16" | "bfloat16"; default: the model's (bfloat16 for FLUX)
     save_images: bool = True
+    # fraction of images held out of training, recorded in store.json at finalize (split seed 0; not a
+    # capture setting: a rerun may change it, and `difflens cache split` re-splits a finished store)
+    holdout: float = 0.1
     load: LoadOptions = field(default_factory=LoadOptions)
     progress: bool = True
 
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_fraction(self.holdout)
 
-def resolve_prompts(source: str, n_images: int | None, seed: int) -> list[dict]:
-    """[{"image_id", "prompt", "seed"}]; prompts from the shapes world or a file, cycled to n_images."""
+
+def resolve_prompts(source: str | list[str], n_images: int | None, seed: int) -> list[dict]:
+    """[{"image_id", "prompt", "seed"}]; prompts from the shapes world, a file or a list, cycled to n_images."""
     if n_images is not None and n_images < 1:
         raise ValueError(f"--n-images must be >= 1, got {n_images}")
-    if source == "world":
+    if isinstance(source, (list, tuple)):
+        prompts = [str(p) for p in source]
+        if not prompts:
+            raise ValueError("the prompt list is empty")
+    elif source == "world":
         from difflens.world import world_prompts
 
         prompts = world_prompts(n_images or 256, seed=seed, split="train")
@@ -102,6 +115,44 @@ class _ChunkRecorder:
         self.acts[(site, step)] = cpu
 
 
+@dataclass
+class CapturePlan:
+    """A capture's settings resolved against the model: what a store capture and an in-memory one both run."""
+
+    prompts: list[dict]
+    sites: list[SiteInfo]
+    steps: list[int]
+    resolution: int
+    num_steps: int
+    guidance: float | None
+
+
+def resolve_steps(requested: list[int] | str | None, num_steps: int) -> list[int]:
+    """0-based steps to record: the given ones (validated), 'all', or None for step 0."""
+    if requested == "all":
+        return list(range(num_steps))
+    steps = sorted({int(s) for s in (requested if requested is not None else [0])})
+    bad = [s for s in steps if not 0 <= s < num_steps]
+    if bad:
+        raise ValueError(f"--steps-to-record {bad} outside 0..{num_steps - 1} ({num_steps} denoising steps)")
+    return steps
+
+
+def plan_capture(cfg: CaptureConfig, adapter: ModelAdapter) -> CapturePlan:
+    """Resolve prompts, sites, steps, resolution, step count and guidance (model defaults where unset)."""
+    cfg.validate()
+    resolution = adapter.default_resolution if cfg.resolution is None else cfg.resolution
+    num_steps = adapter.default_num_steps if cfg.num_steps is None else cfg.num_steps
+    return CapturePlan(
+        prompts=resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed),
+        sites=resolve_sites(adapter, cfg.sites, resolution),
+        steps=resolve_steps(cfg.steps_to_record, num_steps),
+        resolution=resolution,
+        num_steps=num_steps,
+        guidance=adapter.default_guidance if cfg.guidance is None else cfg.guidance,
+    )
+
+
 def run_capture(cfg: CaptureConfig, adapter: ModelAdapter | None = None) -> Path:
     """Run (or resume) a capture into cfg.out; returns the store path. Works under torchrun."""
     ctx = init_from_env(cfg.load.device)
@@ -112,25 +163,15 @@ def run_capture(cfg: CaptureConfig, adapter: ModelAdapter | None = None) -> Path
 
 
 def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> Path:
-    if cfg.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    prompts = resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed)
+    cfg.validate()  # before loading a model, let alone generating
     if adapter is None:
         load = cfg.load
         if ctx.world_size > 1 and torch.cuda.is_available() and (load.device or "cuda").startswith("cuda"):
             load = LoadOptions(**{**asdict(load), "device": f"cuda:{ctx.local_rank}"})
         adapter = load_adapter(cfg.model, load)
-    resolution = adapter.default_resolution if cfg.resolution is None else cfg.resolution
-    num_steps = adapter.default_num_steps if cfg.num_steps is None else cfg.num_steps
-    guidance = adapter.default_guidance if cfg.guidance is None else cfg.guidance
-    if cfg.steps_to_record == "all":
-        steps = list(range(num_steps))
-    else:
-        steps = sorted(set(cfg.steps_to_record if cfg.steps_to_record is not None else [0]))
-    bad = [s for s in steps if not 0 <= s < num_steps]
-    if bad:
-        raise ValueError(f"--steps-to-record {bad} outside 0..{num_steps - 1} ({num_steps} denoising steps)")
-    sites = resolve_sites(adapter, cfg.sites, resolution)
+    plan = plan_capture(cfg, adapter)
+    prompts, sites, steps = plan.prompts, plan.sites, plan.steps
+    resolution, num_steps, guidance = plan.resolution, plan.num_steps, plan.guidance
     store_dtype = cfg.store_dtype or adapter.default_store_dtype
     writer = StoreWriter(cfg.out, dtype=store_dtype)
     recorder = _ChunkRecorder(store_dtype)
@@ -193,16 +234,13 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
         entries = [EntrySpec(s.name, step, s.dim, s.stream, s.tokens, s.grid) for s in sites for step in steps]
         meta = {k: settings[k] for k in ("model", "weights", "n_images", "prompts_hash", "resolution", "num_steps",
                                          "guidance", "seed")}
-        writer.finalize(entries, n_chunks, meta)
+        writer.finalize(entries, n_chunks, meta, holdout=cfg.holdout)
     ctx.barrier()
     return Path(cfg.out)
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
+    """Chunk progress bar; throttled to a few lines when stderr is a log file or pipe."""
+    from ..progress import progress
 
-    return tqdm(total=total, desc=desc, unit="chunk", disable=not enabled)
-
-
-def open_store(path: str | Path) -> ActivationStore:
-    return ActivationStore.open(path)
+    return progress(total, desc, unit="chunk", enabled=enabled)

@@ -18,19 +18,24 @@ from .normalization import Normalizer
 
 @dataclass
 class SparseCodes:
-    """Codes of B tokens as (values_BK, indices_BK); zero values are inactive slots."""
+    """Codes of tokens as (values_BK, indices_BK), or (..., K) with the activations' leading dims; zero values
+    are inactive slots."""
 
     values: Tensor
     indices: Tensor
 
     def l0(self) -> Tensor:
-        """Active latents per token, shape (B,)."""
+        """Active latents per token, shape (...,)."""
         return (self.values != 0).sum(-1)
 
     def to_dense(self, num_latents: int) -> Tensor:
-        """(B, D) dense codes: only for small inspections, never in training loops."""
-        out = self.values.new_zeros(self.values.shape[0], num_latents)
-        return out.scatter_add_(1, self.indices, self.values)
+        """(..., D) dense codes: only for small inspections, never in training loops."""
+        out = self.values.new_zeros(*self.values.shape[:-1], num_latents)
+        return out.scatter_add_(-1, self.indices, self.values)
+
+    def flat(self) -> "SparseCodes":
+        """The same codes as (tokens, K)."""
+        return SparseCodes(self.values.reshape(-1, self.values.shape[-1]), self.indices.reshape(-1, self.indices.shape[-1]))
 
 
 def check_activations(acts_BN: Tensor, dim: int, what: str = "activations") -> None:
@@ -45,12 +50,18 @@ def check_activations(acts_BN: Tensor, dim: int, what: str = "activations") -> N
 
 
 class Dictionary(torch.nn.Module):
-    """Base class: subclasses implement ``encode_normalized`` / ``decode_normalized``."""
+    """Base class: subclasses implement ``encode_normalized`` / ``decode_normalized``.
+
+    ``meta`` remembers where the dictionary came from (``site``, ``step``, ``store``: the store's path,
+    prompts hash and weights fingerprint, ``split``) and how it was trained; it is saved in cfg.json.
+    """
 
     kind: str = "dictionary"
 
     def __init__(self, d_in: int, normalizer: Normalizer | None = None):
         super().__init__()
+        self.meta: dict = {}
+        self.path = None  # the folder it was loaded from
         self.d_in = d_in
         self.normalizer = normalizer if normalizer is not None else Normalizer(d_in, "none")
         if self.normalizer.dim != d_in:
@@ -71,17 +82,43 @@ class Dictionary(torch.nn.Module):
         """(D, N) decoder directions in the normalised space."""
         raise NotImplementedError
 
-    # ---- residual space (shared) ----
-    def encode(self, acts_BN: Tensor) -> SparseCodes:
-        check_activations(acts_BN, self.d_in)
-        return self.encode_normalized(self.normalizer.normalize(acts_BN.float()))
+    # ---- where it came from ----
+    @property
+    def site(self) -> str | None:
+        return self.meta.get("site")
 
-    def decode(self, codes: SparseCodes) -> Tensor:
-        return self.normalizer.denormalize(self.decode_normalized(codes))
+    @property
+    def step(self) -> int | None:
+        return self.meta.get("step")
+
+    @property
+    def store(self) -> dict | None:
+        """The training store's identity: {"path", "model", "weights", "prompts_hash", "n_images"} (None: not a store)."""
+        store = self.meta.get("store")
+        return {"path": store} if isinstance(store, str) else store
+
+    # ---- residual space (shared; inspection only: no autograd history) ----
+    @torch.no_grad()
+    def encode(self, acts: Tensor) -> SparseCodes:
+        """Residual-space activations (..., N) -> codes with values/indices (..., K)."""
+        lead = acts.shape[:-1]
+        if acts.ndim == 0 or acts.shape[-1] != self.d_in:
+            raise ValueError(f"activations have shape {tuple(acts.shape)}: width {acts.shape[-1] if acts.ndim else None} but the dictionary expects width {self.d_in}")
+        flat = acts.reshape(-1, self.d_in).float()
+        check_activations(flat, self.d_in)
+        codes = self.encode_normalized(self.normalizer.normalize(flat))
+        return SparseCodes(codes.values.reshape(*lead, -1), codes.indices.reshape(*lead, -1))
 
     @torch.no_grad()
-    def reconstruct(self, acts_BN: Tensor) -> tuple[Tensor, SparseCodes]:
-        codes = self.encode(acts_BN)
+    def decode(self, codes: SparseCodes) -> Tensor:
+        """Codes (..., K) -> residual-space reconstruction (..., N)."""
+        lead = codes.values.shape[:-1]
+        return self.normalizer.denormalize(self.decode_normalized(codes.flat())).reshape(*lead, self.d_in)
+
+    @torch.no_grad()
+    def reconstruct(self, acts: Tensor) -> tuple[Tensor, SparseCodes]:
+        """(reconstruction (..., N), codes (..., K)) of residual-space activations."""
+        codes = self.encode(acts)
         return self.decode(codes), codes
 
     @torch.no_grad()

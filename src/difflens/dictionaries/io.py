@@ -18,13 +18,13 @@ Layout of one dictionary folder ``<run>/<site>/``:
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from difflens.store.atomic import atomic_write_bytes, atomic_write_json as _atomic_json
 
 from .base import Dictionary
 from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
@@ -36,19 +36,15 @@ NORMALIZER_FILE = "normalizer.safetensors"
 
 
 def atomic_save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """Write a safetensors file atomically (creating its folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def atomic_write_json(obj: dict, path: Path) -> None:
+    """Write a JSON file atomically (creating its folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    _atomic_json(path, obj)
 
 
 def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool = True) -> dict:
@@ -89,9 +85,10 @@ def load_normalizer(folder: Path, dim: int) -> Normalizer:
 
 # ---- dictionaries ----
 def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | None = None) -> Path:
-    """Write ``dictionary`` into ``folder`` (see module docstring); ``meta`` lands in cfg.json."""
+    """Write ``dictionary`` into ``folder`` (see module docstring); ``meta`` (default: ``dictionary.meta``) lands
+    in cfg.json as ``difflens_meta``."""
     folder = Path(folder)
-    extra = {"difflens_kind": dictionary.kind, "difflens_meta": meta or {}}
+    extra = {"difflens_kind": dictionary.kind, "difflens_meta": dictionary.meta if meta is None else meta}
     if isinstance(dictionary, TopKSAE):
         cfg = {**_sparsify_cfg(dictionary.d_in, dictionary.num_latents, dictionary.k), **extra}
         cfg["difflens_normalization"] = dictionary.normalizer.kind
@@ -119,14 +116,27 @@ def read_cfg(folder: str | Path) -> dict:
     path = Path(folder) / "cfg.json"
     if not path.exists():
         raise FileNotFoundError(f"no dictionary at {folder}: {path} is missing")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"corrupt dictionary config {path}: {err}") from None
+    if not isinstance(cfg, dict) or "d_in" not in cfg:
+        raise ValueError(f"corrupt dictionary config {path}: no 'd_in' width")
+    return cfg
 
 
 def load_dictionary(folder: str | Path, device: str | torch.device = "cpu") -> Dictionary:
-    """Load any difflens dictionary folder (or a plain sparsify TopK SAE folder)."""
+    """Load any difflens dictionary folder (or a plain sparsify TopK SAE folder), with its ``meta``."""
     folder = Path(folder)
     cfg = read_cfg(folder)
+    dictionary = _load(folder, cfg).to(device)
+    dictionary.meta = cfg.get("difflens_meta", {})
+    dictionary.path = folder.resolve()
+    return dictionary
+
+
+def _load(folder: Path, cfg: dict) -> Dictionary:
     kind = cfg.get("difflens_kind", "sae")
     d_in = int(cfg["d_in"])
     norm = load_normalizer(folder, d_in)
@@ -144,15 +154,15 @@ def load_dictionary(folder: str | Path, device: str | torch.device = "cpu") -> D
                 if theirs not in tensors:
                     raise ValueError(f"{path}: missing tensor {theirs!r}")
                 getattr(sae, ours).copy_(tensors[theirs])
-        return sae.to(device)
+        return sae
     if kind == "itda":
         tensors = load_file(str(folder / "itda.safetensors"))
         fields = {k: cfg[k] for k in ITDAConfig.__dataclass_fields__ if k in cfg}
         itda = ITDA(d_in, ITDAConfig(**fields), normalizer=norm)
         itda.load_atoms(tensors["atoms"], {k: tensors[f"provenance.{k}"] for k in PROVENANCE_KEYS})
-        return itda.to(device)
+        return itda
     if kind == "neurons":
-        return NeuronBasis(d_in, cfg.get("k")).to(device)
+        return NeuronBasis(d_in, cfg.get("k"))
     raise ValueError(f"{folder}: unknown dictionary kind {kind!r}")
 
 

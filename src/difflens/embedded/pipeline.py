@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import FluxTransformer2DModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from ..store.atomic import atomic_write_bytes
 from .autoencoder import ShapesAutoencoder
 from .config import ShapesModelConfig, check_guidance_scale
 from .text_encoder import TextEncoder, WordTokenizer
@@ -135,17 +137,18 @@ class ShapesPipeline:
         """Write config.json + model.safetensors (weights cast to `dtype` to keep the package small)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(self.config.to_json())
         sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        tmp = path / (WEIGHTS_FILE + ".tmp")
-        save_file(sd, str(tmp))
-        tmp.replace(path / WEIGHTS_FILE)
+        atomic_write_bytes(path / WEIGHTS_FILE, safetensors_bytes(sd))
+        atomic_write_bytes(path / CONFIG_FILE, self.config.to_json().encode())
 
     def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "ShapesPipeline":
         if dtype == self.dtype:
-            dtype = None  # diffusers warns on any dtype cast, even a no-op one
+            dtype = None
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            if dtype is None:
+                module.to(device)  # no dtype keyword: diffusers' ModelMixin.to warns whenever one is passed, even None
+            else:  # nothing here is kept in fp32 or quantized, so ModelMixin.to's extra checks do not apply
+                torch.nn.Module.to(module, device=device, dtype=dtype)
         return self
 
     @property

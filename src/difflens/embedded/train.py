@@ -1,15 +1,14 @@
 """Train the embedded model on freshly rendered shapes-world scenes with the rectified-flow objective.
 
 Every step's data and noise are a pure function of (seed, step), so a run resumed from a checkpoint
-continues exactly as if it had never stopped. Checkpoints are written atomically.
+continues exactly as if it had never stopped. Checkpoints are safetensors + JSON written atomically
+(see `checkpoint.py`); nothing is pickled.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,14 +16,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
-from tqdm import tqdm
 
+from ..progress import progress as progress_bar
+from ..store.atomic import atomic_write_json
 from ..world import render, sample_scene
+from .checkpoint import (load_checkpoint, load_optimizer_tensors, optimizer_tensors, restore_rng, save_checkpoint,
+                         strip, with_prefix)
 from .config import ShapesModelConfig
 from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify, uint8_to_pixels
 
-CHECKPOINT = "checkpoint.pt"
-AUTOENCODER_CHECKPOINT = "autoencoder.pt"
+# JSON pointers; each names its `<stem>-<step>.safetensors` tensor file
+CHECKPOINT = "checkpoint.json"
+AUTOENCODER_CHECKPOINT = "autoencoder.json"
+LEGACY_CHECKPOINTS = ("checkpoint.pt", "autoencoder.pt")  # pickled, from older versions; never read
 
 
 @dataclass
@@ -102,25 +106,28 @@ def train_autoencoder(pipe: ShapesPipeline, cfg: TrainConfig, progress: bool = T
     path = Path(cfg.out) / AUTOENCODER_CHECKPOINT
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.autoencoder_lr)
     start = 0
-    if path.exists():
-        state = torch.load(path, weights_only=True)
-        ae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+    if _has_checkpoint(path):
+        tensors, info = load_checkpoint(path)
+        ae.load_state_dict(strip(tensors, "model."))
+        load_optimizer_tensors(opt, tensors)
+        restore_rng(tensors)
+        start = int(info["step"])
     ae.train()
-    for step in tqdm(range(start, cfg.autoencoder_steps), initial=start, total=cfg.autoencoder_steps,
-                     disable=not progress, desc="autoencoder"):
-        _, images, weights = training_batch(step, cfg, stream=1)
-        x = uint8_to_pixels(images)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
-        z = ae.encode(x)
-        z = z + cfg.autoencoder_latent_noise * torch.randn(z.shape, generator=gen)
-        loss = (((ae.decode(z) - x) ** 2) * weights).sum() / (weights.sum() * 3)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.autoencoder_steps:
-            _atomic_save({"model": ae.state_dict(), "optimizer": opt.state_dict(), "step": step + 1}, path)
+    with progress_bar(cfg.autoencoder_steps, "autoencoder", unit="step", enabled=progress, initial=start) as bar:
+        for step in range(start, cfg.autoencoder_steps):
+            _, images, weights = training_batch(step, cfg, stream=1)
+            x = uint8_to_pixels(images)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 1)
+            z = ae.encode(x)
+            z = z + cfg.autoencoder_latent_noise * torch.randn(z.shape, generator=gen)
+            loss = (((ae.decode(z) - x) ** 2) * weights).sum() / (weights.sum() * 3)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.autoencoder_steps:
+                save_checkpoint(path, step + 1, {**with_prefix(ae.state_dict(), "model."), **optimizer_tensors(opt)},
+                                {"kind": "autoencoder"})
     ae.eval().requires_grad_(False)
 
 
@@ -165,13 +172,16 @@ def _params(pipe: ShapesPipeline) -> list[torch.nn.Parameter]:
     return [*pipe.transformer.parameters(), *pipe.text_encoder.parameters()]
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _has_checkpoint(pointer: Path) -> bool:
+    """Whether `pointer` exists; a pickled checkpoint of an older version beside it is an error, not a restart."""
+    if pointer.exists():
+        return True
+    for name in LEGACY_CHECKPOINTS:
+        legacy = pointer.parent / name
+        if legacy.exists():
+            raise ValueError(f"{legacy} is a pickled checkpoint from an older difflens and is not read any more; "
+                             f"delete it to start over")
+    return False
 
 
 def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> ShapesPipeline:
@@ -195,48 +205,47 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     start = 0
     ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists():
-        try:
-            ckpt = torch.load(ckpt_path, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same message
-            raise ValueError(f"checkpoint {ckpt_path} is unreadable ({err}); delete it to start over") from err
-        saved_model = ShapesModelConfig(**json.loads(ckpt["config"])["model"])
+    if _has_checkpoint(ckpt_path):
+        tensors, info = load_checkpoint(ckpt_path)
+        saved_model = ShapesModelConfig(**info["config"]["model"])
         if saved_model.architecture() != cfg.model.architecture():
             raise ValueError(f"checkpoint {ckpt_path} was trained with a different model config")
-        pipe.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["step"])
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        pipe.load_state_dict(strip(tensors, "model."))
+        ema.load_state_dict(strip(tensors, "ema."))
+        load_optimizer_tensors(opt, tensors)
+        restore_rng(tensors)
+        start = int(info["step"])
+    atomic_write_json(out / "train_config.json", asdict(cfg))
     ema_params = _params(ema)
     live_params = [p.detach() for p in params]  # views: follow every optimizer step
     stop = cfg.steps if until is None else min(until, cfg.steps)
-    bar = tqdm(range(start, stop), initial=start, total=cfg.steps, disable=not progress, desc="train")
-    log = open(out / "loss.jsonl", "a")
-    t0 = time.time()
-    for step in bar:
-        prompts, images, pixel_weights = training_batch(step, cfg)
-        x0, weights = pipe.images_to_tokens(images), token_weights(pixel_weights, cfg.model)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(step, cfg)
-        ids = caption_ids(pipe, prompts, cfg.caption_dropout, gen)
-        loss = flow_loss(pipe, ids, x0, gen, weights, cfg.loss_t_floor)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, live_params, 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % 20 == 0:
-            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "elapsed_s": time.time() - t0}) + "\n")
-            log.flush()
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop:
-            _atomic_save({"model": pipe.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                          "step": step + 1, "config": json.dumps(asdict(cfg))}, ckpt_path)
-    log.close()
+    bar = progress_bar(cfg.steps, "train", unit="step", enabled=progress, initial=start)
+    with bar, open(out / "loss.jsonl", "a") as log:
+        t0 = time.time()
+        for step in range(start, stop):
+            prompts, images, pixel_weights = training_batch(step, cfg)
+            x0, weights = pipe.images_to_tokens(images), token_weights(pixel_weights, cfg.model)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(step, cfg)
+            ids = caption_ids(pipe, prompts, cfg.caption_dropout, gen)
+            loss = flow_loss(pipe, ids, x0, gen, weights, cfg.loss_t_floor)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, live_params, 1 - decay)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if (step + 1) % 20 == 0:
+                log.write(json.dumps({"step": step + 1, "loss": loss.item(), "elapsed_s": time.time() - t0}) + "\n")
+                log.flush()
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop:
+                tensors = {**with_prefix(pipe.state_dict(), "model."), **with_prefix(ema.state_dict(), "ema."),
+                           **optimizer_tensors(opt)}
+                save_checkpoint(ckpt_path, step + 1, tensors, {"config": asdict(cfg)})
     ema.transformer.eval()
     ema.text_encoder.eval()
     return ema
@@ -244,8 +253,11 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
 
 def load_checkpoint_ema(out: str | Path) -> ShapesPipeline:
     """The EMA pipeline stored in a training folder's checkpoint (to evaluate or export mid-run)."""
-    ckpt = torch.load(Path(out) / CHECKPOINT, weights_only=True)
-    model_cfg = ShapesModelConfig(**json.loads(ckpt["config"])["model"])
+    path = Path(out) / CHECKPOINT
+    if not _has_checkpoint(path):
+        raise FileNotFoundError(f"no training checkpoint in {out} (expected {path})")
+    tensors, info = load_checkpoint(path, prefixes=("ema.",))
+    model_cfg = ShapesModelConfig(**info["config"]["model"])
     pipe = ShapesPipeline(model_cfg, *ShapesPipeline.build_modules(model_cfg))
-    pipe.load_state_dict(ckpt["ema"])
+    pipe.load_state_dict(strip(tensors, "ema."))
     return pipe

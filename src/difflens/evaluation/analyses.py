@@ -1,4 +1,4 @@
-"""Store-level analyses: residual norms by layer × step, PCA spectrum, k/size and layer sweeps."""
+"""Analyses: residual norms by layer × step, PCA spectrum, k/size sweep, across layers, across steps."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from difflens.dictionaries.io import load_dictionary
 from difflens.dictionaries.normalization import Normalizer
-from difflens.dictionaries.topk_sae import SAEConfig
-from difflens.dictionaries.trainer import RunConfig, SAETrainConfig, train_sae
+from difflens.dictionaries.train import RunConfig, SAETrainConfig, train_sae
+from difflens.dictionaries.train.data import resolve_data
 
 from . import plots
-from .metrics import evaluate
+from .metrics import INPUT_SPACE, evaluate
 
 SITE_RE = re.compile(r"^(double|single)\.(\d+)\.(img|txt)\.(\w+)$")
 
@@ -80,28 +79,55 @@ def pca_spectrum(reader, site: str, max_tokens: int = 200_000, out_dir: Path | N
     return out
 
 
-def sweep_k_size(reader, site: str, ks: list[int], sizes: list[int], train: SAETrainConfig, run: RunConfig,
-                 normalization: str = "pca", eval_tokens: int = 50_000) -> list[dict]:
-    """Train one SAE per (k, size) and evaluate it (the paper's figure 6)."""
+def sweep_k_size(source, ks: list[int], sizes: list[int], train: SAETrainConfig, out: Path, *,
+                 site: str | None = None, step: int | None = None, eval_source=None, eval_tokens: int = 50_000,
+                 run: RunConfig | None = None) -> list[dict]:
+    """Train one SAE per (size, k), each on ``train.num_tokens`` tokens, and evaluate it on held-out rows
+    (the FLUX paper's figure 6). Plots FVU vs k per size and vs size per k, in the SAE's loss space and
+    in residual space, plus the dead fraction; folders ``out/sweep/d<size>_k<k>`` resume."""
+    data = resolve_data(source, site, step)
+    run = run or RunConfig(checkpoint_every=0, progress=False)
     rows = []
     for size in sizes:
         for k in ks:
             if k > size:
                 continue
-            sub = replace(run, out=str(Path(run.out) / "sweep" / f"d{size}_k{k}"), site=site, progress=False)
-            sae = train_sae(reader, SAEConfig(num_latents=size, k=k, normalization=normalization), train, sub, resume=True)
-            rows.append({"site": site, "num_latents": size, "k": k, **evaluate(sae.cpu(), reader, max_tokens=eval_tokens)})
-    out_dir = Path(run.out)
-    for metric in ("fvu", "dead_fraction"):
-        series = {f"{s} latents": ([r["k"] for r in rows if r["num_latents"] == s], [r[metric] for r in rows if r["num_latents"] == s])
-                  for s in sizes}
-        plots.lines(series, "k", metric, f"{site}: {metric} vs k", out_dir / f"sweep_{metric}.png", logx=True)
+            sae = train_sae(data, replace(train, num_latents=size, k=k),
+                            replace(run, out=str(Path(out) / "sweep" / f"d{size}_k{k}")))
+            rows.append({**evaluate(sae.cpu(), eval_source, max_tokens=eval_tokens), "num_latents": size, "k": k})
+    plot_sweep(rows, Path(out), data.site or "activations", train.num_tokens)
     return rows
+
+
+def plot_sweep(rows: list[dict], out: Path, site: str, tokens: int) -> None:
+    """sweep_fvu_vs_k.png, sweep_fvu_vs_size.png (each: loss space | residual space), sweep_dead_fraction.png."""
+    if not rows:
+        return
+    sizes = sorted({r["num_latents"] for r in rows})
+    ks = sorted({r["k"] for r in rows})
+    loss_space = rows[0]["loss_space"]
+    metrics = [("fvu_input_space" if loss_space != "residual" else "fvu_residual", f"FVU ({loss_space} space: the SAE's loss)"),
+               ("fvu_residual", "FVU (residual space)")]
+
+    def series(by: str, over: str, metric: str) -> dict:
+        groups = sizes if by == "num_latents" else ks
+        name = "latents" if by == "num_latents" else "k"
+        return {f"{name} {g}": ([r[over] for r in rows if r[by] == g], [r[metric] for r in rows if r[by] == g])
+                for g in groups}
+
+    note = f"{site}, {tokens:,} training tokens each, held-out tokens"
+    plots.panels([(series("num_latents", "k", m), "k", label, note) for m, label in metrics],
+                 out / "sweep_fvu_vs_k.png", logx=True)
+    plots.panels([(series("k", "num_latents", m), "latents", label, note) for m, label in metrics],
+                 out / "sweep_fvu_vs_size.png", logx=True)
+    window = rows[0]["tokens"]
+    plots.panels([(series("num_latents", "k", "dead_fraction"), "k", f"dead fraction (no firing in {window:,} tokens)", note)],
+                 out / "sweep_dead_fraction.png", logx=True)
 
 
 def across_layers(store_path, run_dir: Path, step: int | None, eval_tokens: int, out_dir: Path) -> list[dict]:
     """Evaluate every dictionary in ``run_dir`` on its site and plot FVU / dead fraction by depth (figure 8)."""
-    from difflens.dictionaries.sources import open_reader
+    from difflens.store.sources import open_reader
 
     rows = []
     for folder in sorted(p for p in Path(run_dir).iterdir() if (p / "cfg.json").exists()):
@@ -109,11 +135,43 @@ def across_layers(store_path, run_dir: Path, step: int | None, eval_tokens: int,
         reader = open_reader(store_path, folder.name, step)
         rows.append({"site": folder.name, **evaluate(d, reader, max_tokens=eval_tokens)})
     rows.sort(key=lambda r: layer_key(r["site"]))
-    for metric in ("fvu", "dead_fraction"):
+    for metric in ("fvu_residual", "fvu_input_space", "dead_fraction"):
         by_kind: dict[str, tuple[list, list]] = {}
         for r in rows:
             xs, ys = by_kind.setdefault(r["kind"], ([], []))
             xs.append(r["site"])
             ys.append(r[metric])
         plots.lines(by_kind, "site", metric, f"{metric} across layers", out_dir / f"layers_{metric}.png")
+    return rows
+
+
+def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sites: list[str] | None = None,
+                 split: str = "auto", max_tokens: int = 50_000, out_dir: Path | None = None) -> list[dict]:
+    """Evaluate one dictionary on every recorded step of its site (and of ``sites`` of the same width): does a
+    dictionary trained at one denoising step transfer to the others? Plots FVU by step, one line per site."""
+    from difflens.store.sources import open_store
+
+    path = source if source is not None else (dictionary.store or {}).get("path")
+    if path is None:
+        raise ValueError("this dictionary does not record its store: pass the store to evaluate on")
+    store = open_store(path) if isinstance(path, (str, Path)) else path
+    rows = []
+    for site in [dictionary.site, *(s for s in sites or [] if s != dictionary.site)]:
+        stored = sorted(t for s, t in store.entries() if s == site)
+        if not stored:
+            raise ValueError(f"site {site!r} is not in store {getattr(store, 'root', '')}")
+        wanted = stored if steps == "all" else [int(t) for t in steps]
+        missing = sorted(set(wanted) - set(stored))
+        if missing:
+            raise ValueError(f"site {site!r} has no step(s) {missing} in the store; stored steps: {stored}")
+        for t in wanted:
+            row = evaluate(dictionary, store, site=site, step=t, split=split, max_tokens=max_tokens)
+            rows.append({**row, "trained_step": dictionary.step, "trained_site": dictionary.site})
+    if out_dir is not None:
+        label = f"{dictionary.kind} trained on {dictionary.site} step {dictionary.step}"
+        for metric, ylabel in (("fvu_residual", "FVU (residual space)"),
+                               ("fvu_input_space", f"FVU ({INPUT_SPACE[dictionary.normalizer.kind]} space)")):
+            series = {s: ([r["step"] for r in rows if r["site"] == s], [r[metric] for r in rows if r["site"] == s])
+                      for s in dict.fromkeys(r["site"] for r in rows)}
+            plots.lines(series, "denoising step", ylabel, label, Path(out_dir) / f"steps_{metric}.png")
     return rows

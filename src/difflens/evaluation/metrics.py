@@ -7,11 +7,16 @@ whole evaluation window), i.e. FVU = 1 − R². Variance explained = 1 − FVU. 
 it in residual space (what users see) and in the dictionary's normalised space (what the
 training loss optimises; the two differ under whitening, which re-weights directions).
 
+Every result names both: ``fvu_residual`` and ``fvu_input_space`` (with ``input_space`` = residual,
+standardised or pca-whitened, and ``loss_space``, where training measured its loss).
+
 L0 = mean number of non-zero codes per token. Dead fraction = share of latents that never
 fired over the evaluated token window (state the window when reporting it).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -62,12 +67,49 @@ class MetricAccumulator:
         }
 
 
+INPUT_SPACE = {"none": "residual", "standardise": "standardised", "pca": "pca-whitened"}
+
+
+def eval_split(dictionary: Dictionary, data_store, wanted: str) -> str:
+    """'auto': the held-out split of the store the dictionary was trained on, every row of any other store."""
+    if wanted != "auto":
+        return wanted
+    trained_on = dictionary.store or {}
+    identity = data_store.identity() if hasattr(data_store, "identity") else {}
+    same = bool(trained_on.get("prompts_hash")) and all(trained_on.get(k) == identity.get(k)
+                                                          for k in ("prompts_hash", "weights", "model"))
+    if same and getattr(data_store, "holdout", None):
+        return "held-out"
+    return "all"
+
+
 @torch.no_grad()
-def evaluate(dictionary: Dictionary, reader, max_tokens: int = 100_000, batch_size: int = 4096, seed: int = 0,
+def evaluate(dictionary: Dictionary, source=None, *, site: str | None = None, step: int | None = None,
+             split: str = "auto", max_tokens: int = 100_000, batch_size: int = 4096, seed: int = 0,
              device: str | torch.device = "cpu") -> dict:
-    """Metrics of ``dictionary`` on up to ``max_tokens`` shuffled rows of ``reader``."""
+    """Metrics of ``dictionary`` on up to ``max_tokens`` shuffled rows of ``source``.
+
+    source: a store folder, store, capture, reader or tensor; None: the store it was trained on. site/step
+    default to the dictionary's own. split 'auto': the held-out images of its training store (rows it never
+    saw), or all rows of another store; the result says which (``split``, ``in_sample``).
+    """
+    from difflens.dictionaries.train.data import resolve_data
+    from difflens.store.sources import open_store
+
+    if source is None:
+        path = (dictionary.store or {}).get("path")
+        if not path:
+            raise ValueError("this dictionary does not record its store: pass the activations to evaluate on")
+        source = path
+    if isinstance(source, (str, Path)) and Path(source).is_dir():
+        source = open_store(source)
+    store = source if hasattr(source, "entries") else getattr(source, "store", None)
+    chosen = eval_split(dictionary, store, split) if store is not None else ("all" if split == "auto" else split)
+    data = resolve_data(source, site if site is not None else dictionary.site,
+                        step if step is not None else dictionary.step, chosen)
+    reader = data.reader
     if reader.dim != dictionary.d_in:
-        raise ValueError(f"store rows have width {reader.dim} but the dictionary expects width {dictionary.d_in}")
+        raise ValueError(f"the activations have width {reader.dim} but the dictionary expects width {dictionary.d_in}")
     dictionary = dictionary.to(device).eval()
     resid = MetricAccumulator(dictionary.d_in, dictionary.num_latents)
     normed = MetricAccumulator(dictionary.d_in, 0)
@@ -81,12 +123,40 @@ def evaluate(dictionary: Dictionary, reader, max_tokens: int = 100_000, batch_si
         normed.update(z, z_hat)
         if resid.n >= max_tokens:
             break
-    out = resid.result()
-    out["fvu_normalized"] = normed.result()["fvu"]
-    out["num_latents"] = dictionary.num_latents
-    out["kind"] = dictionary.kind
-    out["normalization"] = dictionary.normalizer.kind
-    return out
+    if resid.n == 0:
+        raise ValueError(f"no rows to evaluate on (split {data.split!r} of {data.site} step {data.step} is empty)")
+    metrics = resid.result()
+    in_sample = _overlaps_training(dictionary, data)
+    return {
+        "site": data.site, "step": data.step, "split": data.split, "in_sample": in_sample,
+        "fvu_residual": metrics["fvu"],
+        "fvu_input_space": normed.result()["fvu"],
+        "variance_explained": metrics["variance_explained"],
+        "l0": metrics["l0"], "dead_fraction": metrics["dead_fraction"], "tokens": metrics["tokens"],
+        "kind": dictionary.kind, "num_latents": dictionary.num_latents,
+        "normalization": dictionary.normalizer.kind,
+        "input_space": INPUT_SPACE[dictionary.normalizer.kind],
+        "loss_space": loss_space(dictionary),
+    }
+
+
+def _overlaps_training(dictionary: Dictionary, data) -> bool | None:
+    """True when the evaluated rows may include rows the dictionary was trained on (None: cannot tell)."""
+    trained = dictionary.store or {}
+    if not trained.get("prompts_hash") or not (data.store or {}).get("prompts_hash"):
+        return None
+    if trained.get("prompts_hash") != data.store.get("prompts_hash"):
+        return False
+    split_apart = (data.split == "held-out" and dictionary.meta.get("split") == "train"
+                   and dictionary.meta.get("holdout") == data.holdout)
+    return not split_apart
+
+
+def loss_space(dictionary: Dictionary) -> str:
+    """The space the dictionary's training loss was measured in: its input space unless trained otherwise."""
+    if dictionary.meta.get("train", {}).get("loss_space") == "residual":
+        return "residual"
+    return INPUT_SPACE[dictionary.normalizer.kind]
 
 
 def format_table(rows: list[dict], columns: list[str]) -> str:

@@ -44,14 +44,20 @@ def spectrum(variances: np.ndarray, title: str, path: Path) -> Path:
 
 
 def lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str, path: Path, logx: bool = False) -> Path:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
-    if logx:
-        ax.set_xscale("log", base=2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if len(series) > 1:
-        ax.legend(fontsize=8)
+    return panels([(series, xlabel, ylabel, title)], path, logx)
+
+
+def panels(specs: list[tuple[dict, str, str, str]], path: Path, logx: bool = False) -> Path:
+    """Side-by-side line plots, one per (series, xlabel, ylabel, title); each series maps label -> (xs, ys)."""
+    fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 3.9), squeeze=False)
+    for ax, (series, xlabel, ylabel, title) in zip(axes[0], specs):
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, marker="o", label=label)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
     return _save(fig, path)

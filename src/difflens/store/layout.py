@@ -1,13 +1,15 @@
 """Where things live inside an activation store, and how rows are encoded on disk.
 
     DIR/
-      store.json                       top-level manifest, written when the capture completes
+      store.json                       top-level manifest, written when the capture completes;
+                                       its "holdout" names the held-out images (see `split`)
       capture.json                     the capture's settings (a rerun must match them)
       prompts.json                     [{"image_id", "prompt", "seed"}] for every image
       images/000123.png                the generated image of image 123
       done/chunk-000004.json           ledger: one marker per completed chunk of images
       sites/<site>/step-<k>/
-        manifest.json                  per-(site, step) manifest (dims, dtype, rows, shards)
+        manifest.json                  per-(site, step) manifest (dims, dtype, rows, shards with the
+                                       crc32 of each acts and trace shard, checked on first read)
         chunk-000004.acts.npy          (rows, dim) activations, float16 or bfloat16 bits (uint16)
         chunk-000004.trace.npy         (rows, 2) int32: image_id, token_index
 
@@ -19,6 +21,7 @@ marker are leftovers of a killed run and are deleted on resume.
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,11 @@ def check_finite(stored: np.ndarray, original: torch.Tensor, dtype: str, where: 
         raise ValueError(f"activations at {where} overflow {dtype} (max |x| = {original.abs().max().item():.3g}); "
                          f"capture with --store-dtype bfloat16")
     raise ValueError(f"activations at {where} contain NaN or inf (the model itself produced them)")
+
+
+def crc32(array: np.ndarray) -> int:
+    """CRC32 of an array's raw bytes (a shard's data, header excluded): what manifests record per shard."""
+    return zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8)) & 0xFFFFFFFF
 
 
 def storage_to_torch(array: np.ndarray, dtype: str) -> torch.Tensor:

@@ -5,28 +5,41 @@ shards are visited in a random order (per seed and epoch) and read whole — seq
 into a fixed-size buffer (`buffer_bytes`, default 512 MiB of stored rows); the buffer is
 permuted and cut into batches; rows that do not fill a whole batch stay in the buffer and
 mix with the next shards. Every row is yielded exactly once per epoch.
+
+A reader may be restricted to the "train" or "held-out" images of the store's split (`split.py`):
+per shard, the rows of the split are picked by an index array built once from the trace shards.
+Each shard's CRC32 is compared with the manifest the first time the reader reads it, so bytes
+changed on disk (even to other finite values) fail loudly, naming the file.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from difflens.store import layout
+from difflens.store.atomic import atomic_write_json
+from difflens.store.split import check_split, choose_holdout, describe_holdout
 from difflens.store.writer import read_json
 
 _TRACE_DTYPE = np.dtype("<i4")
 
 
 class SiteReader:
-    """Rows of one (site, step). Row ids are global indices 0..num_rows-1 in shard (chunk) order."""
+    """Rows of one (site, step), optionally only those of one split of the store's images.
 
-    def __init__(self, store: "ActivationStore", site: str, step: int):
+    Row ids are global indices 0..total_rows-1 in shard (chunk) order whatever the split, so an id
+    names the same row in every reader of the entry; `num_rows` counts the rows of `split`.
+    A shard's checksum is compared with the manifest the first time its rows are read.
+    """
+
+    def __init__(self, store: "ActivationStore", site: str, step: int, split: str = "all"):
         self.store = store
+        self.split: str = check_split(split)
         self.dir = layout.entry_dir(store.root, site, step)
         self.manifest_path = self.dir / layout.SITE_MANIFEST
         m = read_json(self.manifest_path, "site manifest")
@@ -34,7 +47,7 @@ class SiteReader:
         self.manifest: dict = m
         self.site, self.step = site, int(step)
         self.dim: int = int(m["dim"])
-        self.num_rows: int = int(m["rows"])
+        self.total_rows: int = int(m["rows"])  # rows of every split
         self.storage_dtype: str = m["dtype"]
         self.dtype: torch.dtype = layout.DTYPES[self.storage_dtype][1]
         self.stream: str = m["stream"]
@@ -45,6 +58,10 @@ class SiteReader:
         # Open (and so validate) every shard now: corrupt or truncated files fail here, by name.
         self._acts = [self._open(i, "acts") for i in range(len(self._names))]
         self._traces = [self._open(i, "trace") for i in range(len(self._names))]
+        self._verified = {kind: np.zeros(len(self._names), dtype=bool) for kind in ("acts", "trace")}
+        self._select, self._split_rows = self._split_index()
+        self.num_rows: int = int(self._split_rows.sum())  # rows of this split
+        self._image_ids: np.ndarray | None = None
 
     # -- validation ----------------------------------------------------------------------
     def _check_manifest(self, m: dict, site: str, step: int) -> None:
@@ -75,16 +92,83 @@ class SiteReader:
             return layout.open_npy(self._path(i, kind), layout.DTYPES[self.storage_dtype][0], self.dim, int(self._rows[i]))
         return layout.open_npy(self._path(i, kind), _TRACE_DTYPE, 2, int(self._rows[i]))
 
+    def _check_checksum(self, i: int, kind: str) -> None:
+        """Compare shard i's CRC32 ("acts" or "trace") with the manifest; stores without one skip the check."""
+        want = self.manifest["shards"][i].get("crc32" if kind == "acts" else "trace_crc32")
+        if want is not None:
+            got = layout.crc32(self._acts[i] if kind == "acts" else self._traces[i])
+            if got != want:
+                raise ValueError(f"corrupt shard {self._path(i, kind)}: checksum {got:#010x} != manifest {want:#010x}")
+        self._verified[kind][i] = True
+
     def verify(self) -> None:
-        """Read every shard fully and compare its CRC32 with the manifest (catches flipped bytes)."""
-        for i, shard in enumerate(self.manifest["shards"]):
-            crc = zlib.crc32(np.ascontiguousarray(self._acts[i]).reshape(-1).view(np.uint8)) & 0xFFFFFFFF
-            if "crc32" in shard and crc != shard["crc32"]:
-                raise ValueError(f"corrupt shard {self._path(i, 'acts')}: checksum {crc:#010x} != manifest {shard['crc32']:#010x}")
+        """Read every shard fully and compare its CRC32 with the manifest now (catches flipped bytes)."""
+        for i in range(len(self._names)):
+            self._check_checksum(i, "acts")
+            self._check_checksum(i, "trace")
+
+    def _shard(self, i: int, kind: str) -> np.ndarray:
+        """Shard i's (rows, dim) acts or (rows, 2) trace; its checksum is checked on first use (once per reader)."""
+        if not self._verified[kind][i]:
+            self._check_checksum(i, kind)
+        return self._acts[i] if kind == "acts" else self._traces[i]
+
+    # -- splits --------------------------------------------------------------------------
+    def _split_index(self) -> tuple[list[torch.Tensor | None], np.ndarray]:
+        """Per shard: the local indices (int64) of its rows in this split, None for all of them; and their counts."""
+        n = len(self._names)
+        if self.split == "all":
+            return [None] * n, self._rows.copy()
+        holdout = self.store.holdout
+        if holdout is None:
+            raise ValueError(f"store {self.store.root} has no held-out split, so it has no {self.split!r} rows; "
+                             f"make one with `difflens cache split {self.store.root} --holdout 0.1`")
+        held = np.asarray(sorted(holdout["image_ids"]), dtype=np.int64)
+        want_held = self.split == "held-out"
+        select: list[torch.Tensor | None] = []
+        counts = np.zeros(n, dtype=np.int64)
+        for i in range(n):
+            image = np.asarray(self._shard(i, "trace")[:, 0], dtype=np.int64)
+            pos = np.minimum(np.searchsorted(held, image), max(len(held) - 1, 0))
+            keep = (held[pos] == image) if len(held) else np.zeros(len(image), dtype=bool)
+            if not want_held:
+                keep = ~keep
+            counts[i] = int(keep.sum())
+            select.append(None if counts[i] == len(image) else torch.from_numpy(np.flatnonzero(keep)))
+        return select, counts
+
+    def image_ids(self) -> np.ndarray:
+        """Sorted int64 ids of the images that have rows in this split."""
+        if self._image_ids is None:
+            parts = [np.asarray(self._shard(i, "trace")[:, 0] if sel is None else self._shard(i, "trace")[sel.numpy(), 0])
+                     for i, sel in enumerate(self._select) if self._split_rows[i]]
+            self._image_ids = np.unique(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return self._image_ids.copy()
 
     # -- bulk reading --------------------------------------------------------------------
+    def _checked_ahead(self, order: np.ndarray) -> Iterator[int]:
+        """The shards of `order` holding rows of the split (others are never read), each checksummed before
+        it is yielded; the next one's checksum runs on a worker thread meanwhile (zlib releases the GIL),
+        so a first epoch pays little for it."""
+        todo = [int(i) for i in order if self._split_rows[i]]
+        if self._verified["acts"][todo].all():
+            yield from todo
+            return
+
+        def check(i: int) -> None:
+            if not self._verified["acts"][i]:
+                self._check_checksum(i, "acts")
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difflens-checksum") as pool:
+            ahead = pool.submit(check, todo[0])
+            for k, i in enumerate(todo):
+                ahead.result()
+                if k + 1 < len(todo):
+                    ahead = pool.submit(check, todo[k + 1])
+                yield i
+
     def _shard_tensor(self, i: int) -> torch.Tensor:
-        return layout.storage_to_torch(self._acts[i], self.storage_dtype)
+        return layout.storage_to_torch(self._shard(i, "acts"), self.storage_dtype)
 
     def iter_batches(
         self,
@@ -97,10 +181,10 @@ class SiteReader:
         rank: int = 0,
         world_size: int = 1,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (acts_BD float32, row_ids_B int64); every row once per epoch (bar a dropped last batch).
+        """Yield (acts_BD float32, row_ids_B int64); every row of the split once per epoch (bar a dropped last batch).
 
-        shuffle=False reads rows in order 0..num_rows-1. With `world_size` > 1, batch j goes to
-        rank j % world_size (all ranks must pass the same seed and epoch).
+        Row ids are global (see the class docstring); shuffle=False reads the split's rows in id order.
+        With `world_size` > 1, batch j goes to rank j % world_size (all ranks must pass the same seed and epoch).
         """
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -116,7 +200,7 @@ class SiteReader:
         else:
             order = np.arange(n)
             target = batch_size
-        max_shard = int(self._rows.max())
+        max_shard = int(self._split_rows.max())
         cap = min(target + max_shard, self.num_rows)
         buf = torch.empty((cap, self.dim), dtype=self.dtype)
         ids = torch.empty(cap, dtype=torch.int64)
@@ -143,12 +227,15 @@ class SiteReader:
                 ids[:rest] = ids[keep]
             fill = rest if not final else 0
 
-        for i in order:
-            r = int(self._rows[i])
-            if r == 0:
-                continue
-            buf[fill : fill + r] = self._shard_tensor(i)
-            ids[fill : fill + r] = torch.arange(self._offsets[i], self._offsets[i] + r)
+        for i in self._checked_ahead(order):
+            r = int(self._split_rows[i])
+            sel = self._select[i]
+            if sel is None:
+                buf[fill : fill + r] = self._shard_tensor(i)
+                ids[fill : fill + r] = torch.arange(self._offsets[i], self._offsets[i] + r)
+            else:
+                torch.index_select(self._shard_tensor(i), 0, sel, out=buf[fill : fill + r])
+                torch.add(sel, int(self._offsets[i]), out=ids[fill : fill + r])
             fill += r
             if fill >= target:
                 yield from drain(final=False)
@@ -158,18 +245,18 @@ class SiteReader:
     # -- random access -------------------------------------------------------------------
     def _group(self, row_ids) -> tuple[np.ndarray, np.ndarray]:
         ids = np.asarray(row_ids.cpu() if isinstance(row_ids, torch.Tensor) else row_ids, dtype=np.int64).reshape(-1)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.num_rows):
-            raise ValueError(f"row ids out of range [0, {self.num_rows}) for {self.site} step {self.step}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.total_rows):
+            raise ValueError(f"row ids out of range [0, {self.total_rows}) for {self.site} step {self.step}")
         return ids, np.searchsorted(self._offsets, ids, side="right") - 1
 
     def read_rows(self, row_ids) -> torch.Tensor:
-        """Rows by global id -> acts_ND float32, in the order given."""
+        """Rows by global id (any split's) -> acts_ND float32, in the order given."""
         ids, shard = self._group(row_ids)
         out = torch.empty((ids.size, self.dim), dtype=torch.float32)
         for s in np.unique(shard):
             where = np.nonzero(shard == s)[0]
             local = ids[where] - self._offsets[s]
-            rows = layout.storage_to_torch(np.asarray(self._acts[s][local]), self.storage_dtype)
+            rows = layout.storage_to_torch(np.asarray(self._shard(s, "acts")[local]), self.storage_dtype)
             out[torch.from_numpy(where)] = rows.float()
         return out
 
@@ -180,7 +267,7 @@ class SiteReader:
         token = np.empty(ids.size, dtype=np.int64)
         for s in np.unique(shard):
             where = np.nonzero(shard == s)[0]
-            t = np.asarray(self._traces[s][ids[where] - self._offsets[s]])
+            t = np.asarray(self._shard(s, "trace")[ids[where] - self._offsets[s]])
             image_id[where], token[where] = t[:, 0], t[:, 1]
         if self.stream == "image" and self.grid:
             row, col = token // self.grid[1], token % self.grid[1]
@@ -228,11 +315,40 @@ class ActivationStore:
     def entries(self) -> list[tuple[str, int]]:
         return [(e["site"], int(e["step"])) for e in self.meta["entries"]]
 
-    def reader(self, site: str, step: int) -> SiteReader:
+    def reader(self, site: str, step: int, split: str = "all") -> SiteReader:
+        """Rows of (site, step): of every image ("all"), or of the "train" or "held-out" images only."""
+        check_split(split)
         if (site, int(step)) not in self.entries():
             have = ", ".join(f"{s}@{t}" for s, t in self.entries())
             raise ValueError(f"{self.root} holds no activations for site {site!r} at step {step} (it has: {have})")
-        return SiteReader(self, site, int(step))
+        return SiteReader(self, site, int(step), split)
+
+    # -- identity and the held-out split -------------------------------------------------
+    def identity(self) -> dict:
+        """{"path" (absolute), "model", "weights", "prompts_hash", "n_images"}: which capture this is (None if unrecorded)."""
+        return {"path": str(self.root.resolve()), **{k: self.meta.get(k) for k in ("model", "weights", "prompts_hash", "n_images")}}
+
+    @property
+    def holdout(self) -> dict | None:
+        """{"fraction", "seed", "image_ids" (sorted)} of the held-out split in store.json, or None."""
+        return self.meta.get("holdout")
+
+    def set_holdout(self, fraction: float, seed: int = 0) -> dict:
+        """(Re)choose the held-out images (rule: `difflens.store.split`) and rewrite store.json atomically.
+
+        fraction 0 removes the split. Returns {"fraction", "seed", "image_ids"}. Readers opened before keep their rows.
+        """
+        n_images = self.meta.get("n_images")
+        if n_images is None:
+            raise ValueError(f"{self.root / layout.STORE_MANIFEST} records no n_images, so its images cannot be split")
+        split = choose_holdout(int(n_images), fraction, seed)
+        meta = read_json(self.root / layout.STORE_MANIFEST, "store manifest")
+        meta.pop("holdout", None)
+        if split is not None:
+            meta["holdout"] = split
+        atomic_write_json(self.root / layout.STORE_MANIFEST, meta)
+        self.meta = meta
+        return split or {"fraction": 0.0, "seed": int(seed), "image_ids": []}
 
     # -- images, prompts, seeds ----------------------------------------------------------
     def prompts(self) -> list[dict]:
@@ -270,6 +386,7 @@ class ActivationStore:
             f"model      {m.get('model')}   (weights {m.get('weights', 'not recorded')})",
             f"images     {m.get('n_images')} at {m.get('resolution')} px, {m.get('num_steps')} steps (prompts hash {str(m.get('prompts_hash'))[:12]})",
             f"dtype      {m.get('dtype')}   difflens {m.get('difflens_version')}",
+            f"split      {describe_holdout(self.holdout, m.get('n_images'))}",
             f"{'site':<40} {'step':>4} {'stream':>6} {'dim':>6} {'rows':>12} {'grid':>7} {'MB':>9}",
         ]
         for site, step in self.entries():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from difflens import __version__
 from difflens.store import layout
 from difflens.store.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, remove_temporaries
+from difflens.store.split import choose_holdout
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,6 @@ class ChunkRows:
     acts_ND: torch.Tensor
     image_id_N: np.ndarray  # int
     token_index_N: np.ndarray  # int
-
-
-def _crc32(array: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(array).reshape(-1).view(np.uint8)) & 0xFFFFFFFF
 
 
 def _entry_key(site: str, step: int) -> str:
@@ -164,7 +160,8 @@ class StoreWriter:
             name = layout.chunk_name(chunk_id)
             atomic_save_npy(d / f"{name}.acts.npy", acts, sync_dir=False, fsync=False)
             atomic_save_npy(d / f"{name}.trace.npy", trace, sync_dir=False, fsync=False)
-            shards[_entry_key(site, step)] = {"rows": int(acts.shape[0]), "crc32": _crc32(acts)}
+            shards[_entry_key(site, step)] = {"rows": int(acts.shape[0]), "crc32": layout.crc32(acts),
+                                              "trace_crc32": layout.crc32(trace)}
         if images_BHWC is not None:
             for image_id, img in zip(image_ids, images_BHWC):
                 atomic_write_bytes(layout.image_path(self.root, image_id), _png_bytes(img), sync_dir=False, fsync=False)
@@ -178,11 +175,17 @@ class StoreWriter:
         atomic_write_json(layout.done_path(self.root, marker["chunk"]), marker)
 
     # -- completion ----------------------------------------------------------------------
-    def finalize(self, entries: list[EntrySpec], n_chunks: int, meta: dict) -> dict:
+    def finalize(self, entries: list[EntrySpec], n_chunks: int, meta: dict, holdout: float = 0.0,
+                 holdout_seed: int = 0) -> dict:
         """Write every (site, step) manifest and `store.json` from the ledger; returns store.json's content.
 
         `meta` holds store-wide facts (model, n_images, prompts_hash, ...), copied into every manifest.
+        `holdout` > 0 records a held-out split of that fraction of meta["n_images"] images in store.json
+        (see `difflens.store.split`); it is not part of the capture settings, so a rerun may change it.
         """
+        if holdout and meta.get("n_images") is None:
+            raise ValueError("a held-out split needs meta['n_images']")
+        split = choose_holdout(int(meta.get("n_images") or 0), holdout, holdout_seed)
         markers = []
         for c in range(n_chunks):
             path = layout.done_path(self.root, c)
@@ -220,6 +223,8 @@ class StoreWriter:
             "dtype": self.dtype,
             "entries": listed,
         }
+        if split is not None:
+            store["holdout"] = split
         os.sync()  # every manifest is durable before store.json, the store's commit point, names them
         atomic_write_json(self.root / layout.STORE_MANIFEST, store)
         return store

@@ -1,0 +1,138 @@
+"""The researcher's API: ``import difflens as dl`` and script the whole loop from a notebook.
+
+    model = dl.load_model("embedded")
+    acts = dl.capture(model, n_images=64, sites=["double.1.img.out"], steps=[3])      # in memory
+    sae = dl.train_sae(acts, k=16, num_latents=768, num_tokens=200_000)
+    codes = sae.encode(acts["double.1.img.out", 3])                                 # (images, tokens, k)
+    direction = sae.feature_directions([17])[0]                                     # residual space
+
+Every function is a thin layer over a stage's own module (adapters, capture, dictionaries, evaluation);
+keyword settings are the fields of that stage's config dataclass, so the API, the CLI and the configs
+share one set of defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+
+def _split_settings(settings: dict[str, Any], *configs: type) -> list[dict[str, Any]]:
+    """Route keyword settings to the config dataclasses that own them; unknown names are an error."""
+    parts: list[dict[str, Any]] = [{} for _ in configs]
+    for name, value in settings.items():
+        owners = [i for i, cls in enumerate(configs) if name in {f.name for f in fields(cls)}]
+        if not owners:
+            known = sorted({f.name for cls in configs for f in fields(cls)})
+            raise TypeError(f"unknown setting {name!r}; known: {', '.join(known)}")
+        for i in owners:
+            parts[i][name] = value
+    return parts
+
+
+def load_model(name: str = "embedded", **options: Any):
+    """A model adapter by name (embedded, flux-schnell, flux:PATH, sdxl-turbo, ...); options: LoadOptions fields
+    (dtype, device, cpu_offload, quantization)."""
+    from difflens.adapters import LoadOptions, load_adapter
+
+    (load,) = _split_settings(options, LoadOptions)
+    return load_adapter(name, LoadOptions(**load))
+
+
+def capture(model, prompts: list[str] | None = None, *, n_images: int | None = None, sites: list[str] | None = None,
+            steps: list[int] | str | None = None, out: str | Path | None = None, **settings: Any):
+    """Record ``sites`` at denoising ``steps`` while ``model`` generates.
+
+    prompts: a list of prompts, or None for shapes-world captions (``n_images`` of them). ``out`` None keeps
+    everything in memory and returns a :class:`~difflens.capture.memory.CapturedActivations` (index it with
+    ``[site, step]`` for ``(images, tokens, width)`` tensors); with ``out`` the rows go to an activation store
+    (resumable) and the opened store is returned. settings: CaptureConfig fields (seed, batch_size, guidance,
+    num_steps, holdout, ...).
+    """
+    from difflens.capture.memory import capture_in_memory
+    from difflens.capture.runner import CaptureConfig, run_capture
+    from difflens.store import ActivationStore
+
+    if isinstance(model, str):
+        model = load_model(model)
+    cfg = CaptureConfig(out=str(out) if out is not None else "", model=model.name, sites=sites, steps_to_record=steps,
+                        n_images=n_images, **settings)
+    if prompts is not None:
+        cfg.prompts = list(prompts)
+    if out is None:
+        return capture_in_memory(cfg, model)
+    return ActivationStore.open(run_capture(cfg, adapter=model))
+
+
+def open_store(path: str | Path):
+    """An activation store folder, opened (sites, readers, images, prompts, split)."""
+    from difflens.store import ActivationStore
+
+    return ActivationStore.open(path)
+
+
+def train_sae(source, site: str | None = None, step: int | None = None, *, out: str | Path | None = None,
+              split: str = "auto", on_step=None, **settings: Any):
+    """Train a TopK SAE on ``source`` (store folder, opened store, capture, reader or tensor ``(..., D)``).
+
+    settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
+    RunConfig fields (resume, device, checkpoint_every, progress, ...). ``out`` None trains in memory; with
+    ``out`` the dictionary folder is written (and resumed). The SAE remembers its site, step and store.
+    """
+    from difflens.dictionaries.train import RunConfig, SAETrainConfig
+    from difflens.dictionaries.train.sae import train_sae as _train
+
+    cfg, run = _split_settings(settings, SAETrainConfig, RunConfig)
+    run.setdefault("progress", False)
+    return _train(source, SAETrainConfig(**cfg), RunConfig(**{**run, "out": None if out is None else str(out)}),
+                  site=site, step=step, split=split, on_step=on_step)
+
+
+def train_itda(source, site: str | None = None, step: int | None = None, *, out: str | Path | None = None,
+               split: str = "auto", on_step=None, **settings: Any):
+    """Grow an ITDA dictionary on ``source`` (as :func:`train_sae`); settings: ITDATrainConfig and RunConfig fields."""
+    from difflens.dictionaries.train import ITDATrainConfig, RunConfig
+    from difflens.dictionaries.train.itda import train_itda as _train
+
+    cfg, run = _split_settings(settings, ITDATrainConfig, RunConfig)
+    run.setdefault("progress", False)
+    return _train(source, ITDATrainConfig(**cfg), RunConfig(**{**run, "out": None if out is None else str(out)}),
+                  site=site, step=step, split=split, on_step=on_step)
+
+
+def neuron_baseline(source, site: str | None = None, step: int | None = None, *, k: int | None = None,
+                    out: str | Path | None = None, split: str = "auto"):
+    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary."""
+    from difflens.dictionaries.train.neurons import neuron_baseline as _neurons
+
+    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split)
+
+
+def load_dictionary(path: str | Path, device: str = "cpu"):
+    """Any saved dictionary folder (SAE, ITDA, neurons, or a sparsify SAE), with its site, step and store."""
+    from difflens.dictionaries.io import load_dictionary as _load
+
+    return _load(path, device)
+
+
+def save_dictionary(dictionary, path: str | Path) -> Path:
+    """Write a dictionary folder (cfg.json + safetensors), its provenance included."""
+    from difflens.dictionaries.io import save_dictionary as _save
+
+    return _save(dictionary, path)
+
+
+def evaluate(dictionary, source=None, **options: Any) -> dict:
+    """FVU (residual and input space), L0, dead fraction; by default on the held-out images of the store the
+    dictionary was trained on. options: site, step, split, max_tokens, batch_size, seed, device."""
+    from difflens.evaluation.metrics import evaluate as _evaluate
+
+    return _evaluate(dictionary, source, **options)
+
+
+def evaluate_steps(dictionary, source=None, **options: Any) -> list[dict]:
+    """Evaluate on every recorded step of the dictionary's site (and ``sites=[...]`` of the same width)."""
+    from difflens.evaluation.analyses import across_steps
+
+    return across_steps(dictionary, source, **options)

@@ -1,0 +1,136 @@
+"""Training configs: one dataclass per method plus what every run shares. The CLI's flags are built from them.
+
+SAE defaults follow the FLUX paper (seed 002): Adam β = (0, 0.99), lr 2e-4 constant after a 50-step
+linear warm-up, gradient-norm clip 10, AuxK with k_aux 64 and coefficient 1/32, PCA whitening.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from ..itda import ITDAConfig
+from ..topk_sae import SAEConfig
+
+Normalization = Literal["none", "standardise", "pca"]
+
+
+@dataclass
+class SAETrainConfig:
+    """A TopK SAE: its architecture and how it is optimised."""
+
+    num_latents: int = 0
+    """SAE latents (0: expansion_factor × width)"""
+    expansion_factor: int = 16
+    """latents per input dimension when num_latents is 0"""
+    k: int = 64
+    """active latents per token"""
+    normalization: Normalization = "pca"
+    """input normalisation fitted on the training data: none, standardise or pca (whitening)"""
+    loss_space: Literal["input", "residual"] = "input"
+    """where the reconstruction loss is measured: input (the normalised space the SAE sees) or residual
+    (the captured activations' space, what FVU reports; the encoder still sees normalised inputs)"""
+    lr: float = 2e-4
+    """Adam learning rate (constant after warm-up)"""
+    betas: tuple[float, float] = (0.0, 0.99)
+    """Adam betas"""
+    warmup_steps: int = 50
+    """linear learning-rate warm-up steps"""
+    grad_clip: float = 10.0
+    """gradient-norm clip"""
+    batch_size: int = 4096
+    """tokens per optimiser step (the global batch under torchrun)"""
+    num_tokens: int = field(default=10_000_000, metadata={"aliases": ["--tokens"]})
+    """training tokens (epochs repeat when the data is smaller)"""
+    k_aux: int = 64
+    """AuxK latents for reviving dead latents (0 disables AuxK)"""
+    auxk_coef: float = 1 / 32
+    """weight of the AuxK loss"""
+    dead_window_tokens: int = 1_000_000
+    """tokens without firing before a latent counts as dead"""
+    seed: int = 0
+    """initialisation and data-order seed"""
+    autocast: bool = True
+    """bf16 autocast on CUDA"""
+
+    def architecture(self, d_in: int) -> SAEConfig:
+        return SAEConfig(num_latents=self.num_latents, expansion_factor=self.expansion_factor, k=self.k,
+                         normalization=self.normalization).resolve(d_in)
+
+    def validate(self) -> None:
+        positive = {"batch_size": self.batch_size, "num_tokens": self.num_tokens, "lr": self.lr,
+                    "dead_window_tokens": self.dead_window_tokens}
+        bad = [f"{k}={v}" for k, v in positive.items() if not v > 0]
+        bad += [f"{k}={v}" for k, v in {"k_aux": self.k_aux, "warmup_steps": self.warmup_steps,
+                                        "num_latents": self.num_latents, "auxk_coef": self.auxk_coef}.items() if v < 0]
+        if bad:
+            raise ValueError(f"invalid SAE training settings: {', '.join(bad)}")
+
+
+@dataclass
+class ITDATrainConfig:
+    """An ITDA dictionary (atoms chosen from the data, codes by gradient pursuit) and its one pass over the data."""
+
+    k: int = 32
+    """atoms per token (gradient-pursuit iterations)"""
+    threshold: float = 0.3
+    """per-token relative loss above which a token joins the dictionary"""
+    max_atoms: int = 65536
+    """dictionary size cap"""
+    max_add_per_batch: int | None = 512
+    """atoms added per batch at most (none: no cap)"""
+    prune_cos: float | None = 0.8
+    """skip candidates this close (cosine) to an atom (none: keep near-duplicates)"""
+    normalization: Normalization = "pca"
+    """input normalisation fitted on the training data: none, standardise or pca (whitening)"""
+    batch_size: int = 4096
+    """tokens per batch"""
+    num_tokens: int = field(default=1_000_000, metadata={"aliases": ["--tokens"]})
+    """tokens to stream (epochs repeat when the data is smaller)"""
+    seed: int = 0
+    """data-order seed"""
+
+    def architecture(self) -> ITDAConfig:
+        return ITDAConfig(k=self.k, threshold=self.threshold, max_atoms=self.max_atoms,
+                          max_add_per_batch=self.max_add_per_batch, prune_cos=self.prune_cos,
+                          normalization=self.normalization)
+
+    def validate(self) -> None:
+        bad = [f"{k}={v}" for k, v in {"k": self.k, "batch_size": self.batch_size, "num_tokens": self.num_tokens,
+                                        "max_atoms": self.max_atoms}.items() if not v > 0]
+        if bad:
+            raise ValueError(f"invalid ITDA settings: {', '.join(bad)}")
+
+
+@dataclass
+class RunConfig:
+    """What every training run shares: where it writes, normalisation fit, checkpoints, logging."""
+
+    out: str | None = None
+    """dictionary folder (cfg.json, weights, checkpoint/, train_log.jsonl); none: train in memory, write nothing"""
+    resume: bool = True
+    """continue from the folder's checkpoint (refused if it was made by different settings or data)"""
+    norm_fit_tokens: int = 1_000_000
+    """tokens streamed into the normalisation fit"""
+    min_tokens_per_dim: float = 10.0
+    """refuse normalisation fits on fewer than this many tokens per input dimension"""
+    checkpoint_every: int = 200
+    """steps between checkpoints (0: never)"""
+    log_every: int = 10
+    """steps between train_log.jsonl lines"""
+    device: str = "auto"
+    """cpu, cuda, cuda:1, or auto (this rank's GPU when there is one)"""
+    logger: Literal["none", "wandb", "tensorboard"] = "none"
+    """also log to wandb or tensorboard (when installed)"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+# Settings that may change between a checkpoint and its resume without changing the job's result.
+OPERATIONAL = {"out", "resume", "checkpoint_every", "log_every", "device", "logger", "progress", "num_tokens"}
+
+
+def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:
+    """The settings a checkpoint is bound to (a resume must match them): method, config, normalisation fit."""
+    settings = {"method": method, **asdict(cfg), **{k: v for k, v in asdict(run).items() if k not in OPERATIONAL}}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k not in OPERATIONAL}

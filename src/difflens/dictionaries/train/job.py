@@ -1,0 +1,187 @@
+"""A training job's folder: checkpoints bound to the job's settings and data, the log, the final files.
+
+A checkpoint records the job's settings (method, config, normalisation fit), the data it reads (site,
+step, split, the store's model, weights and prompts hash, rows) and a hash of the fitted normaliser.
+Resuming under anything else is refused with the differences named; ``resume=False`` wipes the folder's
+checkpoint and log first, so the run starts truly fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ...distributed import rank_and_world
+from ...progress import progress
+from ..checkpoint import load_latest, save_checkpoint
+from ..io import load_normalizer, save_normalizer
+from ..normalization import Normalizer
+from .config import RunConfig
+from .data import TrainingData
+
+STORE_KEYS = ("model", "weights", "prompts_hash", "n_images")
+
+
+def data_identity(data: TrainingData) -> dict:
+    """What makes two data sources the same for a resume (the store's path may differ: a moved store is fine)."""
+    store = data.store or {}
+    return {"site": data.site, "step": data.step, "split": data.split, "holdout": data.holdout,
+            "rows": int(data.reader.num_rows),
+            "width": int(data.reader.dim), **{f"store_{k}": store.get(k) for k in STORE_KEYS}}
+
+
+def normalizer_hash(norm: Normalizer) -> str:
+    h = hashlib.sha256(norm.kind.encode())
+    for t in (norm.mean, norm.scale, norm.rotation):
+        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
+class Job:
+    """Folder, resume check, checkpoints and logging of one training run (``run.out`` None: in memory)."""
+
+    def __init__(self, settings: dict, run: RunConfig, data: TrainingData, total_steps: int):
+        self.run = run
+        self.settings = settings
+        self.data = data_identity(data)
+        self.total_steps = total_steps
+        self.folder = Path(run.out) if run.out else None
+        self.rank, self.world = rank_and_world()
+        self.started = time.perf_counter()
+        self._bar = None
+        self._backend = None
+
+    @property
+    def ckpt_dir(self) -> Path | None:
+        return self.folder / "checkpoint" if self.folder else None
+
+    # ---- start ---------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """Recorded in the finished dictionary's meta: a rerun of the same job just loads it."""
+        return {"settings": self.settings, "data": self.data, "total_steps": self.total_steps}
+
+    def finished(self):
+        """The folder's finished dictionary when it was made by this very job (resume only), else None."""
+        if self.folder is None or not self.run.resume or not (self.folder / "cfg.json").exists():
+            return None
+        from ..io import load_dictionary, read_cfg
+
+        meta = read_cfg(self.folder).get("difflens_meta", {})
+        if meta.get("job") != json.loads(json.dumps(self.identity())) or meta.get("steps") != self.total_steps:
+            return None  # another job's, or stopped early
+        return load_dictionary(self.folder)
+
+    def restore(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The latest checkpoint's (tensors, info) when resuming the same job; None for a fresh start."""
+        if self.folder is None:
+            return None
+        if not self.run.resume:
+            if self.rank == 0:
+                self._wipe()
+            self._sync()
+            return None
+        saved = load_latest(self.ckpt_dir)
+        if saved is None:
+            return None
+        info = saved[1]
+        diff = differences(info.get("settings", {}), self.settings) + differences(info.get("data", {}), self.data)
+        if diff:
+            raise ValueError(f"{self.folder} holds a checkpoint of a different job ({'; '.join(diff)}); "
+                             f"rerun with the original settings to resume, use --no-resume (resume=False) to "
+                             f"start over, or choose another --out")
+        return saved
+
+    def _wipe(self) -> None:
+        for name in ("checkpoint", "tensorboard"):
+            shutil.rmtree(self.folder / name, ignore_errors=True)
+        for name in ("train_log.jsonl", "cfg.json"):
+            (self.folder / name).unlink(missing_ok=True)
+
+    def _sync(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def normalizer(self, restored: dict | None, fit) -> Normalizer:
+        """The resumed job's normaliser (checked against its hash), or a fresh ``fit()`` saved beside the checkpoints."""
+        if restored is not None:
+            norm = load_normalizer(self.ckpt_dir, self.data["width"])
+            want = restored[1].get("normalizer")
+            if want is not None and normalizer_hash(norm) != want:
+                raise ValueError(f"{self.ckpt_dir / 'normalizer.safetensors'} does not match its checkpoint "
+                                 f"(hash {normalizer_hash(norm)} != {want}); use --no-resume to start over")
+            return norm
+        norm = fit()
+        if self.folder is not None and self.rank == 0:
+            save_normalizer(norm, self.ckpt_dir)
+        return norm
+
+    # ---- during ----------------------------------------------------------------------------
+    def checkpoint(self, step: int, tensors: Callable[[], dict[str, torch.Tensor]], position: dict,
+                   norm: Normalizer) -> None:
+        """Save ``tensors()`` (called only when a checkpoint is due) with the data position and the job's identity."""
+        if self.folder is None or self.rank != 0 or not self.run.checkpoint_every:
+            return
+        if step % self.run.checkpoint_every or step >= self.total_steps:
+            return
+        info = {**position, "settings": self.settings, "data": self.data, "normalizer": normalizer_hash(norm)}
+        save_checkpoint(self.ckpt_dir, step, tensors(), info)
+
+    def open_log(self, initial: int, desc: str, config: dict) -> None:
+        active = self.rank == 0
+        self._bar = progress(total=self.total_steps, initial=initial, desc=desc, unit="step",
+                             enabled=active and self.run.progress)
+        if not active or self.run.logger == "none":
+            return
+        if self.run.logger == "wandb":
+            try:
+                import wandb
+            except ImportError as err:
+                raise ValueError("--logger wandb needs the wandb package (pip install wandb)") from err
+            name = self.folder.name if self.folder else desc
+            self._backend = wandb.init(project="difflens", name=name, config=config, resume="allow")
+        elif self.run.logger == "tensorboard":
+            if self.folder is None:
+                raise ValueError("--logger tensorboard writes into the run folder: give out=")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise ValueError("--logger tensorboard needs the tensorboard package (pip install tensorboard)") from err
+            self._backend = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def log(self, step: int, stats: dict) -> None:
+        if self.rank != 0:
+            return
+        self._bar.update(1)
+        self._bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("fvu", "l0", "dead", "atoms")},
+                              refresh=False)
+        if step % self.run.log_every and step != self.total_steps:
+            return
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.folder / "train_log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **stats}) + "\n")
+        if self._backend is not None and hasattr(self._backend, "add_scalar"):
+            for k, v in stats.items():
+                self._backend.add_scalar(k, v, step)
+        elif self._backend is not None:
+            self._backend.log(stats, step=step)
+
+    def close_log(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._backend is not None:
+            (getattr(self._backend, "close", None) or self._backend.finish)()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,211 @@
+"""Training a TopK SAE, read top to bottom: data -> job (resume check) -> normaliser -> SAE -> steps -> files.
+
+Loss per step, over the global batch::
+
+    FVU = Σ w·(z − ẑ)² / Σ w·(z − mean z)²   +   auxk_coef × Σ w·(ê_aux − (z − ẑ))² / Σ w·(z − mean z)²
+
+with z the normalised input. ``loss_space="input"``: w = 1 (the error the SAE sees). ``"residual"``:
+w = scale² of the normaliser, which is exactly the squared error after mapping back to residual space
+(the PCA rotation is orthogonal), so the objective is the FVU users read while the encoder keeps the
+conditioning benefit of whitened inputs.
+
+Resume is exact: the checkpoint holds weights, Adam moments, dead-latent counters, RNG states and the
+data position; data order is a pure function of (seed, epoch). Under torchrun every rank reads the same
+global batch, trains on its interleaved slice, and gradients (and dead-latent counts) are all-reduced, so
+N ranks compute the same update as one process up to float summation order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from ...distributed import init_from_env, pick_device, rank_and_world
+from ..base import check_activations
+from ..checkpoint import load_optimizer_tensors, optimizer_tensors, set_rng_state
+from ..io import save_dictionary
+from ..sparse_ops import sparse_decode
+from ..topk_sae import TopKSAE
+from .config import RunConfig, SAETrainConfig, job_settings
+from .data import batch_stream, fit_normalizer, resolve_data
+from .job import Job
+
+# Seconds to sleep after each step: lets the crash-safety test kill a run mid-way.
+_THROTTLE_S = float(os.environ.get("DIFFLENS_TRAIN_THROTTLE_S", "0"))
+
+StepCallback = Callable[[int, TopKSAE, dict], "bool | None"]
+
+
+def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None = None, *, site: str | None = None,
+              step: int | None = None, split: str = "auto", on_step: StepCallback | None = None) -> TopKSAE:
+    """Train a TopK SAE on ``source`` (see :func:`~.data.resolve_data`); writes ``run.out`` when given.
+
+    ``on_step(step, sae, stats)`` runs after every optimiser step (rank 0); returning True stops training.
+    The returned SAE carries ``meta`` (site, step, store identity, split, config).
+    """
+    cfg, run = cfg or SAETrainConfig(), run or RunConfig()
+    cfg.validate()
+    data = resolve_data(source, site, step, split)
+    reader = data.reader
+    device = pick_device(run.device)
+    init_from_env(str(device), backend="nccl" if device.type == "cuda" else "gloo")
+    rank, world = rank_and_world()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch size {cfg.batch_size} must be divisible by the number of ranks ({world})")
+    arch = cfg.architecture(reader.dim)
+    total_steps = max(1, math.ceil(cfg.num_tokens / cfg.batch_size))
+
+    job = Job(job_settings("sae", cfg, run), run, data, total_steps)
+    done_before = job.finished()
+    if done_before is not None:
+        return done_before
+    restored = job.restore()
+    normalizer = job.normalizer(restored, lambda: fit_normalizer(reader, arch.normalization, run.norm_fit_tokens,
+                                                                 run.min_tokens_per_dim, cfg.seed))
+    sae = TopKSAE(reader.dim, arch, normalizer=normalizer, seed=cfg.seed).to(device)
+    state = SAEState.create(sae, cfg)
+    epoch = batch_idx = 0
+    if restored is not None:
+        tensors, info = restored
+        state.load_tensors({k: v.to(device) if not k.startswith("rng.") else v for k, v in tensors.items()})
+        set_rng_state(tensors)
+        state.step, epoch, batch_idx = info["step"], info["epoch"], info["next_batch"]
+    meta = {**data.origin(), "method": "sae", "sae": arch.to_dict(), "train": asdict(cfg), "job": job.identity()}
+    job.open_log(state.step, data.site or "sae", meta)
+
+    weights_N = (normalizer.scale.to(device).pow(2) if cfg.loss_space == "residual" else None)
+    stats: dict = {}
+    initialised = state.step > 0
+    stream = batch_stream(reader, cfg.batch_size, cfg.seed, epoch, batch_idx)
+    while state.step < total_steps:
+        epoch, batch_idx, acts, _ = next(stream)
+        check_activations(acts, reader.dim)
+        z = normalizer.normalize(acts.float().to(device, non_blocking=True))
+        if not initialised:
+            with torch.no_grad():  # start the decoder bias at the data mean (normalised space)
+                sae.b_dec.copy_(z.mean(0))
+            initialised = True
+        centred_sq = (z - z.mean(0)).pow(2)
+        total_variance = (centred_sq if weights_N is None else centred_sq * weights_N).sum().clamp_min(1e-12)
+        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0], weights_N=weights_N)
+        job.log(state.step, stats)
+        job.checkpoint(state.step, state.tensors, {"epoch": epoch, "next_batch": batch_idx + 1}, normalizer)
+        if on_step is not None and rank == 0 and on_step(state.step, sae, stats):
+            break
+        if _THROTTLE_S:
+            time.sleep(_THROTTLE_S)
+    job.close_log()
+    sae.meta = {**meta, "steps": state.step, "tokens": state.step * cfg.batch_size, "final": stats, "seconds": job.seconds()}
+    if job.folder is not None and rank == 0:
+        save_dictionary(sae, job.folder)
+    return sae
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Scale gradients so their global L2 norm is at most `max_norm`; returns the norm before clipping.
+
+    Same result as torch's clip_grad_norm_, but skips the pass over every gradient when no clipping
+    is needed (the usual case), which is ~1 % of an SAE step on CPU.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+    if norm > max_norm:
+        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
+    return norm
+
+
+class SAEState:
+    """An SAE with its optimiser and dead-latent counters; :meth:`train_step` does one update."""
+
+    def __init__(self, sae: TopKSAE, cfg: SAETrainConfig, opt: torch.optim.Optimizer):
+        self.sae, self.cfg, self.opt = sae, cfg, opt
+        self.step = 0
+        self.tokens_since_fired = torch.zeros(sae.num_latents, dtype=torch.long, device=sae.W_dec.device)
+
+    @classmethod
+    def create(cls, sae: TopKSAE, cfg: SAETrainConfig) -> "SAEState":
+        kwargs = {"fused": True} if sae.W_dec.device.type in ("cpu", "cuda") else {}
+        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), **kwargs)
+        return cls(sae, cfg, opt)
+
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.tokens_since_fired >= self.cfg.dead_window_tokens
+
+    def train_step(self, z_BN: torch.Tensor, total_variance: torch.Tensor, global_tokens: int | None = None,
+                   weights_N: torch.Tensor | None = None) -> dict:
+        """One update on this rank's slice ``z_BN`` (normalised); ``total_variance`` is the global batch's
+        (weighted like the loss). ``weights_N``: per-dimension loss weights (None: all 1)."""
+        sae, cfg = self.sae, self.cfg
+        _, world = rank_and_world()
+        dead_idx = torch.nonzero(self.dead_mask()).squeeze(1) if cfg.k_aux > 0 else None
+        device_type = z_BN.device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast and device_type == "cuda"):
+            out = sae.forward_train(z_BN, dead_idx, cfg.k_aux)
+        err_BN = z_BN - out.recon_BN.float()
+        sq = err_BN.pow(2)
+        l2 = (sq if weights_N is None else sq * weights_N).sum()
+        loss = l2 / total_variance
+        aux_l2 = torch.zeros((), device=z_BN.device)
+        if out.aux_indices_BA.shape[1] > 0:
+            aux_BN = sparse_decode(out.aux_values_BA, out.aux_indices_BA, sae.W_dec)
+            aux_sq = (aux_BN.float() - err_BN.detach()).pow(2)
+            aux_l2 = (aux_sq if weights_N is None else aux_sq * weights_N).sum()
+            loss = loss + cfg.auxk_coef * aux_l2 / total_variance
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(sae.parameters())
+        fired = torch.bincount(out.indices_BK[out.values_BK > 0], minlength=sae.num_latents)
+        sums = torch.stack([l2.detach(), aux_l2.detach(), (out.values_BK > 0).sum().float()])
+        if world > 1:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+            dist.all_reduce(fired)
+            dist.all_reduce(sums)
+        sae.remove_parallel_decoder_grad()
+        clip_grad_norm(params, cfg.grad_clip)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.opt.step()
+        sae.normalize_decoder()
+        n_tokens = global_tokens if global_tokens is not None else z_BN.shape[0] * world
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired > 0] = 0
+        self.step += 1
+        tv = float(total_variance)
+        return {
+            "fvu": float(sums[0]) / tv,
+            "auxk": float(sums[1]) / tv,
+            "l0": float(sums[2]) / n_tokens,
+            "dead": float(self.dead_mask().float().mean()),
+            "lr": self.lr_at(self.step - 1),
+        }
+
+    # ---- checkpoint tensors ----
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"model.{k}": v for k, v in self.sae.state_dict().items() if not k.startswith("normalizer.")},
+            **optimizer_tensors(self.opt),
+            "tokens_since_fired": self.tokens_since_fired,
+        }
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.sae.named_parameters():
+                p.copy_(tensors[f"model.{name}"])
+        load_optimizer_tensors(self.opt, tensors)
+        self.tokens_since_fired.copy_(tensors["tokens_since_fired"])

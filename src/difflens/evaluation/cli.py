@@ -1,0 +1,171 @@
+"""`difflens eval` and `difflens analyze`: flags built from their configs, thin over the evaluation API."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from difflens.configs import add_config_arguments, config_from_args
+
+TABLE = ["site", "step", "split", "kind", "num_latents", "input_space", "loss_space", "fvu_residual",
+         "fvu_input_space", "l0", "dead_fraction", "tokens"]
+
+
+@dataclass
+class EvalCommand:
+    """`difflens eval`: metrics of trained dictionaries on held-out activations."""
+
+    run: str
+    """run folder (<run>/<site>/ dictionaries) or one dictionary folder"""
+    store: str | None = None
+    """activation store to evaluate on (default: the store each dictionary was trained on)"""
+    split: Literal["auto", "held-out", "all", "train"] = "auto"
+    """rows to use: auto = the held-out images of the training store (all rows of another store)"""
+    step: int | None = None
+    """denoising step to evaluate at (default: the dictionary's own)"""
+    steps: list[int] | str | None = None
+    """evaluate on these recorded steps of the site ('all' or 0,3,7) and plot FVU by step"""
+    sites: list[str] | None = None
+    """with --steps: also evaluate on these sites of the same width"""
+    tokens: int = 100_000
+    """evaluation window in tokens"""
+    batch_size: int = 4096
+    """tokens per batch"""
+    out: str | None = None
+    """metrics JSON (default <run>/metrics.json); plots go beside it"""
+    device: str = "cpu"
+    """device to evaluate on"""
+
+
+@dataclass
+class AnalyzeCommand:
+    """`difflens analyze`: residual norms, PCA spectrum, k/size sweep, across-layer comparison."""
+
+    store: str
+    """activation store folder"""
+    out: str
+    """folder for analysis.json and the plots"""
+    what: list[str] = field(default_factory=lambda: ["norms", "pca"])
+    """comma list of: norms, pca, sweep, layers"""
+    site: str | None = None
+    """site for pca and sweep"""
+    step: int | None = None
+    """denoising step (needed when several are stored)"""
+    ks: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    """sweep: active latents per token"""
+    sizes: list[int] = field(default_factory=lambda: [1024, 4096])
+    """sweep: SAE sizes (latents)"""
+    tokens: int = 1_000_000
+    """sweep: training tokens per SAE (the same budget for every SAE); pca/norms: tokens read"""
+    eval_tokens: int = 50_000
+    """sweep and layers: held-out evaluation tokens"""
+    batch_size: int = 4096
+    """sweep: tokens per optimiser step"""
+    lr: float = 2e-4
+    """sweep: learning rate"""
+    normalization: Literal["none", "standardise", "pca"] = "pca"
+    """sweep: input normalisation"""
+    loss_space: Literal["input", "residual"] = "input"
+    """sweep: where the SAE's loss is measured"""
+    run: str | None = None
+    """layers: run folder with one dictionary per site"""
+
+
+def register(subparsers) -> None:
+    e = subparsers.add_parser("eval", help="FVU (residual and input space), L0 and dead fraction on held-out activations")
+    add_config_arguments(e, EvalCommand)
+    e.set_defaults(func=cmd_eval)
+    a = subparsers.add_parser("analyze", help="residual norms, PCA spectrum, k/size sweep, across layers (JSON + PNG)")
+    add_config_arguments(a, AnalyzeCommand)
+    a.set_defaults(func=cmd_analyze)
+
+
+def dictionary_folders(run: Path) -> list[Path]:
+    """One dictionary folder, or every <run>/<name>/ holding a cfg.json."""
+    if (run / "cfg.json").exists():
+        return [run]
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {run} does not exist")
+    found = sorted(p for p in run.iterdir() if (p / "cfg.json").exists())
+    if not found:
+        raise FileNotFoundError(f"no dictionaries (folders with cfg.json) in {run}")
+    return found
+
+
+def cmd_eval(args) -> int:
+    from difflens.dictionaries.io import load_dictionary
+
+    from .analyses import across_steps
+    from .metrics import evaluate, format_table
+
+    cmd = config_from_args(EvalCommand, args)
+    run = Path(cmd.run)
+    out = Path(cmd.out) if cmd.out else (run.parent if (run / "cfg.json").exists() else run) / "metrics.json"
+    rows = []
+    for folder in dictionary_folders(run):
+        d = load_dictionary(folder)
+        if cmd.steps is not None:
+            found = across_steps(d, cmd.store, steps=cmd.steps, sites=cmd.sites, split=cmd.split,
+                                 max_tokens=cmd.tokens, out_dir=out.parent / f"steps_{folder.name}")
+        else:
+            found = [evaluate(d, cmd.store, step=cmd.step, split=cmd.split, max_tokens=cmd.tokens,
+                              batch_size=cmd.batch_size, device=cmd.device)]
+        rows += [{"dictionary": str(folder), **r} for r in found]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"fvu_definition": "sum|x-xhat|^2 / sum|x-mean(x)|^2 over the evaluated tokens; "
+                                                 "fvu_residual in the captured activations' space, fvu_input_space "
+                                                 "in the dictionary's (normalised) input space",
+                               "results": rows}, indent=2))
+    print(format_table(rows, TABLE))
+    for split in sorted({r["split"] for r in rows}):
+        print(f"split: {split}" + ("  (in-sample: these rows include training rows)" if any(
+            r["in_sample"] for r in rows if r["split"] == split) else ""))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from difflens.dictionaries.train import SAETrainConfig
+    from difflens.dictionaries.train.data import resolve_data
+    from difflens.store.sources import open_store
+
+    from . import analyses
+    from .metrics import format_table
+
+    cmd = config_from_args(AnalyzeCommand, args)
+    what = set(cmd.what)
+    unknown = what - {"norms", "pca", "sweep", "layers"}
+    if unknown:
+        raise ValueError(f"unknown analyses {sorted(unknown)}; choose from norms, pca, sweep, layers")
+    out = Path(cmd.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {}
+    if "norms" in what:
+        report["residual_norms"] = analyses.residual_norms(open_store(cmd.store), max_tokens=min(cmd.tokens, 20_000),
+                                                           out_dir=out)
+    if what & {"pca", "sweep"}:
+        if not cmd.site:
+            raise ValueError("--site is required for the pca and sweep analyses")
+        data = resolve_data(cmd.store, cmd.site, cmd.step)
+        if "pca" in what:
+            report["pca_spectrum"] = analyses.pca_spectrum(data.reader, data.site, max_tokens=cmd.tokens, out_dir=out)
+            print(f"{data.site}: top PC holds {report['pca_spectrum']['top1_fraction']:.1%} of the variance; "
+                  f"{report['pca_spectrum']['components_for_90pct']} components hold 90 %")
+        if "sweep" in what:
+            train = SAETrainConfig(batch_size=cmd.batch_size, num_tokens=cmd.tokens, lr=cmd.lr,
+                                   normalization=cmd.normalization, loss_space=cmd.loss_space)
+            rows = analyses.sweep_k_size(data, cmd.ks, cmd.sizes, train, out, eval_tokens=cmd.eval_tokens)
+            report["sweep"] = rows
+            print(format_table(rows, ["num_latents", "k", "split", "loss_space", "fvu_input_space", "fvu_residual",
+                                      "l0", "dead_fraction"]))
+    if "layers" in what:
+        if not cmd.run:
+            raise ValueError("--run is required for the layers analysis")
+        rows = analyses.across_layers(cmd.store, Path(cmd.run), cmd.step, cmd.eval_tokens, out)
+        report["layers"] = rows
+        print(format_table(rows, ["site", "kind", "split", "fvu_residual", "fvu_input_space", "l0", "dead_fraction"]))
+    (out / "analysis.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {out / 'analysis.json'} and {len(list(out.glob('*.png')))} plots in {out}")
+    return 0
