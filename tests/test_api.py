@@ -123,3 +123,18 @@ def test_api_and_cli_share_config_defaults_and_reject_bad_values(split_store, tm
     assert rc == 2 and "--threshold do(es) not apply to --method sae" in capsys.readouterr().err
     with pytest.raises(TypeError, match="unknown setting 'kk'"):
         dl.train_sae(split_store, SITE, 0, kk=3)
+
+
+def test_export_cli_writes_a_saelens_folder_that_reconstructs_like_difflens(split_store, tmp_path):
+    sae = dl.train_sae(split_store, SITE, 0, num_tokens=128 * 10, out=tmp_path / "sae", **SMALL)
+    assert cli_main(["export", "--run", str(tmp_path / "sae"), "--out", str(tmp_path / "lens")]) == 0
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and cfg["d_sae"] == 64 and cfg["metadata"]["hook_name"] == SITE
+    from safetensors.torch import load_file
+
+    w = load_file(str(tmp_path / "lens" / "sae_weights.safetensors"))
+    x = synthetic_acts(4, 16, 9)
+    pre = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+    top = pre.topk(4, dim=-1)
+    codes = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    torch.testing.assert_close(codes @ w["W_dec"] + w["b_dec"], sae.reconstruct(x)[0], rtol=1e-3, atol=1e-3)

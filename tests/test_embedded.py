@@ -224,3 +224,56 @@ def test_ship_writes_weights_quality_and_a_card_that_keeps_the_notes(tiny, tmp_p
     assert card.rstrip().endswith("Trained twice; the first run diverged.")
     assert json.loads((tmp_path / QUALITY_FILE).read_text()) == quality
     assert ShapesPipeline.from_pretrained(tmp_path).config.architecture() == tiny.config.architecture()
+
+
+def test_cli_flags_come_from_the_configs(monkeypatch, capsys):
+    """world train/render/quality/ship and generate: defaults and --help text are the dataclasses'; a given
+    0 stays 0; old flag spellings still work."""
+    from difflens.cli import build_parser
+    from difflens.configs import config_from_args, field_docs
+    from difflens.embedded.cli import (GenerateCommand, QualityCommand, RenderCommand, ShipCommand, TrainCommand,
+                                       train_config_from_args)
+
+    parser = build_parser()
+    args = parser.parse_args(["world", "train"])
+    assert train_config_from_args(args) == TrainConfig()
+    assert config_from_args(TrainCommand, args) == TrainCommand()
+    args = parser.parse_args(["world", "train", "--out", "checkpoints/x", "--steps", "7", "--autoencoder-noise", "0",
+                              "--latent-channels", "0", "--caption-dropout", "0", "--threads", "2"])
+    cfg = train_config_from_args(args)
+    assert (cfg.out, cfg.steps, cfg.autoencoder_latent_noise, cfg.caption_dropout, cfg.threads) == \
+        ("checkpoints/x", 7, 0.0, 0.0, 2)
+    assert cfg.model == ShapesModelConfig(latent_channels=0) and cfg.batch_size == TrainConfig().batch_size
+    args = parser.parse_args(["world", "train", "--autoencoder-latent-noise", "0.2"])
+    assert train_config_from_args(args).autoencoder_latent_noise == 0.2
+
+    assert config_from_args(RenderCommand, parser.parse_args(["world", "render"])) == RenderCommand()
+    render = config_from_args(RenderCommand, parser.parse_args(["world", "render", "--n", "0", "--out", "runs/w",
+                                                                "--split", "heldout"]))
+    assert (render.n, render.out, render.split) == (0, "runs/w", "heldout")
+    assert config_from_args(QualityCommand, parser.parse_args(["world", "quality"])) == QualityCommand()
+    quality = config_from_args(QualityCommand, parser.parse_args(["world", "quality", "--n", "3", "--guidance", "0"]))
+    assert (quality.n, quality.guidance, quality.steps) == (3, 0.0, QualityCommand().steps)
+    ship = config_from_args(ShipCommand, parser.parse_args(["world", "ship", "runs/t", "--notes", "history.md"]))
+    assert ship == ShipCommand(train_dir="runs/t", notes="history.md")
+
+    prompt = "a large red circle on the left on a white background"
+    assert config_from_args(GenerateCommand, parser.parse_args(["generate", prompt])) == GenerateCommand(prompt)
+    gen = config_from_args(GenerateCommand, parser.parse_args(["generate", prompt, "--steps", "2", "--seed", "0",
+                                                               "-o", "x.png", "--guidance", "0"]))
+    assert gen == GenerateCommand(prompt, steps=2, seed=0, output="x.png", guidance=0.0)
+
+    monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping in --help
+    for argv, cls, name in [(["world", "train"], TrainConfig, "loss_t_floor"),
+                            (["world", "train"], ShapesModelConfig, "latent_channels"),
+                            (["world", "render"], RenderCommand, "split"),
+                            (["world", "ship"], ShipCommand, "notes"),
+                            (["generate"], GenerateCommand, "guidance")]:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert field_docs(cls)[name] in text, (argv, name)
+        assert "--" + name.replace("_", "-") in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["world", "train", "--help"])
+    assert "--autoencoder-noise" in capsys.readouterr().out

@@ -98,7 +98,7 @@ def test_auxk_touches_only_dead_latents():
     x = torch.randn(32, 16, generator=torch.Generator().manual_seed(5))
     dead = torch.tensor([0, 5, 9, 17, 40, 63])
     out = sae.forward_train(x, dead_idx=dead, k_aux=3)
-    resid = (x - out.recon_BN).detach()
+    resid = (x - out.recon_BD).detach()
     from difflens.dictionaries.sparse_ops import sparse_decode as dec
 
     aux_loss = (dec(out.aux_values_BA, out.aux_indices_BA, sae.W_dec) - resid).pow(2).sum()

@@ -38,15 +38,15 @@ class SparseCodes:
         return SparseCodes(self.values.reshape(-1, self.values.shape[-1]), self.indices.reshape(-1, self.indices.shape[-1]))
 
 
-def check_activations(acts_BN: Tensor, dim: int, what: str = "activations") -> None:
+def check_activations(acts_BD: Tensor, dim: int, what: str = "activations") -> None:
     """Raise a clear ValueError for a width mismatch or non-finite values."""
-    if acts_BN.ndim != 2:
-        raise ValueError(f"{what} must be a (tokens, width) matrix, got shape {tuple(acts_BN.shape)}")
-    if acts_BN.shape[1] != dim:
-        raise ValueError(f"{what} have width {acts_BN.shape[1]} but the dictionary expects width {dim}")
-    if not torch.isfinite(acts_BN).all():
-        bad = int((~torch.isfinite(acts_BN)).any(1).sum())
-        raise ValueError(f"{what} contain NaN or inf values in {bad} of {acts_BN.shape[0]} rows")
+    if acts_BD.ndim != 2:
+        raise ValueError(f"{what} must be a (tokens, width) matrix, got shape {tuple(acts_BD.shape)}")
+    if acts_BD.shape[1] != dim:
+        raise ValueError(f"{what} have width {acts_BD.shape[1]} but the dictionary expects width {dim}")
+    if not torch.isfinite(acts_BD).all():
+        bad = int((~torch.isfinite(acts_BD)).any(1).sum())
+        raise ValueError(f"{what} contain NaN or inf values in {bad} of {acts_BD.shape[0]} rows")
 
 
 class Dictionary(torch.nn.Module):
@@ -72,14 +72,14 @@ class Dictionary(torch.nn.Module):
         raise NotImplementedError
 
     # ---- normalised space (implemented by subclasses) ----
-    def encode_normalized(self, z_BN: Tensor) -> SparseCodes:
+    def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
         raise NotImplementedError
 
     def decode_normalized(self, codes: SparseCodes) -> Tensor:
         raise NotImplementedError
 
     def decoder_rows(self) -> Tensor:
-        """(D, N) decoder directions in the normalised space."""
+        """(F, D) decoder directions in the normalised space."""
         raise NotImplementedError
 
     # ---- where it came from ----
@@ -123,7 +123,7 @@ class Dictionary(torch.nn.Module):
 
     @torch.no_grad()
     def feature_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
-        """Unit-norm residual-space direction of each latent, shape (F, N) — what steering adds."""
+        """Unit-norm residual-space direction of each latent, shape (F, D) — what steering adds."""
         rows = self.decoder_rows()
         if latents is not None:
             rows = rows[torch.as_tensor(latents, dtype=torch.long, device=rows.device)]

@@ -5,11 +5,11 @@ Layout of one dictionary folder ``<run>/<site>/``:
 * TopK SAE — exactly sparsify's layout, so ``sparsify.SparseCoder.load_from_disk`` works:
   ``cfg.json`` (sparsify keys ``activation, expansion_factor, normalize_decoder, num_latents, k,
   multi_topk, skip_connection, transcode, d_in`` plus ``difflens_*`` keys sparsify ignores) and
-  ``sae.safetensors`` with exactly ``encoder.weight [D, N]``, ``encoder.bias [D]``,
-  ``W_dec [D, N]``, ``b_dec [N]`` (extra tensors would break sparsify's strict load).
+  ``sae.safetensors`` with exactly ``encoder.weight [F, D]``, ``encoder.bias [F]``,
+  ``W_dec [F, D]``, ``b_dec [D]`` (extra tensors would break sparsify's strict load).
   The SAE weights act on *normalised* inputs; sparsify reproduces difflens outputs directly
   only for normalisation "none". Use :func:`export_folded` for other tools.
-* ITDA — ``cfg.json`` + ``itda.safetensors`` (``atoms [M, N]`` and provenance vectors).
+* ITDA — ``cfg.json`` + ``itda.safetensors`` (``atoms [F, D]`` and provenance vectors).
 * Neurons — ``cfg.json`` only.
 * Every kind — ``normalizer.safetensors`` (``mean, scale, rotation, variances``; kind in the
   file's metadata) beside the weights.
@@ -17,14 +17,16 @@ Layout of one dictionary folder ``<run>/<site>/``:
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch import Tensor
 from safetensors.torch import load_file, save
 
-from difflens.store.atomic import atomic_write_bytes, atomic_write_json as _atomic_json
+from difflens.atomic import atomic_write_bytes, atomic_write_json as _atomic_json
 
 from .base import Dictionary
 from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
@@ -167,21 +169,34 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
 
 
 @torch.no_grad()
-def export_folded(sae: TopKSAE, folder: str | Path) -> Path:
-    """Write a sparsify-layout SAE acting directly on residual-space activations.
+def fold_normalizer(sae: TopKSAE) -> dict[str, Tensor]:
+    """The SAE's weights acting on residual space, as float64 ``W_enc [F, D]``, ``b_enc``, ``W_dec [F, D]``, ``b_dec``.
 
-    With z = normalize(x): W_enc (z − b_dec) + b_enc = W'(x − b_dec') + b_enc' where
-    W' = (W_enc / scale) Rᵀ, b_dec' = denormalize(b_dec), b_enc' = b_enc − W_enc b_dec +
-    W'(b_dec' − mean); the decoder becomes W_dec' = (W_dec · scale) Rᵀ (rows no longer unit norm).
+    With z = ((x − mean) R) / scale: W_enc (z − b_dec) + b_enc = W' (x − b_dec') + b_enc' where
+    W' = (W_enc / scale) Rᵀ, b_dec' = denormalize(b_dec), b_enc' = b_enc − W_enc b_dec + W' (b_dec' − mean);
+    the decoder becomes W_dec' = (W_dec · scale) Rᵀ.
     """
+    norm = copy.deepcopy(sae.normalizer).cpu()  # a copy: Module.to would convert the SAE's own buffers
+    W_enc = sae.W_enc.detach().to("cpu", torch.float64)
+    b_enc = sae.b_enc.detach().to("cpu", torch.float64)
+    W_dec = sae.W_dec.detach().to("cpu", torch.float64)
+    b_dec = sae.b_dec.detach().to("cpu", torch.float64)
+    if norm.kind == "none":
+        return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    W_enc_res = norm.encoder_to_residual(W_enc)
+    b_dec_res = norm.denormalize(b_dec[None])[0]
+    b_enc_res = b_enc - W_enc @ b_dec + W_enc_res @ (b_dec_res - norm.mean.double())
+    return {"W_enc": W_enc_res, "b_enc": b_enc_res, "W_dec": norm.to_residual_directions(W_dec), "b_dec": b_dec_res}
+
+
+def export_folded(sae: TopKSAE, folder: str | Path) -> Path:
+    """Write a sparsify-layout SAE acting directly on residual-space activations (see :func:`fold_normalizer`;
+    decoder rows are no longer unit norm)."""
     folder = Path(folder)
-    norm = sae.normalizer
-    W_enc = norm.encoder_to_residual(sae.W_enc.float())
-    b_dec = norm.denormalize(sae.b_dec.float()[None])[0]
-    b_enc = sae.b_enc - sae.W_enc @ sae.b_dec + W_enc @ (b_dec - norm.mean)
-    W_dec = norm.to_residual_directions(sae.W_dec.float())
-    atomic_save_file({"encoder.weight": W_enc, "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_dec}, folder / "sae.safetensors")
+    w = {k: v.float() for k, v in fold_normalizer(sae).items()}
+    atomic_save_file({"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]},
+                     folder / "sae.safetensors")
     cfg = {**_sparsify_cfg(sae.d_in, sae.num_latents, sae.k, normalize_decoder=False), "difflens_kind": "sae"}
-    cfg["difflens_meta"] = {"folded_from_normalization": norm.kind}
+    cfg["difflens_meta"] = {"folded_from_normalization": sae.normalizer.kind}
     atomic_write_json(cfg, folder / "cfg.json")
     return folder

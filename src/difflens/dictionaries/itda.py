@@ -9,8 +9,8 @@ centres the data) exceeds ``threshold`` is a candidate; candidates are added (wo
 (store row id, image id, step, token row/col).
 
 Gradient pursuit keeps the support as (indices_BK, coefficients_BK): each iteration does ONE
-dense matmul, residual @ atomsᵀ (B × M), to score atoms; the update direction and the
-reconstruction are sparse sums over ≤ k atoms (``embedding_bag``), never a dense (B × M)
+dense matmul, residual @ atomsᵀ (B × F), to score atoms; the update direction and the
+reconstruction are sparse sums over ≤ k atoms (``embedding_bag``), never a dense (B × F)
 coefficient matrix.
 """
 
@@ -43,7 +43,7 @@ class ITDAConfig:
         return asdict(self)
 
 
-def gradient_pursuit(x_BN: Tensor, atoms_MN: Tensor, k: int) -> SparseCodes:
+def gradient_pursuit(x_BD: Tensor, atoms_FD: Tensor, k: int) -> SparseCodes:
     """Non-negative gradient pursuit: k iterations, support grows by argmax correlation.
 
     Per iteration t (support S of size t+1, residual r):
@@ -51,33 +51,33 @@ def gradient_pursuit(x_BN: Tensor, atoms_MN: Tensor, k: int) -> SparseCodes:
       g = corr[S]; c = Σ_S g_j atom_j; step a = <c, r> / ‖c‖²;
       coef_S ← ReLU(coef_S + a g); r = x − Σ_S coef_j atom_j.
     """
-    B, M = x_BN.shape[0], atoms_MN.shape[0]
-    steps = min(k, M)
-    idx = torch.zeros(B, k, dtype=torch.long, device=x_BN.device)
-    coef = x_BN.new_zeros(B, k)
-    if M == 0:
+    B, n_atoms = x_BD.shape[0], atoms_FD.shape[0]
+    steps = min(k, n_atoms)
+    idx = torch.zeros(B, k, dtype=torch.long, device=x_BD.device)
+    coef = x_BD.new_zeros(B, k)
+    if n_atoms == 0:
         return SparseCodes(coef, idx)
-    resid = x_BN
-    atoms_NM = atoms_MN.t()
+    resid = x_BD
+    atoms_DF = atoms_FD.t()
     for t in range(steps):
-        corr_BM = resid @ atoms_NM
-        g_prev = corr_BM.gather(1, idx[:, :t])
+        corr_BF = resid @ atoms_DF
+        g_prev = corr_BF.gather(1, idx[:, :t])
         if t:
-            corr_BM.scatter_(1, idx[:, :t], float("-inf"))
-        new = corr_BM.argmax(1, keepdim=True)
+            corr_BF.scatter_(1, idx[:, :t], float("-inf"))
+        new = corr_BF.argmax(1, keepdim=True)
         idx[:, t : t + 1] = new
-        g = torch.cat([g_prev, corr_BM.gather(1, new)], 1)
+        g = torch.cat([g_prev, corr_BF.gather(1, new)], 1)
         support = idx[:, : t + 1]
-        c_BN = F.embedding_bag(support, atoms_MN, per_sample_weights=g, mode="sum")
-        step_B = (c_BN * resid).sum(1) / (c_BN * c_BN).sum(1).clamp_min(1e-30)
+        c_BD = F.embedding_bag(support, atoms_FD, per_sample_weights=g, mode="sum")
+        step_B = (c_BD * resid).sum(1) / (c_BD * c_BD).sum(1).clamp_min(1e-30)
         coef[:, : t + 1] = (coef[:, : t + 1] + step_B[:, None] * g).clamp_min_(0)
-        resid = x_BN - F.embedding_bag(support, atoms_MN, per_sample_weights=coef[:, : t + 1], mode="sum")
+        resid = x_BD - F.embedding_bag(support, atoms_FD, per_sample_weights=coef[:, : t + 1], mode="sum")
     return SparseCodes(coef, idx)
 
 
-def relative_loss(x_BN: Tensor, recon_BN: Tensor) -> Tensor:
+def relative_loss(x_BD: Tensor, recon_BD: Tensor) -> Tensor:
     """Per-token ‖x − x̂‖² / ‖x‖², shape (B,)."""
-    return (x_BN - recon_BN).pow(2).sum(1) / x_BN.pow(2).sum(1).clamp_min(1e-30)
+    return (x_BD - recon_BD).pow(2).sum(1) / x_BD.pow(2).sum(1).clamp_min(1e-30)
 
 
 class ITDA(Dictionary):
@@ -94,15 +94,15 @@ class ITDA(Dictionary):
 
     @property
     def atoms(self) -> Tensor:
-        """(M, N) unit-norm atoms in the normalised space."""
+        """(F, D) unit-norm atoms in the normalised space."""
         return self._atoms[: self.size]
 
     @property
     def num_latents(self) -> int:
         return self.size
 
-    def encode_normalized(self, z_BN: Tensor) -> SparseCodes:
-        return gradient_pursuit(z_BN, self.atoms, self.cfg.k)
+    def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
+        return gradient_pursuit(z_BD, self.atoms, self.cfg.k)
 
     def decode_normalized(self, codes: SparseCodes) -> Tensor:
         if self.size == 0:
@@ -113,11 +113,11 @@ class ITDA(Dictionary):
         return self.atoms
 
     # ---- growth ----
-    def add_atoms(self, z_BN: Tensor, provenance: dict[str, Tensor]) -> int:
-        """Append unit-normalised rows of ``z_BN`` with their provenance; returns how many were added."""
+    def add_atoms(self, z_BD: Tensor, provenance: dict[str, Tensor]) -> int:
+        """Append unit-normalised rows of ``z_BD`` with their provenance; returns how many were added."""
         room = self.cfg.max_atoms - self.size
-        z_BN = z_BN[: max(room, 0)]
-        n = z_BN.shape[0]
+        z_BD = z_BD[: max(room, 0)]
+        n = z_BD.shape[0]
         if n == 0:
             return 0
         if self.size + n > self._atoms.shape[0]:
@@ -127,14 +127,14 @@ class ITDA(Dictionary):
             grown = self._atoms.new_zeros(cap, self.d_in)
             grown[: self.size] = self.atoms
             self._atoms = grown
-        self._atoms[self.size : self.size + n] = z_BN / z_BN.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self._atoms[self.size : self.size + n] = z_BD / z_BD.norm(dim=1, keepdim=True).clamp_min(1e-12)
         for key in PROVENANCE_KEYS:
             vals = torch.as_tensor(provenance.get(key, torch.full((n,), -1)), dtype=torch.long)[:n]
             self.provenance[key] = torch.cat([self.provenance[key], vals.cpu()])
         self.size += n
         return n
 
-    def select_new_atoms(self, z_BN: Tensor, loss_B: Tensor) -> Tensor:
+    def select_new_atoms(self, z_BD: Tensor, loss_B: Tensor) -> Tensor:
         """Indices (into the batch) of tokens to add, worst-reconstructed first."""
         cand = torch.nonzero(loss_B > self.cfg.threshold).squeeze(1)
         cand = cand[torch.argsort(loss_B[cand], descending=True, stable=True)]
@@ -143,14 +143,14 @@ class ITDA(Dictionary):
             cap = min(cap, self.cfg.max_add_per_batch)
         if self.cfg.prune_cos is None:
             return cand[: max(cap, 0)]
-        unit = z_BN[cand] / z_BN[cand].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        unit = z_BD[cand] / z_BD[cand].norm(dim=1, keepdim=True).clamp_min(1e-12)
         keep = near_duplicate_keep(unit, self.cfg.prune_cos, existing=self.atoms, limit=max(cap, 0))
         return cand[keep]
 
     def prune(self, cos: float) -> int:
         """Drop every atom that has an earlier atom at cosine > ``cos``; returns how many were dropped.
 
-        Blocked over rows, so memory is O(block × M) rather than O(M²).
+        Blocked over rows, so memory is O(block × F) rather than O(F²).
         """
         atoms, block = self.atoms, 4096
         drop = torch.zeros(self.size, dtype=torch.bool, device=atoms.device)
@@ -166,21 +166,21 @@ class ITDA(Dictionary):
         self._atoms, self.size = atoms, atoms.shape[0]
         return dropped
 
-    def load_atoms(self, atoms_MN: Tensor, provenance: dict[str, Tensor]) -> None:
-        self._atoms = atoms_MN.float().contiguous()
-        self.size = atoms_MN.shape[0]
+    def load_atoms(self, atoms_FD: Tensor, provenance: dict[str, Tensor]) -> None:
+        self._atoms = atoms_FD.float().contiguous()
+        self.size = atoms_FD.shape[0]
         self.provenance = {key: provenance[key].long() for key in PROVENANCE_KEYS}
 
 
-def near_duplicate_keep(unit_CN: Tensor, cos: float, existing: Tensor | None = None, limit: int | None = None) -> Tensor:
+def near_duplicate_keep(unit_BD: Tensor, cos: float, existing: Tensor | None = None, limit: int | None = None) -> Tensor:
     """Greedy in order: keep row i unless it has cosine > ``cos`` with an existing atom or a kept row."""
-    C = unit_CN.shape[0]
+    C = unit_BD.shape[0]
     if C == 0:
-        return torch.zeros(0, dtype=torch.long, device=unit_CN.device)
-    ok = torch.ones(C, dtype=torch.bool, device=unit_CN.device)
+        return torch.zeros(0, dtype=torch.long, device=unit_BD.device)
+    ok = torch.ones(C, dtype=torch.bool, device=unit_BD.device)
     if existing is not None and existing.shape[0]:
-        ok &= (unit_CN @ existing.t()).max(1).values <= cos
-    sim = unit_CN @ unit_CN.t()
+        ok &= (unit_BD @ existing.t()).max(1).values <= cos
+    sim = unit_BD @ unit_BD.t()
     kept: list[int] = []
     ok_list = ok.tolist()
     for i in range(C):
@@ -188,4 +188,4 @@ def near_duplicate_keep(unit_CN: Tensor, cos: float, existing: Tensor | None = N
             break
         if ok_list[i] and (not kept or bool((sim[i, kept] <= cos).all())):
             kept.append(i)
-    return torch.tensor(kept, dtype=torch.long, device=unit_CN.device)
+    return torch.tensor(kept, dtype=torch.long, device=unit_BD.device)

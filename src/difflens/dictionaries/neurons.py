@@ -27,11 +27,11 @@ class NeuronBasis(Dictionary):
     def num_latents(self) -> int:
         return self.d_in
 
-    def encode_normalized(self, z_BN: Tensor) -> SparseCodes:
+    def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
         if self.k is None:
-            idx = torch.arange(self.d_in, device=z_BN.device).expand(z_BN.shape[0], -1)
-            return SparseCodes(z_BN.clone(), idx.contiguous())
-        vals, idx = z_BN.topk(self.k, dim=-1, sorted=False)
+            idx = torch.arange(self.d_in, device=z_BD.device).expand(z_BD.shape[0], -1)
+            return SparseCodes(z_BD.clone(), idx.contiguous())
+        vals, idx = z_BD.topk(self.k, dim=-1, sorted=False)
         return SparseCodes(vals, idx)
 
     def decode_normalized(self, codes: SparseCodes) -> Tensor:

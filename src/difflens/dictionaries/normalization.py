@@ -4,8 +4,8 @@ The FLUX residual stream is extremely anisotropic (a few directions carry most o
 variance), which leaves > 99 % of a plain SAE's latents dead. Whitening fixes that. The map is
 affine and invertible:
 
-    z_BN = ((x_BN − mean_N) @ rotation_NN) / scale_N          (encode side)
-    x_BN = (z_BN · scale_N) @ rotation_NNᵀ + mean_N            (decode side)
+    z_BD = ((x_BD − mean_D) @ rotation_DD) / scale_D          (encode side)
+    x_BD = (z_BD · scale_D) @ rotation_NNᵀ + mean_D            (decode side)
 
 * ``none``:        mean 0, rotation I, scale 1
 * ``standardise``: per-dimension mean and standard deviation, rotation I
@@ -37,25 +37,25 @@ class CovarianceAccumulator:
     dim: int
     count: int = 0
     shift: Tensor | None = None
-    sum_N: Tensor | None = None
-    outer_NN: Tensor | None = None
+    sum_D: Tensor | None = None
+    outer_DD: Tensor | None = None
 
-    def update(self, acts_BN: Tensor) -> None:
-        if acts_BN.ndim != 2 or acts_BN.shape[1] != self.dim:
-            raise ValueError(f"expected activations of shape (batch, {self.dim}), got {tuple(acts_BN.shape)}")
-        x = acts_BN.detach().to("cpu", torch.float64)
+    def update(self, acts_BD: Tensor) -> None:
+        if acts_BD.ndim != 2 or acts_BD.shape[1] != self.dim:
+            raise ValueError(f"expected activations of shape (batch, {self.dim}), got {tuple(acts_BD.shape)}")
+        x = acts_BD.detach().to("cpu", torch.float64)
         if x.shape[0] == 0:
             return
         if not torch.isfinite(x).all():
             raise ValueError("activations contain NaN or inf; cannot fit a normalisation")
         if self.shift is None:
             self.shift = x.mean(0)
-            self.sum_N = torch.zeros(self.dim, dtype=torch.float64)
-            self.outer_NN = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+            self.sum_D = torch.zeros(self.dim, dtype=torch.float64)
+            self.outer_DD = torch.zeros(self.dim, self.dim, dtype=torch.float64)
         x = x - self.shift
         self.count += x.shape[0]
-        self.sum_N += x.sum(0)
-        self.outer_NN.addmm_(x.t(), x)
+        self.sum_D += x.sum(0)
+        self.outer_DD.addmm_(x.t(), x)
 
     def all_reduce(self) -> None:
         """Sum the moments over ranks (the shift is taken from rank 0 first)."""
@@ -65,26 +65,26 @@ class CovarianceAccumulator:
             return
         if self.shift is None:  # this rank saw no tokens: contribute zeros
             self.shift = torch.zeros(self.dim, dtype=torch.float64)
-            self.sum_N = torch.zeros(self.dim, dtype=torch.float64)
-            self.outer_NN = torch.zeros(self.dim, self.dim, dtype=torch.float64)
+            self.sum_D = torch.zeros(self.dim, dtype=torch.float64)
+            self.outer_DD = torch.zeros(self.dim, self.dim, dtype=torch.float64)
         # Re-centre every rank on rank 0's shift so the sums add up.
         shift0 = self.shift.clone()
         dist.broadcast(shift0, 0)
         delta = self.shift - shift0
         n = self.count
-        self.outer_NN += torch.outer(self.sum_N, delta) + torch.outer(delta, self.sum_N) + n * torch.outer(delta, delta)
-        self.sum_N += n * delta
+        self.outer_DD += torch.outer(self.sum_D, delta) + torch.outer(delta, self.sum_D) + n * torch.outer(delta, delta)
+        self.sum_D += n * delta
         self.shift = shift0
         count = torch.tensor([float(n)], dtype=torch.float64)
-        for t in (count, self.sum_N, self.outer_NN):
+        for t in (count, self.sum_D, self.outer_DD):
             dist.all_reduce(t)
         self.count = int(count.item())
 
     def mean_cov(self) -> tuple[Tensor, Tensor]:
         if self.count < 2:
             raise ValueError("need at least 2 tokens to fit a normalisation")
-        m = self.sum_N / self.count
-        cov = (self.outer_NN - self.count * torch.outer(m, m)) / (self.count - 1)
+        m = self.sum_D / self.count
+        cov = (self.outer_DD - self.count * torch.outer(m, m)) / (self.count - 1)
         return m + self.shift, (cov + cov.t()) / 2
 
 
@@ -115,7 +115,7 @@ class Normalizer(torch.nn.Module):
         min_tokens_per_dim: float = 10.0,
         eps_rel: float = 1e-6,
     ) -> "Normalizer":
-        """Fit from a stream of (B, N) batches, using up to ``max_tokens`` tokens."""
+        """Fit from a stream of (B, D) batches, using up to ``max_tokens`` tokens."""
         norm = cls(dim, kind)
         if kind == "none":
             return norm
@@ -159,29 +159,29 @@ class Normalizer(torch.nn.Module):
         if x.shape[-1] != self.dim:
             raise ValueError(f"activation width {x.shape[-1]} does not match the dictionary's width {self.dim}")
 
-    def normalize(self, x_BN: Tensor) -> Tensor:
+    def normalize(self, x_BD: Tensor) -> Tensor:
         """Residual space → the dictionary's input space."""
-        self._check(x_BN)
+        self._check(x_BD)
         if self.kind == "none":
-            return x_BN
-        z = x_BN - self.mean.to(x_BN.dtype)
+            return x_BD
+        z = x_BD - self.mean.to(x_BD.dtype)
         if self.kind == "pca":
-            z = z @ self.rotation.to(x_BN.dtype)
-        return z / self.scale.to(x_BN.dtype)
+            z = z @ self.rotation.to(x_BD.dtype)
+        return z / self.scale.to(x_BD.dtype)
 
-    def denormalize(self, z_BN: Tensor) -> Tensor:
+    def denormalize(self, z_BD: Tensor) -> Tensor:
         """The dictionary's input space → residual space (exact inverse of :meth:`normalize`)."""
         if self.kind == "none":
-            return z_BN
-        return self.to_residual_directions(z_BN) + self.mean.to(z_BN.dtype)
+            return z_BD
+        return self.to_residual_directions(z_BD) + self.mean.to(z_BD.dtype)
 
-    def to_residual_directions(self, v_FN: Tensor) -> Tensor:
+    def to_residual_directions(self, v_FD: Tensor) -> Tensor:
         """Map directions (no mean shift), e.g. decoder rows, into residual space: (v · scale) @ Rᵀ."""
         if self.kind == "none":
-            return v_FN
-        v = v_FN * self.scale.to(v_FN.dtype)
+            return v_FD
+        v = v_FD * self.scale.to(v_FD.dtype)
         if self.kind == "pca":
-            v = v @ self.rotation.t().to(v_FN.dtype)
+            v = v @ self.rotation.t().to(v_FD.dtype)
         return v
 
     def encoder_to_residual(self, W_DN: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Export a difflens TopK SAE in sae-lens's on-disk format (``SAE.load_from_disk``).
 
-The folder holds ``cfg.json`` and ``sae_weights.safetensors`` with exactly ``W_enc [N, D]``,
-``b_enc [D]``, ``W_dec [D, N]``, ``b_dec [N]`` (sae-lens loads the state dict strictly). sae-lens
+The folder holds ``cfg.json`` and ``sae_weights.safetensors`` with exactly ``W_enc [D, F]``,
+``b_enc [F]``, ``W_dec [F, D]``, ``b_dec [D]`` (sae-lens loads the state dict strictly). sae-lens
 computes, for a ``"topk"`` architecture with ``apply_b_dec_to_input`` and no rescaling::
 
     e = ReLU(TopK((x − b_dec) @ W_enc + b_enc)),   y = e @ W_dec + b_dec
@@ -17,14 +17,14 @@ Folded decoder rows are not unit norm. sae-lens only rescales by decoder norms w
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from ..store.atomic import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_write_bytes, atomic_write_json
+from .io import fold_normalizer
 from .topk_sae import TopKSAE
 
 CFG_FILE = "cfg.json"
@@ -32,27 +32,6 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 # sae-lens treats configs without metadata.sae_lens_version (or older than 6.0) as legacy and
 # rewrites them; this is the release the layout was checked against.
 SAELENS_FORMAT_VERSION = "6.54.12"
-
-
-@torch.no_grad()
-def fold_normalizer(sae: TopKSAE) -> dict[str, Tensor]:
-    """The SAE's weights acting on residual space, as float64 ``W_enc [D, N]``, ``b_enc``, ``W_dec [D, N]``, ``b_dec``.
-
-    With z = ((x − mean) R) / scale: W_enc (z − b_dec) + b_enc = W' (x − b_dec') + b_enc' where
-    W' = (W_enc / scale) Rᵀ, b_dec' = denormalize(b_dec), b_enc' = b_enc − W_enc b_dec + W' (b_dec' − mean);
-    the decoder becomes W_dec' = (W_dec · scale) Rᵀ. Same fold as :func:`~difflens.dictionaries.io.export_folded`.
-    """
-    norm = copy.deepcopy(sae.normalizer).cpu()  # a copy: Module.to would convert the SAE's own buffers
-    W_enc = sae.W_enc.detach().to("cpu", torch.float64)
-    b_enc = sae.b_enc.detach().to("cpu", torch.float64)
-    W_dec = sae.W_dec.detach().to("cpu", torch.float64)
-    b_dec = sae.b_dec.detach().to("cpu", torch.float64)
-    if norm.kind == "none":
-        return {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
-    W_enc_res = norm.encoder_to_residual(W_enc)
-    b_dec_res = norm.denormalize(b_dec[None])[0]
-    b_enc_res = b_enc - W_enc @ b_dec + W_enc_res @ (b_dec_res - norm.mean.double())
-    return {"W_enc": W_enc_res, "b_enc": b_enc_res, "W_dec": norm.to_residual_directions(W_dec), "b_dec": b_dec_res}
 
 
 def saelens_cfg(sae: TopKSAE, *, hook_name: str | None = None, metadata: dict | None = None) -> dict:

@@ -11,12 +11,12 @@ difflens stores the sparsify parametrisation, which contains the paper's as a sp
 * ``b_dec`` plays the role of ``b_post``: the decoder bias, subtracted from the input before
   encoding (so the encoder sees the centred input) and added back after decoding.
 * The paper's input-space ``b_pre`` enters only through ``W_enc b_pre``, which is a per-latent
-  bias: ``b_enc = W_enc b_pre``. We learn ``b_enc`` (D) directly — a superset, since
-  ``W_enc b_pre`` is restricted to the N-dimensional column space of W_enc.
+  bias: ``b_enc = W_enc b_pre``. We learn ``b_enc`` (F) directly — a superset, since
+  ``W_enc b_pre`` is restricted to the D-dimensional column space of W_enc.
 * The ReLU only zeroes negative values among the k winners, so codes are non-negative and
   sparsify's ``SparseCoder`` produces identical outputs from the same tensors.
 
-Shapes: B tokens, N input width, D latents (``num_latents``), K active latents.
+Shapes (the package's alphabet): B tokens, D input width, F latents (``num_latents``), K active latents.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class SAEConfig:
 class SAEOutput:
     """Training-time forward result in the normalised space."""
 
-    recon_BN: Tensor
+    recon_BD: Tensor
     values_BK: Tensor
     indices_BK: Tensor
     aux_values_BA: Tensor
@@ -72,13 +72,13 @@ class TopKSAE(Dictionary):
         cfg = cfg.resolve(d_in)
         super().__init__(d_in, normalizer if normalizer is not None else Normalizer(d_in, cfg.normalization))
         self.cfg = cfg
-        D = cfg.num_latents
+        n_latents = cfg.num_latents
         gen = torch.Generator().manual_seed(seed)
-        W_dec = torch.randn(D, d_in, generator=gen)
+        W_dec = torch.randn(n_latents, d_in, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         # Decoder rows start unit-norm; the encoder starts as the decoder's transpose (Gao et al.).
         self.W_enc = nn.Parameter(W_dec.clone())
-        self.b_enc = nn.Parameter(torch.zeros(D))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(d_in))
 
@@ -91,15 +91,15 @@ class TopKSAE(Dictionary):
         return self.cfg.k
 
     # ---- core ----
-    def forward_train(self, z_BN: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
+    def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         """Differentiable forward in normalised space; AuxK codes over ``dead_idx`` when given."""
-        vals, idx, aux_vals, aux_idx = topk_encode(z_BN, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux,
+        vals, idx, aux_vals, aux_idx = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux,
                                                    reuse_buffer=True)
         recon = sparse_decode(vals, idx, self.W_dec) + self.b_dec
         return SAEOutput(recon, vals, idx, aux_vals, aux_idx)
 
-    def encode_normalized(self, z_BN: Tensor) -> SparseCodes:
-        vals, idx, _, _ = topk_encode(z_BN, self.b_dec, self.W_enc, self.b_enc, self.k)
+    def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
+        vals, idx, _, _ = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k)
         return SparseCodes(vals, idx)
 
     def decode_normalized(self, codes: SparseCodes) -> Tensor:
@@ -120,6 +120,6 @@ class TopKSAE(Dictionary):
         """Project each decoder row's gradient onto the row's tangent space (before the step)."""
         if self.W_dec.grad is None:
             return
-        # einsum reduces row by row without vecdot's (D × N) temporary: ~3x faster on CPU
+        # einsum reduces row by row without vecdot's (F × D) temporary: ~3x faster on CPU
         parallel_D1 = torch.einsum("dn,dn->d", self.W_dec.grad, self.W_dec).unsqueeze(1)
         self.W_dec.grad.addcmul_(parallel_D1, self.W_dec, value=-1.0)

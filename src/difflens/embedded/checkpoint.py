@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from ..store.atomic import TMP_MARKER, atomic_write_bytes, atomic_write_json
+from ..atomic import TMP_MARKER, atomic_write_bytes, atomic_write_json
 
 FORMAT = 1
 

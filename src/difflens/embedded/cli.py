@@ -1,11 +1,95 @@
-"""`difflens world train|render|quality` and `difflens generate`."""
+"""`difflens world train|render|quality|ship` and `difflens generate`: flags built from their configs.
+
+`world train` takes its flags from `TrainConfig` (and `latent_channels` from its nested `ShapesModelConfig`);
+the other commands from the small command dataclasses below. Field docstrings are the --help text and flags
+left out keep the dataclass defaults, so the CLI and the Python API share one set of defaults.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+from difflens.configs import add_config_arguments, config_from_args, field_docs, given
+
+from .pipeline import DEFAULT_STEPS
+
+# the fields of the nested `TrainConfig.model` that `world train` exposes as flags
+MODEL_FLAGS = frozenset({"latent_channels"})
+
+
+@dataclass
+class TrainCommand:
+    """`difflens world train` options that are not training settings."""
+
+    export: str | None = None
+    """where to write the final EMA weights; None: OUT/final"""
+
+
+@dataclass
+class RenderCommand:
+    """`difflens world render`: ground-truth scenes as PNG files."""
+
+    n: int = 8
+    """scenes to render"""
+    seed: int = 0
+    """scene sampling seed"""
+    split: Literal["train", "heldout"] = "train"
+    """which prompts to draw scenes from: the training split or the held-out one"""
+    out: str = "runs/world"
+    """folder for the PNG files (0000.png, 0001.png, ...)"""
+
+
+@dataclass
+class QualityCommand:
+    """`difflens world quality`: oracle scores of generations from held-out prompts."""
+
+    n: int = 512
+    """held-out prompts to generate and score"""
+    steps: int = DEFAULT_STEPS
+    """Euler sampling steps"""
+    weights: str | None = None
+    """model folder; None: the shipped weights"""
+    guidance: float | None = None
+    """classifier-free guidance scale; None: the model's default; <= 1: no guidance"""
+
+
+@dataclass
+class ShipCommand:
+    """`difflens world ship`: a training run's EMA weights, with a model card, as the shipped weights."""
+
+    train_dir: str
+    """training folder written by `difflens world train`"""
+    dest: str | None = None
+    """weights folder to write; None: the package's shipped weights"""
+    n: int = 512
+    """held-out prompts to score for the card"""
+    guidance: float | None = None
+    """guidance scale to ship as the model's default; None: the trained model's"""
+    notes: str | None = None
+    """markdown file appended to the model card (history, limitations); None: no notes"""
+
+
+@dataclass
+class GenerateCommand:
+    """`difflens generate`: one image from a prompt with the embedded model."""
+
+    prompt: str
+    """what to draw, in the shapes world's words, e.g. 'a large red circle on the left on a white background'"""
+    steps: int = DEFAULT_STEPS
+    """Euler steps, 1..50"""
+    seed: int = 0
+    """noise seed"""
+    output: str = field(default="out.png", metadata={"aliases": ["-o"]})
+    """PNG file to write"""
+    weights: str | None = None
+    """model folder; None: the shipped weights"""
+    guidance: float | None = None
+    """classifier-free guidance scale; None: the model's default; <= 1: no guidance"""
 
 
 def _save_png(image_HWC: np.ndarray, path: str | Path) -> None:
@@ -18,20 +102,25 @@ def _save_png(image_HWC: np.ndarray, path: str | Path) -> None:
 def _load_pipe(weights: str | None):
     from .pipeline import WEIGHTS_DIR, ShapesPipeline
 
-    return ShapesPipeline.from_pretrained(weights or WEIGHTS_DIR)
+    return ShapesPipeline.from_pretrained(WEIGHTS_DIR if weights is None else weights)
+
+
+def train_config_from_args(args):
+    """The `TrainConfig` of a `world train` command line: flags given, dataclass defaults for the rest."""
+    from .config import ShapesModelConfig
+    from .train import TrainConfig
+
+    model = ShapesModelConfig(**{k: v for k, v in given(args, ShapesModelConfig).items() if k in MODEL_FLAGS})
+    return config_from_args(TrainConfig, args, model=model)
 
 
 def cmd_train(args) -> None:
-    from .config import ShapesModelConfig
-    from .train import TrainConfig, train
+    from .train import train
 
-    cfg = TrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      data_seed=args.data_seed, checkpoint_every=args.checkpoint_every, threads=args.threads,
-                      caption_dropout=args.caption_dropout, loss_t_floor=args.loss_t_floor,
-                      autoencoder_steps=args.autoencoder_steps, autoencoder_latent_noise=args.autoencoder_noise,
-                      model=ShapesModelConfig(latent_channels=args.latent_channels))
+    cmd = config_from_args(TrainCommand, args)
+    cfg = train_config_from_args(args)
     pipe = train(cfg)
-    export = Path(args.export or Path(args.out) / "final")
+    export = Path(cfg.out) / "final" if cmd.export is None else Path(cmd.export)
     pipe.save_pretrained(export)
     print(f"EMA weights written to {export}")
 
@@ -39,86 +128,70 @@ def cmd_train(args) -> None:
 def cmd_render(args) -> None:
     from ..world import render, sample_scenes
 
-    for i, scene in enumerate(sample_scenes(args.n, seed=args.seed, split=args.split)):
-        _save_png(render(scene)[0], Path(args.out) / f"{i:04d}.png")
+    cmd = config_from_args(RenderCommand, args)
+    for i, scene in enumerate(sample_scenes(cmd.n, seed=cmd.seed, split=cmd.split)):
+        _save_png(render(scene)[0], Path(cmd.out) / f"{i:04d}.png")
         print(f"{i:04d}.png  {scene.caption}")
 
 
 def cmd_quality(args) -> None:
     from .quality import measure_quality
 
-    pipe = _load_pipe(args.weights)
-    pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
-    print(json.dumps(measure_quality(pipe, n=args.n, num_steps=args.steps)))
+    cmd = config_from_args(QualityCommand, args)
+    pipe = _load_pipe(cmd.weights)
+    pipe.config.guidance_scale = pipe.resolve_guidance(cmd.guidance)
+    print(json.dumps(measure_quality(pipe, n=cmd.n, num_steps=cmd.steps)))
 
 
 def cmd_ship(args) -> None:
     from .card import ship
     from .train import load_checkpoint_ema
 
-    folder = Path(args.train_dir)
+    cmd = config_from_args(ShipCommand, args)
+    folder = Path(cmd.train_dir)
     config = json.loads((folder / "train_config.json").read_text())
     pipe = load_checkpoint_ema(folder)
-    pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
-    notes = Path(args.notes).read_text() if args.notes else ""
-    quality = ship(pipe, config, dest=args.dest, n=args.n, notes=notes)
+    pipe.config.guidance_scale = pipe.resolve_guidance(cmd.guidance)
+    notes = "" if cmd.notes is None else Path(cmd.notes).read_text()
+    quality = ship(pipe, config, dest=cmd.dest, n=cmd.n, notes=notes)
     print(json.dumps(quality))
 
 
 def cmd_generate(args) -> None:
-    images = _load_pipe(args.weights).generate([args.prompt], num_steps=args.steps, seeds=[args.seed],
-                                               guidance_scale=args.guidance)
-    _save_png(images[0], args.output)
-    print(f"wrote {args.output}")
+    cmd = config_from_args(GenerateCommand, args)
+    images = _load_pipe(cmd.weights).generate([cmd.prompt], num_steps=cmd.steps, seeds=[cmd.seed],
+                                              guidance_scale=cmd.guidance)
+    _save_png(images[0], cmd.output)
+    print(f"wrote {cmd.output}")
 
 
 def register(sub) -> None:
-    from .pipeline import DEFAULT_STEPS
+    from .config import ShapesModelConfig
+    from .train import TrainConfig
 
     world = sub.add_parser("world", help="the shapes world and its embedded model")
     wsub = world.add_subparsers(dest="world_command", required=True, metavar="ACTION")
+
     t = wsub.add_parser("train", help="train the embedded model (checkpoints, resumes after a kill)")
-    t.add_argument("--out", default="checkpoints/embedded", help="training folder (checkpoint, loss log)")
-    t.add_argument("--export", default=None, help="where to write the final EMA weights (default OUT/final)")
-    t.add_argument("--steps", type=int, default=5000)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--data-seed", type=int, default=0)
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
-    t.add_argument("--loss-t-floor", type=float, default=0.5, help="noise level below which loss weights stop growing")
-    t.add_argument("--latent-channels", type=int, default=8, help="autoencoder latent channels (0: pixel space)")
-    t.add_argument("--autoencoder-steps", type=int, default=4500)
-    t.add_argument("--autoencoder-noise", type=float, default=0.05, help="latent noise in autoencoder training")
+    add_config_arguments(t.add_argument_group("training"), TrainConfig, exclude={"model"})
+    add_config_arguments(t.add_argument_group("model"), ShapesModelConfig, only=MODEL_FLAGS)
+    add_config_arguments(t.add_argument_group("export"), TrainCommand)
     t.set_defaults(func=cmd_train)
+
     r = wsub.add_parser("render", help="render ground-truth scenes to PNG files")
-    r.add_argument("--n", type=int, default=8)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--split", choices=["train", "heldout"], default="train")
-    r.add_argument("--out", default="runs/world")
+    add_config_arguments(r, RenderCommand)
     r.set_defaults(func=cmd_render)
+
     q = wsub.add_parser("quality", help="score generations from held-out prompts with the oracle")
-    q.add_argument("--n", type=int, default=512)
-    q.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    q.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
-    q.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's; <= 1: none)")
+    add_config_arguments(q, QualityCommand)
     q.set_defaults(func=cmd_quality)
 
     s = wsub.add_parser("ship", help="export a training run's EMA weights with a model card (measures quality)")
-    s.add_argument("train_dir", help="training folder written by `difflens world train`")
-    s.add_argument("--dest", default=None, help="weights folder (default: the package's shipped weights)")
-    s.add_argument("--n", type=int, default=512, help="held-out prompts to score for the card")
-    s.add_argument("--guidance", type=float, default=None, help="guidance scale to ship as the model's default")
-    s.add_argument("--notes", default=None, help="markdown file appended to the model card (history, limitations)")
+    s.add_argument("train_dir", help=field_docs(ShipCommand)["train_dir"])
+    add_config_arguments(s, ShipCommand, exclude={"train_dir"})
     s.set_defaults(func=cmd_ship)
 
     g = sub.add_parser("generate", help="generate an image with the embedded model")
-    g.add_argument("prompt")
-    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"Euler steps, 1..50 (default {DEFAULT_STEPS})")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("-o", "--output", default="out.png")
-    g.add_argument("--weights", default=None, help="model folder (default: the shipped weights)")
-    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the model's; <= 1: none)")
+    g.add_argument("prompt", help=field_docs(GenerateCommand)["prompt"])
+    add_config_arguments(g, GenerateCommand, exclude={"prompt"})
     g.set_defaults(func=cmd_generate)

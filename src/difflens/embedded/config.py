@@ -26,21 +26,24 @@ class ShapesModelConfig:
     num_single_blocks: int = 2
     num_heads: int = 4
     head_dim: int = 24
-    axes_dims_rope: tuple[int, int, int] = (8, 8, 8)  # must sum to head_dim
+    axes_dims_rope: tuple[int, int, int] = (8, 8, 8)
+    """rotary embedding dimensions per axis; must sum to head_dim"""
     text_layers: int = 2
     text_heads: int = 4
     max_text_len: int = 24
-    # "x": the transformer outputs the clean image x_0 and the velocity is derived from it (JiT, Li & He 2025);
-    # flat-colour pixel patches are far easier to predict than noise, so edges (= shapes) come out clean.
-    # "velocity": the transformer outputs noise - x_0 directly, as FLUX does.
     prediction: str = "x"
-    # default classifier-free guidance scale of `generate`; <= 1 turns guidance off (as in diffusers), > 1
-    # needs a model trained with caption dropout. A sampling setting: not compared when training resumes.
+    """what the transformer outputs. "x": the clean image x_0, and the velocity is derived from it (JiT, Li &
+    He 2025); flat-colour pixel patches are far easier to predict than noise, so edges (= shapes) come out
+    clean. "velocity": noise - x_0 directly, as FLUX does."""
     guidance_scale: float = 1.0
-    # 0: the transformer works on pixel patches. > 0: on the latents of a small autoencoder
-    # (`autoencoder.py`, x4 downsampling, so patch_size must be 4) with this many channels, as FLUX does.
+    """default classifier-free guidance scale of `generate`; <= 1 turns guidance off (as in diffusers), > 1
+    needs a model trained with caption dropout. A sampling setting: not compared when training resumes."""
     latent_channels: int = 8
-    vocab: list[str] = field(default_factory=list)  # filled from the world's vocabulary when empty
+    """autoencoder latent channels. 0: pixel space, the transformer works on pixel patches; > 0: on the latents
+    of a small autoencoder (`autoencoder.py`, x4 downsampling, so patch_size must be 4) with this many
+    channels, as FLUX does."""
+    vocab: list[str] = field(default_factory=list)
+    """words of the text encoder; filled from the world's vocabulary when empty"""
 
     def __post_init__(self):
         self.axes_dims_rope = tuple(self.axes_dims_rope)

@@ -17,7 +17,7 @@ from diffusers import FluxTransformer2DModel
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ..store.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .autoencoder import ShapesAutoencoder
 from .config import ShapesModelConfig, check_guidance_scale
 from .text_encoder import TextEncoder, WordTokenizer

@@ -18,7 +18,7 @@ import torch
 from scipy import ndimage
 
 from ..progress import progress as progress_bar
-from ..store.atomic import atomic_write_json
+from ..atomic import atomic_write_json
 from ..world import render, sample_scene
 from .checkpoint import (load_checkpoint, load_optimizer_tensors, optimizer_tensors, restore_rng, save_checkpoint,
                          strip, with_prefix)
@@ -33,30 +33,49 @@ LEGACY_CHECKPOINTS = ("checkpoint.pt", "autoencoder.pt")  # pickled, from older 
 
 @dataclass
 class TrainConfig:
+    """Training of the embedded model (`difflens world train`); saved as train_config.json in `out`."""
+
     out: str = "checkpoints/embedded"
+    """training folder (checkpoints, loss log, train_config.json); a run there resumes after a kill"""
     steps: int = 5000
+    """optimiser steps of the transformer and text encoder"""
     batch_size: int = 32
+    """scenes rendered per step"""
     lr: float = 1e-3
+    """peak learning rate (AdamW)"""
     warmup_steps: int = 200
-    min_lr_fraction: float = 0.1  # cosine decay to this share of lr
+    """linear learning-rate warm-up steps"""
+    min_lr_fraction: float = 0.1
+    """cosine decay to this share of lr"""
     grad_clip: float = 1.0
+    """clip of the gradient norm"""
     ema_decay: float = 0.999
-    object_loss_weight: float = 20.0  # loss weight of object pixels (and a 1 px rim) relative to background
-    # share of captions replaced by the empty prompt, so the model also learns the unconditional
-    # velocity that classifier-free guidance needs
+    """decay of the exponential moving average of the weights (the EMA weights are exported), in [0, 1)"""
+    object_loss_weight: float = 20.0
+    """loss weight of object pixels (and a 1 px rim) relative to background"""
     caption_dropout: float = 0.1
-    # the velocity loss weighs x_0 errors by 1 / t^2; below this t the weight stops growing, which keeps
-    # the nearly-clean steps from drowning out the noisy ones, where the prompt alone decides the shape
+    """share of captions replaced by the empty prompt, so the model also learns the unconditional velocity
+    that classifier-free guidance needs; in [0, 1)"""
     loss_t_floor: float = 0.5
-    # latent models (model.latent_channels > 0): the autoencoder is trained first, then frozen
+    """noise level below which loss weights stop growing: the velocity loss weighs x_0 errors by 1 / t^2, and
+    the floor keeps the nearly-clean steps from drowning out the noisy ones, where the prompt alone decides
+    the shape; in [0, 1]"""
     autoencoder_steps: int = 4500
+    """latent models (latent_channels > 0): autoencoder training steps, run first; the autoencoder is then frozen"""
     autoencoder_lr: float = 1e-3
-    autoencoder_latent_noise: float = 0.05  # added to latents in its training: the decoder learns to forgive
-    seed: int = 0  # model init and noise
-    data_seed: int = 0  # scenes
+    """latent models: learning rate of the autoencoder"""
+    autoencoder_latent_noise: float = field(default=0.05, metadata={"aliases": ["--autoencoder-noise"]})
+    """latent noise in autoencoder training (added to the latents, so the decoder learns to forgive)"""
+    seed: int = 0
+    """seed of model init and noise"""
+    data_seed: int = 0
+    """seed of the training scenes"""
     checkpoint_every: int = 200
+    """steps between checkpoints"""
     threads: int | None = None
+    """torch CPU threads (None or 0: torch's choice)"""
     model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
+    """architecture of the model to train (the CLI sets latent_channels)"""
 
     def __post_init__(self):
         if isinstance(self.model, dict):

@@ -24,9 +24,9 @@ from torch import Tensor
 from difflens.dictionaries.base import Dictionary, check_activations
 
 
-def fvu(x_BN: Tensor, recon_BN: Tensor) -> float:
+def fvu(x_BD: Tensor, recon_BD: Tensor) -> float:
     """FVU of one batch (see module docstring)."""
-    x, r = x_BN.double(), recon_BN.double()
+    x, r = x_BD.double(), recon_BD.double()
     return float((x - r).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-300))
 
 
@@ -41,8 +41,8 @@ class MetricAccumulator:
         self.l0_sum = 0.0
         self.fired = torch.zeros(max(num_latents, 0), dtype=torch.long)
 
-    def update(self, x_BN: Tensor, recon_BN: Tensor, indices_BK: Tensor | None = None, values_BK: Tensor | None = None):
-        x, r = x_BN.detach().double().cpu(), recon_BN.detach().double().cpu()
+    def update(self, x_BD: Tensor, recon_BD: Tensor, indices_BK: Tensor | None = None, values_BK: Tensor | None = None):
+        x, r = x_BD.detach().double().cpu(), recon_BD.detach().double().cpu()
         self.n += x.shape[0]
         self.sum_x += x.sum(0)
         self.sum_sq += float(x.pow(2).sum())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from difflens.store import layout
-from difflens.store.atomic import atomic_write_json
+from difflens.atomic import atomic_write_json
 from difflens.store.split import check_split, choose_holdout, describe_holdout
 from difflens.store.writer import read_json
 

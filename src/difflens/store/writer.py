@@ -23,7 +23,7 @@ import torch
 
 from difflens import __version__
 from difflens.store import layout
-from difflens.store.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, remove_temporaries
+from difflens.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, remove_temporaries
 from difflens.store.split import choose_holdout
 
 

@@ -106,7 +106,7 @@ def resolve_data(source, site: str | None = None, step: int | None = None, split
 
 
 def batch_stream(reader, batch_size: int, seed: int, start_epoch: int = 0, start_batch: int = 0) -> Iterator:
-    """Endless shuffled (epoch, batch_index, acts_BN, row_ids_B); resumes at (epoch, batch).
+    """Endless shuffled (epoch, batch_index, acts_BD, row_ids_B); resumes at (epoch, batch).
 
     The order is a pure function of (seed, epoch), so a resumed run sees the batches an uninterrupted one would.
     """

@@ -81,10 +81,10 @@ def train_itda(source, cfg: ITDATrainConfig | None = None, run: RunConfig | None
     return itda
 
 
-def _add(itda: ITDA, reader, z_BN: torch.Tensor, rows_B: torch.Tensor) -> int:
+def _add(itda: ITDA, reader, z_BD: torch.Tensor, rows_B: torch.Tensor) -> int:
     """Add atoms with their provenance read from the reader's trace."""
     if rows_B.numel() == 0:
         return 0
     trace = reader.trace(rows_B)
     prov = {"row_id": rows_B, **{k: torch.as_tensor(trace[k]) for k in ("image_id", "step", "token_row", "token_col")}}
-    return itda.add_atoms(z_BN, prov)
+    return itda.add_atoms(z_BD, prov)

@@ -79,7 +79,7 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
     meta = {**data.origin(), "method": "sae", "sae": arch.to_dict(), "train": asdict(cfg), "job": job.identity()}
     job.open_log(state.step, data.site or "sae", meta)
 
-    weights_N = (normalizer.scale.to(device).pow(2) if cfg.loss_space == "residual" else None)
+    weights_D = (normalizer.scale.to(device).pow(2) if cfg.loss_space == "residual" else None)
     stats: dict = {}
     initialised = state.step > 0
     stream = batch_stream(reader, cfg.batch_size, cfg.seed, epoch, batch_idx)
@@ -92,8 +92,8 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
                 sae.b_dec.copy_(z.mean(0))
             initialised = True
         centred_sq = (z - z.mean(0)).pow(2)
-        total_variance = (centred_sq if weights_N is None else centred_sq * weights_N).sum().clamp_min(1e-12)
-        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0], weights_N=weights_N)
+        total_variance = (centred_sq if weights_D is None else centred_sq * weights_D).sum().clamp_min(1e-12)
+        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0], weights_D=weights_D)
         job.log(state.step, stats)
         job.checkpoint(state.step, state.tensors, {"epoch": epoch, "next_batch": batch_idx + 1}, normalizer)
         if on_step is not None and rank == 0 and on_step(state.step, sae, stats):
@@ -142,25 +142,25 @@ class SAEState:
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.cfg.dead_window_tokens
 
-    def train_step(self, z_BN: torch.Tensor, total_variance: torch.Tensor, global_tokens: int | None = None,
-                   weights_N: torch.Tensor | None = None) -> dict:
-        """One update on this rank's slice ``z_BN`` (normalised); ``total_variance`` is the global batch's
-        (weighted like the loss). ``weights_N``: per-dimension loss weights (None: all 1)."""
+    def train_step(self, z_BD: torch.Tensor, total_variance: torch.Tensor, global_tokens: int | None = None,
+                   weights_D: torch.Tensor | None = None) -> dict:
+        """One update on this rank's slice ``z_BD`` (normalised); ``total_variance`` is the global batch's
+        (weighted like the loss). ``weights_D``: per-dimension loss weights (None: all 1)."""
         sae, cfg = self.sae, self.cfg
         _, world = rank_and_world()
         dead_idx = torch.nonzero(self.dead_mask()).squeeze(1) if cfg.k_aux > 0 else None
-        device_type = z_BN.device.type
+        device_type = z_BD.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast and device_type == "cuda"):
-            out = sae.forward_train(z_BN, dead_idx, cfg.k_aux)
-        err_BN = z_BN - out.recon_BN.float()
-        sq = err_BN.pow(2)
-        l2 = (sq if weights_N is None else sq * weights_N).sum()
+            out = sae.forward_train(z_BD, dead_idx, cfg.k_aux)
+        err_BD = z_BD - out.recon_BD.float()
+        sq = err_BD.pow(2)
+        l2 = (sq if weights_D is None else sq * weights_D).sum()
         loss = l2 / total_variance
-        aux_l2 = torch.zeros((), device=z_BN.device)
+        aux_l2 = torch.zeros((), device=z_BD.device)
         if out.aux_indices_BA.shape[1] > 0:
-            aux_BN = sparse_decode(out.aux_values_BA, out.aux_indices_BA, sae.W_dec)
-            aux_sq = (aux_BN.float() - err_BN.detach()).pow(2)
-            aux_l2 = (aux_sq if weights_N is None else aux_sq * weights_N).sum()
+            aux_BD = sparse_decode(out.aux_values_BA, out.aux_indices_BA, sae.W_dec)
+            aux_sq = (aux_BD.float() - err_BD.detach()).pow(2)
+            aux_l2 = (aux_sq if weights_D is None else aux_sq * weights_D).sum()
             loss = loss + cfg.auxk_coef * aux_l2 / total_variance
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -182,7 +182,7 @@ class SAEState:
             group["lr"] = self.lr_at(self.step)
         self.opt.step()
         sae.normalize_decoder()
-        n_tokens = global_tokens if global_tokens is not None else z_BN.shape[0] * world
+        n_tokens = global_tokens if global_tokens is not None else z_BD.shape[0] * world
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired > 0] = 0
         self.step += 1
