@@ -49,7 +49,6 @@ import json
 import math
 import platform
 import time
-from pathlib import Path
 
 import torch
 

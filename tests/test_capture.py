@@ -1,4 +1,5 @@
-"""Capture: traceability, images kept, CLI, kill -9 and resume, 2-rank torchrun == 1 process."""
+"""Capture: traceability, images kept, CLI (flags built from CaptureConfig), kill -9 and resume,
+2-rank torchrun == 1 process."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import pytest
 import torch
 from tiny_models import adapter, difflens_cmd, subprocess_env
 
-from difflens.adapters import Capture
+from difflens.adapters import Capture, LoadOptions
+from difflens.adapters.registry import DEFAULT_MODEL, MODEL_NAMES
 from difflens.capture import CaptureConfig, run_capture
+from difflens.capture.cli import SitesCommand, StoreCommand, capture_config, store_command
+from difflens.cli import build_parser
 from difflens.cli import main as cli_main
+from difflens.configs import config_from_args, field_docs
 from difflens.store import ActivationStore
 from difflens.store.split import choose_holdout
 
@@ -123,6 +128,77 @@ def test_prompt_file_cycles_and_cli(tmp_path, capsys):
     for argv, message in bad.items():
         assert cli_main(list(argv)) == 2
         assert message in capsys.readouterr().err, argv
+
+
+def _parse(*argv):
+    return build_parser().parse_args(list(argv))
+
+
+def test_cache_flags_default_to_capture_config():
+    # flags not given keep CaptureConfig's (and LoadOptions') defaults: one source of defaults for CLI and API
+    assert capture_config(_parse("cache", "--out", "X")) == CaptureConfig(out="X")
+    # the README's capture, every flag spelling it documents
+    readme = _parse("cache", "--model", "embedded", "--sites", "double.*.img.out", "--steps-to-record", "0,3",
+                    "--prompts", "world", "--n-images", "256", "--out", "runs/store", "--holdout", "0.1")
+    assert capture_config(readme) == CaptureConfig(out="runs/store", model="embedded", sites=["double.*.img.out"],
+                                                   steps_to_record=[0, 3], prompts="world", n_images=256, holdout=0.1)
+    # zeros stay zeros, lists and words parse, old spellings (--torch-dtype, --no-images, --quiet) still map
+    cfg = capture_config(_parse("cache", "--out", "Y", "--steps-to-record", "all", "--sites", "a.out,b.*",
+                                "--n-images", "0", "--guidance", "0", "--seed", "0", "--holdout", "0",
+                                "--resolution", "0", "--num-steps", "5", "--batch-size", "2",
+                                "--store-dtype", "float16", "--torch-dtype", "bfloat16", "--device", "cpu",
+                                "--no-images", "--quiet"))
+    assert cfg == CaptureConfig(out="Y", steps_to_record="all", sites=["a.out", "b.*"], n_images=0, guidance=0.0,
+                                seed=0, holdout=0.0, resolution=0, num_steps=5, batch_size=2, store_dtype="float16",
+                                load=LoadOptions(dtype="bfloat16", device="cpu"), save_images=False, progress=False)
+    assert capture_config(_parse("cache", "--out", "Z", "--dtype", "float16", "--cpu-offload", "--quantization",
+                                 "nf4")).load == LoadOptions(dtype="float16", cpu_offload=True, quantization="nf4")
+    # info / split keep their positional interface; split's defaults are a capture's (fraction 0.1, seed 0)
+    assert store_command(_parse("cache", "info", "runs/store")) == StoreCommand("info", "runs/store")
+    assert store_command(_parse("cache", "info", "runs/store", "--verify")).verify
+    assert store_command(_parse("cache", "split", "runs/store", "--holdout", "0.2", "--seed", "1")) == \
+        StoreCommand("split", "runs/store", holdout=0.2, seed=1)
+    assert (StoreCommand.holdout, StoreCommand.seed) == (CaptureConfig.holdout, CaptureConfig.seed)
+    # sites
+    assert config_from_args(SitesCommand, _parse("sites")) == SitesCommand()
+    assert SitesCommand.model == CaptureConfig.model == DEFAULT_MODEL
+    assert config_from_args(SitesCommand, _parse("sites", "--model", "embedded", "--json", "--resolution", "0")) == \
+        SitesCommand(model="embedded", json=True, resolution=0)
+    assert config_from_args(LoadOptions, _parse("sites", "--torch-dtype", "float16")) == LoadOptions(dtype="float16")
+
+
+def test_cache_help_is_the_field_docstrings(capsys):
+    for argv, docs in {("cache",): [field_docs(CaptureConfig)["batch_size"], field_docs(CaptureConfig)["seed"],
+                                    field_docs(LoadOptions)["dtype"]],
+                       ("sites",): [field_docs(SitesCommand)["json"], field_docs(LoadOptions)["quantization"]]}.items():
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for doc in docs:
+            assert doc in text, (argv, doc)
+        assert "--torch-dtype" in text and "{float32,float16,bfloat16}" in text
+        assert all(name in text for name in MODEL_NAMES)  # the --model help names every model
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["cache", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--no-images" in text and "--quiet" in text and "(default: 8)" in text
+
+
+def test_cache_refuses_flags_of_another_action(capsys):
+    bad = {
+        ("cache", "info", "runs/store", "--n-images", "3"): "--n-images do(es) not apply to `difflens cache info`",
+        ("cache", "split", "runs/store", "--verify"): "--verify do(es) not apply to `difflens cache split`",
+        ("cache", "info", "runs/store", "--out", "x"): "--out do(es) not apply",
+        ("cache", "--out", "x", "--verify"): "--verify applies to `difflens cache info DIR`",
+        ("cache", "--out", "x", "--steps-to-record", "al"): "comma-separated step numbers or 'all', got 'al'",
+        ("cache", "info"): "usage: difflens cache info DIR",
+    }
+    for argv, message in bad.items():
+        assert cli_main(list(argv)) == 2
+        assert message in capsys.readouterr().err, argv
+    with pytest.raises(SystemExit):
+        cli_main(["cache", "--out", "x", "--store-dtype", "float32"])  # Literal types become choices
+    assert "invalid choice: 'float32'" in capsys.readouterr().err
 
 
 CACHE_SITES = ["double.0.img.out", "single.0.txt.out"]

@@ -11,8 +11,8 @@ Names
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from difflens.adapters.base import ModelAdapter
@@ -26,10 +26,15 @@ DEFAULT_MODEL = "embedded"
 class LoadOptions:
     """Loading options; None means the model's own default (FLUX bfloat16, SDXL float16, embedded float32)."""
 
-    dtype: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] | None = field(default=None,
+                                                                    metadata={"aliases": ["--torch-dtype"]})
+    """model weights dtype; None: the model's own (FLUX bfloat16, SDXL float16, embedded float32)"""
     device: str | None = None
+    """cuda, cuda:1, cpu; None: cuda if available"""
     cpu_offload: bool = False
-    quantization: str | None = None  # "nf4" (FLUX only, GPU + bitsandbytes)
+    """model CPU offload, weights moved to the GPU as needed (FLUX and SDXL; needs a GPU)"""
+    quantization: Literal["nf4"] | None = None
+    """nf4: 4-bit NF4 FLUX transformer (FLUX only; GPU + bitsandbytes)"""
 
 
 def load_adapter(spec: str | None = None, options: LoadOptions | None = None) -> "ModelAdapter":

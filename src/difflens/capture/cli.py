@@ -1,47 +1,72 @@
-"""`difflens sites`, `difflens cache`, `difflens cache info`, `difflens cache split` -- thin over the capture and store APIs."""
+"""`difflens sites`, `difflens cache`, `difflens cache info`, `difflens cache split` -- thin over the capture and store APIs.
+
+The flags come from the dataclasses: a capture's from `CaptureConfig` (model loading from `LoadOptions`), the
+rest from the small command dataclasses below, so the CLI and the Python API share defaults and help texts.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+from dataclasses import dataclass
+from typing import Literal
 
-from difflens.adapters.registry import DEFAULT_MODEL, MODEL_NAMES
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _steps(text: str) -> list[int] | str:
-    if text.strip() == "all":
-        return "all"
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--steps-to-record takes comma-separated step numbers or 'all', got {text!r}")
+from difflens.adapters.registry import DEFAULT_MODEL, LoadOptions
+from difflens.capture.runner import CaptureConfig
+from difflens.configs import add_config_arguments, config_from_args, field_docs, flag_name, given
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name ({', '.join(MODEL_NAMES)}); default {DEFAULT_MODEL}")
-    p.add_argument("--torch-dtype", choices=["float32", "float16", "bfloat16"], help="model weights dtype")
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--cpu-offload", action="store_true", help="model CPU offload (GPU only)")
-    p.add_argument("--quantization", choices=["nf4"], help="4-bit NF4 FLUX transformer (GPU + bitsandbytes)")
+@dataclass
+class SitesCommand:
+    """`difflens sites`: a model's hook sites and their shapes (model loading: `LoadOptions`)."""
+
+    model: str = DEFAULT_MODEL
+    """model name: embedded, embedded-tiny, embedded:PATH, flux-schnell, flux-dev, flux:ID_OR_PATH, sdxl-turbo,
+    sdxl, sdxl:ID_OR_PATH, flux-tiny, sdxl-tiny"""
+    resolution: int | None = None
+    """image size in px; None: the model's"""
+    json: bool = False
+    """print JSON instead of a table"""
 
 
-def _load_options(args):
-    from difflens.adapters import LoadOptions
+@dataclass
+class CacheCommand:
+    """`difflens cache` options of a capture that are not `CaptureConfig` settings."""
 
-    return LoadOptions(dtype=args.torch_dtype, device=args.device, cpu_offload=args.cpu_offload,
-                       quantization=args.quantization)
+    out: str | None = None
+    """store folder to capture into (required for a capture); rerun the same command to resume"""
+    quiet: bool = False
+    """no progress bar"""
+
+
+@dataclass
+class StoreCommand:
+    """`difflens cache info DIR [--verify]` and `difflens cache split DIR --holdout F [--seed S]`."""
+
+    action: Literal["info", "split"]
+    """'info DIR' prints what a store holds; 'split DIR' re-chooses its held-out images"""
+    dir: str
+    """store folder"""
+    verify: bool = False
+    """with info: checksum every shard"""
+    holdout: float = 0.1
+    """with split: fraction of the images held out, chosen by image (0: no split)"""
+    seed: int = 0
+    """with split: seed of the held-out choice"""
+
+
+_STORE_FLAGS = {"info": {"verify"}, "split": {"holdout", "seed"}}
+
+
+def _flags(names) -> str:
+    return ", ".join(flag_name(n) for n in sorted(names))
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sites", help="list a model's hook sites and their shapes")
-    _add_model_args(p)
-    p.add_argument("--resolution", type=int, help="image size in px (default: the model's)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_config_arguments(p, SitesCommand)
+    add_config_arguments(p.add_argument_group("model loading"), LoadOptions)
     p.set_defaults(func=cmd_sites)
 
     p = subparsers.add_parser(
@@ -50,39 +75,36 @@ def register(subparsers) -> None:
                     "Describe a store: difflens cache info DIR [--verify]. "
                     "Choose its held-out images anew: difflens cache split DIR --holdout F [--seed S]. "
                     "Multi-process: torchrun --nproc_per_node N --no-python difflens cache ...")
-    p.add_argument("action", nargs="?", choices=["info", "split"],
-                   help="'info DIR' prints what a store holds; 'split DIR' re-chooses its held-out images")
-    p.add_argument("dir", nargs="?", help="store folder (with 'info' or 'split')")
-    p.add_argument("--verify", action="store_true", help="with info: checksum every shard")
-    _add_model_args(p)
-    p.add_argument("--sites", type=_csv, help="comma-separated site names or globs (default: the model's main site)")
-    p.add_argument("--steps-to-record", type=_steps, default=None, help="e.g. 0 or 0,3,7 or all (default 0)")
-    p.add_argument("--prompts", default="world", help="'world' or a text file with one prompt per line")
-    p.add_argument("--n-images", type=int, help="number of images (default: file lines, or 256 world prompts)")
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--num-steps", type=int, help="denoising steps (default: the model's)")
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--seed", type=int, default=0, help="image i gets seed + i (capture); the split's seed (with 'split')")
-    p.add_argument("--holdout", type=float, default=0.1,
-                   help="fraction of images held out of training, chosen by image (default 0.1; 0: no split)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per generation batch / shard")
-    p.add_argument("--store-dtype", choices=["float16", "bfloat16"], help="stored row dtype (default: per model)")
-    p.add_argument("--no-images", action="store_true", help="do not save the generated images")
-    p.add_argument("--out", help="store folder (rerun the same command to resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("action", nargs="?", choices=list(_STORE_FLAGS), help=_doc(StoreCommand, "action"))
+    p.add_argument("dir", nargs="?", help=f"{_doc(StoreCommand, 'dir')} (with 'info' or 'split')")
+    capture = p.add_argument_group("capture (settings of CaptureConfig; --holdout and --seed also serve 'split')")
+    add_config_arguments(capture, CacheCommand, only={"out"})
+    add_config_arguments(capture, CaptureConfig, StoreCommand,
+                         exclude={"out", "load", "progress", "action", "dir", "verify"})
+    add_config_arguments(capture, CacheCommand, exclude={"out"})
+    add_config_arguments(p.add_argument_group("model loading"), LoadOptions)
+    add_config_arguments(p.add_argument_group(
+        "info and split", "info DIR [--verify]; split DIR [--holdout F] [--seed S]: with split, --holdout and "
+                          "--seed (above) are the fraction held out and the seed that chooses them"),
+        StoreCommand, only={"verify"})
     p.set_defaults(func=cmd_cache)
+
+
+def _doc(cls: type, name: str) -> str:
+    return field_docs(cls).get(name, "")
 
 
 def cmd_sites(args) -> int:
     from difflens.adapters import load_adapter
 
-    adapter = load_adapter(args.model, _load_options(args))
-    sites = adapter.sites(args.resolution)
-    if args.json:
+    cmd = config_from_args(SitesCommand, args)
+    adapter = load_adapter(cmd.model, config_from_args(LoadOptions, args))
+    sites = adapter.sites(cmd.resolution)
+    if cmd.json:
         print(json.dumps([{"name": s.name, "stream": s.stream, "kind": s.kind, "tokens": s.tokens, "dim": s.dim,
                            "grid": s.grid} for s in sites], indent=1))
         return 0
-    res = args.resolution or adapter.default_resolution
+    res = adapter.default_resolution if cmd.resolution is None else cmd.resolution
     print(f"{adapter.name} at {res} px  (default sites: {', '.join(adapter.default_sites)})")
     print(f"{'site':<44} {'stream':>6} {'kind':>6} {'tokens':>7} {'dim':>6} {'grid':>7}")
     for s in sites:
@@ -91,40 +113,63 @@ def cmd_sites(args) -> int:
     return 0
 
 
-def cmd_cache(args) -> int:
-    if args.action in ("info", "split"):
-        from difflens.store import ActivationStore
+def _given_flags(args) -> set[str]:
+    """Every option of `difflens cache` the user gave (field names)."""
+    found: set[str] = set()
+    for cls in (CaptureConfig, LoadOptions, CacheCommand, StoreCommand):
+        found |= set(given(args, cls))
+    return found - {"action", "dir"}
 
-        if not args.dir:
-            raise ValueError(f"usage: difflens cache {args.action} DIR" + (" --holdout F [--seed S]" if args.action == "split" else ""))
-        store = ActivationStore.open(args.dir)
-        if args.action == "split":
+
+def store_command(args) -> StoreCommand:
+    """`cache info DIR` / `cache split DIR` from the flags given (refuses capture flags)."""
+    if not args.dir:
+        raise ValueError(f"usage: difflens cache {args.action} DIR" + (" --holdout F [--seed S]" if args.action == "split" else ""))
+    stray = _given_flags(args) - _STORE_FLAGS[args.action]
+    if stray:
+        raise ValueError(f"{_flags(stray)} do(es) not apply to `difflens cache {args.action}`")
+    return config_from_args(StoreCommand, args)
+
+
+def capture_config(args) -> CaptureConfig:
+    """The CaptureConfig of `difflens cache --out DIR ...`: flags given, dataclass defaults for the rest."""
+    if args.dir:
+        raise ValueError(f"unexpected argument {args.dir!r}: the store folder is given with --out")
+    stray = _given_flags(args) & {"verify"}
+    if stray:
+        raise ValueError(f"{_flags(stray)} applies to `difflens cache info DIR`, not to a capture")
+    cmd = config_from_args(CacheCommand, args)
+    if cmd.out is None:
+        raise ValueError("--out DIR is required (the store folder)")
+    cfg = config_from_args(CaptureConfig, args, out=cmd.out, load=config_from_args(LoadOptions, args),
+                           progress=not cmd.quiet)
+    if isinstance(cfg.steps_to_record, str) and cfg.steps_to_record != "all":
+        raise ValueError(f"--steps-to-record takes comma-separated step numbers or 'all', got {cfg.steps_to_record!r}")
+    return cfg
+
+
+def cmd_cache(args) -> int:
+    from difflens.store import ActivationStore
+
+    if args.action is not None:
+        cmd = store_command(args)
+        store = ActivationStore.open(cmd.dir)
+        if cmd.action == "split":
             from difflens.store.split import describe_holdout
 
-            held = store.set_holdout(args.holdout, seed=args.seed)
+            held = store.set_holdout(cmd.holdout, seed=cmd.seed)
             print(f"held out {len(held['image_ids'])} of {store.meta.get('n_images')} images: "
                   f"{describe_holdout(store.holdout, store.meta.get('n_images'))}")
             return 0
         print(store.describe())
-        if args.verify:
+        if cmd.verify:
             store.verify()
             print("verified: every shard's checksum matches its manifest")
         return 0
-    if args.dir:
-        raise ValueError(f"unexpected argument {args.dir!r}: the store folder is given with --out")
-    if not args.out:
-        raise ValueError("--out DIR is required (the store folder)")
-    from difflens.capture.runner import CaptureConfig, run_capture
+    from difflens.capture.runner import run_capture
 
-    cfg = CaptureConfig(
-        out=args.out, model=args.model, sites=args.sites, steps_to_record=args.steps_to_record, prompts=args.prompts,
-        n_images=args.n_images, resolution=args.resolution, num_steps=args.num_steps, guidance=args.guidance,
-        seed=args.seed, batch_size=args.batch_size, store_dtype=args.store_dtype, save_images=not args.no_images,
-        holdout=args.holdout, load=_load_options(args), progress=not args.quiet,
-    )
-    path = run_capture(cfg)
+    path = run_capture(capture_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
-        from difflens.store import ActivationStore
-
         print(ActivationStore.open(path).describe())
     return 0
+

@@ -15,6 +15,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,23 +31,40 @@ class CaptureConfig:
     """Settings of one capture. None = the model's default."""
 
     out: str
+    """store folder; rerunning the same capture resumes it (in-memory captures leave it empty)"""
     model: str = "embedded"
-    sites: list[str] | None = None  # names or globs ("double.*.img.out"); None: the model's default sites
-    steps_to_record: list[int] | str | None = None  # 0-based denoising steps, or "all"; None: [0]
-    prompts: str = "world"  # "world" (the shapes world's captions) or a text file, one prompt per line
-    n_images: int | None = None  # default: the file's line count, or 256 world prompts
+    """model name: embedded, embedded-tiny, embedded:PATH, flux-schnell, flux-dev, flux:ID_OR_PATH, sdxl-turbo,
+    sdxl, sdxl:ID_OR_PATH, flux-tiny, sdxl-tiny"""
+    sites: list[str] | None = None
+    """comma-separated site names or globs, e.g. 'double.*.img.out'; None: the model's main sites"""
+    steps_to_record: list[int] | str | None = None
+    """0-based denoising steps to record, e.g. 0 or 0,3,7, or all; None: step 0"""
+    prompts: str = "world"
+    """'world' (captions of the shapes world) or a text file with one prompt per line"""
+    n_images: int | None = None
+    """number of images; None: the prompt file's line count, or 256 world prompts"""
     resolution: int | None = None
+    """image size in px; None: the model's"""
     num_steps: int | None = None
+    """denoising steps; None: the model's"""
     guidance: float | None = None
-    seed: int = 0  # image i gets seed + i; world prompts are drawn with this seed
-    batch_size: int = 8  # images per chunk (one generation batch, one shard per site and step)
-    store_dtype: str | None = None  # "float16" | "bfloat16"; default: the model's (bfloat16 for FLUX)
-    save_images: bool = True
-    # fraction of images held out of training, recorded in store.json at finalize (split seed 0; not a
-    # capture setting: a rerun may change it, and `difflens cache split` re-splits a finished store)
+    """guidance scale; None: the model's"""
+    seed: int = 0
+    """image i gets seed + i; world prompts are drawn with this seed"""
+    batch_size: int = 8
+    """images per chunk: one generation batch, one shard per site and step"""
+    store_dtype: Literal["float16", "bfloat16"] | None = None
+    """stored row dtype; None: the model's (bfloat16 for FLUX)"""
+    save_images: bool = field(default=True, metadata={"aliases": ["--images"]})
+    """save the generated images in the store"""
     holdout: float = 0.1
+    """fraction of images held out of training, chosen by image (0: no split); recorded in store.json at
+    finalize with split seed 0, so not a capture setting: a rerun may change it, and `difflens cache split`
+    re-splits a finished store"""
     load: LoadOptions = field(default_factory=LoadOptions)
+    """how the model is loaded (dtype, device, CPU offload, quantization)"""
     progress: bool = True
+    """show a progress bar"""
 
     def validate(self) -> None:
         if self.batch_size < 1:

@@ -16,7 +16,8 @@ coefficient matrix.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +34,20 @@ class ITDAConfig:
     """ITDA hyper-parameters (defaults: the FLUX paper's double-block setting)."""
 
     k: int = 32
+    """atoms per token (gradient-pursuit iterations)"""
     threshold: float = 0.3
+    """per-token relative loss above which a token joins the dictionary"""
     max_atoms: int = 65536
+    """dictionary size cap"""
     max_add_per_batch: int | None = 512
+    """atoms added per batch at most (none: no cap)"""
     prune_cos: float | None = 0.8
-    normalization: str = "pca"
+    """skip candidates this close (cosine) to an atom (none: keep near-duplicates)"""
+    normalization: Literal["none", "standardise", "pca"] = "pca"
+    """input normalisation fitted on the training data: none, standardise or pca (whitening)"""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(ITDAConfig)}
 
 
 def gradient_pursuit(x_BD: Tensor, atoms_FD: Tensor, k: int) -> SparseCodes:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save as safetensors_bytes
-from torch import Tensor
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from .io import fold_normalizer

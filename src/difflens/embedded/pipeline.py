@@ -8,7 +8,6 @@ is called with FluxPipeline's keyword arguments, so hooks on its blocks see FLUX
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -173,5 +173,6 @@ def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sit
                                ("fvu_input_space", f"FVU ({INPUT_SPACE[dictionary.normalizer.kind]} space)")):
             series = {s: ([r["step"] for r in rows if r["site"] == s], [r[metric] for r in rows if r["site"] == s])
                       for s in dict.fromkeys(r["site"] for r in rows)}
-            plots.lines(series, "denoising step", ylabel, label, Path(out_dir) / f"steps_{metric}.png")
+            plots.lines(series, "denoising step", ylabel, label, Path(out_dir) / f"steps_{metric}.png",
+                        hline=(1.0, "FVU 1: no better than the mean"))
     return rows

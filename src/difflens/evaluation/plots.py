@@ -43,21 +43,26 @@ def spectrum(variances: np.ndarray, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str, path: Path, logx: bool = False) -> Path:
-    return panels([(series, xlabel, ylabel, title)], path, logx)
+def lines(series: dict[str, tuple[list, list]], xlabel: str, ylabel: str, title: str, path: Path, logx: bool = False,
+          hline: tuple[float, str] | None = None) -> Path:
+    return panels([(series, xlabel, ylabel, title)], path, logx, hline)
 
 
-def panels(specs: list[tuple[dict, str, str, str]], path: Path, logx: bool = False) -> Path:
-    """Side-by-side line plots, one per (series, xlabel, ylabel, title); each series maps label -> (xs, ys)."""
+def panels(specs: list[tuple[dict, str, str, str]], path: Path, logx: bool = False,
+           hline: tuple[float, str] | None = None) -> Path:
+    """Side-by-side line plots, one per (series, xlabel, ylabel, title); each series maps label -> (xs, ys).
+    ``hline`` = (y, label) draws a dashed reference line (e.g. FVU 1: no better than the mean)."""
     fig, axes = plt.subplots(1, len(specs), figsize=(5.2 * len(specs), 3.9), squeeze=False)
     for ax, (series, xlabel, ylabel, title) in zip(axes[0], specs):
         for label, (xs, ys) in series.items():
             ax.plot(xs, ys, marker="o", label=label)
         if logx:
             ax.set_xscale("log", base=2)
+        if hline is not None:
+            ax.axhline(hline[0], color="gray", linestyle="--", linewidth=1, label=hline[1])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
-        if len(series) > 1:
+        if len(series) > 1 or hline is not None:
             ax.legend(fontsize=8)
     return _save(fig, path)

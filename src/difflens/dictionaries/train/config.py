@@ -68,21 +68,9 @@ class SAETrainConfig:
 
 
 @dataclass
-class ITDATrainConfig:
+class ITDATrainConfig(ITDAConfig):
     """An ITDA dictionary (atoms chosen from the data, codes by gradient pursuit) and its one pass over the data."""
 
-    k: int = 32
-    """atoms per token (gradient-pursuit iterations)"""
-    threshold: float = 0.3
-    """per-token relative loss above which a token joins the dictionary"""
-    max_atoms: int = 65536
-    """dictionary size cap"""
-    max_add_per_batch: int | None = 512
-    """atoms added per batch at most (none: no cap)"""
-    prune_cos: float | None = 0.8
-    """skip candidates this close (cosine) to an atom (none: keep near-duplicates)"""
-    normalization: Normalization = "pca"
-    """input normalisation fitted on the training data: none, standardise or pca (whitening)"""
     batch_size: int = 4096
     """tokens per batch"""
     num_tokens: int = field(default=1_000_000, metadata={"aliases": ["--tokens"]})
@@ -91,9 +79,7 @@ class ITDATrainConfig:
     """data-order seed"""
 
     def architecture(self) -> ITDAConfig:
-        return ITDAConfig(k=self.k, threshold=self.threshold, max_atoms=self.max_atoms,
-                          max_add_per_batch=self.max_add_per_batch, prune_cos=self.prune_cos,
-                          normalization=self.normalization)
+        return ITDAConfig(**ITDAConfig.to_dict(self))
 
     def validate(self) -> None:
         bad = [f"{k}={v}" for k, v in {"k": self.k, "batch_size": self.batch_size, "num_tokens": self.num_tokens,

@@ -18,9 +18,9 @@ from ..base import check_activations
 from ..checkpoint import set_rng_state
 from ..io import save_dictionary
 from ..itda import ITDA, PROVENANCE_KEYS, relative_loss
-from .config import ITDATrainConfig, RunConfig, job_settings
-from .data import batch_stream, fit_normalizer, resolve_data
-from .job import Job
+from .config import ITDATrainConfig, RunConfig
+from .data import batch_stream, resolve_data
+from .job import start_job
 
 StepCallback = Callable[[int, ITDA, dict], "bool | None"]
 
@@ -38,13 +38,10 @@ def train_itda(source, cfg: ITDATrainConfig | None = None, run: RunConfig | None
     arch = cfg.architecture()
     total_steps = max(1, math.ceil(cfg.num_tokens / cfg.batch_size))
 
-    job = Job(job_settings("itda", cfg, run), run, data, total_steps)
-    done_before = job.finished()
-    if done_before is not None:
-        return done_before
-    restored = job.restore()
-    normalizer = job.normalizer(restored, lambda: fit_normalizer(reader, arch.normalization, run.norm_fit_tokens,
-                                                                 run.min_tokens_per_dim, cfg.seed))
+    job, finished, restored, normalizer = start_job("itda", cfg, run, data, total_steps, arch.normalization,
+                                                     cfg.seed)
+    if finished is not None:
+        return finished
     itda = ITDA(reader.dim, arch, normalizer=normalizer).to(device)
     done = epoch = batch_idx = 0
     if restored is not None:
@@ -53,6 +50,7 @@ def train_itda(source, cfg: ITDATrainConfig | None = None, run: RunConfig | None
         set_rng_state(tensors)
         done, epoch, batch_idx = info["step"], info["epoch"], info["next_batch"]
     meta = {**data.origin(), "method": "itda", "train": asdict(cfg), "job": job.identity()}
+    itda.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store
     job.open_log(done, data.site or "itda", meta)
     stream = batch_stream(reader, min(cfg.batch_size, reader.num_rows), cfg.seed, epoch, batch_idx)
     stats: dict = {}

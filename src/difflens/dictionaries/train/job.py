@@ -48,6 +48,24 @@ def differences(saved: dict, current: dict) -> list[str]:
             for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
+def start_job(method: str, cfg, run: RunConfig, data: TrainingData, total_steps: int, normalization: str, seed: int):
+    """Open the job's folder: (job, its finished dictionary or None, the checkpoint to resume or None, normaliser).
+
+    The normaliser is the resumed job's, or a fresh fit on the training data (saved beside the checkpoints).
+    """
+    from .config import job_settings
+    from .data import fit_normalizer
+
+    job = Job(job_settings(method, cfg, run), run, data, total_steps)
+    finished = job.finished()
+    if finished is not None:
+        return job, finished, None, finished.normalizer
+    restored = job.restore()
+    normalizer = job.normalizer(restored, lambda: fit_normalizer(data.reader, normalization, run.norm_fit_tokens,
+                                                                 run.min_tokens_per_dim, seed))
+    return job, None, restored, normalizer
+
+
 class Job:
     """Folder, resume check, checkpoints and logging of one training run (``run.out`` None: in memory)."""
 

@@ -32,9 +32,9 @@ from ..checkpoint import load_optimizer_tensors, optimizer_tensors, set_rng_stat
 from ..io import save_dictionary
 from ..sparse_ops import sparse_decode
 from ..topk_sae import TopKSAE
-from .config import RunConfig, SAETrainConfig, job_settings
-from .data import batch_stream, fit_normalizer, resolve_data
-from .job import Job
+from .config import RunConfig, SAETrainConfig
+from .data import batch_stream, resolve_data
+from .job import start_job
 
 # Seconds to sleep after each step: lets the crash-safety test kill a run mid-way.
 _THROTTLE_S = float(os.environ.get("DIFFLENS_TRAIN_THROTTLE_S", "0"))
@@ -61,13 +61,10 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
     arch = cfg.architecture(reader.dim)
     total_steps = max(1, math.ceil(cfg.num_tokens / cfg.batch_size))
 
-    job = Job(job_settings("sae", cfg, run), run, data, total_steps)
-    done_before = job.finished()
-    if done_before is not None:
-        return done_before
-    restored = job.restore()
-    normalizer = job.normalizer(restored, lambda: fit_normalizer(reader, arch.normalization, run.norm_fit_tokens,
-                                                                 run.min_tokens_per_dim, cfg.seed))
+    job, finished, restored, normalizer = start_job("sae", cfg, run, data, total_steps, arch.normalization,
+                                                     cfg.seed)
+    if finished is not None:
+        return finished
     sae = TopKSAE(reader.dim, arch, normalizer=normalizer, seed=cfg.seed).to(device)
     state = SAEState.create(sae, cfg)
     epoch = batch_idx = 0
@@ -77,6 +74,7 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
         set_rng_state(tensors)
         state.step, epoch, batch_idx = info["step"], info["epoch"], info["next_batch"]
     meta = {**data.origin(), "method": "sae", "sae": arch.to_dict(), "train": asdict(cfg), "job": job.identity()}
+    sae.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store
     job.open_log(state.step, data.site or "sae", meta)
 
     weights_D = (normalizer.scale.to(device).pow(2) if cfg.loss_space == "residual" else None)
