@@ -138,3 +138,17 @@ def test_export_cli_writes_a_saelens_folder_that_reconstructs_like_difflens(spli
     top = pre.topk(4, dim=-1)
     codes = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
     torch.testing.assert_close(codes @ w["W_dec"] + w["b_dec"], sae.reconstruct(x)[0], rtol=1e-3, atol=1e-3)
+
+
+def test_cli_trains_on_train_split_and_evaluates_held_out_and_across_steps(split_store, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(["train", "--store", str(split_store), "--site", SITE, "--step", "0", "--out", str(run),
+                     "--num-latents", "64", "--k", "4", "--num-tokens", "1280", "--batch-size", "128", "--quiet"]) == 0
+    assert cli_main(["eval", "--run", str(run)]) == 0  # no --store: the dictionary's own, held-out split
+    out = capsys.readouterr().out
+    assert "split: held-out" in out and "in-sample" not in out
+    assert cli_main(["eval", "--run", str(run), "--steps", "all", "--out", str(tmp_path / "m.json")]) == 0
+    rows = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert [(r["step"], r["split"]) for r in rows] == [(0, "held-out"), (1, "held-out")]
+    assert rows[1]["fvu_residual"] > rows[0]["fvu_residual"]  # step 1's rows are scaled: the SAE does not transfer
+    assert (tmp_path / f"steps_{SITE}" / "steps_fvu_residual.png").stat().st_size > 1000

@@ -46,7 +46,6 @@ def make_site_store(root: Path, sites: dict[str, torch.Tensor], steps=(0,), n_to
     ids = list(range(n_images))
     rows = {}
     for site, acts in sites.items():
-        stream = "image" if ".img." in site else "text"
         for st in steps:
             rows[(site, st)] = ChunkRows(acts * (1 + st), np.repeat(ids, n_tok), np.tile(np.arange(n_tok), n_images))
     w.write_chunk(0, ids, None, rows)

@@ -6,7 +6,6 @@ rest from the small command dataclasses below, so the CLI and the Python API sha
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass

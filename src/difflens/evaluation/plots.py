@@ -58,6 +58,9 @@ def panels(specs: list[tuple[dict, str, str, str]], path: Path, logx: bool = Fal
             ax.plot(xs, ys, marker="o", label=label)
         if logx:
             ax.set_xscale("log", base=2)
+            ticks = sorted({x for xs, _ in series.values() for x in xs})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
         if hline is not None:
             ax.axhline(hline[0], color="gray", linestyle="--", linewidth=1, label=hline[1])
         ax.set_xlabel(xlabel)
