@@ -16,7 +16,6 @@ import torch
 from ...distributed import launched_world_size, pick_device
 from ..base import check_activations
 from ..checkpoint import set_rng_state
-from ..io import save_dictionary
 from ..itda import ITDA, PROVENANCE_KEYS, relative_loss
 from .config import ITDATrainConfig, RunConfig
 from .data import batch_stream, resolve_data
@@ -74,8 +73,7 @@ def train_itda(source, cfg: ITDATrainConfig | None = None, run: RunConfig | None
             break
     job.close_log()
     itda.meta = {**meta, "steps": done, "tokens": done * cfg.batch_size, "final": stats, "seconds": job.seconds()}
-    if job.folder is not None:
-        save_dictionary(itda, job.folder)
+    job.save(itda, done)
     return itda
 
 

@@ -20,10 +20,10 @@ import torch
 from ...distributed import rank_and_world
 from ...progress import progress
 from ..checkpoint import load_latest, save_checkpoint
-from ..io import load_normalizer, save_normalizer
+from ..io import load_normalizer, save_dictionary, save_normalizer
 from ..normalization import Normalizer
-from .config import RunConfig
-from .data import TrainingData
+from .config import RunConfig, job_settings
+from .data import TrainingData, fit_normalizer
 
 STORE_KEYS = ("model", "weights", "prompts_hash", "n_images")
 
@@ -53,9 +53,6 @@ def start_job(method: str, cfg, run: RunConfig, data: TrainingData, total_steps:
 
     The normaliser is the resumed job's, or a fresh fit on the training data (saved beside the checkpoints).
     """
-    from .config import job_settings
-    from .data import fit_normalizer
-
     job = Job(job_settings(method, cfg, run), run, data, total_steps)
     finished = job.finished()
     if finished is not None:
@@ -200,6 +197,14 @@ class Job:
             self._bar.close()
         if self._backend is not None:
             (getattr(self._backend, "close", None) or self._backend.finish)()
+
+    def save(self, dictionary, steps_done: int) -> None:
+        """Write the finished (or stopped) dictionary; a completed job's checkpoints are then no longer needed."""
+        if self.folder is None or self.rank != 0:
+            return
+        save_dictionary(dictionary, self.folder)
+        if steps_done >= self.total_steps:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started

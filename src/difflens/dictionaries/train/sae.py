@@ -29,7 +29,6 @@ import torch.distributed as dist
 from ...distributed import init_from_env, pick_device, rank_and_world
 from ..base import check_activations
 from ..checkpoint import load_optimizer_tensors, optimizer_tensors, set_rng_state
-from ..io import save_dictionary
 from ..sparse_ops import sparse_decode
 from ..topk_sae import TopKSAE
 from .config import RunConfig, SAETrainConfig
@@ -100,8 +99,7 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
             time.sleep(_THROTTLE_S)
     job.close_log()
     sae.meta = {**meta, "steps": state.step, "tokens": state.step * cfg.batch_size, "final": stats, "seconds": job.seconds()}
-    if job.folder is not None and rank == 0:
-        save_dictionary(sae, job.folder)
+    job.save(sae, state.step)
     return sae
 
 
