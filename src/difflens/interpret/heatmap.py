@@ -1,0 +1,41 @@
+"""A latent's token activations painted over the image in blue (the FLUX paper's feature visualisation).
+
+Token (row, col) of a grid_h × grid_w map covers the pixel block rows [row·H/grid_h, (row+1)·H/grid_h) and
+columns [col·W/grid_w, (col+1)·W/grid_w); the map is upsampled by repeating each token over its block.
+Opacity is α = √(a / a_max) (clipped to [0, 1]), so weak activations stay visible, with a_max the latent's
+maximum over the index (the same scale on every image of a card).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BLUE = np.array([30.0, 90.0, 255.0])
+
+
+def upsample_map(map_HW: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Token map (grid_h, grid_w) -> pixel map (height, width) by blocks; the image must be a whole number of blocks."""
+    grid = np.asarray(map_HW.detach().cpu() if isinstance(map_HW, torch.Tensor) else map_HW, dtype=np.float32)
+    if grid.ndim != 2:
+        raise ValueError(f"an activation map must be (grid_h, grid_w), got shape {grid.shape}")
+    gh, gw = grid.shape
+    if height % gh or width % gw:
+        raise ValueError(f"a {height}x{width} image is not a whole number of {gh}x{gw} token blocks")
+    return np.repeat(np.repeat(grid, height // gh, axis=0), width // gw, axis=1)
+
+
+def paint(image_HWC: np.ndarray, map_HW, max_activation: float, strength: float = 0.85) -> np.ndarray:
+    """uint8 image with the map painted in blue: α = strength · √(clip(a / max_activation, 0, 1))."""
+    image = np.asarray(image_HWC, dtype=np.float32)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
+    pixels = upsample_map(map_HW, image.shape[0], image.shape[1])
+    scale = float(max_activation) if max_activation and max_activation > 0 else 1.0
+    alpha = strength * np.sqrt(np.clip(pixels / scale, 0.0, 1.0))[..., None]
+    return np.clip((1 - alpha) * image + alpha * BLUE, 0, 255).round().astype(np.uint8)
+
+
+def enlarge(image_HWC: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement, so a 64 px image reads well on a card."""
+    return np.repeat(np.repeat(np.asarray(image_HWC), factor, axis=0), factor, axis=1)
