@@ -136,3 +136,38 @@ def evaluate_steps(dictionary, source=None, **options: Any) -> list[dict]:
     from difflens.evaluation.analyses import across_steps
 
     return across_steps(dictionary, source, **options)
+
+
+def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None = None, **settings: Any):
+    """Index every latent of ``dictionary`` on its site's rows (default: its own store and step): frequency per
+    step, max/mean activation, histogram, top images, quantile samples. settings: IndexConfig fields
+    (top_n, samples, split, ...), plus device and progress. ``out`` writes (and resumes) an index folder."""
+    from difflens.interpret.index import IndexConfig, build_feature_index
+
+    options = {k: settings.pop(k) for k in ("device", "progress") if k in settings}
+    (cfg,) = _split_settings(settings, IndexConfig)
+    return build_feature_index(dictionary, source, steps=steps, out=None if out is None else str(out),
+                               config=IndexConfig(**cfg), **{"progress": False, **options})
+
+
+def load_index(path: str | Path):
+    """A feature index folder written by :func:`feature_index` or `difflens features build`."""
+    from difflens.interpret.index import FeatureIndex
+
+    return FeatureIndex.load(path)
+
+
+def feature_card(index, latent: int, out: str | Path | None = None, n_images: int = 8):
+    """One latent's card (top images with its activation in blue, histogram, frequency by step); PNG if ``out``."""
+    from difflens.interpret.cards import feature_card as _card
+
+    return _card(index, latent, out, n_images)
+
+
+def autointerp(index, out: str | Path | None = None, vlm=None, **settings: Any) -> dict:
+    """Explain latents and score the explanations on held-out images. settings: AutointerpConfig fields
+    (backend "oracle" | "openai", features, explain_images, ...); ``vlm``: a VLMConfig for the openai backend."""
+    from difflens.interpret.autointerp import AutointerpConfig, run_autointerp
+
+    (cfg,) = _split_settings(settings, AutointerpConfig)
+    return run_autointerp(index, AutointerpConfig(**cfg), out, vlm)

@@ -15,6 +15,7 @@ _AREAS = [
     "difflens.capture.cli",  # sites, cache, cache info
     "difflens.dictionaries.cli",  # train, export
     "difflens.evaluation.cli",  # eval, analyze
+    "difflens.interpret.cli",  # features build|show|truth, autointerp
     "difflens.demo",  # demo
 ]
 

@@ -69,3 +69,17 @@ def panels(specs: list[tuple[dict, str, str, str]], path: Path, logx: bool = Fal
         if len(series) > 1 or hline is not None:
             ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def histograms(series: dict[str, list[float]], xlabel: str, ylabel: str, title: str, path: Path,
+               bins: np.ndarray | None = None) -> Path:
+    """Overlaid step histograms, one per named series (e.g. autointerp scores of SAE, ITDA, neurons)."""
+    bins = np.linspace(0, 1, 21) if bins is None else bins
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, values in series.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.8, label=f"{label} (n={len(values)})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,296 @@
+"""Token-level ground truth of the embedded shapes world, read by the oracle from each stored *generated* image.
+
+Every token of an image-stream site covers one block of pixels (the embedded model: a 16×16 grid over 64 px,
+so 4×4 pixels). A token belongs to an object when at least half of its pixel block lies inside the oracle's
+mask of that object (the object covering the larger share wins a tie); every other token is background.
+Labels are what the oracle reads from the generated pixels, not what the prompt asked for.
+
+Concepts (a fixed, bounded list; those with fewer than ``MIN_POSITIVE_TOKENS`` positive tokens in a store are
+dropped; a token can carry many):
+
+    bg:<white|black|gray>        background token of an image with that background colour
+    part:background|object       any background / any object token
+    part:edge | part:interior    object token with some / none of its 4 neighbours outside the object
+                                 (the image border counts as outside)
+    color:<c>  shape:<s>  size:<s>  cell:<top-left..bottom-right>  row:<top|middle|bottom>  col:<left|center|right>
+                                 object token whose object has that attribute (row/col: of its 3×3 grid cell)
+    side:<above|below|left|right>  background token whose 4-neighbour on the other side is an object token:
+                                 side:below = the token just below an object (its upper neighbour is the object)
+    near:<side>:<c>              the same, the object being of colour c
+    pair:<c>&<s>  pair:<c>&<size>  pair:<s>&<size>  pair:<c>&<row>-row  pair:<c>&<col>-col
+    pair:<s>&<row>-row  pair:<s>&<col>-col
+                                 conjunctions of two attributes of the token's object (pair:red&square,
+                                 pair:red&left-col, ...), so a latent that splits a concept can still be named
+
+`token_labels(store)` reads every image once and caches the result in ``<store>/labels/labels-<h>x<w>.safetensors``
+(written atomically; bit-packed labels plus the concept names, the grid and each image's reading in its metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from difflens.atomic import atomic_write_bytes
+from difflens.world.oracle import SceneReading, read_image
+from difflens.world.scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+
+LABELS_VERSION = 1  # bump when the rule or the concept list changes: cached labels of another version are rebuilt
+MIN_POSITIVE_TOKENS = 8  # a concept with fewer positive tokens in the whole store is dropped
+OWNERSHIP_FRACTION = 0.5  # share of a token's pixel block inside an object's mask that makes it an object token
+LABELS_DIR = "labels"
+
+ROWS = ("top", "middle", "bottom")
+COLS = ("left", "center", "right")
+# side name -> (dr, dc) of the neighbour that must be an object token: "below" = the object is just above the token
+SIDES = {"above": (1, 0), "below": (-1, 0), "left": (0, 1), "right": (0, -1)}
+
+
+def _cell_name(position: str) -> str:
+    return position.replace(" ", "-")
+
+
+def all_concepts() -> list[str]:
+    """Every concept the labeller knows, in a fixed order (general ones first, conjunctions last)."""
+    names = [f"bg:{b}" for b in BACKGROUNDS]
+    names += ["part:background", "part:object", "part:edge", "part:interior"]
+    names += [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in SHAPES] + [f"size:{s}" for s in SIZES]
+    names += [f"cell:{_cell_name(p)}" for p in POSITIONS] + [f"row:{r}" for r in ROWS] + [f"col:{c}" for c in COLS]
+    names += [f"side:{s}" for s in SIDES] + [f"near:{s}:{c}" for s in SIDES for c in COLORS]
+    names += [f"pair:{c}&{s}" for c in COLORS for s in SHAPES]
+    names += [f"pair:{c}&{z}" for c in COLORS for z in SIZES]
+    names += [f"pair:{s}&{z}" for s in SHAPES for z in SIZES]
+    names += [f"pair:{c}&{r}-row" for c in COLORS for r in ROWS]
+    names += [f"pair:{c}&{k}-col" for c in COLORS for k in COLS]
+    names += [f"pair:{s}&{r}-row" for s in SHAPES for r in ROWS]
+    names += [f"pair:{s}&{k}-col" for s in SHAPES for k in COLS]
+    return names
+
+
+_ALL = all_concepts()
+_INDEX = {name: i for i, name in enumerate(_ALL)}
+
+
+def object_concepts(color: str, shape: str, size: str, position: str) -> list[str]:
+    """The concepts every token of an object with these attributes carries (not edge/interior)."""
+    row, col = divmod(POSITIONS.index(position), 3)
+    r, k = ROWS[row], COLS[col]
+    return ["part:object", f"color:{color}", f"shape:{shape}", f"size:{size}", f"cell:{_cell_name(position)}",
+            f"row:{r}", f"col:{k}", f"pair:{color}&{shape}", f"pair:{color}&{size}", f"pair:{shape}&{size}",
+            f"pair:{color}&{r}-row", f"pair:{color}&{k}-col", f"pair:{shape}&{r}-row", f"pair:{shape}&{k}-col"]
+
+
+def token_owner(reading: SceneReading, grid: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) int: index of the object owning each token (≥ half its pixel block in the mask), -1 for background."""
+    gh, gw = grid
+    owner = np.full((gh, gw), -1, dtype=np.int64)
+    best = np.zeros((gh, gw))
+    for i, obj in enumerate(reading.objects):
+        H, W = obj.mask.shape
+        if H % gh or W % gw:
+            raise ValueError(f"a {H}×{W} image does not split into a {gh}×{gw} token grid of whole pixel blocks")
+        share = obj.mask.reshape(gh, H // gh, gw, W // gw).mean(axis=(1, 3))
+        take = (share >= OWNERSHIP_FRACTION) & (share > best)
+        owner[take], best[take] = i, share[take]
+    return owner
+
+
+def _neighbour(owner: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """owner of the token at (r + dr, c + dc) for every (r, c); -1 outside the grid."""
+    out = np.full_like(owner, -1)
+    gh, gw = owner.shape
+    out[max(0, -dr): gh - max(0, dr), max(0, -dc): gw - max(0, dc)] = \
+        owner[max(0, dr): gh - max(0, -dr), max(0, dc): gw - max(0, -dc)]
+    return out
+
+
+def reading_token_labels(reading: SceneReading, grid: tuple[int, int]) -> np.ndarray:
+    """Labels of one read image: bool (T, C_all) over `all_concepts()`, T = gh·gw in row-major token order."""
+    gh, gw = grid
+    owner = token_owner(reading, grid)
+    labels = np.zeros((gh, gw, len(_ALL)), dtype=bool)
+    background = owner < 0
+    labels[background, _INDEX[f"bg:{reading.background}"]] = True
+    labels[background, _INDEX["part:background"]] = True
+    neighbours = {side: _neighbour(owner, dr, dc) for side, (dr, dc) in SIDES.items()}
+    for i, obj in enumerate(reading.objects):
+        mine = owner == i
+        for name in object_concepts(obj.color, obj.shape, obj.size, obj.position):
+            labels[mine, _INDEX[name]] = True
+        interior = mine & np.logical_and.reduce([n == i for n in neighbours.values()])
+        labels[interior, _INDEX["part:interior"]] = True
+        labels[mine & ~interior, _INDEX["part:edge"]] = True
+        for side, n in neighbours.items():
+            near = background & (n == i)
+            labels[near, _INDEX[f"side:{side}"]] = True
+            labels[near, _INDEX[f"near:{side}:{obj.color}"]] = True
+    return labels.reshape(gh * gw, len(_ALL))
+
+
+def label_image(image: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, SceneReading]:
+    """(labels bool (T, C_all) over `all_concepts()`, the oracle's reading) of one RGB uint8 image (H, W, 3)."""
+    reading = read_image(image)
+    return reading_token_labels(reading, grid), reading
+
+
+def _reading_json(reading: SceneReading) -> dict:
+    return {"background": reading.background,
+            "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position, "area": o.area,
+                         "centroid": [round(v, 2) for v in o.centroid]} for o in reading.objects]}
+
+
+@dataclass
+class TokenLabels:
+    """Bit-packed boolean labels (n_images, T, C) of every token of every image of a store, indexed by image id.
+
+    `packed` is (n_images, T, ceil(C / 8)) uint8, packed along concepts with little bit order.
+    """
+
+    concepts: list[str]
+    grid: tuple[int, int]
+    packed: np.ndarray
+    readings: list[dict]  # the oracle's reading of each image: {"background", "objects": [{color, shape, ...}]}
+
+    @property
+    def num_images(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.packed.shape[1]
+
+    @property
+    def num_concepts(self) -> int:
+        return len(self.concepts)
+
+    def index(self, concept: str) -> int:
+        try:
+            return self.concepts.index(concept)
+        except ValueError:
+            raise KeyError(f"unknown concept {concept!r} (this store's labels have {len(self.concepts)} concepts)") from None
+
+    def _unpack(self, packed: np.ndarray) -> np.ndarray:
+        return np.unpackbits(packed, axis=-1, count=self.num_concepts, bitorder="little").astype(bool)
+
+    def image(self, image_id: int) -> np.ndarray:
+        """bool (T, C) labels of one image."""
+        return self._unpack(self.packed[int(image_id)])
+
+    def rows(self, image_id, token_index) -> np.ndarray:
+        """bool (B, C) labels of stored rows given their trace (image id and token index, each (B,))."""
+        return self._unpack(self.packed[np.asarray(image_id, dtype=np.int64), np.asarray(token_index, dtype=np.int64)])
+
+    def dense(self, image_ids=None) -> np.ndarray:
+        """bool (n, T, C) labels of `image_ids` (default: every image; n_images·T·C bytes, so mind large stores)."""
+        sel = self.packed if image_ids is None else self.packed[np.asarray(image_ids, dtype=np.int64)]
+        return self._unpack(sel)
+
+    labels_ITC = property(dense)
+
+    def counts(self, image_ids=None) -> np.ndarray:
+        """int64 (C,) positive tokens per concept over `image_ids` (default: every image)."""
+        out = np.zeros(self.num_concepts, dtype=np.int64)
+        ids = np.arange(self.num_images) if image_ids is None else np.asarray(image_ids, dtype=np.int64)
+        for start in range(0, len(ids), 256):
+            out += self.dense(ids[start: start + 256]).sum(axis=(0, 1))
+        return out
+
+    def presence(self, image_ids=None) -> np.ndarray:
+        """bool (n, C): does the concept occur anywhere in each image."""
+        ids = np.arange(self.num_images) if image_ids is None else np.asarray(image_ids, dtype=np.int64)
+        return np.concatenate([self.dense(ids[s: s + 256]).any(axis=1) for s in range(0, len(ids), 256)]
+                              or [np.zeros((0, self.num_concepts), bool)])
+
+
+def concept_of_tokens(labels: TokenLabels, image_id: int) -> dict[str, np.ndarray]:
+    """{concept: bool mask (T,)} of one image, for the concepts present in it (at least one positive token)."""
+    img = labels.image(image_id)
+    return {name: img[:, c].copy() for c, name in enumerate(labels.concepts) if img[:, c].any()}
+
+
+def labels_path(store, grid: tuple[int, int]) -> Path:
+    return Path(store.root) / LABELS_DIR / f"labels-{grid[0]}x{grid[1]}.safetensors"
+
+
+def image_grid(store, site: str | None = None) -> tuple[int, int]:
+    """The token grid of `site` (an image-stream site), or the one grid all the store's image sites share."""
+    from difflens.store import layout
+    from difflens.store.writer import read_json
+
+    grids, streams = set(), {}
+    for s, step in store.entries():
+        if site is not None and s != site:
+            continue
+        m = read_json(layout.entry_dir(store.root, s, step) / layout.SITE_MANIFEST, "site manifest")
+        streams[s] = m["stream"]
+        if m["stream"] == "image" and m.get("grid"):
+            grids.add(tuple(int(g) for g in m["grid"]))
+    if site is not None and site not in streams:
+        raise ValueError(f"{store.root} holds no site {site!r}")
+    if site is not None and streams[site] != "image":
+        raise ValueError(f"site {site!r} is a {streams[site]}-stream site: token labels exist only for image tokens")
+    if not grids:
+        raise ValueError(f"{store.root} holds no image-stream site with a token grid, so its tokens cannot be labelled")
+    if len(grids) > 1:
+        raise ValueError(f"{store.root} has image sites with different token grids {sorted(grids)}: pass grid=")
+    return grids.pop()
+
+
+def _cache_meta(store, grid) -> dict:
+    return {"version": str(LABELS_VERSION), "grid": json.dumps(list(grid)),
+            "n_images": str(store.meta.get("n_images")), "prompts_hash": str(store.meta.get("prompts_hash"))}
+
+
+def _load_cached(path: Path, want: dict) -> TokenLabels | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if any(meta.get(k) != v for k, v in want.items()):
+                return None
+            packed = f.get_tensor("packed")
+    except Exception:  # unreadable or foreign file: rebuild it
+        return None
+    return TokenLabels(json.loads(meta["concepts"]), tuple(json.loads(meta["grid"])), packed, json.loads(meta["readings"]))
+
+
+def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = True) -> TokenLabels:
+    """Labels of every token of every image of `store` (a folder or an opened store), from the oracle's reading of
+    each generated image; built once and cached in ``<store>/labels/`` (rebuilt when the cache does not match)."""
+    from difflens.store.sources import open_store
+
+    if isinstance(store, (str, Path)):
+        store = open_store(store)
+    grid = tuple(int(g) for g in grid) if grid is not None else image_grid(store)
+    path = labels_path(store, grid)
+    want = _cache_meta(store, grid)
+    if cache and path.exists():
+        cached = _load_cached(path, want)
+        if cached is not None:
+            return cached
+    n_images = len(store.prompts())
+    if n_images and not Path(store.image_info(0)["path"]).exists():
+        raise FileNotFoundError(f"{store.root} kept no generated images (captured without --images?): token labels are "
+                                f"read from the images, so recapture with images saved")
+    T = grid[0] * grid[1]
+    full = np.zeros((n_images, T, len(_ALL)), dtype=bool)
+    readings = []
+    for image_id in range(n_images):
+        full[image_id], reading = label_image(store.load_image(image_id), grid)
+        readings.append(_reading_json(reading))
+    keep = full.sum(axis=(0, 1)) >= MIN_POSITIVE_TOKENS
+    concepts = [name for name, k in zip(_ALL, keep) if k]
+    packed = np.packbits(full[:, :, keep], axis=-1, bitorder="little")
+    labels = TokenLabels(concepts, grid, packed, readings)
+    if cache:
+        from safetensors.numpy import save
+
+        meta = {**want, "concepts": json.dumps(concepts), "readings": json.dumps(readings),
+                "ownership_fraction": str(OWNERSHIP_FRACTION), "min_positive_tokens": str(MIN_POSITIVE_TOKENS)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save({"packed": np.ascontiguousarray(packed)}, metadata=meta))
+    return labels
