@@ -52,6 +52,10 @@ class DemoConfig:
     """sweep sizes, as multiples of the width"""
     eval_tokens: int = 12_288
     """held-out evaluation tokens"""
+    autointerp_latents: int = 64
+    """latents per dictionary explained and scored by the oracle autointerp"""
+    card_latents: int = 8
+    """latents of the sae_pca feature-card grid"""
     seed: int = 0
     """seed of the prompts, images and training"""
     device: str = "cpu"
@@ -145,6 +149,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     report["across_steps"] = steps_rows
     sweep_table = format_table(sweep_rows, ["num_latents", "k", "fvu_input_space", "fvu_residual", "dead_fraction"])
     print(sweep_table)
+    interpretation = timed("interpret", lambda: interpret(dictionaries, out, cfg))
     summary = {
         "config": asdict(cfg),
         "site": site,
@@ -154,14 +159,50 @@ def run_demo(cfg: DemoConfig) -> dict:
                           "normalised input space",
         "metrics": rows,
         "analyses": report,
+        "interpretation": interpretation,
         "timings_s": timings,
         "plots": sorted(str(p) for folder in (plots_dir, out / "sweep") for p in folder.glob("*.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "metrics.txt").write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
-                                     f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n")
+                                     f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n"
+                                     f"\ninterpretation\n{interpretation['table']}\n")
     _say(f"done: {out / 'summary.json'}, tables {out / 'metrics.txt'}, plots in {plots_dir} and {out / 'sweep'}")
     return summary
+
+
+def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
+    """Feature index per dictionary (all recorded steps), a card grid, oracle autointerp per method, and the
+    ground-truth match of every latent beside a random floor."""
+    import difflens as dl
+
+    from .evaluation.metrics import format_table
+    from .interpret.autointerp import compare_methods, select_features
+    from .interpret.cards import feature_grid
+    from .interpret.truth import truth_report, write_truth
+
+    rows, summaries = [], {}
+    for name, dictionary in dictionaries.items():
+        if name == "sae_pca_residual_loss":
+            continue
+        folder = out / "dictionaries" / name
+        _say(f"interpreting {name}: feature index, oracle autointerp on {cfg.autointerp_latents} latents, ground truth")
+        index = dl.feature_index(dictionary, steps="all", out=folder / "index", seed=cfg.seed)
+        summary = dl.autointerp(index, features=str(cfg.autointerp_latents), seed=cfg.seed)
+        summaries[name] = summary
+        truth = truth_report(dictionary)
+        write_truth(truth, folder / "truth.json")
+        rows.append({"dictionary": name, "alive": int(index.alive().sum()), "latents": index.num_latents,
+                     "autointerp_mean": summary["mean_score"], "autointerp_median": summary["median_score"],
+                     "explained_share": truth["explained_share"],
+                     "explained_share_random": truth["explained_share_random"]})
+        if name == "sae_pca":
+            feature_grid(index, select_features(index, str(cfg.card_latents), cfg.seed), out / "plots" / "cards_sae_pca.png")
+    compare_methods(summaries, out / "plots" / "autointerp_oracle.png")
+    table = format_table(rows, ["dictionary", "latents", "alive", "autointerp_mean", "autointerp_median",
+                                "explained_share", "explained_share_random"])
+    print(table)
+    return {"rows": rows, "table": table}
 
 
 def register(sub) -> None:

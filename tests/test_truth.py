@@ -1,0 +1,261 @@
+"""Ground truth of the embedded world: token labels from renders of known scenes, metrics with planted answers,
+and the per-latent report end to end on a small synthetic store (a latent that is exactly "red" must be found)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from difflens.dictionaries import NeuronBasis
+from difflens.interpret.labels import (all_concepts, concept_of_tokens, label_image, labels_path, token_labels,
+                                       token_owner)
+from difflens.interpret.truth import (RandomDirections, auroc, auroc_from_counts, best_f1_threshold, f1_score,
+                                      fit_logistic, fit_logistic_newton, scores_at, truth_report, write_truth)
+from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
+from difflens.world import ObjectSpec, Scene, render
+
+torch.set_num_threads(1)
+
+GRID = (16, 16)
+SITE = "double.1.img.out"
+CONCEPTS = all_concepts()
+
+
+def _col(labels_TC: np.ndarray, name: str) -> np.ndarray:
+    return labels_TC[:, CONCEPTS.index(name)].reshape(GRID)
+
+
+def _block(rows, cols) -> np.ndarray:
+    m = np.zeros(GRID, bool)
+    m[rows[0]: rows[1] + 1, cols[0]: cols[1] + 1] = True
+    return m
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# labels from renders of known scenes
+
+def test_labels_of_a_centred_red_square():
+    # a large square at the centre spans pixels 24..39 exactly: token rows and columns 6..9 (4×4 px per token)
+    image, _ = render(Scene("gray", (ObjectSpec("square", "red", "large", "center"),)))
+    labels, reading = label_image(image, GRID)
+    assert labels.shape == (256, len(CONCEPTS))
+    obj = _block((6, 9), (6, 9))
+    for name in ("part:object", "color:red", "shape:square", "size:large", "cell:center", "row:middle", "col:center",
+                 "pair:red&square", "pair:red&large", "pair:red&center-col", "pair:square&middle-row"):
+        assert (_col(labels, name) == obj).all(), name
+    assert (_col(labels, "part:interior") == _block((7, 8), (7, 8))).all()
+    assert (_col(labels, "part:edge") == obj & ~_block((7, 8), (7, 8))).all()
+    assert (_col(labels, "bg:gray") == ~obj).all() and (_col(labels, "part:background") == ~obj).all()
+    assert not _col(labels, "bg:white").any() and not _col(labels, "color:blue").any()
+    # background tokens next to the square, by side; the diagonal corners are on no side
+    sides = {"below": _block((10, 10), (6, 9)), "above": _block((5, 5), (6, 9)),
+             "left": _block((6, 9), (5, 5)), "right": _block((6, 9), (10, 10))}
+    for side, where in sides.items():
+        assert (_col(labels, f"side:{side}") == where).all(), side
+        assert (_col(labels, f"near:{side}:red") == where).all(), side
+        assert not _col(labels, f"near:{side}:yellow").any()
+    assert not labels.reshape(16, 16, -1)[5, 5, CONCEPTS.index("side:above")]
+
+
+def test_labels_of_two_objects_follow_the_half_pixel_rule():
+    scene = Scene("black", (ObjectSpec("circle", "yellow", "small", "top left", (0.7, -0.4)),
+                            ObjectSpec("triangle", "blue", "large", "bottom right", (-0.3, 0.9))))
+    image, masks = render(scene)
+    labels, reading = label_image(image, GRID)
+    # the oracle reads renders exactly (colours snap to the palette), masks included
+    assert [(o.color, o.shape, o.size, o.position) for o in reading.objects] == \
+        [("yellow", "circle", "small", "top left"), ("blue", "triangle", "large", "bottom right")]
+    for o, m in zip(reading.objects, masks):
+        assert (o.mask == m).all()
+    # a token is an object's when at least half of its 4×4 pixel block is inside the object's mask
+    share = [m.reshape(16, 4, 16, 4).mean(axis=(1, 3)) for m in masks]
+    yellow, blue = share[0] >= 0.5, share[1] >= 0.5
+    assert yellow.any() and blue.any() and not (yellow & blue).any()
+    assert (token_owner(reading, GRID) == np.where(yellow, 0, np.where(blue, 1, -1))).all()
+    assert (_col(labels, "color:yellow") == yellow).all() and (_col(labels, "pair:yellow&circle") == yellow).all()
+    assert (_col(labels, "cell:top-left") == yellow).all() and (_col(labels, "pair:yellow&left-col") == yellow).all()
+    assert (_col(labels, "shape:triangle") == blue).all() and (_col(labels, "pair:triangle&bottom-row") == blue).all()
+    assert (_col(labels, "size:small") == yellow).all() and (_col(labels, "size:large") == blue).all()
+    # "just below a yellow object": background tokens whose upper neighbour is a yellow token
+    below_yellow = np.zeros(GRID, bool)
+    below_yellow[1:] = yellow[:-1]
+    below_yellow &= ~(yellow | blue)
+    assert below_yellow.any() and (_col(labels, "near:below:yellow") == below_yellow).all()
+    right_of_blue = np.zeros(GRID, bool)
+    right_of_blue[:, 1:] = blue[:, :-1]
+    right_of_blue &= ~(yellow | blue)
+    assert (_col(labels, "near:right:blue") == right_of_blue).all()
+    # edge: an object token with a 4-neighbour outside the object
+    interior = blue.copy()
+    interior[1:] &= blue[:-1]
+    interior[:-1] &= blue[1:]
+    interior[:, 1:] &= blue[:, :-1]
+    interior[:, :-1] &= blue[:, 1:]
+    interior[[0, -1], :] = interior[:, [0, -1]] = False
+    assert (_col(labels, "part:interior") == interior).all()
+    assert (_col(labels, "part:edge") == (yellow | blue) & ~interior).all()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics with planted answers
+
+def test_auroc_and_f1_helpers():
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.3
+    s = np.round(rng.normal(size=400) + 1.5 * y, 1)  # ties on purpose
+    pairs = (s[y][:, None] > s[~y][None]).mean() + 0.5 * (s[y][:, None] == s[~y][None]).mean()
+    assert auroc(s, y)[0] == pytest.approx(pairs)
+    assert auroc(np.where(y, 2.0, 1.0), y)[0] == 1.0 and np.isnan(auroc(s, np.ones(400, bool))[0])
+    # binned counts (ascending bins) give the same number as the scores they bin
+    bins = np.unique(s)
+    pos = np.array([(s[y] == b).sum() for b in bins])
+    neg = np.array([(s[~y] == b).sum() for b in bins])
+    assert auroc_from_counts(pos[None], neg[None])[0] == pytest.approx(pairs)
+    assert f1_score(5, 10, 5) == pytest.approx(2 * 5 / 15) and f1_score(0, 0, 0) == 0
+    # the best-F1 threshold separates a planted concept exactly, and is measured as such
+    scores = torch.tensor(np.stack([np.where(y, 3.0, 0.0) + rng.random(400) * 0.1, rng.random(400)], 1))
+    labels = torch.tensor(np.stack([y, y], 1))
+    thr, best = best_f1_threshold(scores, labels)
+    assert best[0] == 1.0 and best[1] < 0.7
+    measured = scores_at(scores, labels, thr)
+    assert measured["f1"][0] == 1.0 and measured["precision"][0] == 1.0 and measured["recall"][0] == 1.0
+
+
+def test_logistic_fits_agree():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 2000, 4, generator=g)
+    Y = X[..., 0] + 0.5 * torch.randn(3, 2000, generator=g) > 1.0
+    W1, b1 = fit_logistic(X, Y, max_iter=300)
+    W2, b2 = fit_logistic_newton(X, Y)
+    torch.testing.assert_close(W1.double(), W2.double(), atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(b1.double(), b2.double(), atol=2e-3, rtol=1e-3)
+
+
+def test_random_directions_are_unit_and_topk():
+    base = NeuronBasis(8, k=3)
+    rnd = RandomDirections.like(base, seed=1)
+    assert rnd.num_latents == 8 and rnd.k == 3
+    torch.testing.assert_close(rnd.directions.norm(dim=1), torch.ones(8))
+    x = torch.randn(5, 8)
+    codes = rnd.encode(x)
+    proj = x @ rnd.directions.t()
+    assert codes.values.shape == (5, 3)
+    torch.testing.assert_close(codes.values, proj.topk(3).values.clamp_min(0))
+    assert not torch.equal(RandomDirections.like(base, seed=2).directions, rnd.directions)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# end to end on a synthetic store whose activations encode "red" in dimension 0
+
+DIM = 64
+OTHER = ("green", "blue", "yellow", "purple", "orange")
+
+
+def _scenes(n: int) -> list[Scene]:
+    from difflens.world import POSITIONS, SHAPES
+
+    out = []
+    for i in range(n):
+        color = "red" if i % 2 == 0 else OTHER[i % len(OTHER)]
+        obj = ObjectSpec(SHAPES[i % 4], color, "large", POSITIONS[(3 * i) % 9])
+        out.append(Scene(("white", "black", "gray")[i % 3], (obj,)))
+    return out
+
+
+def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=False):
+    """Rendered scenes as 'generated' images; image-token activations: dim 0 = 4 on red tokens, noise elsewhere."""
+    scenes = _scenes(n_images)
+    w = StoreWriter(root, dtype="float16")
+    w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": f"p{i}", "seed": i} for i in range(n_images)])
+    rng = np.random.default_rng(0)
+    red = CONCEPTS.index("color:red")
+    n_chunks = n_images // per_chunk
+    for c in range(n_chunks):
+        ids = list(range(c * per_chunk, (c + 1) * per_chunk))
+        imgs = np.stack([render(scenes[i])[0] for i in ids])
+        acts = []
+        for img in imgs:
+            is_red = label_image(img, GRID)[0][:, red]
+            a = rng.normal(size=(256, DIM)).astype(np.float32)
+            a[:, 0] = 4.0 * is_red + 0.1 * rng.normal(size=256)
+            acts.append(a)
+        rows = {(SITE, 0): ChunkRows(torch.tensor(np.concatenate(acts)), np.repeat(ids, 256),
+                                     np.tile(np.arange(256), len(ids)))}
+        if text_site:
+            rows[("double.1.txt.out", 0)] = ChunkRows(torch.randn(4 * len(ids), DIM), np.repeat(ids, 4),
+                                                      np.tile(np.arange(4), len(ids)))
+        w.write_chunk(c, ids, imgs if images else None, rows)
+    entries = [EntrySpec(SITE, 0, DIM, "image", 256, GRID)]
+    if text_site:
+        entries.append(EntrySpec("double.1.txt.out", 0, DIM, "text", 4, None))
+    w.finalize(entries, n_chunks, {"model": "synthetic", "n_images": n_images, "prompts_hash": "h"}, holdout=0.25)
+    return ActivationStore.open(root)
+
+
+def _planted_dictionary():
+    d = NeuronBasis(DIM, k=4)  # neuron 0 fires (is in the top 4) on red tokens only
+    d.meta = {"site": SITE, "step": 0}
+    return d
+
+
+def test_token_labels_cache_and_lookup(tmp_path):
+    store = make_world_store(tmp_path)
+    labels = token_labels(store)
+    assert labels.grid == GRID and labels.num_images == 24 and labels.num_tokens == 256
+    assert labels_path(store, GRID).exists()
+    again = token_labels(store)
+    assert again.concepts == labels.concepts and np.array_equal(again.packed, labels.packed)
+    # concepts with too few tokens are dropped: no image here has a small object
+    assert "size:small" not in labels.concepts and "color:red" in labels.concepts
+    first = labels.image(0)
+    want, reading = label_image(store.load_image(0), GRID)
+    assert np.array_equal(first, want[:, [CONCEPTS.index(c) for c in labels.concepts]])
+    assert labels.readings[0]["objects"][0]["color"] == reading.objects[0].color == "red"
+    masks = concept_of_tokens(labels, 0)
+    assert set(masks) == {c for c in labels.concepts if first[:, labels.index(c)].any()}
+    assert np.array_equal(masks["color:red"], first[:, labels.index("color:red")])
+    assert np.array_equal(labels.rows([0, 0], [0, 1]), first[:2])
+    assert labels.dense().shape == (24, 256, labels.num_concepts)
+
+
+def test_labels_refuse_text_sites_and_stores_without_images(tmp_path):
+    store = make_world_store(tmp_path / "a", text_site=True)
+    d = NeuronBasis(DIM, k=4)
+    with pytest.raises(ValueError, match="text-stream"):
+        truth_report(d, store, site="double.1.txt.out", step=0)
+    bare = make_world_store(tmp_path / "b", images=False)
+    with pytest.raises(FileNotFoundError, match="kept no generated images"):
+        token_labels(bare)
+
+
+def test_planted_red_latent_is_found_and_random_directions_are_not(tmp_path):
+    store = make_world_store(tmp_path)
+    report = truth_report(_planted_dictionary(), store, random_seed=0)
+    assert "color:red" in report["concepts"]
+    by_latent = {row["latent"]: row for row in report["latents"]}
+    red = by_latent[0]
+    assert red["concept"] == "color:red"
+    for key in ("f1", "precision", "recall", "auroc", "image_auroc", "iou"):
+        assert red[key] == 1.0, key
+    assert report["coverage"]["color:red"] == 1.0 and report["coverage_latent"]["color:red"] == 0
+    assert report["coverage_random"]["color:red"] < 0.5
+    assert report["probe_ceiling"]["color:red"] > 0.95 and report["coverage_ratio"]["color:red"] >= 0.95
+    assert report["sparse_probing"]["per_concept"]["dictionary"]["1"]["color:red"] == 1.0
+    assert report["sparse_probing"]["per_concept"]["raw"]["1"]["color:red"] == 1.0
+    assert report["sparse_probing"]["per_concept"]["random"]["1"]["color:red"] < 0.5
+    assert report["alive"] == DIM and report["explained_share"] == pytest.approx(1 / DIM)  # only neuron 0 is a concept
+    assert report["explained_share_random"] == 0.0
+    assert report["site"] == SITE and report["step"] == 0 and report["images"] == {"train": 18, "held_out": 6}
+    # the required keys, written atomically as JSON
+    path = write_truth(report, tmp_path / "out" / "truth.json")
+    saved = json.loads(path.read_text())
+    for key in ("dictionary", "site", "step", "alive", "explained_share", "explained_share_random", "coverage",
+                "probe_ceiling", "latents"):
+        assert key in saved
+    assert set(saved["latents"][0]) >= {"latent", "concept", "f1", "precision", "recall", "auroc", "image_auroc", "iou"}
+    # fewer train images: same rule, still found
+    small = truth_report(_planted_dictionary(), store, max_train_images=6)
+    assert small["images"]["train"] == 6 and {r["latent"]: r for r in small["latents"]}[0]["f1"] == 1.0
