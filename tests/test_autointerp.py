@@ -15,7 +15,7 @@ from difflens.interpret.autointerp import AutointerpConfig, example_sets, run_au
 from difflens.store import ChunkRows, EntrySpec, StoreWriter
 from difflens.world import render, sample_scenes
 
-SITE, GRID = "double.0.img.out", (16, 16)
+SITE, TEXT_SITE, GRID = "double.0.img.out", "double.0.txt.out", (16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,11 @@ def planted(tmp_path_factory):
     writer = StoreWriter(root, dtype="float16")
     writer.prepare({"model": "embedded"}, [{"image_id": i, "prompt": s.caption, "seed": i} for i, s in enumerate(scenes)])
     ids = list(range(n))
-    writer.write_chunk(0, ids, images, {(SITE, 0): ChunkRows(acts_BTD.reshape(n * T, D), np.repeat(ids, T),
-                                                               np.tile(np.arange(T), n))})
-    writer.finalize([EntrySpec(SITE, 0, D, "image", T, GRID)], 1,
+    text_BTD = torch.rand(n, 24, D, generator=torch.Generator().manual_seed(0)) - 0.5  # a text site, for its card
+    writer.write_chunk(0, ids, images, {
+        (SITE, 0): ChunkRows(acts_BTD.reshape(n * T, D), np.repeat(ids, T), np.tile(np.arange(T), n)),
+        (TEXT_SITE, 0): ChunkRows(text_BTD.reshape(n * 24, D), np.repeat(ids, 24), np.tile(np.arange(24), n))})
+    writer.finalize([EntrySpec(SITE, 0, D, "image", T, GRID), EntrySpec(TEXT_SITE, 0, D, "text", 24, None)], 1,
                     {"model": "embedded", "n_images": n, "prompts_hash": "planted"}, holdout=0.25)
     neurons = NeuronBasis(D)
     neurons.meta = {"site": SITE, "step": 0, "store": dl.open_store(root).identity(), "split": "train"}
@@ -92,3 +94,72 @@ def test_oracle_backend_refuses_other_models_and_openai_dry_run_sends_nothing(pl
     plan = run_autointerp(index, AutointerpConfig(backend="openai", features="0,1", dry_run=True), tmp_path / "y",
                           vlm_config=VLMConfig(base_url="http://127.0.0.1:9/v1"))
     assert plan["dry_run"]["requests"] == 2 and plan["judge_calls"] > 0
+
+
+def test_autointerp_agrees_with_ground_truth_on_the_planted_latent(planted, tmp_path):
+    from difflens.interpret.autointerp import agreement
+    from difflens.interpret.truth import truth_report
+
+    root, index = planted
+    summary = dl.autointerp(index, out=tmp_path / "ai", features="0,1,2", explain_images=4, test_positives=4)
+    truth = truth_report(index.dictionary, index.store)
+    red = next(r for r in truth["latents"] if r["latent"] == 0)
+    assert red["concept"] == "color:red" and red["f1"] == pytest.approx(1.0)
+    agree = agreement(summary, truth)
+    assert agree["n"] == 3 and agree["named_share"] >= 2 / 3
+
+
+def test_cards_for_an_image_site_and_a_text_site(planted, tmp_path):
+    root, index = planted
+    card = dl.feature_card(index, 0, tmp_path / "red.png")
+    assert card.stat().st_size > 20_000
+    with pytest.raises(ValueError, match="latent 7 does not exist"):
+        dl.feature_card(index, 7, tmp_path / "nope.png")
+    neurons = NeuronBasis(3)
+    neurons.meta = {"site": TEXT_SITE, "step": 0, "store": index.store.identity(), "split": "train"}
+    text_index = dl.feature_index(neurons, root, top_n=4, samples=8)
+    assert dl.feature_card(text_index, 1, tmp_path / "text.png").stat().st_size > 10_000
+
+
+def test_openai_backend_end_to_end_records_failures_and_a_rerun_fills_the_gaps(planted, tmp_path, monkeypatch):
+    """Against a local chat-completions server: explanations, judge scores, a failing latent recorded as failed
+    (not as a low score), and a rerun that sends only the missing calls."""
+    from test_vlm import ChatServer
+
+    from difflens.interpret.vlm import VLMConfig
+
+    _, index = planted
+    broken = {"on": True}
+
+    def respond(i, body):
+        system = body["messages"][0]["content"]
+        system = system if isinstance(system, str) else json.dumps(system)
+        text = json.dumps(body["messages"][1]["content"])
+        if "study one internal feature" in system:
+            return ("ok", json.dumps({"per_image": ["red"], "explanation": "red objects"}))
+        if broken["on"] and "judge/1/" not in text and i % 2:  # some judge calls fail while the server is broken
+            return ("status", 400, {"error": {"message": "bad request"}})
+        return ("ok", json.dumps({"reason": "looks right", "score": 0.9}))
+
+    server = ChatServer(respond)
+    monkeypatch.setenv("DIFFLENS_TEST_KEY", "sk-secret-xyz")
+    vlm = VLMConfig(base_url=server.url, model="test-vlm", api_key_env="DIFFLENS_TEST_KEY", max_retries=1,
+                    retry_base_s=0.01, retry_max_s=0.02, timeout_s=5)
+    try:
+        cfg = AutointerpConfig(backend="openai", features="0,1", explain_images=2, test_positives=2,
+                               negatives_random=1, negatives_other=1, image_size=64)
+        first = run_autointerp(index, cfg, tmp_path / "ai", vlm_config=vlm)
+        assert first["failed"], "the broken server should leave some latent failed"
+        assert all(first["features"][str(k)]["status"] == "failed" for k in first["failed"])
+        calls = len(server.calls)
+        broken["on"] = False
+        second = run_autointerp(index, cfg, tmp_path / "ai", vlm_config=vlm)
+        assert second["failed"] == [] and second["explained"] == 2
+        assert 0 < len(server.calls) - calls < calls  # only the gaps were sent again (the rest came from the cache)
+        red = second["features"]["0"]  # the judge says 0.9 to everything: 0.9 on positives, 1 - 0.9 on negatives
+        assert any(not t["positive"] for t in red["tests"]) and red["score"] == pytest.approx(0.5)
+    finally:
+        server.close()
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert b"sk-secret-xyz" not in path.read_bytes()

@@ -177,7 +177,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .interpret.autointerp import compare_methods, select_features
+    from .interpret.autointerp import agreement, compare_methods, select_features
     from .interpret.cards import feature_grid
     from .interpret.truth import truth_report, write_truth
 
@@ -192,15 +192,19 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
         summaries[name] = summary
         truth = truth_report(dictionary)
         write_truth(truth, folder / "truth.json")
+        agree = agreement(summary, truth)
         rows.append({"dictionary": name, "alive": int(index.alive().sum()), "latents": index.num_latents,
                      "autointerp_mean": summary["mean_score"], "autointerp_median": summary["median_score"],
                      "explained_share": truth["explained_share"],
-                     "explained_share_random": truth["explained_share_random"]})
+                     "explained_share_random": truth["explained_share_random"],
+                     "coverage_mean": truth.get("mean_coverage"), "score_vs_f1_spearman": agree["spearman"],
+                     "names_truth_concept": agree["named_share"]})
         if name == "sae_pca":
             feature_grid(index, select_features(index, str(cfg.card_latents), cfg.seed), out / "plots" / "cards_sae_pca.png")
     compare_methods(summaries, out / "plots" / "autointerp_oracle.png")
     table = format_table(rows, ["dictionary", "latents", "alive", "autointerp_mean", "autointerp_median",
-                                "explained_share", "explained_share_random"])
+                                "explained_share", "explained_share_random", "coverage_mean",
+                                "score_vs_f1_spearman", "names_truth_concept"])
     print(table)
     return {"rows": rows, "table": table}
 

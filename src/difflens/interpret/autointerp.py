@@ -379,6 +379,34 @@ def summarize(records: dict[int, dict], index, cfg: AutointerpConfig) -> dict:
     }
 
 
+def concept_words(concept: str) -> list[str]:
+    """The attribute words of a world concept: 'pair:red&square' -> ['red', 'square'], 'near:below:yellow' ->
+    ['below', 'yellow'], 'bg:gray' -> ['gray', 'background']."""
+    kind, _, rest = concept.partition(":")
+    words = [w for part in rest.replace("&", ":").split(":") for w in part.split("-") if w not in ("row", "col")]
+    return words + (["background"] if kind == "bg" else [])
+
+
+def agreement(summary: dict, truth: dict) -> dict:
+    """How far autointerp agrees with the ground truth: Spearman of judge score vs the latent's best held-out F1,
+    and the share of explanations that name the latent's matched concept (all its attribute words appear)."""
+    from scipy.stats import spearmanr
+
+    by_latent = {int(r["latent"]): r for r in truth["latents"]}
+    pairs, named = [], []
+    for key, record in summary["features"].items():
+        match = by_latent.get(int(key))
+        if record.get("status") != "ok" or match is None or match.get("concept") is None:
+            continue
+        pairs.append((record["score"], match["f1"]))
+        text = json.dumps(record["explanation"]).lower()
+        named.append(all(w in text for w in concept_words(match["concept"])))
+    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:  # rank correlation undefined
+        return {"n": len(pairs), "spearman": None, "named_share": float(np.mean(named)) if named else None}
+    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
+    return {"n": len(pairs), "spearman": float(rho), "named_share": float(np.mean(named))}
+
+
 def compare_methods(summaries: dict[str, dict], out: str | Path) -> dict:
     """Score histograms per method (the paper's Figure 7) and a JSON summary beside the PNG."""
     from difflens.evaluation import plots
