@@ -129,7 +129,7 @@ def feature_grid(index, latents: list[int], out: str | Path | None = None, n_ima
         row[0].text(-0.08, 0.5, f"{latent}\nmax {float(index.max_activation[latent]):.2g}\nfreq {freq:.2%}",
                     transform=row[0].transAxes, ha="right", va="center", fontsize=7)
     fig.suptitle(f"{index.site}: top images per latent (blue: activation)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / max(len(latents), 1) / 1.75))
     return _finish(fig, out)
 
 
