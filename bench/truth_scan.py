@@ -162,7 +162,7 @@ def means(key):
 
 by_site, by_step = means("site"), sorted(means("step"), key=lambda m: m["step"])
 columns = ["site", "step", *METRICS, "alive", "concepts", "wall_s"]
-print(f"\nper (site, step): explained = share of alive latents with held-out F1 >= 0.5 (expl_random: random floor); "
+print("\nper (site, step): explained = share of alive latents with held-out F1 >= 0.5 (expl_random: random floor); "
       "coverage = mean held-out F1 of each concept's best latent (cov_random: floor; probe_ceiling: logistic probe "
       "on the raw activations); named columns: coverage of that concept; fvu_in: held-out FVU (input space)")
 print(format_table(rows, columns))
