@@ -152,3 +152,9 @@ def test_cli_trains_on_train_split_and_evaluates_held_out_and_across_steps(split
     assert [(r["step"], r["split"]) for r in rows] == [(0, "held-out"), (1, "held-out")]
     assert rows[1]["fvu_residual"] > rows[0]["fvu_residual"]  # step 1's rows are scaled: the SAE does not transfer
     assert (tmp_path / f"steps_{SITE}" / "steps_fvu_residual.png").stat().st_size > 1000
+
+
+def test_a_saved_dictionary_knows_its_folder(split_store, tmp_path):
+    sae = dl.train_sae(split_store, SITE, 0, num_tokens=128 * 2, out=tmp_path / "sae", **SMALL)
+    assert sae.path == (tmp_path / "sae").resolve()
+    assert dl.train_sae(split_store, SITE, 0, num_tokens=128 * 2, **SMALL).path is None  # in memory

@@ -111,6 +111,7 @@ def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | Non
         raise ValueError(f"cannot save dictionary of type {type(dictionary).__name__}")
     save_normalizer(dictionary.normalizer, folder)
     atomic_write_json(cfg, folder / "cfg.json")
+    dictionary.path = folder.resolve()  # where it now lives: a feature index built from it records this folder
     return folder
 
 
