@@ -175,3 +175,12 @@ def replace_known(config, **changes: Any):
         raise ValueError(f"unknown {type(config).__name__} field(s) {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(names))}")
     return dataclasses.replace(config, **changes)
+
+
+def add_command(subparsers, name: str, help: str, func, *configs: type, **parser_kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand whose flags are the fields of ``configs`` and whose handler is ``func(args)``."""
+    parser = subparsers.add_parser(name, help=help, **parser_kwargs)
+    if configs:
+        add_config_arguments(parser, *configs)
+    parser.set_defaults(func=func)
+    return parser

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from difflens.configs import add_config_arguments, config_from_args, field_docs, given
+from difflens.configs import add_command, add_config_arguments, config_from_args, field_docs, given
 
 from .pipeline import DEFAULT_STEPS
 
@@ -178,13 +178,8 @@ def register(sub) -> None:
     add_config_arguments(t.add_argument_group("export"), TrainCommand)
     t.set_defaults(func=cmd_train)
 
-    r = wsub.add_parser("render", help="render ground-truth scenes to PNG files")
-    add_config_arguments(r, RenderCommand)
-    r.set_defaults(func=cmd_render)
-
-    q = wsub.add_parser("quality", help="score generations from held-out prompts with the oracle")
-    add_config_arguments(q, QualityCommand)
-    q.set_defaults(func=cmd_quality)
+    add_command(wsub, "render", "render ground-truth scenes to PNG files", cmd_render, RenderCommand)
+    add_command(wsub, "quality", "score generations from held-out prompts with the oracle", cmd_quality, QualityCommand)
 
     s = wsub.add_parser("ship", help="export a training run's EMA weights with a model card (measures quality)")
     s.add_argument("train_dir", help=field_docs(ShipCommand)["train_dir"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from difflens.configs import add_config_arguments, config_from_args
+from difflens.configs import add_command, config_from_args
 
 TABLE = ["site", "step", "split", "kind", "num_latents", "input_space", "loss_space", "fvu_residual",
          "fvu_input_space", "l0", "dead_fraction", "tokens"]
@@ -74,12 +74,10 @@ class AnalyzeCommand:
 
 
 def register(subparsers) -> None:
-    e = subparsers.add_parser("eval", help="FVU (residual and input space), L0 and dead fraction on held-out activations")
-    add_config_arguments(e, EvalCommand)
-    e.set_defaults(func=cmd_eval)
-    a = subparsers.add_parser("analyze", help="residual norms, PCA spectrum, k/size sweep, across layers (JSON + PNG)")
-    add_config_arguments(a, AnalyzeCommand)
-    a.set_defaults(func=cmd_analyze)
+    add_command(subparsers, "eval", "FVU (residual and input space), L0 and dead fraction on held-out activations",
+                cmd_eval, EvalCommand)
+    add_command(subparsers, "analyze", "residual norms, PCA spectrum, k/size sweep, across layers (JSON + PNG)",
+                cmd_analyze, AnalyzeCommand)
 
 
 def dictionary_folders(run: Path) -> list[Path]:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from difflens.configs import add_config_arguments, config_from_args, given
+from difflens.configs import add_command, add_config_arguments, config_from_args, given
 
 
 @dataclass
@@ -74,12 +74,10 @@ def register(subparsers) -> None:
     add_config_arguments(b.add_argument_group("what"), BuildCommand)
     add_config_arguments(b.add_argument_group("index"), IndexConfig)
     b.set_defaults(func=cmd_build)
-    s = fsub.add_parser("show", help="a feature card (top images with heatmaps, histogram, frequency by step)")
-    add_config_arguments(s, ShowCommand)
-    s.set_defaults(func=cmd_show)
-    t = fsub.add_parser("truth", help="match latents to the shapes world's concepts, beside a random floor")
-    add_config_arguments(t, TruthCommand)
-    t.set_defaults(func=cmd_truth)
+    add_command(fsub, "show", "a feature card (top images with heatmaps, histogram, frequency by step)", cmd_show,
+                ShowCommand)
+    add_command(fsub, "truth", "match latents to the shapes world's concepts, beside a random floor", cmd_truth,
+                TruthCommand)
     a = subparsers.add_parser("autointerp", help="explain latents and score the explanations on held-out images")
     add_config_arguments(a.add_argument_group("what"), AutointerpCommand)
     add_config_arguments(a.add_argument_group("autointerp"), AutointerpConfig)
