@@ -110,13 +110,13 @@ def cmd_eval(args) -> int:
         else:
             found = [evaluate(d, cmd.store, step=cmd.step, split=cmd.split, max_tokens=cmd.tokens,
                               batch_size=cmd.batch_size, device=cmd.device)]
-        rows += [{"dictionary": str(folder), **r} for r in found]
+        rows += [{"name": folder.name, "dictionary": str(folder), **r} for r in found]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"fvu_definition": "sum|x-xhat|^2 / sum|x-mean(x)|^2 over the evaluated tokens; "
                                                  "fvu_residual in the captured activations' space, fvu_input_space "
                                                  "in the dictionary's (normalised) input space",
                                "results": rows}, indent=2))
-    print(format_table(rows, TABLE))
+    print(format_table(rows, ["name", *TABLE]))
     for split in sorted({r["split"] for r in rows}):
         print(f"split: {split}" + ("  (in-sample: these rows include training rows)" if any(
             r["in_sample"] for r in rows if r["split"] == split) else ""))
