@@ -126,14 +126,12 @@ def plot_sweep(rows: list[dict], out: Path, site: str, tokens: int) -> None:
 
 
 def across_layers(store_path, run_dir: Path, step: int | None, eval_tokens: int, out_dir: Path) -> list[dict]:
-    """Evaluate every dictionary in ``run_dir`` on its site and plot FVU / dead fraction by depth (figure 8)."""
-    from difflens.store.sources import open_reader
-
+    """Evaluate every dictionary in ``run_dir`` on its site (held-out rows of its own store, as `evaluate`) and plot
+    FVU / dead fraction by depth (figure 8)."""
     rows = []
     for folder in sorted(p for p in Path(run_dir).iterdir() if (p / "cfg.json").exists()):
         d = load_dictionary(folder)
-        reader = open_reader(store_path, folder.name, step)
-        rows.append({"site": folder.name, **evaluate(d, reader, max_tokens=eval_tokens)})
+        rows.append(evaluate(d, store_path, site=d.site or folder.name, step=step, max_tokens=eval_tokens))
     rows.sort(key=lambda r: layer_key(r["site"]))
     for metric in ("fvu_residual", "fvu_input_space", "dead_fraction"):
         by_kind: dict[str, tuple[list, list]] = {}
