@@ -184,3 +184,16 @@ def add_command(subparsers, name: str, help: str, func, *configs: type, **parser
         add_config_arguments(parser, *configs)
     parser.set_defaults(func=func)
     return parser
+
+
+def differences(saved: dict, now: dict, label: str = "saved", prefix: str = "") -> list[str]:
+    """'key: <label> old, now new' for every setting that differs between a recorded job and this one (nested
+    dicts compared key by key), so a refused resume names exactly what changed."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, label, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {label} {a!r}, now {b!r}")
+    return out

@@ -34,7 +34,7 @@ class CapturedActivations:
     def __getitem__(self, key) -> torch.Tensor:
         """``captured[site, step]``, or ``captured[site]`` when one step was recorded."""
         site, step = key if isinstance(key, tuple) else (key, None)
-        from difflens.dictionaries.train.data import pick_entry
+        from difflens.store.sources import pick_entry
 
         return self.acts[pick_entry(self.entries(), site, step, "this capture")]
 

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from difflens.configs import differences
+
 FORMAT = "difflens-feature-index"
 FORMAT_VERSION = 1
 TENSORS_FILE = "index.safetensors"
@@ -131,17 +133,6 @@ def _store_identity(store, site: str, steps: list[int], split: str, rows: dict[i
         held = sorted(int(i) for i in store.holdout["image_ids"])
         ident["held_out"] = hashlib.sha256(json.dumps(held).encode()).hexdigest()[:16]
     return ident
-
-
-def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: index {a!r}, now {b!r}")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -456,7 +447,7 @@ class FeatureIndex:
     def _check_store(self, store) -> None:
         ident = {k: v for k, v in store.identity().items() if k != "path"}
         saved = {k: v for k, v in self.header["store"].items() if k in ident}
-        diff = _differences(saved, ident)
+        diff = differences(saved, ident, "index")
         if diff:
             raise ValueError(f"store {store.root} is not the one this feature index was built on ({'; '.join(diff)})")
 
@@ -474,7 +465,7 @@ class FeatureIndex:
 
     @dictionary.setter
     def dictionary(self, dictionary) -> None:
-        diff = _differences(self.header["dictionary"], _dictionary_identity(dictionary))
+        diff = differences(self.header["dictionary"], _dictionary_identity(dictionary), "index")
         if diff:
             raise ValueError(f"dictionary {getattr(dictionary, 'path', None) or '(in memory)'} is not the one this "
                              f"feature index was built with ({'; '.join(diff)})")
@@ -687,7 +678,7 @@ def _open_source(dictionary, source):
 
 
 def _resolve_steps(store, site: str, steps, dictionary) -> list[int]:
-    from difflens.dictionaries.train.data import pick_entry
+    from difflens.store.sources import pick_entry
 
     where = f"store {store.root}"
     stored = sorted(t for s, t in store.entries() if s == site)
@@ -760,7 +751,7 @@ def build_feature_index(dictionary, source=None, *, steps=None, out=None, config
         saved = FeatureIndex.read_header(folder)
         if saved is not None and resume:
             was = {**{k: saved.get(k) for k in identity}, "config": IndexConfig(**saved["config"]).identity()}
-            diff = _differences(was, identity)
+            diff = differences(was, identity, "index")
             if diff:
                 raise ValueError(f"{folder} holds a feature index of something else ({'; '.join(diff)}); use "
                                  f"another out folder, or resume=False (--no-resume) to overwrite it")

@@ -109,23 +109,31 @@ def open_store(path: str | Path) -> ActivationStore:
     return ActivationStore.open(path)
 
 
+def pick_entry(entries: list[tuple[str, int]], site: str | None, step: int | None, where: str) -> tuple[str, int]:
+    """The (site, step) to use: the given ones, or the only ones stored; errors list what is there."""
+    sites = sorted({s for s, _ in entries})
+    if site is None:
+        if len(sites) != 1:
+            raise ValueError(f"{where} holds sites {', '.join(sites) or 'none'}: choose one with site=... / --site")
+        site = sites[0]
+    steps = sorted({t for s, t in entries if s == site})
+    if not steps:
+        raise ValueError(f"site {site!r} is not in {where}; stored sites: {', '.join(sites) or 'none'}")
+    if step is None:
+        if len(steps) > 1:
+            raise ValueError(f"site {site!r} has steps {steps} in {where}; choose one with step=... / --step")
+        return site, steps[0]
+    if int(step) not in steps:
+        raise ValueError(f"site {site!r} has no step {step} in {where}; stored steps: {steps}")
+    return site, int(step)
+
+
 def resolve_step(path: str | Path, site: str, step: int | None) -> int | None:
-    """The step to use for ``site``: the given one, or the only one stored."""
+    """The step to use for ``site``: the given one, or the only one stored (a tensor file: as given)."""
     path = Path(path)
     if path.is_file():
         return step
-    entries = open_store(path).entries()
-    steps = sorted({s for name, s in entries if name == site})
-    if not steps:
-        sites = sorted({name for name, _ in entries})
-        raise ValueError(f"site {site!r} is not in store {path}; stored sites: {', '.join(sites) or 'none'}")
-    if step is None:
-        if len(steps) > 1:
-            raise ValueError(f"site {site!r} has steps {steps} in {path}; choose one with --step")
-        return steps[0]
-    if step not in steps:
-        raise ValueError(f"site {site!r} has no step {step} in {path}; stored steps: {steps}")
-    return step
+    return pick_entry(open_store(path).entries(), site, step, f"store {path}")[1]
 
 
 def open_reader(path: str | Path, site: str, step: int | None = None, split: str = "all") -> ActivationReader:

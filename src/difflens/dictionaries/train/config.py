@@ -118,5 +118,5 @@ OPERATIONAL = {"out", "resume", "checkpoint_every", "log_every", "device", "logg
 
 def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:
     """The settings a checkpoint is bound to (a resume must match them): method, config, normalisation fit."""
-    settings = {"method": method, **asdict(cfg), **{k: v for k, v in asdict(run).items() if k not in OPERATIONAL}}
+    settings = {"method": method, **asdict(cfg), **asdict(run)}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k not in OPERATIONAL}

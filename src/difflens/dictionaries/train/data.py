@@ -37,25 +37,6 @@ class TrainingData:
         return {"site": self.site, "step": self.step, "store": self.store, "split": self.split, "holdout": self.holdout}
 
 
-def pick_entry(entries: list[tuple[str, int]], site: str | None, step: int | None, where: str) -> tuple[str, int]:
-    """The (site, step) to use: the given ones, or the only ones stored; errors list what is there."""
-    sites = sorted({s for s, _ in entries})
-    if site is None:
-        if len(sites) != 1:
-            raise ValueError(f"{where} holds sites {', '.join(sites) or 'none'}: choose one with site=... / --site")
-        site = sites[0]
-    steps = sorted({t for s, t in entries if s == site})
-    if not steps:
-        raise ValueError(f"site {site!r} is not in {where}; stored sites: {', '.join(sites) or 'none'}")
-    if step is None:
-        if len(steps) > 1:
-            raise ValueError(f"site {site!r} has steps {steps} in {where}; choose one with step=... / --step")
-        return site, steps[0]
-    if int(step) not in steps:
-        raise ValueError(f"site {site!r} has no step {step} in {where}; stored steps: {steps}")
-    return site, int(step)
-
-
 def default_split(store, wanted: str) -> str:
     """'auto' -> 'train' when the store is split by image, else 'all'."""
     if wanted != "auto":
@@ -73,7 +54,7 @@ def split_rule(store) -> dict | None:
 
 def resolve_data(source, site: str | None = None, step: int | None = None, split: str = "auto") -> TrainingData:
     """Turn any supported source into :class:`TrainingData` (see the module docstring)."""
-    from difflens.store.sources import TensorReader, open_store
+    from difflens.store.sources import TensorReader, open_store, pick_entry
 
     if isinstance(source, TrainingData):
         return source

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ...configs import differences
 from ...distributed import rank_and_world
 from ...progress import progress
 from ..checkpoint import load_latest, save_checkpoint
@@ -41,11 +42,6 @@ def normalizer_hash(norm: Normalizer) -> str:
     for t in (norm.mean, norm.scale, norm.rotation):
         h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def differences(saved: dict, current: dict) -> list[str]:
-    return [f"{k}: checkpoint {saved.get(k)!r}, now {current.get(k)!r}"
-            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
 
 
 def start_job(method: str, cfg, run: RunConfig, data: TrainingData, total_steps: int, normalization: str, seed: int):
@@ -110,7 +106,8 @@ class Job:
         if saved is None:
             return None
         info = saved[1]
-        diff = differences(info.get("settings", {}), self.settings) + differences(info.get("data", {}), self.data)
+        diff = (differences(info.get("settings", {}), self.settings, "checkpoint")
+                + differences(info.get("data", {}), self.data, "checkpoint"))
         if diff:
             raise ValueError(f"{self.folder} holds a checkpoint of a different job ({'; '.join(diff)}); "
                              f"rerun with the original settings to resume, use --no-resume (resume=False) to "
