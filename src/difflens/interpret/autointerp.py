@@ -95,8 +95,15 @@ def _silent(index, latent: int, image_id: int, step: int) -> bool:
     return float(index.activation_map(latent, image_id, step).max()) <= 0
 
 
-def example_sets(index, latent: int, cfg: AutointerpConfig, rng: np.random.Generator) -> tuple[list[Example], list[Example]]:
-    """(explainer examples, test examples) for one latent; the two never share an (image, step)."""
+def image_pool(index) -> list[tuple[int, int]]:
+    """Every (image_id, step) of the index's split: where random negatives are drawn from."""
+    return [(int(i), int(s)) for s in index.steps for i in index.store.reader(index.site, s, split=index.split).image_ids()]
+
+
+def example_sets(index, latent: int, cfg: AutointerpConfig, rng: np.random.Generator,
+                 pool: list[tuple[int, int]] | None = None) -> tuple[list[Example], list[Example]]:
+    """(explainer examples, test examples) for one latent; the two never share an (image, step). ``pool``: the
+    index's :func:`image_pool` (computed here when not given; pass it when building sets for many latents)."""
     top = index.top_images(latent)
     explain = [Example(e["image_id"], e["step"], latent, True) for e in top[: cfg.explain_images]]
     seen = {(e.image_id, e.step) for e in explain}
@@ -118,14 +125,14 @@ def example_sets(index, latent: int, cfg: AutointerpConfig, rng: np.random.Gener
         if (e["image_id"], e["step"]) not in seen and e["score"] > 0:
             positives.append(Example(e["image_id"], e["step"], latent, True))
             seen.add((e["image_id"], e["step"]))
-    negatives = _random_negatives(index, latent, cfg.negatives_random, rng, seen)
+    negatives = _random_negatives(index, latent, cfg.negatives_random, rng, seen,
+                                  image_pool(index) if pool is None else pool)
     negatives += _other_negatives(index, latent, cfg.negatives_other, rng, seen)
     return explain, positives + negatives
 
 
-def _random_negatives(index, latent, n, rng, seen) -> list[Example]:
+def _random_negatives(index, latent, n, rng, seen, pool) -> list[Example]:
     out: list[Example] = []
-    pool = [(int(i), int(s)) for s in index.steps for i in index.store.reader(index.site, s, split=index.split).image_ids()]
     for j in rng.permutation(len(pool))[: 20 * n + 20]:
         if len(out) >= n:
             break
@@ -313,11 +320,12 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     done = {int(k): v for k, v in previous.get("features", {}).items() if v.get("status") == "ok"}
     latents = select_features(index, cfg.features, cfg.seed)
+    backend = OracleBackend(index) if cfg.backend == "oracle" else None  # refuses a model that is not the world first
     rng_for = {latent: np.random.default_rng([cfg.seed, latent]) for latent in latents}
-    work = {latent: example_sets(index, latent, cfg, rng_for[latent]) for latent in latents if latent not in done}
+    pool = image_pool(index)
+    work = {latent: example_sets(index, latent, cfg, rng_for[latent], pool) for latent in latents if latent not in done}
     records: dict[int, dict] = dict(done)
-    if cfg.backend == "oracle":
-        backend = OracleBackend(index)
+    if backend is not None:
         for latent, (explain, tests) in work.items():
             explanation = backend.explain(latent, explain)
             records[latent] = _record(latent, explain, tests, explanation, backend.judge(explanation, tests))
