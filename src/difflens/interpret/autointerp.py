@@ -32,6 +32,7 @@ import torch
 from difflens.atomic import atomic_write_json
 
 from .heatmap import enlarge, paint
+from .truth import auroc
 
 ORACLE_NOTE = "oracle backend: a perfect vision model of the shapes world (reads ground truth), not a VLM"
 
@@ -97,7 +98,8 @@ def _silent(index, latent: int, image_id: int, step: int) -> bool:
 
 def image_pool(index) -> list[tuple[int, int]]:
     """Every (image_id, step) of the index's split: where random negatives are drawn from."""
-    return [(int(i), int(s)) for s in index.steps for i in index.store.reader(index.site, s, split=index.split).image_ids()]
+    readers = {s: index.store.reader(index.site, s, split=index.split) for s in index.steps}
+    return [(int(i), int(s)) for s, reader in readers.items() for i in reader.image_ids()]
 
 
 def example_sets(index, latent: int, cfg: AutointerpConfig, rng: np.random.Generator,
@@ -186,15 +188,7 @@ def detection_scores(s_pos: list[float], s_neg: list[float]) -> dict:
     tpr = float((pos >= 0.5).mean()) if pos.size else float("nan")
     tnr = float((neg < 0.5).mean()) if neg.size else float("nan")
     return {"score": float(np.mean(parts)) if parts else float("nan"), "balanced_accuracy": (tpr + tnr) / 2,
-            "auroc": auroc(pos, neg)}
-
-
-def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(s_pos > s_neg) + ½ P(tie): the Mann–Whitney form of the AUROC (nan without both classes)."""
-    if not len(pos) or not len(neg):
-        return float("nan")
-    diff = np.asarray(pos, dtype=float)[:, None] - np.asarray(neg, dtype=float)[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+            "auroc": float(auroc(np.concatenate([pos, neg]), np.arange(pos.size + neg.size) < pos.size)[0])}
 
 
 # ---------------------------------------------------------------------------------------------- oracle backend
