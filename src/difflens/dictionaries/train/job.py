@@ -197,11 +197,11 @@ class Job:
 
     def save(self, dictionary, steps_done: int) -> None:
         """Write the finished (or stopped) dictionary; a completed job's checkpoints are then no longer needed."""
-        if self.folder is None or self.rank != 0:
-            return
-        save_dictionary(dictionary, self.folder)
-        if steps_done >= self.total_steps:
-            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        if self.folder is not None and self.rank == 0:
+            save_dictionary(dictionary, self.folder)
+            if steps_done >= self.total_steps:
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        self._sync()  # every rank returns once the dictionary is on disk
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started

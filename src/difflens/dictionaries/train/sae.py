@@ -51,9 +51,16 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
     cfg, run = cfg or SAETrainConfig(), run or RunConfig()
     cfg.validate()
     data = resolve_data(source, site, step, split)
-    reader = data.reader
     device = pick_device(run.device)
-    init_from_env(str(device), backend="nccl" if device.type == "cuda" else "gloo")
+    ctx = init_from_env(str(device), backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, run, data, device, on_step)
+    finally:
+        ctx.close()  # a torchrun rank that exits with gloo still joined can abort ("terminate called ...")
+
+
+def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_step) -> TopKSAE:
+    reader = data.reader
     rank, world = rank_and_world()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the number of ranks ({world})")
