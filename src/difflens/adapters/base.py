@@ -30,9 +30,10 @@ Hooks
 duration of one generation:
   * `Capture(sites, steps, fn)` calls ``fn(site, step, acts_BTD)`` (read only, so images are
     unchanged bit for bit);
-  * `Intervention(site, vector_D, token_mask_T, steps, scale)` adds ``scale * vector`` to the
-    site's tokens in the mask at the chosen steps (out/update sites: the block's output stream;
-    mlp sites: the MLP hidden). Captures see values after interventions at the same site (and an
+  * `Intervention(site, vector_D, token_mask_T, steps, scale, halves)` adds ``scale * vector`` to
+    the site's tokens in the mask at the chosen steps (out/update sites: the block's output stream;
+    mlp sites: the MLP hidden), on the chosen halves of a CFG batch. Subclasses may compute the
+    addition from the site's value (`Intervention.delta`; steering's latent edits do). Captures see values after interventions at the same site (and an
     out/update pair of one block sees the interventions on both). Interventions are validated
     against the site and the run (width, finiteness, token count, steps) before the model runs.
 """
@@ -73,16 +74,37 @@ class Capture:
     steps: Collection[int] | None = None
 
 
+GUIDANCE_HALVES = ("both", "cond", "contrast")
+
+
+def halves_sign(batch: int, cfg_batch: bool, halves: str) -> torch.Tensor | None:
+    """Per-image factor (B,) that puts an edit on the chosen halves of a [uncond; cond] batch; None = all 1.
+
+    "both": every image; "cond": the conditional half only; "contrast": +1 on the conditional half and -1
+    on the unconditional one (the SDXL-Turbo app's rule). Without a CFG batch every image is conditional.
+    """
+    if not cfg_batch or halves == "both":
+        return None
+    sign = torch.ones(batch)
+    sign[: batch // 2] = 0.0 if halves == "cond" else -1.0
+    return sign
+
+
 @dataclass
 class Intervention:
     """Add `scale * vector_D` to `site` over the tokens where `token_mask_T` is nonzero (None = all),
-    at `steps` (None = all). A float mask weights the addition per token."""
+    at `steps` (None = all). A float mask weights the addition per token. `halves`: which halves of a
+    classifier-free-guidance batch it edits ("both", "cond" or "contrast": +cond, -uncond).
+
+    Subclasses that compute their edit from the site's value (steering's latent edits) override
+    :meth:`delta`; the hook adds the returned delta, so a zero delta leaves the image bit-identical."""
 
     site: str
     vector_D: torch.Tensor
     token_mask_T: torch.Tensor | None = None
     steps: Collection[int] | None = None
     scale: float = 1.0
+    halves: str = "both"
 
     def validate(self, info: SiteInfo, num_steps: int | None = None) -> None:
         """Check the intervention against its site's shape (at the run's resolution) and the run's
@@ -100,6 +122,8 @@ class Intervention:
             raise ValueError(f"{where}: vector has non-finite values (nan or inf)")
         if not math.isfinite(float(self.scale)):
             raise ValueError(f"{where}: scale must be finite, got {self.scale}")
+        if self.halves not in GUIDANCE_HALVES:
+            raise ValueError(f"{where}: halves must be one of {', '.join(GUIDANCE_HALVES)}, got {self.halves!r}")
         m = self.token_mask_T
         if m is not None:
             if not isinstance(m, torch.Tensor) or m.ndim != 1:
@@ -116,16 +140,37 @@ class Intervention:
                 span = f"0..{num_steps - 1}" if num_steps is not None else "0 or more"
                 raise ValueError(f"{where}: steps {sorted(bad)} lie outside this run's steps ({span})")
 
-    def apply(self, acts_BTD: torch.Tensor, step: int) -> torch.Tensor:
-        if self.steps is not None and step not in self.steps:
-            return acts_BTD
-        delta = self.scale * self.vector_D.to(acts_BTD)
+    def active_at(self, step: int) -> bool:
+        return self.steps is None or step in self.steps
+
+    def token_weights(self, acts_BTD: torch.Tensor) -> torch.Tensor | None:
+        """The token mask as (1, T, 1) weights in the activations' dtype (None: every token)."""
         if self.token_mask_T is None:
-            return acts_BTD + delta
+            return None
         mask = self.token_mask_T.to(acts_BTD).reshape(1, -1, 1)
         if mask.shape[1] != acts_BTD.shape[1]:  # validate() catches this first under ModelAdapter.hooked
             raise ValueError(f"intervention mask on {self.site} has {mask.shape[1]} tokens, the site has {acts_BTD.shape[1]}")
-        return acts_BTD + mask * delta
+        return mask
+
+    def delta(self, value_BTD: torch.Tensor, step: int) -> torch.Tensor | None:
+        """What to add to the site, broadcastable to (B, T, D); `value_BTD` is the site's value (the block's
+        update at update sites). None: nothing to add."""
+        delta = (self.scale * self.vector_D.to(value_BTD)).reshape(1, 1, -1)
+        mask = self.token_weights(value_BTD)
+        return delta if mask is None else mask * delta
+
+    def apply(self, acts_BTD: torch.Tensor, step: int, value_BTD: torch.Tensor | None = None,
+              cfg_batch: bool = False) -> torch.Tensor:
+        """`acts_BTD` plus this step's delta on the chosen CFG halves (unchanged when inactive)."""
+        if not self.active_at(step):
+            return acts_BTD
+        delta = self.delta(acts_BTD if value_BTD is None else value_BTD, step)
+        if delta is None:
+            return acts_BTD
+        sign = halves_sign(acts_BTD.shape[0], cfg_batch, self.halves)
+        if sign is not None:
+            delta = delta * sign.to(acts_BTD).reshape(-1, 1, 1)
+        return acts_BTD + delta
 
 
 @dataclass
@@ -148,10 +193,13 @@ class HookPlan:
     def wanted(self) -> set[str]:
         return {s for c in self.captures for s in c.sites} | {i.site for i in self.interventions}
 
-    def intervene(self, site: str, acts_BTD: torch.Tensor) -> torch.Tensor:
+    def intervene(self, site: str, acts_BTD: torch.Tensor, block_input_BTD: torch.Tensor | None = None) -> torch.Tensor:
+        """The site's stream after this step's interventions. `block_input_BTD` (update sites): the block's
+        input, so edits that read the site see the update (output minus input) while adding to the output."""
         for iv in self.interventions:
             if iv.site == site:
-                acts_BTD = iv.apply(acts_BTD, self.step)
+                value = None if block_input_BTD is None else acts_BTD - block_input_BTD
+                acts_BTD = iv.apply(acts_BTD, self.step, value, self.cfg_batch)
         return acts_BTD
 
     def capture(self, site: str, acts_BTD: torch.Tensor) -> None:

@@ -77,7 +77,7 @@ def _block_hook(plan: HookPlan, prefix: str, names: set[str]) -> Callable:
             # out and update are one point of the stream: every intervention there lands before any capture
             for n in here:
                 if plan.intervening(n):  # adding to the update adds to the output
-                    pair[1] = plan.intervene(n, pair[1])
+                    pair[1] = plan.intervene(n, pair[1], pair[0] if n.endswith(".update") else None)
                     changed = True
             for n in here:
                 if plan.capturing(n):

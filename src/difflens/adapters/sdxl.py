@@ -154,7 +154,7 @@ class SDXLAdapter(ModelAdapter):
             changed = False
             for n in names:
                 if plan.intervening(n):
-                    out_btd = plan.intervene(n, out_btd)
+                    out_btd = plan.intervene(n, out_btd, _bchw_to_btd(inp) if n.endswith(".update") else None)
                     changed = True
             for n in names:
                 if plan.capturing(n):
