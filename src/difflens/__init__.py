@@ -18,7 +18,7 @@ import importlib
 __version__ = "0.1.0"
 
 _API = ["load_model", "capture", "open_store", "train_sae", "train_itda", "neuron_baseline", "load_dictionary", "save_dictionary",
-        "evaluate", "evaluate_steps", "feature_index", "load_index", "feature_card", "autointerp"]
+        "evaluate", "evaluate_steps", "feature_index", "load_index", "feature_card", "autointerp", "steer", "Edit"]
 __all__ = [*_API, "__version__"]
 
 

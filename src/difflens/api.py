@@ -171,3 +171,24 @@ def autointerp(index, out: str | Path | None = None, vlm=None, **settings: Any) 
 
     (cfg,) = _split_settings(settings, AutointerpConfig)
     return run_autointerp(index, AutointerpConfig(**cfg), out, vlm)
+
+
+def steer(model, dictionary, edits, prompts, seeds=0, **options: Any):
+    """Generate ``prompts`` unsteered and once per item of ``edits`` (an :class:`Edit` or a list applied together);
+    ``dictionary``: a Dictionary or its folder. options: num_steps, guidance_scale, resolution, index.
+    Returns a :class:`~difflens.steering.SteerResult` (baseline, images, records, oracle readings)."""
+    from difflens.steering import steer as _steer
+
+    if isinstance(model, str):
+        model = load_model(model)
+    if isinstance(dictionary, (str, Path)):
+        dictionary = load_dictionary(dictionary)
+    return _steer(model, dictionary, edits, prompts, seeds, **options)
+
+
+def __getattr__(name: str):
+    if name == "Edit":  # dl.Edit(latent, mode, strength, ...): one feature edit for steer()
+        from difflens.steering import Edit
+
+        return Edit
+    raise AttributeError(f"module 'difflens.api' has no attribute {name!r}")

@@ -83,3 +83,32 @@ def histograms(series: dict[str, list[float]], xlabel: str, ylabel: str, title: 
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def image_grid(images_RC: list[list[np.ndarray]], col_titles: list[str], row_titles: list[str], title: str,
+               path: Path, outlines_RC: list[list[np.ndarray | None]] | None = None) -> Path:
+    """Images uint8 (H, W, 3) in rows x columns, titled; ``outlines_RC`` optional (h, w) weights per image whose
+    > 0 region is outlined (e.g. an edit's token region), at any resolution (stretched over the image)."""
+    rows, cols = len(images_RC), len(images_RC[0])
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 0.4, 2.0 * rows + 0.5), squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            image = images_RC[r][c]
+            ax.imshow(image, interpolation="nearest")
+            outline = outlines_RC[r][c] if outlines_RC else None
+            if outline is not None and (outline > 0).any() and not (outline > 0).all():
+                h, w = outline.shape
+                H, W = image.shape[:2]
+                ax.contour(np.linspace(0, W, w, endpoint=False) + W / w / 2 - 0.5,
+                           np.linspace(0, H, h, endpoint=False) + H / h / 2 - 0.5,
+                           (outline > 0).astype(float), levels=[0.5], colors="#00e5ff", linewidths=0.9,
+                           linestyles="dashed")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(col_titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=7, wrap=True)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, Path(path))
