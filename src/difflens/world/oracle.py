@@ -3,6 +3,8 @@
 It recovers the background colour and, for each object, colour, shape, size and grid position.
 It judges generations, edits and features, so it only looks at pixels, never at a caption.
 Robust to mild generation noise: colours are snapped to the palette, specks are dropped.
+`read_image(image, world="rich")` reads rich-world images (`rich_oracle.py`: textures, patterns, parts too);
+the default reads the classic world exactly as it always has.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ class ObjectReading:
     area: int
     centroid: tuple[float, float]  # (y, x) in pixels
     mask: np.ndarray = field(repr=False)
+    pattern: str = "solid"  # rich world only; the classic oracle reads every object as solid
+    parts: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # part name -> bool (H, W) (composites)
 
 
 @dataclass
 class SceneReading:
     background: str
     objects: list[ObjectReading]
+    texture: str = "plain"  # rich world only
 
 
 def _nearest(rgb: np.ndarray, palette: np.ndarray) -> int:
@@ -51,8 +56,8 @@ _FIT_SCALES = np.array([0.9, 0.95, 1.0, 1.05, 1.1], dtype=np.float32)
 _FIT_SHIFTS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=np.float32)
 
 
-def shape_fits(mask: np.ndarray) -> dict[str, float]:
-    """Best intersection-over-union of one blob with each ideal shape, fitted to the blob's area and centroid.
+def shape_fits(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> dict[str, float]:
+    """Best intersection-over-union of one blob with each ideal shape of `shapes`, fitted to its area and centroid.
 
     Matching whole templates, not a few corner pixels, is what makes the reading robust to the ragged edges
     and softened corners of generations (bench/oracle_robustness.py measures it).
@@ -66,7 +71,7 @@ def shape_fits(mask: np.ndarray) -> dict[str, float]:
     y_HW, x_HW = np.mgrid[0: window_HW.shape[0], 0: window_HW.shape[1]].astype(np.float32) + 0.5
     y_HW, x_HW = y_HW + y0, x_HW + x0
     fits = {}
-    for shape in SHAPES:
+    for shape in shapes:
         radius_R = np.sqrt(area / SHAPE_AREA[shape]) * _FIT_SCALES
         centre_y_RS = cy - SHAPE_CENTROID_OFFSET[shape] * radius_R[:, None] + _FIT_SHIFTS
         centre_x_S = cx + _FIT_SHIFTS
@@ -85,10 +90,16 @@ def classify_shape(mask: np.ndarray) -> str:
     return max(fits, key=fits.get)
 
 
-def read_image(image: np.ndarray) -> SceneReading:
+def read_image(image: np.ndarray, world: str = "classic") -> SceneReading:
     """Read an RGB uint8 image (H, W, 3) of the shapes world. Objects are sorted by grid cell."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"oracle expects an RGB image of shape (H, W, 3), got {image.shape}")
+    if world != "classic":
+        if world != "rich":
+            raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
+        from .rich_oracle import read_rich_image
+
+        return read_rich_image(image)
     img = image.astype(np.float32)
     size = img.shape[0]
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])

@@ -3,6 +3,11 @@
 A scene is a background colour plus one or two objects, each with a shape, colour, size and a
 cell of a 3x3 grid. Captions come from a few templates and name every attribute, so a
 generation can be scored against its prompt by the oracle.
+
+Two worlds share these types. The *classic* world (the default everywhere) is the one above and never
+changes: the shipped model, stores and tests depend on its exact scenes and captions. The *rich* world
+(`rich.py`, `world="rich"`) is a superset: textured backgrounds, patterned and composite objects, up to
+three larger objects; a classic scene is a valid rich scene that renders identically.
 """
 
 from __future__ import annotations
@@ -48,9 +53,11 @@ class ObjectSpec:
     size: str
     position: str
     offset: tuple[float, float] = (0.0, 0.0)  # jitter of the centre, in pixels (dy, dx)
+    pattern: str = "solid"  # rich world: solid | striped | dotted | checked (captions omit "solid")
 
     def phrase(self) -> str:
-        return f"{self.size} {self.color} {self.shape} {POSITION_PHRASES[self.position]}"
+        pattern = "" if self.pattern == "solid" else f"{self.pattern} "
+        return f"{self.size} {pattern}{self.color} {self.shape} {POSITION_PHRASES[self.position]}"
 
     @property
     def cell(self) -> tuple[int, int]:
@@ -63,14 +70,25 @@ class Scene:
     background: str
     objects: tuple[ObjectSpec, ...]
     caption: str = field(default="")
+    texture: str = "plain"  # rich world: plain | striped | dotted | checked | gradient (captions omit "plain")
+
+    @property
+    def background_phrase(self) -> str:
+        """What captions call the background: its colour, then its texture unless plain ("pink striped")."""
+        return self.background if self.texture == "plain" else f"{self.background} {self.texture}"
 
     def attributes(self) -> dict:
-        return {
+        """Every attribute by name; rich-world ones (texture, pattern) only where they differ from the classic."""
+        out = {
             "background": self.background,
             "objects": [
-                {"shape": o.shape, "color": o.color, "size": o.size, "position": o.position} for o in self.objects
+                {"shape": o.shape, "color": o.color, "size": o.size, "position": o.position,
+                 **({"pattern": o.pattern} if o.pattern != "solid" else {})} for o in self.objects
             ],
         }
+        if self.texture != "plain":
+            out["texture"] = self.texture
+        return out
 
 
 def heldout_combinations() -> frozenset[tuple[str, str, str]]:
@@ -108,8 +126,12 @@ def caption_for(background: str, objects: tuple[ObjectSpec, ...], template: int 
 
 
 def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None,
-                 pair_probability: float = 0.3) -> Scene:
-    """One random scene. `split="heldout"` draws single objects from the held-out combinations only."""
+                 pair_probability: float = 0.3, world: str = "classic") -> Scene:
+    """One random scene. `split="heldout"` draws single objects from the held-out combinations only.
+
+    `world="rich"`: a rich-world scene (`rich.sample_rich_scene`; `pair_probability` does not apply)."""
+    if world != "classic":
+        return _rich(world).sample_rich_scene(rng, split=split, n_objects=n_objects)
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if n_objects is None:
@@ -129,21 +151,35 @@ def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int 
     return Scene(background=background, objects=objects, caption=caption_for(background, objects, template))
 
 
-def sample_scenes(n: int, seed: int = 0, split: str = "train", n_objects: int | None = None) -> list[Scene]:
-    """`n` scenes, a pure function of (n, seed, split, n_objects)."""
+def sample_scenes(n: int, seed: int = 0, split: str = "train", n_objects: int | None = None,
+                  world: str = "classic") -> list[Scene]:
+    """`n` scenes, a pure function of (n, seed, split, n_objects, world)."""
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split=split, n_objects=n_objects) for _ in range(n)]
+    return [sample_scene(rng, split=split, n_objects=n_objects, world=world) for _ in range(n)]
 
 
-def world_prompts(n: int, seed: int = 0, split: str = "train") -> list[str]:
+def world_prompts(n: int, seed: int = 0, split: str = "train", world: str = "classic") -> list[str]:
     """Captions of `n` seeded scenes: the default prompt set for capture."""
-    return [s.caption for s in sample_scenes(n, seed=seed, split=split)]
+    return [s.caption for s in sample_scenes(n, seed=seed, split=split, world=world)]
 
 
-def vocabulary() -> list[str]:
-    """Every word a caption can contain, sorted: the embedded model's tokenizer vocabulary."""
+def vocabulary(world: str = "classic") -> list[str]:
+    """Every word a caption can contain, sorted: the embedded model's tokenizer vocabulary.
+
+    The classic list is what the shipped model was trained with (its config stores it); `world="rich"` adds
+    the rich world's words."""
     words: set[str] = set()
     for text in (*SINGLE_TEMPLATES, *PAIR_TEMPLATES, *POSITION_PHRASES.values()):
         words.update(w for w in text.split() if not w.startswith("{"))
     words.update(SHAPES, COLORS, BACKGROUNDS, SIZES)
+    if world != "classic":
+        words.update(_rich(world).rich_words())
     return sorted(words)
+
+
+def _rich(world: str):
+    if world != "rich":
+        raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
+    from . import rich
+
+    return rich
