@@ -208,3 +208,13 @@ def test_cli_writes_the_grid_and_what_was_done(tmp_path, sae):
     assert done["records"][0][0]["steps"] == [0, 1] and done["records"][0][0]["tokens"] == 16
     assert len(done["readings"]["steered"]) == 2  # the oracle read every image (embedded model)
     assert main(["steer", "--run", str(folder), "--model", "embedded-tiny", "--latent", "99", "-o", str(out)]) == 2
+
+
+def test_sae_latent_activation_matches_encode():
+    sae = TopKSAE(24, SAEConfig(num_latents=96, k=7), seed=2)
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.3)
+    acts = torch.randn(3, 50, 24, generator=torch.Generator().manual_seed(0))
+    dense = sae.encode(acts).to_dense(96)
+    for latent in (0, 17, 95):
+        torch.testing.assert_close(sae.latent_activation(acts, latent), dense[..., latent])

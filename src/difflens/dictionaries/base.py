@@ -102,12 +102,23 @@ class Dictionary(torch.nn.Module):
     def encode(self, acts: Tensor) -> SparseCodes:
         """Residual-space activations (..., N) -> codes with values/indices (..., K)."""
         lead = acts.shape[:-1]
+        codes = self.encode_normalized(self._flat_normalized(acts))
+        return SparseCodes(codes.values.reshape(*lead, -1), codes.indices.reshape(*lead, -1))
+
+    @torch.no_grad()
+    def latent_activation(self, acts: Tensor, latent: int) -> Tensor:
+        """(...,) the activation ``encode`` gives one latent on residual-space ``acts`` (..., N); 0 where inactive.
+        Steering reads it at every hooked step, so subclasses may compute it without a full encode."""
+        codes = self.encode(acts)
+        return (codes.values * (codes.indices == latent)).sum(-1)
+
+    def _flat_normalized(self, acts: Tensor) -> Tensor:
+        """Checked, normalised (tokens, N) view of residual-space ``acts`` (..., N)."""
         if acts.ndim == 0 or acts.shape[-1] != self.d_in:
             raise ValueError(f"activations have shape {tuple(acts.shape)}: width {acts.shape[-1] if acts.ndim else None} but the dictionary expects width {self.d_in}")
         flat = acts.reshape(-1, self.d_in).float()
         check_activations(flat, self.d_in)
-        codes = self.encode_normalized(self.normalizer.normalize(flat))
-        return SparseCodes(codes.values.reshape(*lead, -1), codes.indices.reshape(*lead, -1))
+        return self.normalizer.normalize(flat)
 
     @torch.no_grad()
     def decode(self, codes: SparseCodes) -> Tensor:

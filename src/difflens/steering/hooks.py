@@ -37,8 +37,7 @@ class LatentEdit(Intervention):
 
     def activation(self, value_BTD: torch.Tensor) -> torch.Tensor:
         """(B, T) activation of the latent on every token (0 where it is not among the active ones)."""
-        codes = self.dictionary.encode(value_BTD.float())
-        return (codes.values * (codes.indices == self.latent)).sum(-1)
+        return self.dictionary.latent_activation(value_BTD.float(), self.latent)
 
     def delta(self, value_BTD: torch.Tensor, step: int) -> torch.Tensor | None:
         B = value_BTD.shape[0]
