@@ -16,6 +16,7 @@ _AREAS = [
     "difflens.dictionaries.cli",  # train, export
     "difflens.evaluation.cli",  # eval, analyze
     "difflens.interpret.cli",  # features build|show|truth, autointerp
+    "difflens.browser.cli",  # browse
     "difflens.steering.cli",  # steer
     "difflens.demo",  # demo
 ]

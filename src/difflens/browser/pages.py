@@ -1,0 +1,347 @@
+"""Page contexts and rendering shared by the live app and the static export.
+
+Templates are Jinja2 with autoescaping on for every page, so any text from files (explanations, prompts, names)
+renders as text. Links go through a :class:`Links` object: absolute routes in the live app, relative file paths
+in an export.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+
+from .run import Dictionary, FeatureQuery, Run, check_latent
+
+HERE = Path(__file__).parent
+N_TOP = 12  # top images on a feature page
+PER_QUANTILE = 3  # images per activation-quantile bin
+N_NEAREST = 8  # nearest latents in the same dictionary
+N_NEAREST_OTHER = 4  # ... and in each other dictionary of the same site
+
+
+@lru_cache(maxsize=1)
+def environment():
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt_number
+    env.filters["pct"] = fmt_percent
+    return env
+
+
+def render(template: str, **context) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def fmt_number(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(v):
+        return "–"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.{max(digits - 1, 1)}e}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_percent(value, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(v):
+        return "–"
+    return f"{100 * v:.{digits}f}%" if v >= 1e-4 or v == 0 else f"{100 * v:.1e}%"
+
+
+class Links:
+    """URLs of the live app (``export`` False) or relative paths of a static export (``root``: the way back up
+    from the current page, e.g. '../../')."""
+
+    def __init__(self, export: bool = False, root: str = ""):
+        self.export, self.root = export, root
+
+    def at(self, root: str) -> "Links":
+        return Links(self.export, root)
+
+    def home(self) -> str:
+        return self.root + "index.html" if self.export else "/"
+
+    def dictionary(self, name: str, **params) -> str:
+        if self.export:
+            return f"{self.root}d/{name}/index.html"
+        return f"/d/{name}" + ("?" + urlencode(params) if params else "")
+
+    def feature(self, name: str, latent: int) -> str:
+        return f"{self.root}d/{name}/f/{latent}.html" if self.export else f"/d/{name}/f/{latent}"
+
+    def image(self, image_id: int, step: int | None = None) -> str:
+        if self.export:
+            return f"{self.root}images/{image_id}.png"
+        return f"/image/{image_id}" + (f"?step={step}" if step is not None else "")
+
+    def img(self, image_id: int) -> str:
+        return f"{self.root}images/{image_id}.png" if self.export else f"/img/{image_id}.png"
+
+    def overlay(self, name: str, latent: int, image_id: int, step: int) -> str:
+        if self.export:
+            return f"{self.root}d/{name}/f/{latent}/{image_id}_{step}.png"
+        return f"/overlay/{name}/{latent}/{image_id}/{step}.png"
+
+    def map(self, name: str, latent: int, image_id: int, step: int) -> str:
+        if self.export:
+            return f"{self.root}d/{name}/f/{latent}.json"
+        return f"/api/map/{name}/{latent}/{image_id}/{step}"
+
+    def static(self, file: str) -> str:
+        return f"{self.root}static/{file}" if self.export else f"/static/{file}"
+
+    def run_file(self, rel: str) -> str:
+        return f"{self.root}run/{rel}" if self.export else f"/run/{rel}"
+
+
+# ---------------------------------------------------------------------------------------------------- images
+def png_bytes(image_HWC: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image_HWC, dtype=np.uint8)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def overlay_png(run: Run, d: Dictionary, latent: int, image_id: int, step: int) -> bytes:
+    """The stored image with the latent's activation painted in blue (interpret.heatmap.paint, the cards' scale)."""
+    from difflens.interpret.heatmap import paint
+
+    amap = run.activation_map(d, latent, image_id, step)
+    image = run.load_image(image_id)
+    if amap.ndim != 2:
+        return png_bytes(image)
+    return png_bytes(paint(image, amap, float(d.table.max[latent])))
+
+
+def error_png(run: Run, d: Dictionary, image_id: int, step: int) -> tuple[bytes, dict]:
+    """The dictionary's per-token relative reconstruction error painted over the image (scale: the image's max)."""
+    from difflens.interpret.heatmap import paint
+
+    codes = run.image_codes(d, image_id, step)
+    grid = d.index.grid
+    image = run.load_image(image_id)
+    err = codes["error"]
+    if not grid or err.size != grid[0] * grid[1]:
+        return png_bytes(image), {}
+    top = float(err.max()) if err.size else 0.0
+    stats = {"mean": float(err.mean()) if err.size else None, "max": top}
+    return png_bytes(paint(image, err.reshape(grid), top if top > 0 else 1.0)), stats
+
+
+# ---------------------------------------------------------------------------------------------------- contexts
+def run_context(run: Run) -> dict:
+    store = run.store
+    rows = []
+    for d in run.dictionaries.values():
+        index = d.index
+        m, interp = d.metrics, d.interpretation
+        truth = d.truth or {}
+        rows.append({
+            "name": d.name, "kind": d.kind if index is None else index.dictionary_kind,
+            "site": d.site, "step": d.step, "steps": index.steps if index else None,
+            "latents": index.num_latents if index else d.cfg.get("num_latents"),
+            "alive": int(index.alive().sum()) if index else None, "indexed": index is not None,
+            "fvu": m.get("fvu_residual"), "ve": m.get("variance_explained"), "l0": m.get("l0"),
+            "dead": m.get("dead_fraction"), "autointerp": interp.get("autointerp_mean"),
+            "explained_share": truth.get("explained_share", interp.get("explained_share")),
+            "explained_random": truth.get("explained_share_random", interp.get("explained_share_random")),
+            "backends": sorted(d.autointerp),
+        })
+    meta = store.meta if store is not None else {}
+    return {"rows": rows, "plots": run.plots(),
+            "store": {"model": meta.get("model"), "n_images": meta.get("n_images"), "resolution": meta.get("resolution"),
+                      "num_steps": meta.get("num_steps")} if store is not None else None,
+            "fvu_definition": run.summary.get("fvu_definition")}
+
+
+def dictionary_header(d: Dictionary) -> dict:
+    index = d.index
+    return {"name": d.name, "kind": index.dictionary_kind if index else d.kind, "site": d.site,
+            "steps": index.steps if index else None, "latents": index.num_latents if index else None,
+            "stream": index.stream if index else None, "split": index.split if index else None}
+
+
+def table_rows(d: Dictionary, ids) -> list[dict]:
+    t = d.table
+    return [{"latent": int(i), "frequency": float(t.frequency[i]), "max": float(t.max[i]), "mean": float(t.mean[i]),
+             "score": None if np.isnan(t.score[i]) else float(t.score[i]), "explanation": t.explanation[i],
+             "concept": t.concept[i], "auroc": None if np.isnan(t.auroc[i]) else float(t.auroc[i]),
+             "f1": None if np.isnan(t.f1[i]) else float(t.f1[i])} for i in ids]
+
+
+def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links) -> dict:
+    ctx = {"d": dictionary_header(d), "indexed": d.index is not None, "q": q}
+    if d.index is None:
+        return ctx
+    if q is None:  # export: every alive latent, sorted and filtered in the page
+        t = d.table
+        ids = np.flatnonzero(t.frequency > 0)
+        ids = ids[np.argsort(-t.frequency[ids], kind="stable")]
+        ctx.update(rows=table_rows(d, ids), total=len(ids), pages=1, concepts=d.concepts())
+        return ctx
+    ids, total = d.query(q)
+    pages = max(1, -(-total // q.per_page))
+    def sort_link(key):
+        order = "asc" if (q.sort == key and q.order == "desc") or (q.sort != key and key == "latent") else "desc"
+        return links.dictionary(d.name, **q.params(sort=key, order=order, page=1))
+    ctx.update(rows=table_rows(d, ids), total=total, pages=pages, concepts=d.concepts(),
+               sort_links={k: sort_link(k) for k in ("latent", "frequency", "max", "mean", "score", "auroc", "f1")},
+               prev=links.dictionary(d.name, **q.params(page=q.page - 1)) if q.page > 1 else None,
+               next=links.dictionary(d.name, **q.params(page=q.page + 1)) if q.page < pages else None)
+    return ctx
+
+
+def _histogram(d: Dictionary, latent: int) -> dict | None:
+    edges, counts = d.index.histogram(latent)
+    counts = counts.numpy().astype(np.float64)
+    nz = np.flatnonzero(counts > 0)
+    if nz.size == 0:
+        return None
+    lo, hi = max(int(nz[0]) - 1, 0), min(int(nz[-1]) + 2, len(counts))
+    c = counts[lo:hi]
+    e = edges.numpy()[lo : hi + 1]
+    top = float(c.max())
+    width = 100.0 / len(c)
+    bars = [{"x": k * width, "w": width, "h": 100.0 * v / top, "count": int(v), "lo": float(e[k]), "hi": float(e[k + 1])}
+            for k, v in enumerate(c)]
+    return {"bars": bars, "lo": float(e[0]), "hi": float(e[-1]), "top": int(top), "total": int(counts.sum())}
+
+
+def _steps_chart(d: Dictionary, latent: int) -> list[dict]:
+    stats = d.index.step_stats(latent)
+    top = max((s["frequency"] for s in stats.values()), default=0.0) or 1.0
+    return [{"step": step, "frequency": s["frequency"], "h": 100.0 * s["frequency"] / top, "max": s["max"],
+             "mean": s["mean"], "images": s["images"]} for step, s in stats.items()]
+
+
+def _example(run: Run, d: Dictionary, latent: int, e: dict, links: Links) -> dict:
+    info = run.image_info(e["image_id"]) if run.store is not None else {"prompt": "", "seed": None}
+    return {"image_id": int(e["image_id"]), "step": int(e["step"]), "score": float(e["score"]),
+            "prompt": info["prompt"], "seed": info.get("seed"), "quantile": e.get("quantile"),
+            "img": links.img(e["image_id"]), "overlay": links.overlay(d.name, latent, e["image_id"], e["step"]),
+            "map": links.map(d.name, latent, e["image_id"], e["step"]), "key": f"{e['image_id']}_{e['step']}",
+            "page": links.image(e["image_id"], e["step"])}
+
+
+def text_tokens(run: Run, d: Dictionary, latent: int, examples: list[dict]) -> list[dict]:
+    """Text sites: each example prompt's words with the latent's activation on them (words as the embedded
+    model's word-level encoder sees them; padding positions left out unless active)."""
+    from difflens.interpret.cards import prompt_words
+
+    top = float(d.table.max[latent]) or 1.0
+    rows = []
+    for e in examples:
+        values = run.activation_map(d, latent, e["image_id"], e["step"]).reshape(-1)
+        words = prompt_words(e["prompt"], len(values))
+        tokens = [{"word": w, "value": float(v), "alpha": float(np.sqrt(np.clip(v / top, 0, 1)))}
+                  for w, v in zip(words, values) if not (w == "·" and v <= 0)]
+        rows.append({**e, "tokens": tokens})
+    return rows
+
+
+def feature_context(run: Run, d: Dictionary, latent: int, links: Links, nearest: bool = True) -> dict:
+    check_latent(d, latent)
+    index, table = d.index, d.table
+    top = [_example(run, d, latent, e, links) for e in index.top_images(latent)[:N_TOP]]
+    quantiles = []
+    for b, examples in enumerate(index.quantile_sets(latent)):
+        if not examples:
+            continue
+        pick = [examples[round(j * (len(examples) - 1) / max(PER_QUANTILE - 1, 1))] for j in range(min(PER_QUANTILE, len(examples)))]
+        seen, chosen = set(), []
+        for e in pick:
+            if (e["image_id"], e["step"]) not in seen:
+                seen.add((e["image_id"], e["step"]))
+                chosen.append(_example(run, d, latent, e, links))
+        quantiles.append({"bin": b, "lo": examples[0]["score"], "hi": examples[-1]["score"], "examples": chosen})
+    quantiles.reverse()  # highest activations first
+    truth = d.truth or {}
+    gt = truth.get("_by_latent", {}).get(latent)
+    near = []
+    if nearest:
+        try:
+            others = [o for o in run.dictionaries.values()
+                      if o.has_index and o.site == d.site and o.d_in == d.d_in]
+            for o in [d] + [o for o in others if o is not d]:
+                n = N_NEAREST if o is d else N_NEAREST_OTHER
+                items = [{"latent": j, "cos": c, "link": links.feature(o.name, j),
+                          "explanation": o.table.explanation[j], "concept": o.table.concept[j]}
+                         for j, c in d.nearest(latent, o, n)]
+                near.append({"dictionary": o.name, "kind": o.index.dictionary_kind, "same": o is d, "items": items})
+        except (FileNotFoundError, ValueError, OSError) as err:
+            near = [{"error": f"nearest latents unavailable: {err}"}]
+    stream = index.stream
+    text_rows = text_tokens(run, d, latent, top[:8]) if stream == "text" and top else []
+    return {
+        "d": dictionary_header(d), "latent": latent, "num_latents": index.num_latents,
+        "prev": links.feature(d.name, latent - 1) if latent > 0 else None,
+        "next": links.feature(d.name, latent + 1) if latent + 1 < index.num_latents else None,
+        "stats": {"frequency": float(table.frequency[latent]), "max": float(table.max[latent]),
+                  "mean": float(table.mean[latent]),
+                  "image_frequency": float(np.mean(list(index.image_frequency(latent).values())))},
+        "explanations": d.explanations(latent), "truth": gt, "truth_rules": truth.get("rules", {}),
+        "truth_concept_count": len(truth.get("concepts", [])) if truth else 0,
+        "top": top, "quantiles": quantiles, "histogram": _histogram(d, latent), "steps": _steps_chart(d, latent),
+        "nearest": near, "grid": list(index.grid) if index.grid else None, "stream": stream, "text_rows": text_rows,
+    }
+
+
+def image_context(run: Run, image_id: int, step: int | None, links: Links) -> dict:
+    info = run.image_info(image_id)
+    steps = sorted({s for d in run.indexed() for s in d.index.steps})
+    if step is None:
+        step = steps[len(steps) // 2] if steps else None
+    dicts = [d for d in run.indexed() if step in d.index.steps and d.index.stream == "image" and d.index.grid]
+    grid = list(dicts[0].index.grid) if dicts else None
+    errors = []
+    for d in dicts:
+        errors.append({"dictionary": d.name, "kind": d.index.dictionary_kind,
+                       "src": f"/errmap/{d.name}/{image_id}/{step}.png"})
+    return {"image": info, "img": links.img(image_id), "step": step, "steps": steps, "grid": grid,
+            "dictionaries": [d.name for d in dicts], "errors": errors,
+            "step_links": {s: links.image(image_id, s) for s in steps}, "n_images": run.image_count(),
+            "prev": links.image(image_id - 1, step) if image_id > 0 else None,
+            "next": links.image(image_id + 1, step) if image_id + 1 < run.image_count() else None}
+
+
+def token_latents(run: Run, image_id: int, step: int, token: int, links: Links, n: int = 12) -> dict:
+    """Per dictionary: the latents active on one token of an image at one step, largest first."""
+    run.image_info(image_id)
+    out = []
+    for d in run.indexed():
+        if step not in d.index.steps or d.index.stream != "image":
+            continue
+        codes = run.image_codes(d, image_id, step)
+        if not 0 <= token < codes["tokens"]:
+            from .run import BadRequest
+
+            raise BadRequest(f"token {token} is outside this image's {codes['tokens']} tokens")
+        vals, idx = codes["values"][token], codes["indices"][token]
+        keep = (vals > 0) & (idx >= 0)
+        order = np.argsort(-vals[keep], kind="stable")[:n]
+        items = [{"latent": int(j), "value": float(v), "link": links.feature(d.name, int(j)),
+                  "explanation": d.table.explanation[int(j)], "concept": d.table.concept[int(j)]}
+                 for j, v in zip(idx[keep][order], vals[keep][order])]
+        out.append({"dictionary": d.name, "kind": d.index.dictionary_kind, "items": items,
+                    "active": int(keep.sum()), "error": float(codes["error"][token])})
+    return {"image_id": image_id, "step": step, "token": token, "dictionaries": out}
