@@ -22,6 +22,25 @@ dropped; a token can carry many):
                                  conjunctions of two attributes of the token's object (pair:red&square,
                                  pair:red&left-col, ...), so a latent that splits a concept can still be named
 
+Rich world only (images read with the rich oracle; appended after the classic concepts, whose names and order
+are unchanged; classic readings never carry them):
+
+    bg:<pink|cyan>               background token of an image with that (rich) background colour
+    texture:<plain|striped|dotted|checked|gradient>   background token of an image with that background texture
+    bg:<colour>&<texture>        both (bg:pink&striped)
+    pattern:<solid|striped|dotted|checked>            object token whose object has that pattern
+    shape:<house|snowman|tree>  size:huge             (and their pair: conjunctions, as above)
+    part:<shape>-<part>          object token of a composite object, in that part (the part holding more of the
+                                 token's pixel block): part:house-roof, part:house-body, part:snowman-head,
+                                 part:snowman-body, part:tree-crown, part:tree-trunk
+    part:boundary                token straddling an object's outline: its pixel block holds pixels of an object
+                                 and pixels outside it (object and background tokens alike)
+    pair:<c>&<pattern>  pair:<s>&<pattern>
+
+Which oracle reads a store's images (`world`): "rich" when any of its prompts is a rich-world caption (it names
+a texture, pattern, composite shape, "huge", a rich background colour or three objects), else "classic" (so
+classic stores keep exactly their labels). The prompts only choose the reader; every label comes from pixels.
+
 `token_labels(store)` reads every image once and caches the result in ``<store>/labels/labels-<h>x<w>.safetensors``
 (written atomically; bit-packed labels plus the concept names, the grid and each image's reading in its metadata).
 """
@@ -36,6 +55,7 @@ import numpy as np
 
 from difflens.atomic import atomic_write_bytes
 from difflens.world.oracle import SceneReading, read_image
+from difflens.world.palette import COMPOSITES, PATTERNS, RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES, TEXTURES
 from difflens.world.scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
 
 LABELS_VERSION = 1  # bump when the rule or the concept list changes: cached labels of another version are rebuilt
@@ -53,21 +73,38 @@ def _cell_name(position: str) -> str:
     return position.replace(" ", "-")
 
 
-def all_concepts() -> list[str]:
-    """Every concept the labeller knows, in a fixed order (general ones first, conjunctions last)."""
-    names = [f"bg:{b}" for b in BACKGROUNDS]
+def _concepts(backgrounds, shapes, sizes) -> list[str]:
+    """The classic concept families over the given attribute values."""
+    names = [f"bg:{b}" for b in backgrounds]
     names += ["part:background", "part:object", "part:edge", "part:interior"]
-    names += [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in SHAPES] + [f"size:{s}" for s in SIZES]
+    names += [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in shapes] + [f"size:{s}" for s in sizes]
     names += [f"cell:{_cell_name(p)}" for p in POSITIONS] + [f"row:{r}" for r in ROWS] + [f"col:{c}" for c in COLS]
     names += [f"side:{s}" for s in SIDES] + [f"near:{s}:{c}" for s in SIDES for c in COLORS]
-    names += [f"pair:{c}&{s}" for c in COLORS for s in SHAPES]
-    names += [f"pair:{c}&{z}" for c in COLORS for z in SIZES]
-    names += [f"pair:{s}&{z}" for s in SHAPES for z in SIZES]
+    names += [f"pair:{c}&{s}" for c in COLORS for s in shapes]
+    names += [f"pair:{c}&{z}" for c in COLORS for z in sizes]
+    names += [f"pair:{s}&{z}" for s in shapes for z in sizes]
     names += [f"pair:{c}&{r}-row" for c in COLORS for r in ROWS]
     names += [f"pair:{c}&{k}-col" for c in COLORS for k in COLS]
-    names += [f"pair:{s}&{r}-row" for s in SHAPES for r in ROWS]
-    names += [f"pair:{s}&{k}-col" for s in SHAPES for k in COLS]
+    names += [f"pair:{s}&{r}-row" for s in shapes for r in ROWS]
+    names += [f"pair:{s}&{k}-col" for s in shapes for k in COLS]
     return names
+
+
+def rich_concepts() -> list[str]:
+    """The concepts only rich-world readings carry, in a fixed order (see the module docstring)."""
+    classic = set(_concepts(BACKGROUNDS, SHAPES, SIZES))
+    names = [n for n in _concepts(RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES) if n not in classic]
+    names += [f"texture:{t}" for t in TEXTURES] + [f"bg:{b}&{t}" for b in RICH_BACKGROUNDS for t in TEXTURES]
+    names += [f"pattern:{p}" for p in PATTERNS]
+    names += [f"part:{s}-{part}" for s, parts in COMPOSITES.items() for part in parts] + ["part:boundary"]
+    names += [f"pair:{c}&{p}" for c in COLORS for p in PATTERNS] + [f"pair:{s}&{p}" for s in RICH_SHAPES for p in PATTERNS]
+    return names
+
+
+def all_concepts() -> list[str]:
+    """Every concept the labeller knows, in a fixed order: the classic ones (general ones first, conjunctions last),
+    then the rich world's."""
+    return _concepts(BACKGROUNDS, SHAPES, SIZES) + rich_concepts()
 
 
 _ALL = all_concepts()
@@ -83,16 +120,22 @@ def object_concepts(color: str, shape: str, size: str, position: str) -> list[st
             f"pair:{color}&{r}-row", f"pair:{color}&{k}-col", f"pair:{shape}&{r}-row", f"pair:{shape}&{k}-col"]
 
 
+def _block_share(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) float: share of each token's pixel block inside a mask."""
+    gh, gw = grid
+    H, W = mask_HW.shape
+    if H % gh or W % gw:
+        raise ValueError(f"a {H}×{W} image does not split into a {gh}×{gw} token grid of whole pixel blocks")
+    return mask_HW.reshape(gh, H // gh, gw, W // gw).mean(axis=(1, 3))
+
+
 def token_owner(reading: SceneReading, grid: tuple[int, int]) -> np.ndarray:
     """(gh, gw) int: index of the object owning each token (≥ half its pixel block in the mask), -1 for background."""
     gh, gw = grid
     owner = np.full((gh, gw), -1, dtype=np.int64)
     best = np.zeros((gh, gw))
     for i, obj in enumerate(reading.objects):
-        H, W = obj.mask.shape
-        if H % gh or W % gw:
-            raise ValueError(f"a {H}×{W} image does not split into a {gh}×{gw} token grid of whole pixel blocks")
-        share = obj.mask.reshape(gh, H // gh, gw, W // gw).mean(axis=(1, 3))
+        share = _block_share(obj.mask, grid)
         take = (share >= OWNERSHIP_FRACTION) & (share > best)
         owner[take], best[take] = i, share[take]
     return owner
@@ -107,8 +150,9 @@ def _neighbour(owner: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return out
 
 
-def reading_token_labels(reading: SceneReading, grid: tuple[int, int]) -> np.ndarray:
-    """Labels of one read image: bool (T, C_all) over `all_concepts()`, T = gh·gw in row-major token order."""
+def reading_token_labels(reading: SceneReading, grid: tuple[int, int], world: str = "classic") -> np.ndarray:
+    """Labels of one read image: bool (T, C_all) over `all_concepts()`, T = gh·gw in row-major token order.
+    `world="rich"` adds the rich concepts (texture, pattern, parts, boundary, ...)."""
     gh, gw = grid
     owner = token_owner(reading, grid)
     labels = np.zeros((gh, gw, len(_ALL)), dtype=bool)
@@ -127,19 +171,62 @@ def reading_token_labels(reading: SceneReading, grid: tuple[int, int]) -> np.nda
             near = background & (n == i)
             labels[near, _INDEX[f"side:{side}"]] = True
             labels[near, _INDEX[f"near:{side}:{obj.color}"]] = True
+    if world != "classic":
+        _rich_token_labels(reading, grid, owner, labels)
     return labels.reshape(gh * gw, len(_ALL))
 
 
-def label_image(image: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, SceneReading]:
-    """(labels bool (T, C_all) over `all_concepts()`, the oracle's reading) of one RGB uint8 image (H, W, 3)."""
-    reading = read_image(image)
-    return reading_token_labels(reading, grid), reading
+def _rich_token_labels(reading: SceneReading, grid: tuple[int, int], owner: np.ndarray, labels: np.ndarray) -> None:
+    """Set the rich concepts of one read image in `labels` (gh, gw, C_all), in place."""
+    background = owner < 0
+    for name in (f"texture:{reading.texture}", f"bg:{reading.background}&{reading.texture}"):
+        labels[background, _INDEX[name]] = True
+    straddle = np.zeros(owner.shape, bool)
+    for i, obj in enumerate(reading.objects):
+        mine = owner == i
+        share = _block_share(obj.mask, grid)
+        straddle |= (share > 0) & (share < 1)
+        for name in (f"pattern:{obj.pattern}", f"pair:{obj.color}&{obj.pattern}", f"pair:{obj.shape}&{obj.pattern}"):
+            labels[mine, _INDEX[name]] = True
+        if obj.parts:  # the part holding the larger share of each token's block (the upper part on a tie)
+            names = list(obj.parts)
+            shares = np.stack([_block_share(obj.parts[n], grid) for n in names])
+            pick = shares.argmax(0)
+            for j, part in enumerate(names):
+                labels[mine & (pick == j) & (shares[j] > 0), _INDEX[f"part:{obj.shape}-{part}"]] = True
+    labels[straddle, _INDEX["part:boundary"]] = True
 
 
-def _reading_json(reading: SceneReading) -> dict:
-    return {"background": reading.background,
-            "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position, "area": o.area,
-                         "centroid": [round(v, 2) for v in o.centroid]} for o in reading.objects]}
+def label_image(image: np.ndarray, grid: tuple[int, int], world: str = "classic") -> tuple[np.ndarray, SceneReading]:
+    """(labels bool (T, C_all) over `all_concepts()`, the oracle's reading) of one RGB uint8 image (H, W, 3),
+    read by the `world`'s oracle."""
+    reading = read_image(image, world=world)
+    return reading_token_labels(reading, grid, world=world), reading
+
+
+def _reading_json(reading: SceneReading, world: str = "classic") -> dict:
+    rich = world != "classic"
+    out = {"background": reading.background,
+           "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position, "area": o.area,
+                        "centroid": [round(v, 2) for v in o.centroid], **({"pattern": o.pattern} if rich else {})}
+                       for o in reading.objects]}
+    if rich:
+        out["texture"] = reading.texture
+    return out
+
+
+def store_world(store) -> str:
+    """"rich" when any of the store's prompts is a rich-world caption, else "classic" (prompts that are no
+    shapes-world caption at all count as classic). It picks the oracle; labels still come from the pixels."""
+    from difflens.world.caption import caption_world
+
+    for entry in store.prompts():
+        try:
+            if caption_world(entry["prompt"]) == "rich":
+                return "rich"
+        except ValueError:
+            continue
+    return "classic"
 
 
 @dataclass
@@ -153,6 +240,7 @@ class TokenLabels:
     grid: tuple[int, int]
     packed: np.ndarray
     readings: list[dict]  # the oracle's reading of each image: {"background", "objects": [{color, shape, ...}]}
+    world: str = "classic"  # the oracle that read the images
 
     @property
     def num_images(self) -> int:
@@ -211,8 +299,9 @@ def concept_of_tokens(labels: TokenLabels, image_id: int) -> dict[str, np.ndarra
     return {name: img[:, c].copy() for c, name in enumerate(labels.concepts) if img[:, c].any()}
 
 
-def labels_path(store, grid: tuple[int, int]) -> Path:
-    return Path(store.root) / LABELS_DIR / f"labels-{grid[0]}x{grid[1]}.safetensors"
+def labels_path(store, grid: tuple[int, int], world: str = "classic") -> Path:
+    suffix = "" if world == "classic" else f"-{world}"
+    return Path(store.root) / LABELS_DIR / f"labels-{grid[0]}x{grid[1]}{suffix}.safetensors"
 
 
 def image_grid(store, site: str | None = None) -> tuple[int, int]:
@@ -239,9 +328,12 @@ def image_grid(store, site: str | None = None) -> tuple[int, int]:
     return grids.pop()
 
 
-def _cache_meta(store, grid) -> dict:
-    return {"version": str(LABELS_VERSION), "grid": json.dumps(list(grid)),
+def _cache_meta(store, grid, world: str = "classic") -> dict:
+    meta = {"version": str(LABELS_VERSION), "grid": json.dumps(list(grid)),
             "n_images": str(store.meta.get("n_images")), "prompts_hash": str(store.meta.get("prompts_hash"))}
+    if world != "classic":  # classic caches written before worlds existed stay valid
+        meta["world"] = world
+    return meta
 
 
 def _load_cached(path: Path, want: dict) -> TokenLabels | None:
@@ -250,24 +342,31 @@ def _load_cached(path: Path, want: dict) -> TokenLabels | None:
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            if any(meta.get(k) != v for k, v in want.items()):
+            if any(meta.get(k) != v for k, v in want.items()) or meta.get("world", "classic") != want.get(
+                    "world", "classic"):
                 return None
             packed = f.get_tensor("packed")
     except Exception:  # unreadable or foreign file: rebuild it
         return None
-    return TokenLabels(json.loads(meta["concepts"]), tuple(json.loads(meta["grid"])), packed, json.loads(meta["readings"]))
+    return TokenLabels(json.loads(meta["concepts"]), tuple(json.loads(meta["grid"])), packed, json.loads(meta["readings"]),
+                       meta.get("world", "classic"))
 
 
-def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = True) -> TokenLabels:
+def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = True,
+                 world: str | None = None) -> TokenLabels:
     """Labels of every token of every image of `store` (a folder or an opened store), from the oracle's reading of
-    each generated image; built once and cached in ``<store>/labels/`` (rebuilt when the cache does not match)."""
+    each generated image; built once and cached in ``<store>/labels/`` (rebuilt when the cache does not match).
+    `world`: which oracle reads the images ("classic" | "rich"); default `store_world(store)`."""
     from difflens.store.sources import open_store
 
     if isinstance(store, (str, Path)):
         store = open_store(store)
     grid = tuple(int(g) for g in grid) if grid is not None else image_grid(store)
-    path = labels_path(store, grid)
-    want = _cache_meta(store, grid)
+    world = world or store_world(store)
+    if world not in ("classic", "rich"):
+        raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
+    path = labels_path(store, grid, world)
+    want = _cache_meta(store, grid, world)
     if cache and path.exists():
         cached = _load_cached(path, want)
         if cached is not None:
@@ -280,12 +379,12 @@ def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = Tr
     full = np.zeros((n_images, T, len(_ALL)), dtype=bool)
     readings = []
     for image_id in range(n_images):
-        full[image_id], reading = label_image(store.load_image(image_id), grid)
-        readings.append(_reading_json(reading))
+        full[image_id], reading = label_image(store.load_image(image_id), grid, world)
+        readings.append(_reading_json(reading, world))
     keep = full.sum(axis=(0, 1)) >= MIN_POSITIVE_TOKENS
     concepts = [name for name, k in zip(_ALL, keep) if k]
     packed = np.packbits(full[:, :, keep], axis=-1, bitorder="little")
-    labels = TokenLabels(concepts, grid, packed, readings)
+    labels = TokenLabels(concepts, grid, packed, readings, world)
     if cache:
         from safetensors.numpy import save
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .scene import BACKGROUNDS, COLORS, Scene
+from .render import paint_background, paint_object
+from .scene import Scene
 
 
 def roughen_edges(scene: Scene, image_HWC: np.ndarray, masks: list[np.ndarray], fraction: float,
                   rng: np.random.Generator) -> np.ndarray:
-    """Flip `fraction` of the pixels on each object's one-pixel rim, inside and out, between object and background."""
+    """Flip `fraction` of the pixels on each object's one-pixel rim, inside and out, between object and background
+    (the background's texture and the object's pattern at those pixels, in the rich world)."""
     out = image_HWC.copy()
-    background = np.array(BACKGROUNDS[scene.background], dtype=np.uint8)
+    size = image_HWC.shape[0]
+    background = paint_background(scene, size)
     for obj, mask in zip(scene.objects, masks):
         rim = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask)
         flip = rim & (rng.random(mask.shape) < fraction)
-        out[flip & mask] = background
-        out[flip & ~mask] = COLORS[obj.color]
+        out[flip & mask] = background[flip & mask]
+        out[flip & ~mask] = paint_object(obj, size)[flip & ~mask]
     return out
 
 

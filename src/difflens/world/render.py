@@ -95,21 +95,31 @@ def object_mask(obj, image_size: int) -> np.ndarray:
     return shape_mask(obj.shape, cy, cx, radius, image_size)
 
 
-def render(scene: Scene, image_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(image uint8 (H, W, 3), [mask bool (H, W) per object]); later objects paint over earlier ones."""
+def paint_background(scene: Scene, image_size: int = 64) -> np.ndarray:
+    """uint8 (H, W, 3): the scene's background alone (its colour, and its texture if any)."""
     image = np.empty((image_size, image_size, 3), dtype=np.uint8)
     base, second = BACKGROUND_TONES[scene.background]
     if scene.texture == "plain":
         image[:] = base
     else:
         image[:] = blend(base, second, texture_tone(scene.texture, image_size))
+    return image
+
+
+def paint_object(obj, image_size: int = 64) -> np.ndarray:
+    """uint8 (H, W, 3): the object's colour (and pattern) over the whole image, to be cut by its mask."""
+    if obj.pattern == "solid":
+        return np.broadcast_to(np.array(COLORS[obj.color], np.uint8), (image_size, image_size, 3))
+    return blend(COLORS[obj.color], SHADES[obj.color], pattern_tone(obj.pattern, image_size))
+
+
+def render(scene: Scene, image_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(image uint8 (H, W, 3), [mask bool (H, W) per object]); later objects paint over earlier ones."""
+    image = paint_background(scene, image_size)
     masks = []
     for obj in scene.objects:
         mask = object_mask(obj, image_size)
-        if obj.pattern == "solid":
-            image[mask] = COLORS[obj.color]
-        else:
-            image[mask] = blend(COLORS[obj.color], SHADES[obj.color], pattern_tone(obj.pattern, image_size))[mask]
+        image[mask] = paint_object(obj, image_size)[mask]
         masks.append(mask)
     return image, masks
 
