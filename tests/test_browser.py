@@ -1,0 +1,416 @@
+"""Feature browser over HTTP: every page, escaping of file texts, traversal attempts, 404/400 pages, steering limits
+and its one-at-a-time queue, the static export. The run folder is built on the fly from the tiny embedded model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+pytest.importorskip("jinja2")
+pytest.importorskip("httpx")
+
+import difflens as dl  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from difflens.browser.app import create_app  # noqa: E402
+from difflens.browser.run import Run  # noqa: E402
+from difflens.browser.steering import SteeringLimits  # noqa: E402
+
+IMG, TXT = "double.0.img.out", "double.0.txt.out"
+EVIL = 'red <script>alert("x")</script> <img src=x onerror=alert(1)>'
+EVIL_PROMPT = "a red circle <script>bad()</script>"
+SMALL = dict(k=4, num_latents=48, batch_size=128, k_aux=8, dead_window_tokens=512, lr=3e-3, warmup_steps=5,
+             num_tokens=128 * 20, progress=False, checkpoint_every=0, normalization="none")
+
+
+def build_run(root: Path) -> Path:
+    """A run folder like `difflens demo` writes, tiny: store (embedded-tiny, 16 images, steps 0 and 1), an SAE and
+    an ITDA on the image site, an SAE on the text site, feature indexes, autointerp results with hostile text,
+    truth.json, summary.json and a plot."""
+    torch.manual_seed(0)
+    model = dl.load_model("embedded-tiny")
+    prompts = [f"a {c} {s} on a white background" for c in ("red", "green", "blue", "yellow")
+               for s in ("circle", "square", "triangle", "diamond")]
+    store = dl.capture(model, prompts, sites=[IMG, TXT], steps=[0, 1], out=root / "store", num_steps=2, holdout=0.25,
+                       progress=False)
+    # a prompt file may hold any text: image 0's prompt carries markup (the model itself knows only its words)
+    listed = json.loads((root / "store" / "prompts.json").read_text())
+    listed[0]["prompt"] = EVIL_PROMPT
+    (root / "store" / "prompts.json").write_text(json.dumps(listed))
+    store = dl.open_store(root / "store")
+    dicts = root / "dictionaries"
+    dl.train_sae(store, IMG, 1, out=dicts / "sae", **SMALL)
+    dl.train_itda(store, IMG, 1, out=dicts / "itda", k=4, batch_size=128, num_tokens=128 * 8, progress=False,
+                  normalization="none",
+                  checkpoint_every=0)
+    dl.train_sae(store, TXT, 1, out=dicts / "text_sae", **SMALL)
+    for name in ("sae", "itda", "text_sae"):
+        d = dl.load_dictionary(dicts / name)
+        index = dl.feature_index(d, store, steps="all", out=dicts / name / "index", top_n=6, samples=12,
+                                 quantile_bins=3, batch_images=8)
+        alive = torch.nonzero(index.alive()).squeeze(1).tolist()
+        features = {str(i): {"latent": i, "status": "ok", "score": 0.5 + 0.01 * (j % 40), "auroc": 0.7,
+                             "balanced_accuracy": 0.6,
+                             "explanation": {"explanation": EVIL if j == 0 else f"explanation {i} shapes",
+                                             "concept": "color:red" if j == 0 else "shape:circle"}}
+                    for j, i in enumerate(alive[:6])}
+        out = dicts / name / "index" / "autointerp" / "oracle"
+        out.mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps({"backend": "oracle", "features": features, "note": "test"}))
+        truth = {"dictionary": name, "concepts": ["color:red", "<b>bold</b>"], "rules": {"auroc": "token level"},
+                 "explained_share": 0.25, "explained_share_random": 0.0,
+                 "latents": [{"latent": i, "concept": "<b>bold</b>" if j == 1 else "color:red", "f1": 0.5,
+                              "precision": 0.6, "recall": 0.4, "auroc": 0.6 + 0.05 * j, "image_auroc": 0.9,
+                              "iou": 0.3} for j, i in enumerate(alive[:5])]}
+        (dicts / name / "truth.json").write_text(json.dumps(truth))
+    (root / "plots").mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "plots" / "ok.png")
+    secret = root.parent / "secret.png"
+    secret.write_bytes(b"secret outside the run")
+    os.symlink(secret, root / "plots" / "escape.png")
+    os.symlink(root.parent, root / "plots" / "up")
+    summary = {"site": IMG, "step": 1, "plots": [str(root / "plots" / "ok.png")],
+               "metrics": [{"dictionary": "sae", "fvu_residual": 0.25, "variance_explained": 0.75, "l0": 4.0,
+                            "dead_fraction": 0.0},
+                           {"dictionary": "itda", "fvu_residual": 0.5, "variance_explained": 0.5, "l0": 4.0,
+                            "dead_fraction": 0.0}]}
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("browse") / "run")
+
+
+@pytest.fixture(scope="module")
+def client(run_dir):
+    app = create_app(run_dir)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def no_trace(r) -> None:
+    assert "Traceback" not in r.text and 'File "' not in r.text, r.text[:500]
+
+
+# ------------------------------------------------------------------------------------------------------- pages
+def test_index_page_lists_dictionaries_with_metrics_and_plots(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    for name in ("sae", "itda", "text_sae"):
+        assert f'href="/d/{name}"' in r.text
+    assert "0.25" in r.text and "75.0%" in r.text  # FVU and variance explained of the sae
+    assert '/run/plots/ok.png' in r.text
+    assert client.get("/run/plots/ok.png").status_code == 200
+
+
+def test_feature_table_sorts_filters_searches_and_pages(client, run_dir):
+    index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
+    r = client.get("/d/sae?sort=max&order=desc&per_page=500")
+    assert r.status_code == 200
+    latents = [int(x) for x in re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"', r.text)]
+    alive = torch.nonzero(index.alive()).squeeze(1).tolist()
+    assert sorted(latents) == alive
+    maxes = index.max_activation[latents].tolist()
+    assert maxes == sorted(maxes, reverse=True)
+    # pages of 5
+    p2 = client.get("/d/sae?sort=max&order=desc&per_page=5&page=2").text
+    assert [int(x) for x in re.findall(r'href="/d/sae/f/(\d+)"', p2)][:5] == latents[5:10]
+    # frequency filter
+    freq = index.frequencies().mean(0)
+    cut = float(freq[alive].median())
+    got = {int(x) for x in re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"',
+                                      client.get(f"/d/sae?min_freq={cut}&per_page=500").text)}
+    assert got == {i for i in alive if float(freq[i]) >= cut}
+    # search over explanations, concept and AUROC and score filters
+    explained = {int(x) for x in re.findall(r'href="/d/sae/f/(\d+)"', client.get("/d/sae?q=shapes&per_page=500").text)}
+    assert len(explained) == 5
+    red = re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"', client.get("/d/sae?concept=color:red").text)
+    assert len(red) == 4
+    assert len(re.findall(r'class="feature-link"', client.get("/d/sae?min_auroc=0.72").text)) == 2
+    assert len(re.findall(r'class="feature-link"', client.get("/d/sae?min_score=0.515&sort=score").text)) == 4
+    assert "no latent matches" in client.get("/d/sae?q=zebra").text
+
+
+def test_feature_page_shows_images_histogram_steps_truth_and_nearest(client, run_dir):
+    from difflens.interpret.heatmap import paint
+
+    index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
+    latent = int(index.max_activation.argmax())
+    r = client.get(f"/d/sae/f/{latent}")
+    assert r.status_code == 200
+    top = index.top_images(latent)
+    first = top[0]
+    overlay = f"/overlay/sae/{latent}/{first['image_id']}/{first['step']}.png"
+    assert overlay in r.text and f"/img/{first['image_id']}.png" in r.text
+    for section in ('id="histogram"', 'id="steps"', 'id="quantiles"', 'id="nearest"', 'id="steer"', 'id="opacity"'):
+        assert section in r.text
+    assert "step 0" in r.text and "step 1" in r.text
+    assert "/d/itda/f/" in r.text  # nearest latents across dictionaries of the site
+    assert "/d/text_sae/f/" not in r.text  # another site is not compared
+    # the overlay is interpret.heatmap.paint of the stored image with the index's activation map
+    png = client.get(overlay)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    from io import BytesIO
+
+    from PIL import Image
+
+    got = np.asarray(Image.open(BytesIO(png.content)).convert("RGB"))
+    amap = index.activation_map(latent, first["image_id"], first["step"])
+    want = paint(index.store.load_image(first["image_id"]), amap, float(index.max_activation[latent]))
+    assert np.array_equal(got, want)
+    m = client.get(f"/api/map/sae/{latent}/{first['image_id']}/{first['step']}").json()
+    assert m["grid"] == list(index.grid)
+    np.testing.assert_allclose(np.array(m["values"]).reshape(m["grid"]), amap.numpy(), atol=1e-4)
+    assert max(m["values"]) == pytest.approx(first["score"], rel=1e-3)
+
+
+def test_nearest_latents_are_the_decoder_cosine_neighbours(run_dir):
+    run = Run(run_dir)
+    d, other = run.dictionary("sae"), run.dictionary("itda")
+    mine = dl.load_dictionary(run_dir / "dictionaries" / "sae").feature_directions()
+    theirs = dl.load_dictionary(run_dir / "dictionaries" / "itda").feature_directions()
+    got = d.nearest(3, other, 4)
+    cos = theirs @ mine[3]
+    assert [i for i, _ in got] == cos.topk(4).indices.tolist()
+    same = d.nearest(3, d, 3)
+    assert 3 not in [i for i, _ in same]
+
+
+def test_text_site_feature_page_shades_prompt_words(client, run_dir):
+    index = dl.load_index(run_dir / "dictionaries" / "text_sae" / "index")
+    latent = int(index.max_activation.argmax())
+    r = client.get(f"/d/text_sae/f/{latent}")
+    assert r.status_code == 200
+    assert 'class="text-row"' in r.text and 'class="word"' in r.text
+
+
+def test_image_page_token_latents_and_reconstruction_error(client, run_dir):
+    r = client.get("/image/3?step=1")
+    assert r.status_code == 200
+    assert 'id="tokenpad"' in r.text and 'data-grid="8x8"' in r.text
+    assert "/errmap/sae/3/1.png" in r.text and "/errmap/itda/3/1.png" in r.text
+    assert client.get("/errmap/sae/3/1.png").headers["content-type"] == "image/png"
+    data = client.get("/api/token/3?step=1&token=10").json()
+    names = [d["dictionary"] for d in data["dictionaries"]]
+    assert names == ["itda", "sae"]  # image-stream dictionaries indexed at step 1
+    sae = dl.load_dictionary(run_dir / "dictionaries" / "sae")
+    store = dl.open_store(run_dir / "store")
+    index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
+    rows = index.image_rows(3, 1)
+    reader = store.reader(IMG, 1)
+    acts = reader.read_rows(rows)
+    token = np.asarray(reader.trace(rows)["token_index"])
+    codes = sae.encode(acts[np.flatnonzero(token == 10)])
+    want = {int(i): float(v) for v, i in zip(codes.values[0], codes.indices[0]) if v > 0}
+    got = {it["latent"]: it["value"] for it in data["dictionaries"][1]["items"]}
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-5) for k in got)
+    # the evil prompt is shown as text
+    page = client.get("/image/0").text
+    assert "<script>bad()" not in page and "&lt;script&gt;bad()" in page
+
+
+# ------------------------------------------------------------------------------------------------- security
+def test_texts_from_files_are_escaped_everywhere(client, run_dir):
+    index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
+    evil_latent = torch.nonzero(index.alive()).squeeze(1).tolist()[0]
+    pages = [client.get(u).text for u in ("/d/sae", "/d/sae?q=script", f"/d/sae/f/{evil_latent}",
+                                          f"/d/itda/f/{torch.nonzero(index.alive()).squeeze(1).tolist()[1]}")]
+    joined = "\n".join(pages)
+    assert "&lt;script&gt;alert(" in pages[0] and "&lt;script&gt;alert(" in pages[2]
+    assert "&lt;img src=x onerror=alert(1)&gt;" in pages[2]
+    for page in pages:
+        assert "<script>alert" not in page and "<img src=x onerror" not in page and "<b>bold</b>" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in joined
+    scripts = re.findall(r"<script[^>]*>", joined)
+    assert set(scripts) == {'<script src="/static/browser.js">'}
+    # the prompt of a top image (written by the capture) in captions
+    r = client.get("/image/0")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+
+
+def test_files_only_from_inside_the_run(client):
+    for url in ("/run/../summary.json", "/run/..%2Fsecret.png", "/run/%2e%2e/secret.png", "/run/plots/escape.png",
+                "/run/plots/up/secret.png", "/run//etc/passwd", "/run/summary.py", "/static/../run.py",
+                "/static/%2e%2e/run.py", "/img/..%2F..%2Fsummary.json", "/run/plots/../../secret.png"):
+        r = client.get(url)
+        assert r.status_code == 404, url
+        assert "secret outside" not in r.text
+        no_trace(r)
+    assert client.get("/run/summary.json").status_code == 200
+
+
+def test_unknown_things_are_404_pages_and_malformed_queries_400(client, run_dir):
+    for url in ("/d/nope", "/d/nope/f/1", "/d/sae/f/100000", "/image/999", "/img/999.png", "/d/sae/f/abc",
+                "/overlay/sae/100000/0/1.png", "/api/map/sae/1/0/5", "/nothing/here", "/d/sae?page=99999"):
+        r = client.get(url)
+        assert r.status_code in (404, 400), url
+        no_trace(r)
+    assert client.get("/d/sae/f/100000").status_code == 404
+    assert "Not found" in client.get("/d/nope").text
+    for url in ("/d/sae?page=abc", "/d/sae?page=0", "/d/sae?sort=evil", "/d/sae?order=up", "/d/sae?min_freq=nan",
+                "/d/sae?min_freq=x", "/d/sae?bogus=1", "/d/sae?per_page=100000", "/d/sae?page=1&page=2",
+                "/image/1?step=x", "/api/token/1?step=1&token=-1", "/api/token/1?step=1", "/?x=1",
+                "/api/token/1?step=1&token=999"):
+        r = client.get(url)
+        assert r.status_code == 400, url
+        no_trace(r)
+    assert "Bad request" in client.get("/d/sae?page=abc").text
+    assert client.get("/api/map/sae/1/0/7").json()["error"]
+
+
+def test_an_internal_error_is_a_500_page_without_a_traceback(run_dir, monkeypatch):
+    from difflens.browser import app as app_module
+
+    def boom(*a, **k):
+        raise RuntimeError("secret internals /etc/passwd")
+
+    monkeypatch.setattr(app_module, "run_context", boom)
+    with TestClient(create_app(run_dir), raise_server_exceptions=False) as c:
+        r = c.get("/")
+    assert r.status_code == 500 and "secret internals" not in r.text
+    no_trace(r)
+
+
+# ------------------------------------------------------------------------------------------------- steering
+def steer_body(**changes) -> dict:
+    return {"dictionary": "sae", "latent": 1, "prompt": "a red circle", "seed": 0, "strength": 3, "mode": "add",
+            "num_steps": 2, "step_start": 0, "step_end": 2, "box": [0.1, 0.1, 0.6, 0.6], **changes}
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(strength=1000), "beyond the limit"), (dict(strength="nan"), "finite"), (dict(num_steps=500), "steps"),
+    (dict(num_steps=0), "steps"), (dict(resolution=4096), "resolution"), (dict(mode="explode"), "mode"),
+    (dict(latent=10**6), "outside the dictionary"), (dict(latent=-1), "outside"), (dict(dictionary="nope"), "no dictionary"),
+    (dict(box=[0.5, 0.5, 0.2, 0.9]), "empty"), (dict(box=[0, 0, 2, 1]), "[0, 1]"), (dict(box="x"), "box"),
+    (dict(step_start=2, step_end=2), "step window"), (dict(step_end=9), "step window"), (dict(prompt="x" * 5000), "characters"),
+    (dict(prompt=""), "prompt"), (dict(seed=-3), "seed"), (dict(extra=1), "unknown field"),
+])
+def test_steering_requests_beyond_the_limits_are_refused_with_the_reason(client, change, reason):
+    r = client.post("/api/steer", json=steer_body(**change))
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("refused:") and reason in r.json()["error"], r.json()
+    no_trace(r)
+
+
+def test_steering_body_must_be_json(client):
+    r = client.post("/api/steer", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    assert client.get("/api/steer").status_code == 405
+    assert client.get("/api/steer/12345").status_code == 404
+
+
+def test_steering_runs_one_at_a_time_and_a_second_request_waits(run_dir):
+    gate = threading.Event()
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake(settings):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        gate.wait(10)
+        with lock:
+            running[0] -= 1
+        return {"baseline": "data:,", "steered": "data:,", "record": {"latent": settings["latent"]}}
+
+    app = create_app(run_dir, SteeringLimits(max_queue=2), generate=fake)
+    app.state.steering.available = True
+    with TestClient(app) as c:
+        first = c.post("/api/steer", json=steer_body()).json()
+        deadline = time.time() + 5
+        while c.get(f"/api/steer/{first['id']}").json()["status"] != "running" and time.time() < deadline:
+            time.sleep(0.01)
+        second = c.post("/api/steer", json=steer_body(latent=2)).json()
+        third = c.post("/api/steer", json=steer_body(latent=3)).json()
+        status = c.get(f"/api/steer/{second['id']}").json()
+        assert status["status"] == "queued" and status["position"] == 1 and status["running"]
+        assert c.get(f"/api/steer/{third['id']}").json()["position"] == 2
+        full = c.post("/api/steer", json=steer_body())
+        assert full.status_code == 400 and "queue is full" in full.json()["error"]
+        gate.set()
+        deadline = time.time() + 10
+        while time.time() < deadline and c.get(f"/api/steer/{third['id']}").json()["status"] != "done":
+            time.sleep(0.02)
+        done = c.get(f"/api/steer/{third['id']}").json()
+        assert done["status"] == "done" and done["result"]["record"] == {"latent": 3}
+    assert peak[0] == 1
+
+
+def test_steering_on_the_tiny_embedded_model(client):
+    pytest.importorskip("difflens.steering")
+    r = client.post("/api/steer", json=steer_body(strength=8))
+    assert r.status_code == 202, r.text
+    job = r.json()
+    deadline = time.time() + 120
+    while job["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.1)
+        job = client.get(f"/api/steer/{job['id']}").json()
+    assert job["status"] == "done", job
+    result = job["result"]
+    assert result["baseline"].startswith("data:image/png;base64,") and result["steered"].startswith("data:image/png")
+    assert result["baseline"] != result["steered"]
+    assert result["record"]["mode"] == "add" and result["record"]["steps"] == [0, 1]
+
+
+def test_steering_panel_says_why_when_the_api_is_missing(run_dir):
+    app = create_app(run_dir)
+    service = app.state.steering
+    service.available, service.reason = False, "live steering is unavailable: difflens.steering cannot be imported (X)"
+    with TestClient(app) as c:
+        page = c.get("/d/sae/f/1").text
+        assert "cannot be imported" in page and 'id="steer-form"' not in page
+        r = c.post("/api/steer", json=steer_body())
+        assert r.status_code == 400 and "cannot be imported" in r.json()["error"]
+
+
+# ------------------------------------------------------------------------------------------------- export, CLI
+def test_static_export_works_from_files_with_steering_disabled(run_dir, tmp_path):
+    from difflens.cli import main
+
+    out = tmp_path / "site"
+    index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
+    alive = torch.nonzero(index.alive()).squeeze(1).tolist()
+    pick = ",".join(map(str, alive[:3]))
+    assert main(["browse", str(run_dir), "--export", str(out), "--export-features", pick]) == 0
+    assert (out / "index.html").exists() and (out / "d" / "sae" / "index.html").exists()
+    page = (out / "d" / "sae" / "f" / f"{alive[0]}.html").read_text()
+    assert "disabled in a static export" in page and 'id="steer-form"' not in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(" in page
+    data = json.loads((out / "d" / "sae" / "f" / f"{alive[0]}.json").read_text())
+    assert data["latent"] == alive[0] and data["maps"] and data["top"]
+    # every relative link and image of the pages resolves to a written file (or a feature not exported)
+    for html in [out / "index.html", out / "d" / "sae" / "index.html", out / "d" / "sae" / "f" / f"{alive[0]}.html"]:
+        text = html.read_text()
+        assert not re.search(r'(href|src)="/', text), html  # no absolute links
+        for target in re.findall(r'(?:href|src)="([^"#?]+)"', text):
+            path = (html.parent / target).resolve()
+            if re.search(r"/f/\d+\.html$", target) and not path.exists():
+                continue  # a neighbour latent that was not exported
+            assert path.exists(), (html, target)
+    # the table holds every alive latent, sorted and filtered in the page
+    table = (out / "d" / "sae" / "index.html").read_text()
+    assert len(re.findall(r'class="feature-link"', table)) == len(alive) and "sortable" in table
+
+
+def test_browse_command_defaults_to_localhost_and_refuses_bad_flags(run_dir, capsys):
+    from difflens.browser.cli import BrowseCommand
+    from difflens.cli import build_parser, main
+
+    assert BrowseCommand.__dataclass_fields__["host"].default == "127.0.0.1"
+    args = build_parser().parse_args(["browse", str(run_dir)])
+    assert args.run == str(run_dir) and not hasattr(args, "host")  # the dataclass default applies
+    assert main(["browse", str(run_dir), "--port", "0"]) == 2
+    assert main(["browse", str(run_dir.parent / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
