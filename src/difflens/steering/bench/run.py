@@ -1,0 +1,525 @@
+"""The editing benchmark loop: `run_edit_bench(BenchConfig(...))` -> results (rows per category x method x
+site x strength x k, with bootstrap intervals), written atomically to results.json, a printed table and
+success-vs-preservation curves.
+
+Per category the loop walks the pairs in file order, generates source and target prompts with the pair's seed
+(capturing every method's site at the edit steps), and keeps the first `n` pairs whose source generation the
+oracle reads as the source scene (the edit needs a known starting point; pairs without scenes are all kept).
+The edit mask is the oracle's mask of the edited object in the source and target generations (for background
+edits: everything that is no object in either), resized to each site's token grid and thresholded > 0; a pair
+file's own mask replaces it. Each method then re-generates the source prompts, same seeds, with its
+intervention, and the oracle judges the results (`scoring.judge`); PSNR is taken outside the edit region
+(the token mask at pixel resolution) against the unedited source image.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
+from .pairs import EditPair, check_prompts, model_vocabulary, read_pairs
+from .scoring import faithful, judge, psnr_outside, summarise
+
+
+@dataclass
+class BenchConfig:
+    """`difflens bench edits`: what to edit, with which methods, and where the results go."""
+
+    run: str | None = None
+    """run folder (its dictionaries/ subfolder or its dictionary folders are the feature methods) or one
+    dictionary folder; none: only the dense and swap methods"""
+    model: str = "embedded"
+    """model to edit with (embedded, flux-schnell, sdxl-turbo, ...)"""
+    pairs: str | None = None
+    """pairs file (difflens or RIEBench JSON lines; none: the shipped shapes-world pairs)"""
+    categories: list[str] = field(default_factory=list)
+    """categories to run (empty: every category in the pairs file)"""
+    n: int = 20
+    """pairs per category (the first ones whose source generation the oracle reads as the source scene)"""
+    methods: list[str] = field(default_factory=list)
+    """dictionary folder names of the run, and dense, random, swap (empty: every dictionary and all three)"""
+    sites: list[str] = field(default_factory=list)
+    """sites of the dense activation difference (empty: the feature methods' sites)"""
+    steps: str = "all"
+    """denoising steps edited: start:end (end exclusive), a comma list, or all (on the embedded model, edits
+    of the first half only are undone by the later steps, which re-read the prompt)"""
+    select: str = "own"
+    """step whose codes select the features: own (the dictionary's own step when edited, else the first edited
+    step), first (RIEBench's), each (every step selects its own), or a step number"""
+    ks: list[int] = field(default_factory=lambda: [8, 32])
+    """latents added (top-k) and subtracted (bottom-k)"""
+    strengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    """m1 of the feature transfer (and of its random control)"""
+    dense_strengths: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    """m1 of the dense activation difference"""
+    random_reference: str | None = None
+    """dictionary whose deltas the random control matches (none: sae_pca if run, else the first)"""
+    num_steps: int | None = None
+    """denoising steps of a generation (none: the model's)"""
+    guidance: float | None = None
+    """classifier-free guidance scale (none: the model's)"""
+    halves: Literal["both", "cond", "contrast"] = "both"
+    """under classifier-free guidance, the halves edited (contrast: +cond, -uncond)"""
+    require_faithful: bool = True
+    """keep only pairs whose source generation reads as the source scene (oracle pairs)"""
+    batch_size: int = 32
+    """images per generation call"""
+    seed: int = 0
+    """seed of the random control and the bootstrap"""
+    n_boot: int = 1000
+    """bootstrap resamples of the 95 % intervals"""
+    out: str = field(default="edit_bench/results.json", metadata={"aliases": ["-o"]})
+    """results.json path (the curves PNG goes beside it)"""
+    quiet: bool = False
+    """no progress lines"""
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if any(k < 1 for k in self.ks) or not self.ks:
+            raise ValueError(f"ks must be >= 1, got {self.ks}")
+        if not self.strengths or not self.dense_strengths:
+            raise ValueError("strengths and dense_strengths need at least one value")
+        if self.halves not in ("both", "cond", "contrast"):
+            raise ValueError(f"halves must be both, cond or contrast, got {self.halves!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def parse_steps(text: str, num_steps: int) -> list[int]:
+    """'0:4' -> [0, 1, 2, 3]; '3' or '1,3' -> those; 'all' -> every step. Errors name the run's steps."""
+    text = str(text).strip()
+    if text == "all":
+        return list(range(num_steps))
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            steps = list(range(int(a) if a else 0, int(b) if b else num_steps))
+        else:
+            steps = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise ValueError(f"steps must be start:end, a comma list of integers or all, got {text!r}") from None
+    if not steps:
+        raise ValueError(f"empty step window {text!r}")
+    bad = [s for s in steps if not 0 <= s < num_steps]
+    if bad:
+        raise ValueError(f"steps {bad} lie outside this run's steps 0..{num_steps - 1}")
+    return steps
+
+
+# ------------------------------------------------------------------ masks
+def _object_at(reading, cell: str):
+    found = [o for o in reading.objects if o.position == cell]
+    return max(found, key=lambda o: o.area) if found else None
+
+
+def _cell_box(cell: str, shape: tuple[int, int]) -> np.ndarray:
+    from difflens.world.scene import POSITIONS
+
+    r, c = divmod(POSITIONS.index(cell), 3)
+    H, W = shape
+    m = np.zeros(shape, bool)
+    m[r * H // 3:(r + 1) * H // 3, c * W // 3:(c + 1) * W // 3] = True
+    return m
+
+
+def edit_mask(pair: EditPair, source_reading, target_reading, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the oracle's mask of the edited object in the source and target generations (its grid cell
+    where a generation lacks it); for background edits every pixel that is no object in either."""
+    if pair.category == "background":
+        objects = np.zeros(shape, bool)
+        for r in (source_reading, target_reading):
+            for o in r.objects:
+                objects |= o.mask
+        return ~objects
+    mask = np.zeros(shape, bool)
+    if pair.category != "add":
+        cell = pair.source_scene["objects"][pair.object]["position"]
+        o = _object_at(source_reading, cell)
+        mask |= o.mask if o is not None else _cell_box(cell, shape)
+    if pair.category != "remove":
+        cell = pair.target_scene["objects"][pair.object]["position"]
+        o = _object_at(target_reading, cell)
+        mask |= o.mask if o is not None else _cell_box(cell, shape)
+    return mask
+
+
+def to_tokens(mask_HW: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """(T,) 0/1 float token mask: the pixel mask area-resized to the grid, thresholded > 0 (row-major)."""
+    m = torch.as_tensor(np.asarray(mask_HW, dtype=np.float32))[None, None]
+    return (F.adaptive_avg_pool2d(m, grid)[0, 0] > 0).float().reshape(-1)
+
+
+def to_pixels(mask_T: torch.Tensor, grid: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the pixels of the tokens in a token mask."""
+    m = mask_T.reshape(1, 1, *grid).float()
+    return F.interpolate(m, size=shape, mode="nearest")[0, 0].numpy() > 0
+
+
+# ------------------------------------------------------------------ the loop
+@dataclass
+class Kept:
+    """One pair kept for editing: its generations, readings, masks and captured activations."""
+
+    pair: EditPair
+    source: np.ndarray
+    target: np.ndarray
+    source_reading: object
+    target_reading: object
+    mask_px: np.ndarray | None
+    acts: dict[str, PairActs]
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # site -> (T,) mask
+
+
+def _dictionaries(run: str | None, names: list[str]) -> dict:
+    from difflens.dictionaries.io import load_dictionary
+
+    if run is None:
+        if names:
+            raise ValueError(f"methods {names} need --run (a run folder holding those dictionaries)")
+        return {}
+    root = Path(run)
+    if (root / "cfg.json").exists():
+        found = {root.name: root}
+    else:
+        base = root / "dictionaries" if (root / "dictionaries").is_dir() else root
+        if not base.is_dir():
+            raise FileNotFoundError(f"run folder {run} does not exist")
+        found = {p.name: p for p in sorted(base.iterdir()) if (p / "cfg.json").exists()}
+    if names is None:
+        names = list(found)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"no dictionary named {', '.join(missing)} in {run}; it holds: {', '.join(found) or 'none'} "
+                         f"(built-in methods: {', '.join(BUILTIN_METHODS)})")
+    return {n: load_dictionary(found[n]) for n in names}
+
+
+class _Log:
+    def __init__(self, quiet: bool):
+        self.quiet, self.t0 = quiet, time.time()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.time() - self.t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = None) -> dict:
+    """Run the benchmark; returns the results dict written to `config.out` (when set). `model`: an adapter
+    (default: `load_model(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
+    from difflens.adapters.base import Capture
+
+    log = _Log(config.quiet)
+    # ---- everything that can be wrong is checked before the first generation
+    builtin = [m for m in (config.methods or BUILTIN_METHODS) if m in BUILTIN_METHODS]
+    if dictionaries is None:
+        named = [m for m in config.methods if m not in BUILTIN_METHODS] if config.methods else None
+        if named is None and config.run is None:
+            named = []
+        dictionaries = _dictionaries(config.run, named)
+    else:
+        dictionaries = {k: v for k, v in dictionaries.items() if not config.methods or k in config.methods}
+    if model is None:
+        from difflens.api import load_model
+
+        model = load_model(config.model)
+    pairs = read_pairs(config.pairs, vocabulary=model_vocabulary(model))
+    check_prompts(model, pairs)
+    categories = config.categories or list(dict.fromkeys(p.category for p in pairs))
+    missing = [c for c in categories if not any(p.category == c for p in pairs)]
+    if missing:
+        raise ValueError(f"no pairs of categories {missing} in the pairs file; it has "
+                         f"{', '.join(dict.fromkeys(p.category for p in pairs))}")
+    num_steps = config.num_steps or model.default_num_steps
+    steps = parse_steps(config.steps, num_steps)
+    features = {}
+    for name, d in dictionaries.items():
+        if d.site is None:
+            raise ValueError(f"dictionary {name} does not record its site")
+        info = model.site(d.site)
+        if info.dim != d.d_in:
+            raise ValueError(f"dictionary {name} has width {d.d_in}, its site {d.site} has width {info.dim}")
+        if info.grid is None:
+            raise ValueError(f"dictionary {name}'s site {d.site} holds text tokens; edits need an image site")
+        features[name] = FeatureMethod(name, d, d.site)
+    dense_sites = list(config.sites) or list(dict.fromkeys(f.site for f in features.values()))
+    if "dense" in builtin and not dense_sites:
+        raise ValueError("the dense method needs --sites (no dictionary gives one)")
+    if "dense" not in builtin:
+        dense_sites = []
+    for s in dense_sites:
+        if model.site(s).grid is None:
+            raise ValueError(f"site {s} holds text tokens; edits need an image site")
+    reference = None
+    if "random" in builtin:
+        if not features:
+            raise ValueError("the random control needs a dictionary method to match")
+        reference = config.random_reference or ("sae_pca" if "sae_pca" in features else next(iter(features)))
+        if reference not in features:
+            raise ValueError(f"random_reference {reference!r} is not among the dictionary methods {list(features)}")
+    select_index: dict[str, int | None] = {}
+    for name, f in features.items():
+        if config.select == "each":
+            select_index[name] = None
+            continue
+        if config.select == "own":
+            want = f.dictionary.step if f.dictionary.step in steps else steps[0]
+        elif config.select == "first":
+            want = steps[0]
+        else:
+            try:
+                want = int(config.select)
+            except ValueError:
+                raise ValueError(f"select must be own, first, each or a step number, got {config.select!r}") from None
+        if want not in steps:
+            raise ValueError(f"select step {want} is not an edited step {steps}")
+        select_index[name] = steps.index(want)
+    sites = list(dict.fromkeys([*(f.site for f in features.values()), *dense_sites]))
+    grids = {s: model.site(s).grid for s in sites}
+    main_grid = model.grid()
+
+    def generate(prompts, seeds, capture_sites=(), interventions=()):
+        got: dict = {}
+        images = []
+        for i in range(0, len(prompts), config.batch_size):
+            sl = slice(i, i + config.batch_size)
+            part: dict = {}
+            caps = [Capture(list(capture_sites), lambda n, st, x: part.setdefault(n, {}).__setitem__(st, x.float().cpu()),
+                            steps=steps)] if capture_sites else []
+            ivs = [iv(sl) for iv in interventions]
+            images.append(model.generate(prompts[sl], seeds=seeds[sl], num_steps=num_steps, guidance=config.guidance,
+                                         capture=caps, interventions=ivs))
+            for n, by_step in part.items():
+                got.setdefault(n, []).append(torch.stack([by_step[s] for s in steps], 1))  # (B, S, T, D)
+        return np.concatenate(images), {n: torch.cat(v) for n, v in got.items()}
+
+    records: list[dict] = []
+    counts: dict[str, dict] = {}
+
+    def score(kept: list[Kept], images: np.ndarray, method: str, site: str | None, strength, k, extra=None):
+        for j, (kp, img) in enumerate(zip(kept, images)):
+            rec = {"pair": kp.pair.id, "category": kp.pair.category, "method": method, "site": site,
+                   "strength": strength, "k": k}
+            if kp.pair.judged:
+                from difflens.world.oracle import read_image
+
+                rec.update(judge(kp.pair, read_image(img)))
+            else:
+                rec.update(success=None, preservation=None, clean=None)
+            grid = grids.get(site, main_grid)
+            tok = kp.tokens.get(site)
+            if tok is None and kp.mask_px is not None:
+                tok = to_tokens(kp.mask_px, grid)
+            region = None if tok is None else to_pixels(tok, grid, img.shape[:2])
+            rec["psnr_outside"] = None if region is None or region.all() else psnr_outside(img, kp.source, region)
+            if extra is not None:
+                rec.update(extra[j])
+            records.append(rec)
+
+    gen = torch.Generator().manual_seed(config.seed)
+    for category in categories:
+        candidates = [p for p in pairs if p.category == category]
+        kept: list[Kept] = []
+        tried = 0
+        while len(kept) < config.n and tried < len(candidates):
+            # ask for a few more than still needed: some sources will not read as their scene
+            want = min(config.batch_size, max(2, int(1.5 * (config.n - len(kept))) + 1))
+            chunk = candidates[tried: tried + want]
+            tried += len(chunk)
+            prompts = [p.source for p in chunk] + [p.target for p in chunk]
+            seeds = [p.seed for p in chunk] * 2
+            images, acts = generate(prompts, seeds, sites)
+            B = len(chunk)
+            for j, p in enumerate(chunk):
+                src, tgt = images[j], images[B + j]
+                r_src = r_tgt = None
+                if p.judged:
+                    from difflens.world.oracle import read_image
+
+                    r_src, r_tgt = read_image(src), read_image(tgt)
+                    if config.require_faithful and not faithful(p.source_scene, r_src):
+                        continue
+                if p.mask is not None:
+                    mask_px = to_pixels(to_tokens(p.mask, src.shape[:2]), src.shape[:2], src.shape[:2])
+                elif p.judged:
+                    mask_px = edit_mask(p, r_src, r_tgt, src.shape[:2])
+                else:
+                    mask_px = None
+                kp = Kept(p, src, tgt, r_src, r_tgt, mask_px,
+                          {s: PairActs(acts[s][j], acts[s][B + j]) for s in sites})
+                for s in sites:
+                    kp.tokens[s] = (torch.ones(grids[s][0] * grids[s][1]) if mask_px is None
+                                    else to_tokens(mask_px, grids[s]))
+                kept.append(kp)
+        usable = len(kept)
+        kept = kept[: config.n]
+        counts[category] = {"tried": tried, "usable": usable, "kept": len(kept)}
+        log(f"{category}: {len(kept)} pairs kept; {usable} of {tried} tried had a source generation read as its scene")
+        if not kept:
+            continue
+        prompts = [kp.pair.source for kp in kept]
+        seeds = [kp.pair.seed for kp in kept]
+
+        def run_deltas(site, deltas_BSTD, method, strength, k, extra=None):
+            step_deltas = {st: deltas_BSTD[:, s] for s, st in enumerate(steps)}
+            iv = lambda sl: token_deltas(site, {st: d[sl] for st, d in step_deltas.items()}, config.halves)  # noqa: E731
+            images, _ = generate(prompts, seeds, interventions=[iv])
+            score(kept, images, method, site, strength, k, extra)
+
+        if "swap" in builtin:
+            score(kept, np.stack([kp.target for kp in kept]), "swap", None, None, None)
+        for name, fm in features.items():
+            codes = [fm.codes(kp.acts[fm.site]) for kp in kept]
+            for k in config.ks:
+                for m1 in config.strengths:
+                    per, chosen = [], []
+                    for kp, (src, tgt) in zip(kept, codes):
+                        d, c = fm.deltas(src, tgt, kp.tokens[fm.site], select_index[name], k, m1)
+                        per.append(d)
+                        chosen.append(c)
+                    deltas = torch.stack(per)
+                    extra = [{"latents_added": float(np.mean([len(t) for t, _b in c])),
+                              "latents_subtracted": float(np.mean([len(b) for _t, b in c]))} for c in chosen]
+                    run_deltas(fm.site, deltas, name, m1, k, extra)
+                    if name == reference:
+                        rand = torch.stack([fm.random_deltas(d, src, tgt, c, kp.tokens[fm.site], gen)
+                                            for d, (src, tgt), c, kp in zip(per, codes, chosen, kept)])
+                        run_deltas(fm.site, rand, "random", m1, k, extra)
+            log(f"{category}: {name} done")
+        for site in dense_sites:
+            for m1 in config.dense_strengths:
+                deltas = torch.stack([dense_delta(kp.acts[site], kp.tokens[site], m1) for kp in kept])
+                run_deltas(site, deltas, "dense", m1, None)
+        if dense_sites:
+            log(f"{category}: dense done")
+
+    rows = aggregate(records, config.n_boot, config.seed)
+    results = {"config": asdict(config), "model": model.name, "num_steps": num_steps, "steps": steps,
+               "random_reference": reference, "pair_counts": counts,
+               "definitions": {
+                   "success": "the oracle reads the edited attribute as the target's on the edited object",
+                   "preservation": "every other fact of the scene reads as before (background, other objects, "
+                                   "the edited object's other attributes)",
+                   "clean": "success and preservation: the edited image reads exactly as the target scene",
+                   "psnr_outside": "PSNR (dB) against the unedited source image outside the edit region "
+                                   "(the mask's tokens), capped at 60",
+                   "interval": "95 % percentile bootstrap over pairs (_lo, _hi)"},
+               "rows": rows, "pairs": records}
+    if config.out:
+        from difflens.atomic import atomic_write_json
+
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, results)
+        results["plot"] = str(curves(rows, out.with_name(out.stem + "_curves.png")))
+    return results
+
+
+def aggregate(records: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """One row per (category, method, site, strength, k): means and 95 % bootstrap intervals over pairs."""
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["category"], r["method"], r["site"], r["strength"], r["k"]), []).append(r)
+    rows = []
+    for (cat, method, site, strength, k), recs in groups.items():
+        row = {"category": cat, "method": method, "site": site, "strength": strength, "k": k}
+        row.update(summarise(recs, n_boot, seed))
+        if "latents_added" in recs[0]:
+            row["latents_added"] = float(np.mean([r["latents_added"] for r in recs]))
+            row["latents_subtracted"] = float(np.mean([r["latents_subtracted"] for r in recs]))
+        rows.append(row)
+    return rows
+
+
+def best_rows(rows: list[dict], key: str = "clean") -> list[dict]:
+    """Per (category, method, site): the row of the best setting by `key` (psnr_outside without the oracle).
+    The random control is reported at the setting where its reference dictionary did best."""
+    if not any(r[key] is not None for r in rows):
+        key = "psnr_outside"
+    best: dict = {}
+    for r in rows:
+        g = (r["category"], r["method"], r["site"])
+        v = -np.inf if r[key] is None else r[key]
+        if g not in best or v > best[g][0]:
+            best[g] = (v, r)
+    return [r for _v, r in best.values()]
+
+
+def format_table(rows: list[dict], reference: str | None = None) -> str:
+    """Per category x method (x site): the best setting's clean / success / preservation with intervals."""
+    picked = best_rows([r for r in rows if r["method"] != "random"])
+    if reference is not None:  # the control at its reference's best setting
+        ref = {(r["category"], r["site"]): r for r in picked if r["method"] == reference}
+        for r in rows:
+            b = ref.get((r["category"], r["site"]))
+            if r["method"] == "random" and b is not None and (r["strength"], r["k"]) == (b["strength"], b["k"]):
+                picked.append(r)
+
+    def pct(r, key):
+        if r[key] is None:
+            return "   -"
+        lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+        return f"{100 * r[key]:4.0f} [{100 * lo:3.0f},{100 * hi:3.0f}]"
+
+    head = f"{'category':<11}{'method':<10}{'site':<20}{'m1':>5}{'k':>4}{'n':>4}  {'clean %':<15}{'success %':<15}" \
+           f"{'preserv. %':<15}{'psnr':>6}"
+    lines = [head, "-" * len(head)]
+    order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    for r in sorted(picked, key=lambda r: (r["category"], order[r["method"]], r["site"] or "")):
+        psnr = "-" if r["psnr_outside"] is None else f"{r['psnr_outside']:.1f}"
+        lines.append(f"{r['category']:<11}{r['method']:<10}{(r['site'] or '-'):<20}"
+                     f"{'-' if r['strength'] is None else format(r['strength'], 'g'):>5}"
+                     f"{'-' if r['k'] is None else r['k']:>4}{r['n']:>4}  {pct(r, 'clean'):<15}{pct(r, 'success'):<15}"
+                     f"{pct(r, 'preservation'):<15}{psnr:>6}")
+    return "\n".join(lines)
+
+
+def curves(rows: list[dict], path: Path) -> Path:
+    """Success (y) against preservation (x) over strength, one panel per category, one line per method and
+    site at its best k (swap: a single point)."""
+    from difflens.evaluation.plots import panels
+
+    judged = [r for r in rows if r["success"] is not None]
+    if not judged:  # without the oracle: PSNR over strength
+        judged = rows
+    specs = []
+    for cat in dict.fromkeys(r["category"] for r in judged):
+        series = {}
+        mine = [r for r in judged if r["category"] == cat]
+        for (method, site) in dict.fromkeys((r["method"], r["site"]) for r in mine):
+            these = [r for r in mine if (r["method"], r["site"]) == (method, site)]
+            ks = {r["k"] for r in these}
+            if len(ks) > 1:  # the k whose mean clean rate over strengths is best
+                kbest = max(ks, key=lambda k: np.mean([r["clean"] or 0 for r in these if r["k"] == k]))
+                these = [r for r in these if r["k"] == kbest]
+            these.sort(key=lambda r: r["strength"] or 0)
+            label = method if site is None or len({r["site"] for r in mine if r["method"] == method}) == 1 \
+                else f"{method} {site}"
+            if these[0]["k"] is not None:
+                label += f" k={these[0]['k']}"
+            if these[0]["success"] is None:
+                series[label] = ([r["strength"] or 0 for r in these], [r["psnr_outside"] for r in these])
+            else:
+                series[label] = ([r["preservation"] for r in these], [r["success"] for r in these])
+        if judged[0]["success"] is None:
+            specs.append((series, "strength (m1)", "PSNR outside the mask (dB)", cat))
+        else:
+            specs.append((series, "preservation", "success", f"{cat}: success vs preservation over strength"))
+    return panels(specs, path)
+
+
+def write_table(results: dict) -> str:
+    return format_table(results["rows"], results.get("random_reference"))
+
+
+def load_results(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

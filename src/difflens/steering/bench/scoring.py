@@ -1,0 +1,128 @@
+"""Scores of one edit: the oracle's judgement (success, preservation, clean), pixel preservation outside the
+edit mask (PSNR against the unedited source image), and bootstrap intervals over pairs.
+
+A scene is compared as *facts*: the background, the number of objects, and for each of the 9 grid cells
+whether an object is there and its colour, shape and size (the largest object read in the cell; oracle readings
+and scene dicts give the same facts). The edited image should read as the target scene:
+
+* success      the edited facts hold: the object's new colour / shape / size, the new background, the cell
+               emptied (remove), an object in the new cell (add), the new cell filled and the old one emptied
+               (move);
+* preservation every fact the edit does not touch equals the target's (= the source's): the other objects,
+               the background, the edited object's other attributes (for a move: its colour, shape and size
+               in the new cell, or in the old one if it did not move; for add: the added object's attributes
+               are not counted here);
+* clean        every fact equals the target's (success and preservation, and for add the added object drawn
+               as asked).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OBJECT_FIELDS = ("color", "shape", "size")
+PSNR_CAP = 60.0  # dB reported for pixel-identical regions (an unbounded mean otherwise)
+
+
+def facts(scene) -> dict:
+    """Facts of a scene dict ({"background", "objects": [{color, shape, size, position}]}) or an oracle
+    `SceneReading`: {("background",): ..., ("count",): n, (cell, "present"|"color"|"shape"|"size"): ...}."""
+    from difflens.world.scene import POSITIONS
+
+    if isinstance(scene, dict):
+        background = scene["background"]
+        objects = [(o["position"], o, 0) for o in scene["objects"]]
+    else:
+        background = scene.background
+        objects = [(o.position, {k: getattr(o, k) for k in OBJECT_FIELDS}, o.area) for o in scene.objects]
+    out: dict = {("background",): background, ("count",): len(objects)}
+    largest: dict = {}
+    for cell, obj, area in objects:
+        if cell not in largest or area > largest[cell][1]:
+            largest[cell] = (obj, area)
+    for cell in POSITIONS:
+        obj = largest.get(cell, (None,))[0]
+        out[(cell, "present")] = obj is not None
+        for f in OBJECT_FIELDS:
+            out[(cell, f)] = None if obj is None else obj[f]
+    return out
+
+
+def edit_keys(pair) -> tuple[list, list]:
+    """(keys that define success, keys left out of preservation) for a judged pair."""
+    cat, s, t = pair.category, pair.source_scene, pair.target_scene
+    if cat == "background":
+        return [("background",)], [("background",)]
+    if cat == "add":
+        cell = t["objects"][pair.object]["position"]
+        return [(cell, "present")], [("count",), *[(cell, f) for f in ("present", *OBJECT_FIELDS)]]
+    cell = s["objects"][pair.object]["position"]
+    if cat == "remove":
+        return [(cell, "present")], [("count",), *[(cell, f) for f in ("present", *OBJECT_FIELDS)]]
+    if cat == "move":
+        new = t["objects"][pair.object]["position"]
+        # the moved object's own colour, shape and size are checked by `judge` wherever it ends up
+        return [(cell, "present"), (new, "present")], [(c, f) for c in (cell, new) for f in ("present", *OBJECT_FIELDS)]
+    return [(cell, cat)], [(cell, cat)]
+
+
+def judge(pair, reading) -> dict:
+    """{"success", "preservation", "clean"} (bools) of an edited image's oracle reading against the pair."""
+    want, got = facts(pair.target_scene), facts(reading)
+    success_keys, edited = edit_keys(pair)
+    success = all(got[k] == want[k] for k in success_keys)
+    preservation = all(got[k] == want[k] for k in want if k not in edited)
+    if pair.category == "move":  # the moved object keeps its looks, in the new cell or (failed move) the old one
+        old = pair.source_scene["objects"][pair.object]
+        new = pair.target_scene["objects"][pair.object]["position"]
+        cell = new if got[(new, "present")] else old["position"]
+        preservation = preservation and all(got[(cell, f)] == old[f] for f in OBJECT_FIELDS)
+    clean = all(got[k] == want[k] for k in want)
+    return {"success": bool(success), "preservation": bool(preservation), "clean": bool(clean)}
+
+
+def faithful(scene: dict, reading) -> bool:
+    """The oracle reads the image as exactly this scene (a generation that draws its prompt)."""
+    return facts(scene) == facts(reading)
+
+
+def psnr_outside(edited_HWC: np.ndarray, source_HWC: np.ndarray, mask_HW: np.ndarray | None) -> float:
+    """PSNR (dB, 8-bit peak) of the edited image against the unedited source over pixels outside `mask_HW`
+    (None: the whole image); pixel-identical regions score `PSNR_CAP`, an empty region NaN."""
+    keep = np.ones(edited_HWC.shape[:2], bool) if mask_HW is None else ~np.asarray(mask_HW, bool)
+    if not keep.any():
+        return float("nan")
+    diff = edited_HWC.astype(np.float64)[keep] - source_HWC.astype(np.float64)[keep]
+    mse = float((diff ** 2).mean())
+    if mse == 0:
+        return PSNR_CAP
+    return float(min(PSNR_CAP, 10 * np.log10(255.0 ** 2 / mse)))
+
+
+def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over pairs (NaNs dropped; (nan, nan) when none are left)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def summarise(per_pair: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Means and 95 % bootstrap intervals of each score over a list of per-pair score dicts (a score that is
+    None for every pair, e.g. success without the oracle, stays None)."""
+    out: dict = {"n": len(per_pair)}
+    for key in ("success", "preservation", "clean", "psnr_outside"):
+        vals = [p[key] for p in per_pair if p.get(key) is not None]
+        if not vals:
+            out[key] = out[f"{key}_lo"] = out[f"{key}_hi"] = None
+            continue
+        arr = np.asarray(vals, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        out[key] = float(finite.mean()) if len(finite) else None
+        lo, hi = bootstrap_ci(arr, n_boot, seed)
+        out[f"{key}_lo"], out[f"{key}_hi"] = (None if np.isnan(lo) else lo), (None if np.isnan(hi) else hi)
+    return out
