@@ -59,20 +59,27 @@ def rich_caption(scene: Scene, template: int = 0) -> str:
         obj=phrases[0], obj2=phrases[min(1, n - 1)], obj3=phrases[-1], bg=scene.background_phrase)
 
 
-def _placed(rng: np.random.Generator, shape: str, color: str, pattern: str, position: str, size: str) -> ObjectSpec:
-    """An object with a ±1 px jitter, shifted inside the image by ``BORDER_MARGIN``."""
-    from .render import object_mask
+def _pixel_extent(obj: ObjectSpec, pad: int = 24) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) pixel indices the object covers at 64 px, beyond the image border too."""
+    from .render import object_geometry, shape_inside
 
+    cy, cx, radius = object_geometry(obj.cell, obj.offset, obj.size, _SIZE)
+    y, x = np.mgrid[-pad:_SIZE + pad, -pad:_SIZE + pad].astype(np.float32) + 0.5
+    inside = shape_inside(obj.shape, y - cy, x - cx, radius)
+    rows, cols = np.nonzero(inside.any(axis=1))[0] - pad, np.nonzero(inside.any(axis=0))[0] - pad
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def _placed(rng: np.random.Generator, shape: str, color: str, pattern: str, position: str, size: str) -> ObjectSpec:
+    """An object with a ±1 px jitter, shifted by whole pixels to keep ``BORDER_MARGIN`` from the image border."""
     jitter = tuple(float(v) for v in rng.uniform(-1.0, 1.0, size=2))
     obj = ObjectSpec(shape=shape, color=color, size=size, position=position, offset=jitter, pattern=pattern)
-    mask = object_mask(obj, _SIZE)
-    shift = []
-    for axis in (1, 0):  # rows (dy), then columns (dx)
-        idx = np.nonzero(mask.any(axis=axis))[0]
-        lo, hi = idx[0], _SIZE - 1 - idx[-1]
-        shift.append(max(0, BORDER_MARGIN - lo) - max(0, BORDER_MARGIN - hi))
-    if any(shift):
-        obj = ObjectSpec(shape, color, size, position, (jitter[0] + shift[0], jitter[1] + shift[1]), pattern)
+    top, bottom, left, right = _pixel_extent(obj)
+    last = _SIZE - 1 - BORDER_MARGIN
+    dy = max(0, BORDER_MARGIN - top) - max(0, bottom - last)
+    dx = max(0, BORDER_MARGIN - left) - max(0, right - last)
+    if dy or dx:
+        obj = ObjectSpec(shape, color, size, position, (jitter[0] + dy, jitter[1] + dx), pattern)
     return obj
 
 
