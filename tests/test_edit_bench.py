@@ -280,3 +280,24 @@ def test_bad_settings_fail_before_generation(tmp_path, monkeypatch):
         run_edit_bench(BenchConfig(run=str(run), categories=["paint"], out=""), model=a)
     with pytest.raises(ValueError, match="empty step window"):
         run_edit_bench(BenchConfig(run=str(run), steps="1:1", num_steps=2, out=""), model=a)
+
+
+def test_group_results_merge(tmp_path):
+    from difflens.steering.bench.run import BenchConfig, format_table, merge_results, run_edit_bench
+
+    a = adapter("embedded-tiny")
+    run = _tiny_dictionary(a, tmp_path)
+    pairs = P.write_pairs(P.make_pairs(1, categories=("size", "move")), tmp_path / "pairs.jsonl")
+    common = dict(run=str(run), pairs=str(pairs), n=1, num_steps=2, ks=[2], strengths=[1.0], dense_strengths=[1.0],
+                  require_faithful=False, n_boot=10, quiet=True)
+    files = []
+    for cat in ("size", "move"):
+        files.append(tmp_path / f"{cat}.json")
+        run_edit_bench(BenchConfig(categories=[cat], out=str(files[-1]), **common), model=a)
+    merged = merge_results(files, tmp_path / "all" / "results.json")
+    assert set(merged["pair_counts"]) == {"size", "move"}
+    assert {r["category"] for r in merged["rows"]} == {"size", "move"}
+    assert json.loads((tmp_path / "all" / "results.json").read_text())["rows"] == merged["rows"]
+    assert "random" in format_table(merged["rows"], merged["random_reference"])
+    with pytest.raises(ValueError, match="share categories"):
+        merge_results([files[0], files[0]], tmp_path / "x.json")

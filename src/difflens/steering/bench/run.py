@@ -420,7 +420,7 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, results)
-        results["plot"] = str(curves(rows, out.with_name(out.stem + "_curves.png")))
+        results["plot"] = str(curves(rows, out.with_name(out.stem + "_curves.png"), reference))
     return results
 
 
@@ -483,38 +483,70 @@ def format_table(rows: list[dict], reference: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def curves(rows: list[dict], path: Path) -> Path:
+def curves(rows: list[dict], path: Path, reference: str | None = None) -> Path:
     """Success (y) against preservation (x) over strength, one panel per category, one line per method and
-    site at its best k (swap: a single point)."""
-    from difflens.evaluation.plots import panels
+    site at its best k (points in order of strength; swap: a single star; the random control at its reference
+    dictionary's k). Without the oracle: PSNR over strength."""
+    import matplotlib
 
-    judged = [r for r in rows if r["success"] is not None]
-    if not judged:  # without the oracle: PSNR over strength
-        judged = rows
-    specs = []
-    for cat in dict.fromkeys(r["category"] for r in judged):
-        series = {}
-        mine = [r for r in judged if r["category"] == cat]
-        for (method, site) in dict.fromkeys((r["method"], r["site"]) for r in mine):
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    judged = any(r["success"] is not None for r in rows)
+    cats = list(dict.fromkeys(r["category"] for r in rows))
+    cols = min(4, len(cats))
+    nrows = (len(cats) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, 3.9 * nrows), squeeze=False)
+    for ax in axes.flat[len(cats):]:
+        ax.axis("off")
+    colours = {}
+    for ax, cat in zip(axes.flat, cats):
+        mine = [r for r in rows if r["category"] == cat]
+        chosen_k: dict = {}
+        pairs = sorted(dict.fromkeys((r["method"], r["site"]) for r in mine), key=lambda m: m[0] == "random")
+        for method, site in pairs:
             these = [r for r in mine if (r["method"], r["site"]) == (method, site)]
             ks = {r["k"] for r in these}
-            if len(ks) > 1:  # the k whose mean clean rate over strengths is best
-                kbest = max(ks, key=lambda k: np.mean([r["clean"] or 0 for r in these if r["k"] == k]))
-                these = [r for r in these if r["k"] == kbest]
+            if len(ks) > 1:  # the k whose mean clean rate (PSNR without the oracle) over strengths is best
+                key = "clean" if judged else "psnr_outside"
+                ks_best = max(ks, key=lambda k: np.mean([r[key] or 0 for r in these if r["k"] == k]))
+                if method == "random" and chosen_k.get((reference, site)) in ks:
+                    ks_best = chosen_k[(reference, site)]
+                chosen_k[(method, site)] = ks_best
+                these = [r for r in these if r["k"] == ks_best]
             these.sort(key=lambda r: r["strength"] or 0)
-            label = method if site is None or len({r["site"] for r in mine if r["method"] == method}) == 1 \
-                else f"{method} {site}"
+            label = method if len({r["site"] for r in rows if r["method"] == method}) <= 1 else f"{method} {site}"
             if these[0]["k"] is not None:
                 label += f" k={these[0]['k']}"
-            if these[0]["success"] is None:
-                series[label] = ([r["strength"] or 0 for r in these], [r["psnr_outside"] for r in these])
+            colour = colours.setdefault(label.split(" k=")[0], f"C{len(colours) % 10}")
+            if judged:
+                xs, ys = [r["preservation"] for r in these], [r["success"] for r in these]
             else:
-                series[label] = ([r["preservation"] for r in these], [r["success"] for r in these])
-        if judged[0]["success"] is None:
-            specs.append((series, "strength (m1)", "PSNR outside the mask (dB)", cat))
+                xs, ys = [r["strength"] or 0 for r in these], [r["psnr_outside"] for r in these]
+            style = dict(marker="*", markersize=12, linestyle="none") if method == "swap" else dict(marker="o")
+            ax.plot(xs, ys, color=colour, label=label, **style,
+                    **({"linestyle": "--"} if method == "random" else {}))
+            if judged and method not in ("swap",):
+                for x, y, r in zip(xs, ys, these):
+                    ax.annotate(f"{r['strength']:g}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points",
+                                color=colour)
+        if judged:
+            ax.set_xlim(-0.03, 1.03)
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("preservation")
+            ax.set_ylabel("success")
         else:
-            specs.append((series, "preservation", "success", f"{cat}: success vs preservation over strength"))
-    return panels(specs, path)
+            ax.set_xlabel("strength (m1)")
+            ax.set_ylabel("PSNR outside the mask (dB)")
+        ax.set_title(cat, fontsize=10)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle("edits: success vs preservation over strength (numbers: m1)" if judged else
+                 "edits: pixel preservation over strength", fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_table(results: dict) -> str:
@@ -523,3 +555,36 @@ def write_table(results: dict) -> str:
 
 def load_results(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def merge_results(paths: list[str | Path], out: str | Path) -> dict:
+    """Join results files of disjoint categories (runs split to keep each short) into one results.json, its
+    table and curves. Settings other than the categories must agree."""
+    from difflens.atomic import atomic_write_json
+
+    parts = [load_results(p) for p in paths]
+    if not parts:
+        raise ValueError("no results files to merge")
+    first = parts[0]
+    ignore = {"categories", "out", "n"}
+    for p, path in zip(parts[1:], paths[1:]):
+        a = {k: v for k, v in first["config"].items() if k not in ignore}
+        b = {k: v for k, v in p["config"].items() if k not in ignore}
+        if a != b:
+            diff = sorted(k for k in a if a[k] != b.get(k))
+            raise ValueError(f"{path} was run with other settings ({', '.join(diff)})")
+    cats = [c for p in parts for c in p["pair_counts"]]
+    if len(cats) != len(set(cats)):
+        raise ValueError(f"results files share categories: {cats}")
+    merged = dict(first)
+    merged["config"] = dict(first["config"], categories=cats, out=str(out))
+    merged["pair_counts"] = {c: v for p in parts for c, v in p["pair_counts"].items()}
+    merged["rows"] = [r for p in parts for r in p["rows"]]
+    merged["pairs"] = [r for p in parts for r in p["pairs"]]
+    merged["merged_from"] = [str(p) for p in paths]
+    merged.pop("plot", None)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, merged)
+    merged["plot"] = str(curves(merged["rows"], out.with_name(out.stem + "_curves.png"), merged.get("random_reference")))
+    return merged
