@@ -64,8 +64,9 @@
         var v = m.values[row * m.grid[1] + col];
         tip.textContent = "token (" + row + ", " + col + "): " + fmt(v);
         tip.hidden = false;
-        tip.style.left = Math.min(ev.clientX - rect.left + 10, rect.width - 90) + "px";
-        tip.style.top = Math.max(ev.clientY - rect.top - 26, 0) + "px";
+        var x = ev.clientX - rect.left, y = ev.clientY - rect.top;
+        tip.style.left = Math.max(x > rect.width / 2 ? x - tip.offsetWidth - 8 : x + 10, 0) + "px";
+        tip.style.top = Math.max(y - 26, 0) + "px";
       }).catch(function () {});
     });
     stack.addEventListener("mouseleave", function () { tip.hidden = true; });
