@@ -301,3 +301,21 @@ def test_group_results_merge(tmp_path):
     assert "random" in format_table(merged["rows"], merged["random_reference"])
     with pytest.raises(ValueError, match="share categories"):
         merge_results([files[0], files[0]], tmp_path / "x.json")
+
+
+def test_riebench_pairs_on_a_flux_model_report_pixel_preservation_only(tmp_path):
+    from difflens.steering.bench.run import BenchConfig, run_edit_bench
+
+    a = adapter("flux-tiny")
+    mask = np.zeros((32, 32), int)
+    mask[8:20, 8:20] = 1
+    path = _write(tmp_path, [{"original_prompt": "a cat", "editing_prompt": "a dog", "mask": mask.tolist()},
+                             {"original_prompt": "a red car", "editing_prompt": "a blue car"}])
+    res = run_edit_bench(BenchConfig(pairs=str(path), methods=["dense", "swap"], sites=["double.0.img.out"], n=2,
+                                     num_steps=2, dense_strengths=[1.0], n_boot=10, quiet=True,
+                                     out=str(tmp_path / "r.json")), model=a)
+    assert {r["method"] for r in res["rows"]} == {"dense", "swap"}
+    for r in res["rows"]:
+        assert r["success"] is None and r["clean"] is None and r["n"] == 2
+        assert 0 < r["psnr_outside"] <= 60  # the masked pair has pixels outside its mask; the unmasked one none
+    assert [p["psnr_outside"] is None for p in res["pairs"] if p["method"] == "dense"] == [False, True]

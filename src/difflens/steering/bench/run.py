@@ -363,7 +363,8 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
         usable = len(kept)
         kept = kept[: config.n]
         counts[category] = {"tried": tried, "usable": usable, "kept": len(kept)}
-        log(f"{category}: {len(kept)} pairs kept; {usable} of {tried} tried had a source generation read as its scene")
+        log(f"{category}: {len(kept)} pairs kept; {usable} of {tried} tried usable (oracle pairs: the source "
+            "generation reads as the source scene)")
         if not kept:
             continue
         prompts = [kp.pair.source for kp in kept]
