@@ -218,3 +218,11 @@ def test_sae_latent_activation_matches_encode():
     dense = sae.encode(acts).to_dense(96)
     for latent in (0, 17, 95):
         torch.testing.assert_close(sae.latent_activation(acts, latent), dense[..., latent])
+
+
+def test_oracle_regions_follow_the_unsteered_image(model, sae):
+    out = steer(model, sae, [Edit(1, "add", 1.0, unit="raw", region="background"),
+                             Edit(1, "add", 1.0, unit="raw", region="object:0")], PROMPTS, SEEDS, num_steps=2)
+    background, obj = out.regions[0], out.regions[1]
+    assert background.shape == obj.shape == (2, 8, 8)
+    assert ((background + obj) <= 1 + 1e-6).all()  # object 0 lies outside the background

@@ -56,6 +56,12 @@ class DemoConfig:
     """latents per dictionary explained and scored by the oracle autointerp"""
     card_latents: int = 8
     """latents of the sae_pca feature-card grid"""
+    steer_dictionary: str = "sae_none"
+    """dictionary of the steering showcase"""
+    steer_strengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
+    """strengths of the steering showcase, in multiples of each latent's typical activation"""
+    steer_images: int = 16
+    """images per steered latent (the oracle scores each)"""
     seed: int = 0
     """seed of the prompts, images and training"""
     device: str = "cpu"
@@ -150,6 +156,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     sweep_table = format_table(sweep_rows, ["num_latents", "k", "fvu_input_space", "fvu_residual", "dead_fraction"])
     print(sweep_table)
     interpretation = timed("interpret", lambda: interpret(dictionaries, out, cfg))
+    steering = timed("steer", lambda: steer_showcase(model, dictionaries, out, cfg))
     summary = {
         "config": asdict(cfg),
         "site": site,
@@ -160,13 +167,15 @@ def run_demo(cfg: DemoConfig) -> dict:
         "metrics": rows,
         "analyses": report,
         "interpretation": interpretation,
+        "steering": steering,
         "timings_s": timings,
         "plots": sorted(str(p) for folder in (plots_dir, out / "sweep") for p in folder.glob("*.png")),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "metrics.txt").write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
                                      f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n"
-                                     f"\ninterpretation\n{interpretation['table']}\n")
+                                     f"\ninterpretation\n{interpretation['table']}\n"
+                                     f"\nsteering: oracle reads the concept / clean edit\n{steering['table']}\n")
     _say(f"done: {out / 'summary.json'}, tables {out / 'metrics.txt'}, plots in {plots_dir} and {out / 'sweep'}")
     return summary
 
@@ -207,6 +216,85 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
                                 "score_vs_f1_spearman", "names_truth_concept"])
     print(table)
     return {"rows": rows, "table": table}
+
+
+# (concept family, attribute the oracle reads, steering region): a colour latent is steered onto an object of
+# another colour, a shape latent onto an object of another shape, a background latent outside the objects
+STEER_FAMILIES = (("color", "color", "object:0"), ("shape", "shape", "object:0"), ("bg", "background", "background"))
+
+
+STEER_WINDOWS = {"first half": (0.0, 0.5), "second half": (0.5, 1.0), "all steps": None}
+
+
+def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
+    """For one latent per concept family (the best ground-truth match of ``cfg.steer_dictionary``), add it to
+    images that lack the concept, at several strengths and over three step windows (the FLUX paper steered the
+    first steps): a grid PNG per family, and the share of images where the oracle then reads the concept."""
+    import numpy as np
+
+    import difflens as dl
+
+    from .evaluation.metrics import format_table
+    from .evaluation.plots import image_grid
+    from .world import world_prompts
+
+    name = cfg.steer_dictionary
+    dictionary = dictionaries[name]
+    truth = json.loads((out / "dictionaries" / name / "truth.json").read_text())
+    strengths = list(cfg.steer_strengths)
+    columns = [f"+{s:g}" for s in strengths]
+    prompts_pool = world_prompts(200, seed=cfg.seed + 7)
+    rows, grids = [], []
+    for family, attribute, region in STEER_FAMILIES:
+        matches = [r for r in truth["latents"] if r["concept"].startswith(family + ":")]
+        if not matches:
+            continue
+        best = max(matches, key=lambda r: r["f1"])
+        value = best["concept"].split(":", 1)[1]
+
+        def has(reading: dict) -> bool:
+            if attribute == "background":
+                return reading["background"] == value
+            return bool(reading["objects"]) and reading["objects"][0][attribute] == value
+
+        def rest(reading: dict) -> tuple:
+            """Everything the oracle reads except the steered attribute."""
+            objects = [dict(o) for o in reading["objects"]]
+            if attribute != "background" and objects:
+                objects[0].pop(attribute)
+            return (None if attribute == "background" else reading["background"],
+                    tuple(tuple(sorted(o.items())) for o in objects))
+
+        prompts = [p for p in prompts_pool if value not in p.split()][: cfg.steer_images]
+        _say(f"steering {name} latent {best['latent']} ({best['concept']}, F1 {best['f1']:.2f}) at strengths "
+             f"{strengths} x typical activation on {len(prompts)} images without it")
+        for window, steps in STEER_WINDOWS.items():
+            edits = [dl.Edit(best["latent"], "add", s, region=region, steps=steps) for s in strengths]
+            result = dl.steer(model, dictionary, edits, prompts, seeds=cfg.seed)
+            base = result.readings["baseline"]
+            cells = {}
+            for column, batch in zip(columns, result.readings["steered"]):
+                reached = [has(r) for r in batch]
+                clean = [ok and rest(r) == rest(b) for ok, r, b in zip(reached, batch, base)]
+                cells[column] = f"{np.mean(reached):.2f} / {np.mean(clean):.2f}"
+            rows.append({"latent": best["latent"], "concept": best["concept"], "f1": best["f1"], "steps": window,
+                         "unsteered": f"{np.mean([has(r) for r in base]):.2f}", **cells})
+            if steps is not None:
+                continue
+            shown = min(4, len(prompts))
+            path = image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
+                              ["unsteered"] + [f"add {c}" for c in columns], [""] * shown,
+                              f"{name} latent {best['latent']} ({best['concept']}) added over "
+                              f"{region or 'the whole image'} at every step",
+                              out / "plots" / f"steer_{family}.png",
+                              [[None] + [None if r is None else r[b] for r in result.regions] for b in range(shown)])
+            grids.append(str(path))
+    table = format_table(rows, ["latent", "concept", "f1", "steps", "unsteered", *columns])
+    print("share of images where the oracle reads the concept / and everything else unchanged (clean edit)")
+    print(table)
+    return {"dictionary": name, "rows": rows, "table": table, "grids": grids,
+            "cells": "reached / clean: the oracle reads the concept / and every other attribute is unchanged",
+            "strength_unit": "multiples of the latent's typical activation"}
 
 
 def register(sub) -> None:

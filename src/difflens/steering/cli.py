@@ -26,7 +26,7 @@ class SteerCommand:
     """typical: x the latent's typical activation (mean of its top images' activations in the feature index);
     norm: x the site's mean token norm; raw: activation units"""
     region: str | None = None
-    """x0,y0,x1,y1 in image fractions, cells:r,c;r,c, object:N (the oracle's object), active, or all"""
+    """x0,y0,x1,y1 in image fractions, cells:r,c;r,c, object:N (the oracle's object N), background, active, or all"""
     steps: str | None = None
     """step window start:end (end excluded; floats = fractions of the schedule), default all"""
     guidance: Literal["both", "cond", "contrast"] = "both"

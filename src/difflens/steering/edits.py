@@ -39,7 +39,8 @@ class Edit:
     unit: str = "typical"
     region: Any = None
     """None (every image token), (x0, y0, x1, y1) image fractions, "cells:r,c;r,c", a mask image (H, W),
-    "object:N" (the oracle's object N in the unsteered image), or "active" (where the latent fires)"""
+    "object:N" (the oracle's object N in the unsteered image), "background" (outside the oracle's objects), or
+    "active" (where the latent fires)"""
     steps: Any = None
     """None (every step), (start, end) step indices with end excluded, or (0.0, 0.5) fractions of the schedule"""
     guidance: str = "both"

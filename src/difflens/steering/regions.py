@@ -68,6 +68,9 @@ def mask_to_grid(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
                     dtype=np.float32)
 
 
+BACKGROUND = "background"  # every token outside the oracle's objects (embedded world)
+
+
 def object_index(spec: Any) -> int | None:
     """N of an "object:N" region, else None."""
     if isinstance(spec, str) and spec.startswith("object:"):
@@ -84,7 +87,7 @@ def object_index(spec: Any) -> int | None:
 def parse_region(spec: Any, grid: tuple[int, int] | None) -> np.ndarray | str | None:
     """A static region as (gh, gw) weights, ACTIVE, an "object:N" spec (resolved later), or None (all tokens).
 
-    Strings: "x0,y0,x1,y1" (box), "cells:r,c;r,c", "object:N", "active", "all". Text-stream sites (grid None)
+    Strings: "x0,y0,x1,y1" (box), "cells:r,c;r,c", "object:N", "background", "active", "all". Text-stream sites (grid None)
     take no region but None or "active".
     """
     if spec is None or (isinstance(spec, str) and spec.strip() in ("", "all")):
@@ -93,8 +96,8 @@ def parse_region(spec: Any, grid: tuple[int, int] | None) -> np.ndarray | str | 
         return ACTIVE
     if grid is None:
         raise ValueError(f"region {spec!r} needs image tokens, but the site holds text tokens (use no region or 'active')")
-    if object_index(spec) is not None:
-        return spec
+    if object_index(spec) is not None or (isinstance(spec, str) and spec.strip() == BACKGROUND):
+        return spec.strip()
     if isinstance(spec, str):
         if spec.startswith("cells:"):
             return _cells(spec[len("cells:"):], grid)
@@ -104,8 +107,12 @@ def parse_region(spec: Any, grid: tuple[int, int] | None) -> np.ndarray | str | 
     return _box(spec, grid)
 
 
-def object_weights(readings: list, n: int, grid: tuple[int, int], spec: str) -> np.ndarray:
-    """(B, gh, gw) weights of object ``n`` of each image's oracle reading (the unsteered images)."""
+def object_weights(readings: list, spec: str, grid: tuple[int, int]) -> np.ndarray:
+    """(B, gh, gw) weights of an oracle region of each unsteered image: "object:N" or "background"."""
+    if spec == BACKGROUND:
+        return np.stack([1 - mask_to_grid(np.any([o.mask for o in r.objects], axis=0), grid) if r.objects
+                         else np.ones(grid, np.float32) for r in readings])
+    n = object_index(spec)
     out = []
     for b, reading in enumerate(readings):
         if n >= len(reading.objects):

@@ -18,7 +18,7 @@ from difflens.adapters.base import Capture, ModelAdapter
 
 from .edits import Edit, parse_steps
 from .hooks import LatentEdit
-from .regions import ACTIVE, object_index, object_weights, parse_region
+from .regions import ACTIVE, object_weights, parse_region
 
 
 @dataclass
@@ -100,7 +100,7 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
         index = _load_index(dictionary, index)
     wants_oracle = model.name.startswith("embedded")
     if any(isinstance(r, str) and r != ACTIVE for *_, r in plans) and not wants_oracle:
-        raise ValueError("object regions need the shapes-world oracle (the embedded model)")
+        raise ValueError("object and background regions need the shapes-world oracle (the embedded model)")
 
     dictionary = dictionary.to(_device(model)).eval()
     norm_sites = sorted({info.name for e, info, *_ in plans if e.unit == "norm" and e.mode in ("add", "clamp")})
@@ -138,8 +138,7 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
             if isinstance(region, np.ndarray):
                 weights = torch.from_numpy(region.reshape(1, -1))
             elif isinstance(region, str) and region != ACTIVE:
-                weights = torch.from_numpy(object_weights(readings, object_index(region), info.grid, region)
-                                           .reshape(len(prompts), -1))
+                weights = torch.from_numpy(object_weights(readings, region, info.grid).reshape(len(prompts), -1))
             iv = LatentEdit(site=info.name, vector_D=direction_D, steps=set(steps), halves=edit.guidance,
                             dictionary=dictionary, latent=edit.latent, mode=edit.mode, amount=amount,
                             factor=float(edit.strength), weights_BT=weights, active_only=isinstance(region, str) and region == ACTIVE)
