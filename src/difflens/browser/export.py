@@ -75,7 +75,7 @@ def export_site(run: str | Path | Run, out: str | Path, features: str = "all", p
             folder = out / "d" / d.name
             links = base.at("../../")
             _write(folder / "index.html", render("dictionary.html", links=links, **common,
-                                                 **dictionary_context(d, None, links)))
+                                                 **dictionary_context(d, None, links, ids)))
             links = base.at("../../../")
             for latent in ids:
                 fctx = feature_context(run, d, latent, links)

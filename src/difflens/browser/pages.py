@@ -189,13 +189,13 @@ def table_rows(d: Dictionary, ids) -> list[dict]:
              "f1": None if np.isnan(t.f1[i]) else float(t.f1[i])} for i in ids]
 
 
-def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links) -> dict:
+def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links, exported=None) -> dict:
     ctx = {"d": dictionary_header(d), "indexed": d.index is not None, "q": q}
     if d.index is None:
         return ctx
-    if q is None:  # export: every alive latent, sorted and filtered in the page
+    if q is None:  # export: every exported latent, sorted and filtered in the page
         t = d.table
-        ids = np.flatnonzero(t.frequency > 0)
+        ids = np.flatnonzero(t.frequency > 0) if exported is None else np.asarray(sorted(set(exported)), dtype=np.int64)
         ids = ids[np.argsort(-t.frequency[ids], kind="stable")]
         ctx.update(rows=table_rows(d, ids), total=len(ids), pages=1, concepts=d.concepts())
         return ctx
