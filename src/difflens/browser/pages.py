@@ -39,15 +39,21 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
 
 
-def fmt_number(value, digits: int = 3) -> str:
+def _finite(value) -> float | str:
+    """A float to format, or the text to show instead ("–" for missing or non-finite values)."""
     if value is None:
         return "–"
     try:
         v = float(value)
     except (TypeError, ValueError):
         return str(value)
-    if not math.isfinite(v):
-        return "–"
+    return v if math.isfinite(v) else "–"
+
+
+def fmt_number(value, digits: int = 3) -> str:
+    v = _finite(value)
+    if isinstance(v, str):
+        return v
     if v == 0:
         return "0"
     if abs(v) >= 1e4 or abs(v) < 1e-3:
@@ -56,14 +62,9 @@ def fmt_number(value, digits: int = 3) -> str:
 
 
 def fmt_percent(value, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(v):
-        return "–"
+    v = _finite(value)
+    if isinstance(v, str):
+        return v
     return f"{100 * v:.{digits}f}%" if v >= 1e-4 or v == 0 else f"{100 * v:.1e}%"
 
 

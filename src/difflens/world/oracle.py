@@ -90,6 +90,19 @@ def classify_shape(mask: np.ndarray) -> str:
     return max(fits, key=fits.get)
 
 
+def foreground_blobs(foreground_HW: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(the foreground without specks (H, W), one mask (H, W) per object blob).
+
+    Opening by reconstruction: blobs too thin to hold a 3x3 square (generation specks) go, every pixel of the
+    blobs that can stays, so object outlines are untouched; blobs under MIN_AREA_FRACTION of the image go too.
+    """
+    seeds = ndimage.binary_opening(foreground_HW, structure=np.ones((3, 3)))
+    kept = ndimage.binary_propagation(seeds, mask=foreground_HW)
+    labels, n = ndimage.label(kept, structure=np.ones((3, 3)))
+    masks = [labels == i for i in range(1, n + 1)]
+    return kept, [m for m in masks if m.sum() >= MIN_AREA_FRACTION * m.size]
+
+
 def read_image(image: np.ndarray, world: str = "classic") -> SceneReading:
     """Read an RGB uint8 image (H, W, 3) of the shapes world. Objects are sorted by grid cell."""
     if image.ndim != 3 or image.shape[-1] != 3:
@@ -105,17 +118,9 @@ def read_image(image: np.ndarray, world: str = "classic") -> SceneReading:
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     bg_index = _nearest(np.median(border, axis=0), _BG_RGB)
     foreground = np.sqrt(((img - _BG_RGB[bg_index]) ** 2).sum(-1)) > FOREGROUND_DISTANCE
-    # Opening by reconstruction: drop foreground blobs too thin to hold a 3x3 square (generation
-    # specks), keep every pixel of the blobs that can, so object outlines are untouched.
-    seeds = ndimage.binary_opening(foreground, structure=np.ones((3, 3)))
-    foreground = ndimage.binary_propagation(seeds, mask=foreground)
-    labels, n = ndimage.label(foreground, structure=np.ones((3, 3)))
     objects = []
-    for i in range(1, n + 1):
-        mask = labels == i
+    for mask in foreground_blobs(foreground)[1]:
         area = int(mask.sum())
-        if area < MIN_AREA_FRACTION * mask.size:
-            continue
         rows, cols = np.nonzero(mask)
         cy, cx = rows.mean() + 0.5, cols.mean() + 0.5
         extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1

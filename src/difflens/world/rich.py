@@ -16,7 +16,8 @@ import numpy as np
 from scipy import ndimage
 
 from .palette import COMPOSITES, PATTERNS, RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES, SAMPLED_SIZES, TEXTURES
-from .scene import COLORS, PAIR_TEMPLATES, POSITION_PHRASES, POSITIONS, SINGLE_TEMPLATES, ObjectSpec, Scene
+from .scene import (COLORS, PAIR_TEMPLATES, POSITION_PHRASES, POSITIONS, SINGLE_TEMPLATES, ObjectSpec, Scene,
+                    seeded_subset)
 
 TRIPLE_TEMPLATES = (
     "a {obj}, a {obj2} and a {obj3} on a {bg} background",
@@ -32,10 +33,7 @@ _SIZE = 64  # layouts are checked at 64 px; offsets are in 64 px units like the 
 
 def rich_heldout_combinations() -> frozenset[tuple[str, str, str]]:
     """(colour, pattern, shape) triples reserved for evaluation: a fixed, seeded ~10 % of all."""
-    combos = [(c, p, s) for c in COLORS for p in PATTERNS for s in RICH_SHAPES]
-    rng = np.random.default_rng(20261124)
-    picked = rng.choice(len(combos), size=int(round(HELDOUT_FRACTION * len(combos))), replace=False)
-    return frozenset(combos[i] for i in picked)
+    return seeded_subset([(c, p, s) for c in COLORS for p in PATTERNS for s in RICH_SHAPES], HELDOUT_FRACTION, 20261124)
 
 
 _HELDOUT = rich_heldout_combinations()

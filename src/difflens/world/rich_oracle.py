@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .oracle import MIN_AREA_FRACTION, ObjectReading, SceneReading, shape_fits
+from .oracle import ObjectReading, SceneReading, foreground_blobs, shape_fits
 from .palette import BACKGROUND_TONES, PATTERNS, RICH_SHAPES, SHADES, TEXTURES
 from .parts import split_parts
 from .patterns import pattern_tone, texture_tone
@@ -65,16 +65,10 @@ def read_rich_image(image: np.ndarray) -> SceneReading:
     palette_dist = np.linalg.norm(flat[:, None] - _OBJ_PALETTE[None], axis=-1)  # (HW, 2K)
     nearest = palette_dist.argmin(-1).reshape(size, size) % len(_OBJ_NAMES)
     foreground = (bg_dist > MIN_FOREGROUND_DISTANCE) & (bg_dist > palette_dist.min(-1).reshape(size, size))
-    # opening by reconstruction, as the classic oracle: drop specks too thin for a 3x3 square, keep whole blobs
-    seeds = ndimage.binary_opening(foreground, structure=np.ones((3, 3)))
-    foreground = ndimage.binary_propagation(seeds, mask=foreground)
-    labels, n = ndimage.label(foreground, structure=np.ones((3, 3)))
     objects = []
-    for i in range(1, n + 1):
-        mask = labels == i
+    foreground, blobs = foreground_blobs(foreground)  # specks dropped, as the classic oracle does
+    for mask in blobs:
         area = int(mask.sum())
-        if area < MIN_AREA_FRACTION * mask.size:
-            continue
         rows, cols = np.nonzero(mask)
         color = int(np.bincount(nearest[mask], minlength=len(_OBJ_NAMES)).argmax())
         core = ndimage.binary_erosion(mask)  # rims blend with the background under blur: judge patterns inside

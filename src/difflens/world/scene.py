@@ -93,10 +93,13 @@ class Scene:
 
 def heldout_combinations() -> frozenset[tuple[str, str, str]]:
     """(colour, shape, position) triples reserved for evaluation: a fixed, seeded ~10 % of all."""
-    combos = [(c, s, p) for c in COLORS for s in SHAPES for p in POSITIONS]
-    rng = np.random.default_rng(20261123)
-    picked = rng.choice(len(combos), size=int(round(HELDOUT_FRACTION * len(combos))), replace=False)
-    return frozenset(combos[i] for i in picked)
+    return seeded_subset([(c, s, p) for c in COLORS for s in SHAPES for p in POSITIONS], HELDOUT_FRACTION, 20261123)
+
+
+def seeded_subset(items: list, fraction: float, seed: int) -> frozenset:
+    """A fixed, seeded share of `items` (rounded): the held-out combinations of a world."""
+    picked = np.random.default_rng(seed).choice(len(items), size=int(round(fraction * len(items))), replace=False)
+    return frozenset(items[i] for i in picked)
 
 
 _HELDOUT = heldout_combinations()
