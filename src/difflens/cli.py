@@ -18,6 +18,7 @@ _AREAS = [
     "difflens.interpret.cli",  # features build|show|truth, autointerp
     "difflens.browser.cli",  # browse
     "difflens.steering.cli",  # steer
+    "difflens.steering.bench.cli",  # bench edits
     "difflens.demo",  # demo
 ]
 

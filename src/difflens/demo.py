@@ -11,6 +11,7 @@ Every stage resumes or is skipped when its output exists.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,10 @@ class DemoConfig:
     """strengths of the steering showcase, in multiples of each latent's typical activation"""
     steer_images: int = 16
     """images per steered latent (the oracle scores each)"""
+    edit_categories: list[str] = field(default_factory=lambda: ["color", "shape", "size", "background"])
+    """categories of the demo's editing benchmark"""
+    edit_pairs: int = 20
+    """prompt pairs per category of the editing benchmark"""
     seed: int = 0
     """seed of the prompts, images and training"""
     device: str = "cpu"
@@ -157,6 +162,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(sweep_table)
     interpretation = timed("interpret", lambda: interpret(dictionaries, out, cfg))
     steering = timed("steer", lambda: steer_showcase(model, dictionaries, out, cfg))
+    steering["edit_bench"] = timed("edit_bench", lambda: edit_bench(model, dictionaries, out, cfg))
     summary = {
         "config": asdict(cfg),
         "site": site,
@@ -175,8 +181,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "metrics.txt").write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
                                      f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n"
                                      f"\ninterpretation\n{interpretation['table']}\n"
-                                     f"\nsteering: oracle reads the concept / clean edit\n{steering['table']}\n")
+                                     f"\nsteering: oracle reads the concept / clean edit\n{steering['table']}\n"
+                                     f"\nediting benchmark\n{steering['edit_bench']['table']}\n")
     _say(f"done: {out / 'summary.json'}, tables {out / 'metrics.txt'}, plots in {plots_dir} and {out / 'sweep'}")
+    exe = sys.argv[0] if Path(sys.argv[0]).name == "difflens" else "difflens"
+    _say(f"explore the features in your web browser: {exe} browse {out}   (then open http://127.0.0.1:8000/)")
     return summary
 
 
@@ -295,6 +304,21 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
     return {"dictionary": name, "rows": rows, "table": table, "grids": grids,
             "cells": "reached / clean: the oracle reads the concept / and every other attribute is unchanged",
             "strength_unit": "multiples of the latent's typical activation"}
+
+
+def edit_bench(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
+    """A small editing benchmark (RIEBench's protocol, scored by the oracle): one category per attribute, the
+    whitened SAE against its random-latent control and the prompt-swap upper bound."""
+    from .steering.bench.run import BenchConfig, format_table, run_edit_bench
+
+    bench = BenchConfig(categories=list(cfg.edit_categories), n=cfg.edit_pairs, methods=["sae_pca", "random", "swap"],
+                        ks=[32], strengths=[2.0], seed=cfg.seed, out=str(out / "edit_bench_demo" / "results.json"),
+                        quiet=cfg.quiet)
+    _say(f"editing benchmark: {', '.join(bench.categories)} x {bench.n} pairs, sae_pca vs random latents vs prompt swap")
+    results = run_edit_bench(bench, model=model, dictionaries={"sae_pca": dictionaries["sae_pca"]})
+    table = format_table(results["rows"], reference="sae_pca")
+    print(table)
+    return {"table": table, "results": bench.out}
 
 
 def register(sub) -> None:

@@ -19,7 +19,7 @@ from difflens.configs import add_command, add_config_arguments, config_from_args
 from .pipeline import DEFAULT_STEPS
 
 # the fields of the nested `TrainConfig.model` that `world train` exposes as flags
-MODEL_FLAGS = frozenset({"latent_channels"})
+MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len"})
 
 
 @dataclass

@@ -42,6 +42,9 @@ class ShapesModelConfig:
     """autoencoder latent channels. 0: pixel space, the transformer works on pixel patches; > 0: on the latents
     of a small autoencoder (`autoencoder.py`, x4 downsampling, so patch_size must be 4) with this many
     channels, as FLUX does."""
+    world: str = "classic"
+    """shapes world the model draws (`difflens.world`): "classic" or "rich"; its captions train the model and its
+    vocabulary fills `vocab`"""
     vocab: list[str] = field(default_factory=list)
     """words of the text encoder; filled from the world's vocabulary when empty"""
 
@@ -57,10 +60,12 @@ class ShapesModelConfig:
             raise ValueError(f"latent_channels must be 0 (pixels) or > 0 with patch_size 4, got "
                              f"{self.latent_channels} with patch_size {self.patch_size}")
         check_guidance_scale(self.guidance_scale)
-        if not self.vocab:
-            from ..world import vocabulary
+        from ..world import WORLDS, vocabulary
 
-            self.vocab = vocabulary()
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if not self.vocab:
+            self.vocab = vocabulary(self.world)
 
     @property
     def grid_size(self) -> int:

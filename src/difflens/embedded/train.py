@@ -99,7 +99,7 @@ def training_batch(step: int, cfg: TrainConfig, stream: int = 0) -> tuple[list[s
     get `object_loss_weight`.
     """
     rng = np.random.default_rng([cfg.data_seed, step] + ([stream] if stream else []))
-    scenes = [sample_scene(rng) for _ in range(cfg.batch_size)]
+    scenes = [sample_scene(rng, world=cfg.model.world) for _ in range(cfg.batch_size)]
     renders = [render(s, cfg.model.image_size) for s in scenes]
     images = np.stack([image for image, _ in renders])
     objects = np.stack([ndimage.binary_dilation(np.any(masks, axis=0)) for _, masks in renders])
