@@ -33,3 +33,6 @@ def test_readme_notebook_runs(tmp_path, capsys):
     assert sae.site == "double.1.img.out" and sae.step == 3 and sae.store["path"].startswith(str(tmp_path))
     assert namespace["codes"].values.shape[:2] == (16, 256)
     assert "held-out" in capsys.readouterr().out
+    result = namespace["result"]  # steering: two strengths, the baseline and the oracle's readings
+    assert len(result.images) == 2 and result.images[0].shape == result.baseline.shape
+    assert [r[0]["tokens"] for r in result.records] == [64, 64]
