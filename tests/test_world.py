@@ -96,3 +96,23 @@ def test_scoring_counts_a_wrong_colour():
     images[0][obj_mask] = COLORS[wrong]
     scores = score_images(scenes, images)
     assert scores["color_acc"] == 0.75 and scores["shape_acc"] == 1.0
+
+
+def test_multi_object_scoring_is_exact_on_renders_and_catches_swapped_attributes():
+    from dataclasses import replace
+
+    from difflens.world import render, sample_scenes
+    from difflens.world.scoring import score_scene_images
+
+    for world in ("classic", "rich"):
+        scenes = sample_scenes(24, seed=3, split="train", n_objects=2, world=world)
+        images = np.stack([render(s)[0] for s in scenes])
+        scores = score_scene_images(scenes, images, world)
+        assert scores["count_acc"] == scores["bound_acc"] == scores["color_acc"] == 1.0, (world, scores)
+    # the prompts' colours swapped between the two objects: each object's colour is now bound wrongly
+    swapped = [replace(s, objects=(replace(s.objects[0], color=s.objects[1].color),
+                                   replace(s.objects[1], color=s.objects[0].color))) for s in scenes]
+    differ = [a.objects[0].color != a.objects[1].color for a in scenes]
+    scores = score_scene_images(swapped, images, "rich")
+    assert scores["count_acc"] == 1.0
+    assert scores["bound_acc"] == pytest.approx(1 - sum(differ) / len(differ))

@@ -38,25 +38,29 @@ def score_images(scenes: list[Scene], images_BHWC: np.ndarray) -> dict[str, floa
 RICH_ATTRIBUTES = ("color", "pattern", "shape", "size")
 
 
-def score_rich_images(scenes: list[Scene], images_BHWC: np.ndarray,
-                      part_masks: list[list[dict[str, np.ndarray]]] | None = None) -> dict[str, float]:
-    """Per-attribute accuracy of rich-world images (any number of objects), read with the rich oracle.
+def score_scene_images(scenes: list[Scene], images_BHWC: np.ndarray, world: str = "rich",
+                       part_masks: list[list[dict[str, np.ndarray]]] | None = None) -> dict[str, float]:
+    """Per-attribute accuracy of images of scenes with any number of objects, read with `world`'s oracle.
 
     Each of a scene's objects is matched to the object the oracle finds in its grid cell; `position_acc` is the
-    share of objects so found, and each object attribute counts as wrong for an object not found. Per image:
-    `background_acc`, `texture_acc` and `count_acc` (exactly as many objects as the scene has). With `part_masks`
-    (per scene, per object, {part: bool (H, W)}, as `render_parts` gives), `part_iou` is the mean IoU of each
-    composite object's rendered parts with the parts read, over composite objects whose shape was read right.
+    share of objects so found, and each object attribute counts as wrong for an object not found; `bound_acc` is
+    the share of objects found with every named attribute right (attributes bound to the right object). Per
+    image: `background_acc`, `count_acc` (exactly as many objects as the scene has) and, in the rich world,
+    `texture_acc`. With `part_masks` (per scene, per object, {part: bool (H, W)}, as `render_parts` gives),
+    `part_iou` is the mean IoU of each composite object's rendered parts with the parts read, over composite
+    objects whose shape was read right.
     """
     if len(scenes) != len(images_BHWC):
         raise ValueError(f"{len(scenes)} scenes but {len(images_BHWC)} images")
-    hits = {f"{a}_acc": 0 for a in (*RICH_ATTRIBUTES, "position")}
-    per_image = {"background_acc": 0, "texture_acc": 0, "count_acc": 0}
+    attributes = RICH_ATTRIBUTES if world == "rich" else ATTRIBUTES[:3]
+    hits = {f"{a}_acc": 0 for a in (*attributes, "position", "bound")}
+    per_image = {"background_acc": 0, "count_acc": 0, **({"texture_acc": 0} if world == "rich" else {})}
     n_objects, ious = 0, []
     for i, (scene, image) in enumerate(zip(scenes, images_BHWC)):
-        reading = read_image(image, world="rich")
+        reading = read_image(image, world=world)
         per_image["background_acc"] += reading.background == scene.background
-        per_image["texture_acc"] += reading.texture == scene.texture
+        if world == "rich":
+            per_image["texture_acc"] += reading.texture == scene.texture
         per_image["count_acc"] += len(reading.objects) == len(scene.objects)
         by_cell = {}
         for o in reading.objects:  # the largest object read in a cell stands for it
@@ -68,8 +72,10 @@ def score_rich_images(scenes: list[Scene], images_BHWC: np.ndarray,
             if found is None:
                 continue
             hits["position_acc"] += 1
-            for a in RICH_ATTRIBUTES:
-                hits[f"{a}_acc"] += getattr(found, a) == getattr(obj, a)
+            right = [getattr(found, a) == getattr(obj, a) for a in attributes]
+            for a, ok in zip(attributes, right):
+                hits[f"{a}_acc"] += ok
+            hits["bound_acc"] += all(right)
             truth_parts = part_masks[i][j] if part_masks is not None else {}
             if truth_parts and found.shape == obj.shape:
                 for name, m in truth_parts.items():
@@ -80,3 +86,9 @@ def score_rich_images(scenes: list[Scene], images_BHWC: np.ndarray,
     if part_masks is not None:
         out["part_iou"] = float(np.mean(ious)) if ious else float("nan")
     return out
+
+
+def score_rich_images(scenes: list[Scene], images_BHWC: np.ndarray,
+                      part_masks: list[list[dict[str, np.ndarray]]] | None = None) -> dict[str, float]:
+    """`score_scene_images` in the rich world."""
+    return score_scene_images(scenes, images_BHWC, "rich", part_masks)
