@@ -19,7 +19,6 @@ Unknown dictionaries, latents and images are 404 pages, malformed queries 400; n
 
 from __future__ import annotations
 
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -210,4 +209,4 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: St
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
-__all__ = ["create_app", "serve", "json"]
+__all__ = ["create_app", "serve"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 from difflens.configs import add_config_arguments, config_from_args
@@ -51,11 +52,9 @@ def cmd_browse(args) -> int:
         out = export_site(cmd.run, cmd.export, features=cmd.export_features, progress=True)
         print(f"wrote a static site to {out}; serve it with: python -m http.server -d {out} 8001")
         return 0
-    try:
-        import starlette  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        raise ValueError(f"the browser needs its extra: pip install 'difflens[browser]' ({err.name} is missing)") from None
+    missing = [name for name in ("starlette", "uvicorn", "jinja2") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"the browser needs its extra: pip install 'difflens[browser]' ({', '.join(missing)} missing)")
     from .app import serve
 
     serve(cmd.run, host=cmd.host, port=cmd.port, limits=limits)

@@ -9,7 +9,7 @@ rather than failing. The generation itself goes through :func:`difflens.steering
 from __future__ import annotations
 
 import base64
-import io
+import importlib.util
 import itertools
 import math
 import threading
@@ -47,11 +47,9 @@ class Refused(ValueError):
 
 
 def steering_status() -> tuple[bool, str]:
-    """(available, reason): whether difflens.steering can be imported."""
-    try:
-        import difflens.steering  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - any import failure disables the panel with its reason
-        return False, f"live steering is unavailable: difflens.steering cannot be imported ({type(err).__name__}: {err})"
+    """(available, reason): whether the difflens.steering package is installed."""
+    if importlib.util.find_spec("difflens.steering") is None:
+        return False, "live steering is unavailable: the difflens.steering package is not installed"
     return True, ""
 
 
@@ -149,11 +147,9 @@ def check_request(body: Any, run, limits: SteeringLimits, default_steps: int = 8
 
 
 def _png_data_url(image_HWC: np.ndarray) -> str:
-    from PIL import Image
+    from .pages import png_bytes
 
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image_HWC, dtype=np.uint8)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image_HWC)).decode()
 
 
 @dataclass
@@ -244,10 +240,6 @@ class SteeringService:
             if job.status == "done":
                 out["result"] = job.result
             return out
-
-    def queue_length(self) -> int:
-        with self._lock:
-            return len(self._queue) + (1 if self._running else 0)
 
     def _work(self) -> None:
         while True:

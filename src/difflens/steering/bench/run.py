@@ -550,10 +550,6 @@ def curves(rows: list[dict], path: Path, reference: str | None = None) -> Path:
     return path
 
 
-def write_table(results: dict) -> str:
-    return format_table(results["rows"], results.get("random_reference"))
-
-
 def load_results(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
