@@ -319,3 +319,13 @@ def test_riebench_pairs_on_a_flux_model_report_pixel_preservation_only(tmp_path)
         assert r["success"] is None and r["clean"] is None and r["n"] == 2
         assert 0 < r["psnr_outside"] <= 60  # the masked pair has pixels outside its mask; the unmasked one none
     assert [p["psnr_outside"] is None for p in res["pairs"] if p["method"] == "dense"] == [False, True]
+
+
+def test_a_run_that_keeps_no_pair_still_writes_its_table_and_curves(tmp_path):
+    from difflens.steering.bench.run import BenchConfig, curves, format_table
+
+    path = curves([], tmp_path / "curves.png")  # every category kept 0 pairs (e.g. no faithful source)
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert "clean %" in format_table([])
+    with pytest.raises(ValueError, match="n_boot must be >= 1"):
+        BenchConfig(n_boot=0)

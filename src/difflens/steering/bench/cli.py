@@ -25,5 +25,6 @@ def cmd_edits(args) -> int:
     print(format_table(results["rows"], results.get("random_reference")))
     counts = ", ".join(f"{c} {v['kept']}/{v['tried']}" for c, v in results["pair_counts"].items())
     print(f"pairs kept/tried per category: {counts}")
-    print(f"wrote {config.out} and {results['plot']}")
+    if config.out:
+        print(f"wrote {config.out} and {results['plot']}")
     return 0

@@ -93,6 +93,8 @@ class BenchConfig:
             raise ValueError(f"halves must be both, cond or contrast, got {self.halves!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.n_boot < 1:
+            raise ValueError(f"n_boot must be >= 1, got {self.n_boot}")
 
 
 def parse_steps(text: str, num_steps: int) -> list[int]:
@@ -495,6 +497,11 @@ def curves(rows: list[dict], path: Path, reference: str | None = None) -> Path:
 
     judged = any(r["success"] is not None for r in rows)
     cats = list(dict.fromkeys(r["category"] for r in rows))
+    if not cats:  # no category kept a pair: say so rather than draw empty axes
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no pairs were kept in any category: nothing to plot", ha="center", va="center")
+        return _save_figure(fig, path)
     cols = min(4, len(cats))
     nrows = (len(cats) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.3 * cols, 3.9 * nrows), squeeze=False)
@@ -543,9 +550,19 @@ def curves(rows: list[dict], path: Path, reference: str | None = None) -> Path:
         ax.legend(fontsize=6, loc="best")
     fig.suptitle("edits: success vs preservation over strength (numbers: m1)" if judged else
                  "edits: pixel preservation over strength", fontsize=11)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Write a figure as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from difflens.atomic import atomic_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path
 
