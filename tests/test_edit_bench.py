@@ -114,6 +114,8 @@ def test_unknown_word_stops_the_benchmark_before_any_generation(tmp_path, monkey
     (lambda r: r["source_scene"].update(background="pink"), "unknown background 'pink'"),
     (lambda r: r.pop("target"), "missing field"),
     (lambda r: r.update(seed="x"), "seed must be an integer"),
+    (lambda r: r.update(source=7), "source prompt must be a non-empty string"),
+    (lambda r: r["source_scene"].update(objects="a red circle"), "'objects' must be a list"),
 ])
 def test_inconsistent_pairs_are_refused(tmp_path, change, message):
     row = P.make_pairs(1, categories=("color",))[0].to_json()
@@ -133,6 +135,9 @@ def test_riebench_format(tmp_path):
     assert back[1].category == "color" and back[1].id == "h" and back[0].seed == 42
     with pytest.raises(ValueError, match="needs both 'original_prompt' and 'editing_prompt'"):
         P.read_pairs(_write(tmp_path, [{"original_prompt": "a cat"}], "bad.jsonl"))
+    with pytest.raises(ValueError, match=r"bad.jsonl line 1: seed must be an integer, got 'x'"):
+        P.read_pairs(_write(tmp_path, [{"original_prompt": "a cat", "editing_prompt": "a dog", "seed": "x"}],
+                            "bad.jsonl"))
 
 
 # ------------------------------------------------------------------ scoring

@@ -195,6 +195,9 @@ def check_scene(scene: dict, where: str) -> None:
     if scene["background"] not in BACKGROUNDS:
         raise ValueError(f"{where}: unknown background {scene['background']!r}; known: {', '.join(BACKGROUNDS)}")
     known = {"color": COLORS, "shape": SHAPES, "size": SIZES, "position": POSITIONS}
+    if not isinstance(scene["objects"], list) or not all(isinstance(o, dict) for o in scene["objects"]):
+        raise ValueError(f"{where}: 'objects' must be a list of objects ({{color, shape, size, position}}), "
+                         f"got {scene['objects']!r}")
     for o in scene["objects"]:
         for key, values in known.items():
             if o.get(key) not in values:
@@ -286,7 +289,7 @@ def read_pairs(path: str | Path | None = None, vocabulary: set[str] | None = Non
             p = EditPair(id=str(row.get("id", f"pair-{line_no}")), category=str(row.get("category", "edit")),
                          source=str(row["original_prompt"]).replace("[", "").replace("]", ""),
                          target=str(row["editing_prompt"]).replace("[", "").replace("]", ""),
-                         seed=int(row.get("seed", 42)), mask=_decode_mask(row.get("mask"), path.parent, where))
+                         seed=row.get("seed", 42), mask=_decode_mask(row.get("mask"), path.parent, where))
         else:
             missing = [k for k in ("category", "source", "target") if k not in row]
             if missing:
@@ -304,6 +307,9 @@ def read_pairs(path: str | Path | None = None, vocabulary: set[str] | None = Non
                 _check_edit(p, where)
         if not isinstance(p.seed, int) or isinstance(p.seed, bool):
             raise ValueError(f"{where}: seed must be an integer, got {p.seed!r}")
+        for which in ("source", "target"):
+            if not isinstance(getattr(p, which), str) or not getattr(p, which).strip():
+                raise ValueError(f"{where}: the {which} prompt must be a non-empty string, got {getattr(p, which)!r}")
         if p.id in seen:
             raise ValueError(f"{where}: duplicate pair id {p.id!r}")
         seen.add(p.id)
