@@ -252,6 +252,23 @@ def test_files_only_from_inside_the_run(client):
     assert client.get("/run/summary.json").status_code == 200
 
 
+def test_a_store_image_linked_out_of_the_store_is_not_served(client, run_dir):
+    from difflens.store import layout
+
+    path = layout.image_path(run_dir / "store", 15)
+    kept = path.read_bytes()
+    path.unlink()
+    os.symlink(run_dir.parent / "secret.png", path)
+    try:
+        r = client.get("/img/15.png")
+        assert r.status_code == 404 and "secret outside" not in r.text
+        no_trace(r)
+    finally:
+        path.unlink()
+        path.write_bytes(kept)
+    assert client.get("/img/15.png").status_code == 200
+
+
 def test_unknown_things_are_404_pages_and_malformed_queries_400(client, run_dir):
     for url in ("/d/nope", "/d/nope/f/1", "/d/sae/f/100000", "/image/999", "/img/999.png", "/d/sae/f/abc",
                 "/overlay/sae/100000/0/1.png", "/api/map/sae/1/0/5", "/nothing/here", "/d/sae?page=99999"):
@@ -309,6 +326,9 @@ def test_steering_body_must_be_json(client):
     r = client.post("/api/steer", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON" in r.json()["error"]
     assert client.get("/api/steer").status_code == 405
+    # a cross-site page can POST text/plain without a preflight: refused before anything is queued
+    r = client.post("/api/steer", content=json.dumps(steer_body()).encode(), headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "application/json" in r.json()["error"]
     assert client.get("/api/steer/12345").status_code == 404
 
 
@@ -382,7 +402,9 @@ def test_static_export_works_from_files_with_steering_disabled(run_dir, tmp_path
     out = tmp_path / "site"
     index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
     alive = torch.nonzero(index.alive()).squeeze(1).tolist()
-    pick = ",".join(map(str, alive[:3]))
+    text_latent = int(dl.load_index(run_dir / "dictionaries" / "text_sae" / "index").max_activation.argmax())
+    exported = sorted({*alive[:3], text_latent})
+    pick = ",".join(map(str, exported))
     assert main(["browse", str(run_dir), "--export", str(out), "--export-features", pick]) == 0
     assert (out / "index.html").exists() and (out / "d" / "sae" / "index.html").exists()
     page = (out / "d" / "sae" / "f" / f"{alive[0]}.html").read_text()
@@ -391,7 +413,8 @@ def test_static_export_works_from_files_with_steering_disabled(run_dir, tmp_path
     data = json.loads((out / "d" / "sae" / "f" / f"{alive[0]}.json").read_text())
     assert data["latent"] == alive[0] and data["maps"] and data["top"]
     # every relative link and image of the pages resolves to a written file (or a feature not exported)
-    for html in [out / "index.html", out / "d" / "sae" / "index.html", out / "d" / "sae" / "f" / f"{alive[0]}.html"]:
+    for html in [out / "index.html", out / "d" / "sae" / "index.html", out / "d" / "sae" / "f" / f"{alive[0]}.html",
+                 out / "d" / "text_sae" / "f" / f"{text_latent}.html"]:  # a text site's tiles too
         text = html.read_text()
         assert not re.search(r'(href|src)="/', text), html  # no absolute links
         for target in re.findall(r'(?:href|src)="(?!data:)([^"#?]+)"', text):
@@ -401,8 +424,10 @@ def test_static_export_works_from_files_with_steering_disabled(run_dir, tmp_path
             assert path.exists(), (html, target)
     # the table holds the exported latents, sorted and filtered in the page
     table = (out / "d" / "sae" / "index.html").read_text()
-    assert sorted(int(x) for x in re.findall(r'class="feature-link" href="../../d/sae/f/(\d+).html"', table)) == alive[:3]
+    assert sorted(int(x) for x in re.findall(r'class="feature-link" href="../../d/sae/f/(\d+).html"', table)) == exported
     assert "sortable" in table
+    for bad in ("-2", "0", "x", "1,x"):
+        assert main(["browse", str(run_dir), "--export", str(tmp_path / "bad"), "--export-features", bad]) == 2
 
 
 def test_browse_command_defaults_to_localhost_and_refuses_bad_flags(run_dir, capsys):
@@ -415,3 +440,17 @@ def test_browse_command_defaults_to_localhost_and_refuses_bad_flags(run_dir, cap
     assert main(["browse", str(run_dir), "--port", "0"]) == 2
     assert main(["browse", str(run_dir.parent / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_malformed_run_files_are_ignored_not_fatal(run_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "odd"
+    (root / "dictionaries" / "sae").mkdir(parents=True)
+    shutil.copy(run_dir / "dictionaries" / "sae" / "cfg.json", root / "dictionaries" / "sae" / "cfg.json")
+    (root / "summary.json").write_text("[1, 2]")  # JSON, but no object
+    (root / "dictionaries" / "sae" / "truth.json").write_text(json.dumps(
+        {"latents": [{"latent": "x", "concept": "c"}, {"latent": 2, "concept": "color:red"}]}))
+    run = Run(root)
+    assert run.summary == {}
+    assert set(run.dictionary("sae").truth["_by_latent"]) == {2}

@@ -143,6 +143,10 @@ def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, gene
                             headers=SECURITY_HEADERS)
 
     async def api_steer(request: Request):
+        # JSON only: a cross-site form or text/plain POST (no CORS preflight) cannot queue generations
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return JSONResponse({"error": "refused: send the request as application/json"}, status_code=415,
+                                headers=SECURITY_HEADERS)
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):

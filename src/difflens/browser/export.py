@@ -24,22 +24,25 @@ from .steering import _jsonable
 
 
 def _choose(d, spec: str) -> list[int]:
+    """The latents of ``d`` that --export-features names: all (alive), N (the N most frequent) or a list 1,5,9."""
     t = d.table
     alive = np.flatnonzero(t.frequency > 0)
     spec = str(spec).strip()
     if spec == "all":
         return alive.tolist()
+    usage = f"--export-features takes all, N (at least 1) or a list such as 1,5,9; got {spec!r}"
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(usage) from None
     if "," in spec:
-        ids = [int(v) for v in spec.split(",") if v.strip()]
-        bad = [i for i in ids if not 0 <= i < len(t.latent)]
+        bad = [i for i in values if not 0 <= i < len(t.latent)]
         if bad:
             raise ValueError(f"latents {bad} do not exist in {d.name} (0..{len(t.latent) - 1})")
-        return ids
-    try:
-        n = int(spec)
-    except ValueError:
-        raise ValueError(f"--export-features takes all, N or a list such as 1,5,9; got {spec!r}") from None
-    return alive[np.argsort(-t.frequency[alive], kind="stable")][:n].tolist()
+        return sorted(set(values))
+    if len(values) != 1 or values[0] < 1:
+        raise ValueError(usage)
+    return alive[np.argsort(-t.frequency[alive], kind="stable")][: values[0]].tolist()
 
 
 def _write(path: Path, data: str | bytes) -> None:
@@ -87,9 +90,9 @@ def export_site(run: str | Path | Run, out: str | Path, features: str = "all", p
                     values = run.activation_map(d, latent, e["image_id"], e["step"])
                     maps[e["key"]] = {"grid": list(values.shape),
                                       "values": [round(float(v), 5) for v in values.reshape(-1)]}
-                    if values.ndim == 2:
-                        _write(folder / "f" / str(latent) / f"{e['key']}.png",
-                               overlay_png(run, d, latent, e["image_id"], e["step"]))
+                    # every tile links its overlay (on a text site: the plain image, as the live app serves it)
+                    _write(folder / "f" / str(latent) / f"{e['key']}.png",
+                           overlay_png(run, d, latent, e["image_id"], e["step"]))
                 data = {k: fctx[k] for k in ("latent", "stats", "explanations", "truth", "histogram", "steps", "stream")}
                 data.update(dictionary=d.name, site=d.site, maps=maps,
                             top=[{k: e[k] for k in ("image_id", "step", "score", "prompt")} for e in fctx["top"]],

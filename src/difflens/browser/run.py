@@ -155,8 +155,9 @@ class Dictionary:
                     if isinstance(data, dict):
                         break
                 if isinstance(data, dict):
-                    data["_by_latent"] = {int(r["latent"]): r for r in data.get("latents", [])
-                                          if isinstance(r, dict) and "latent" in r}
+                    rows = data.get("latents") if isinstance(data.get("latents"), list) else []
+                    data["_by_latent"] = {r["latent"]: r for r in rows
+                                          if isinstance(r, dict) and type(r.get("latent")) is int}
                 self._truth = data or {}
         return self._truth or None
 
@@ -364,7 +365,8 @@ class Run:
         if not root.is_dir():
             raise FileNotFoundError(f"run folder {root} does not exist")
         self.root = root.resolve()
-        self.summary = _read_json(self.root / "summary.json") or {}
+        summary = _read_json(self.root / "summary.json")
+        self.summary = summary if isinstance(summary, dict) else {}
         self.dictionaries: dict[str, Dictionary] = {}
         for name, folder in self._find_dictionaries():
             self.dictionaries[name] = Dictionary(self, name, folder)
@@ -443,14 +445,17 @@ class Run:
         return {"image_id": int(image_id), "prompt": str(info.get("prompt", "")), "seed": info.get("seed")}
 
     def image_path(self, image_id: int) -> Path:
-        """The stored PNG of an image (always inside the store's images folder)."""
+        """The stored PNG of an image, resolved; refused (NotFound) when a symlink leads it out of the store."""
         from difflens.store import layout
 
         self.image_info(image_id)
         path = layout.image_path(self.store.root, image_id)
         if not path.is_file():
             raise NotFound(f"image {image_id} was not kept by the capture (captured with --no-images?)")
-        return path
+        real = path.resolve()
+        if not real.is_relative_to(Path(self.store.root).resolve()):
+            raise NotFound(f"image {image_id} is a link out of the store")
+        return real
 
     def load_image(self, image_id: int) -> np.ndarray:
         from PIL import Image
