@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from .run import Dictionary, FeatureQuery, Run, check_latent
+from .run import SORT_KEYS, BadRequest, Dictionary, FeatureQuery, Run, check_latent
 
 HERE = Path(__file__).parent
 N_TOP = 12  # top images on a feature page
@@ -206,7 +206,7 @@ def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links, expo
         order = "asc" if (q.sort == key and q.order == "desc") or (q.sort != key and key == "latent") else "desc"
         return links.dictionary(d.name, **q.params(sort=key, order=order, page=1))
     ctx.update(rows=table_rows(d, ids), total=total, pages=pages, concepts=d.concepts(),
-               sort_links={k: sort_link(k) for k in ("latent", "frequency", "max", "mean", "score", "auroc", "f1")},
+               sort_links={k: sort_link(k) for k in SORT_KEYS},
                prev=links.dictionary(d.name, **q.params(page=q.page - 1)) if q.page > 1 else None,
                next=links.dictionary(d.name, **q.params(page=q.page + 1)) if q.page < pages else None)
     return ctx
@@ -334,8 +334,6 @@ def token_latents(run: Run, image_id: int, step: int, token: int, links: Links, 
             continue
         codes = run.image_codes(d, image_id, step)
         if not 0 <= token < codes["tokens"]:
-            from .run import BadRequest
-
             raise BadRequest(f"token {token} is outside this image's {codes['tokens']} tokens")
         vals, idx = codes["values"][token], codes["indices"][token]
         keep = (vals > 0) & (idx >= 0)

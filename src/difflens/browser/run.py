@@ -296,9 +296,7 @@ class FeatureQuery:
 
     @classmethod
     def parse(cls, params) -> "FeatureQuery":
-        known = {"sort", "order", "page", "per_page", "min_freq", "max_freq", "min_max", "max_max", "min_score",
-                 "min_auroc", "concept", "q", "dead"}
-        unknown = sorted(set(params.keys()) - known)
+        unknown = sorted(set(params.keys()) - set(cls.__dataclass_fields__))
         if unknown:
             raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}")
         q = cls()
@@ -348,8 +346,7 @@ class FeatureQuery:
         """The query as URL parameters (defaults left out), with ``changes``."""
         base = FeatureQuery()
         out = {}
-        for name in ("sort", "order", "page", "per_page", "min_freq", "max_freq", "min_max", "max_max", "min_score",
-                     "min_auroc", "concept", "q", "dead"):
+        for name in self.__dataclass_fields__:
             value = changes.get(name, getattr(self, name))
             if value is None or value == getattr(base, name):
                 continue
