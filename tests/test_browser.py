@@ -454,3 +454,13 @@ def test_malformed_run_files_are_ignored_not_fatal(run_dir, tmp_path):
     run = Run(root)
     assert run.summary == {}
     assert set(run.dictionary("sae").truth["_by_latent"]) == {2}
+
+
+def test_a_loopback_server_refuses_other_host_names(run_dir):
+    from difflens.browser.app import LOOPBACK_HOSTS
+
+    app = create_app(run_dir, allowed_hosts=LOOPBACK_HOSTS)
+    with TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False) as c:
+        assert c.get("/").status_code == 200
+    with TestClient(app, base_url="http://attacker.example:8000", raise_server_exceptions=False) as c:
+        assert c.get("/").status_code == 400  # DNS rebinding: the page's host name is not ours

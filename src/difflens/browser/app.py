@@ -37,7 +37,11 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, generate=None):
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, generate=None,
+               allowed_hosts: list[str] | None = None):
     """The browser's ASGI app over ``run``; ``generate`` replaces the steering call (tests)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -197,6 +201,10 @@ def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, gene
     ]
     app = Starlette(routes=routes, exception_handlers={NotFound: on_not_found, BadRequest: on_bad_request,
                                                        HTTPException: on_http, Exception: on_error})
+    if allowed_hosts is not None:  # a page on another site cannot reach a loopback server by rebinding its DNS name
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.state.run = run
     app.state.steering = steering
     return app
@@ -205,8 +213,9 @@ def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, gene
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: SteeringLimits | None = None) -> None:
     import uvicorn
 
-    app = create_app(run, limits)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    loopback = host in LOOPBACK_HOSTS
+    app = create_app(run, limits, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+    if not loopback:
         print(f"difflens browse: warning: listening on {host}, reachable from other machines; the browser has no "
               f"authentication", file=sys.stderr)
     print(f"difflens browse: {app.state.run.root} at http://{host}:{port}/  (Ctrl-C stops)")
