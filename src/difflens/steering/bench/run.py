@@ -473,13 +473,14 @@ def format_table(rows: list[dict], reference: str | None = None) -> str:
         lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
         return f"{100 * r[key]:4.0f} [{100 * lo:3.0f},{100 * hi:3.0f}]"
 
-    head = f"{'category':<11}{'method':<10}{'site':<20}{'m1':>5}{'k':>4}{'n':>4}  {'clean %':<15}{'success %':<15}" \
+    mw = max([10, *(len(r["method"]) + 2 for r in picked)])
+    head = f"{'category':<11}{'method':<{mw}}{'site':<20}{'m1':>5}{'k':>4}{'n':>4}  {'clean %':<15}{'success %':<15}" \
            f"{'preserv. %':<15}{'psnr':>6}"
     lines = [head, "-" * len(head)]
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     for r in sorted(picked, key=lambda r: (r["category"], order[r["method"]], r["site"] or "")):
         psnr = "-" if r["psnr_outside"] is None else f"{r['psnr_outside']:.1f}"
-        lines.append(f"{r['category']:<11}{r['method']:<10}{(r['site'] or '-'):<20}"
+        lines.append(f"{r['category']:<11}{r['method']:<{mw}}{(r['site'] or '-'):<20}"
                      f"{'-' if r['strength'] is None else format(r['strength'], 'g'):>5}"
                      f"{'-' if r['k'] is None else r['k']:>4}{r['n']:>4}  {pct(r, 'clean'):<15}{pct(r, 'success'):<15}"
                      f"{pct(r, 'preservation'):<15}{psnr:>6}")
