@@ -296,3 +296,16 @@ def test_holdout_is_written_at_finalize_and_a_rerun_may_change_it(tmp_path):
     cfg.holdout = 1.0  # refused before any work
     with pytest.raises(ValueError, match="holdout fraction must be in"):
         run_capture(cfg, adapter=adapter("embedded-tiny"))
+
+
+def test_world_prompts_follow_the_named_world():
+    from difflens.capture.runner import resolve_prompts
+    from difflens.world import caption_world
+
+    classic = resolve_prompts("world", 6, seed=2)
+    rich = resolve_prompts("world:rich", 6, seed=2)
+    assert [caption_world(p["prompt"]) for p in classic] == ["classic"] * 6
+    assert [caption_world(p["prompt"]) for p in rich] == ["rich"] * 6
+    assert resolve_prompts("world", 6, seed=2, world="rich") == rich
+    with pytest.raises(ValueError, match="unknown shapes world"):
+        resolve_prompts("world:fancy", 6, seed=2)

@@ -23,6 +23,11 @@ class EmbeddedAdapter(FluxTransformerAdapter):
         self.default_guidance = pipe.config.guidance_scale
         self.main_site_block = len(pipe.transformer.transformer_blocks) - 1
 
+    @property
+    def world(self) -> str:
+        """The shapes world the model was trained on (its captions are the default prompts)."""
+        return getattr(self.pipe.config, "world", "classic")
+
     def weight_modules(self) -> dict:
         return self.pipe.modules()
 

@@ -40,7 +40,8 @@ class CaptureConfig:
     steps_to_record: list[int] | str | None = None
     """0-based denoising steps to record, e.g. 0 or 0,3,7, or all; None: step 0"""
     prompts: str = "world"
-    """'world' (captions of the shapes world) or a text file with one prompt per line"""
+    """'world' (captions of the shapes world the model draws; 'world:classic' or 'world:rich' to choose) or a text
+    file with one prompt per line"""
     n_images: int | None = None
     """number of images; None: the prompt file's line count, or 256 world prompts"""
     resolution: int | None = None
@@ -72,18 +73,23 @@ class CaptureConfig:
         check_fraction(self.holdout)
 
 
-def resolve_prompts(source: str | list[str], n_images: int | None, seed: int) -> list[dict]:
-    """[{"image_id", "prompt", "seed"}]; prompts from the shapes world, a file or a list, cycled to n_images."""
+def resolve_prompts(source: str | list[str], n_images: int | None, seed: int, world: str = "classic") -> list[dict]:
+    """[{"image_id", "prompt", "seed"}]; prompts from the shapes world, a file or a list, cycled to n_images.
+
+    "world" draws captions of ``world``; "world:classic" / "world:rich" name the world."""
     if n_images is not None and n_images < 1:
         raise ValueError(f"--n-images must be >= 1, got {n_images}")
     if isinstance(source, (list, tuple)):
         prompts = [str(p) for p in source]
         if not prompts:
             raise ValueError("the prompt list is empty")
-    elif source == "world":
-        from difflens.world import world_prompts
+    elif source == "world" or source.startswith("world:"):
+        from difflens.world import WORLDS, world_prompts
 
-        prompts = world_prompts(n_images or 256, seed=seed, split="train")
+        world = source.split(":", 1)[1] if ":" in source else world
+        if world not in WORLDS:
+            raise ValueError(f"unknown shapes world {world!r} in --prompts {source}; worlds: {', '.join(WORLDS)}")
+        prompts = world_prompts(n_images or 256, seed=seed, split="train", world=world)
     else:
         path = Path(source)
         if not path.is_file():
@@ -162,7 +168,7 @@ def plan_capture(cfg: CaptureConfig, adapter: ModelAdapter) -> CapturePlan:
     resolution = adapter.default_resolution if cfg.resolution is None else cfg.resolution
     num_steps = adapter.default_num_steps if cfg.num_steps is None else cfg.num_steps
     return CapturePlan(
-        prompts=resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed),
+        prompts=resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed, getattr(adapter, "world", "classic")),
         sites=resolve_sites(adapter, cfg.sites, resolution),
         steps=resolve_steps(cfg.steps_to_record, num_steps),
         resolution=resolution,
