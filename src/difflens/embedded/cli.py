@@ -40,6 +40,8 @@ class RenderCommand:
     """scene sampling seed"""
     split: Literal["train", "heldout"] = "train"
     """which prompts to draw scenes from: the training split or the held-out one"""
+    world: Literal["classic", "rich"] = "classic"
+    """classic (shapes on plain backgrounds) or rich (textures, patterns, composite objects, up to 3)"""
     out: str = "runs/world"
     """folder for the PNG files (0000.png, 0001.png, ...)"""
 
@@ -129,7 +131,7 @@ def cmd_render(args) -> None:
     from ..world import render, sample_scenes
 
     cmd = config_from_args(RenderCommand, args)
-    for i, scene in enumerate(sample_scenes(cmd.n, seed=cmd.seed, split=cmd.split)):
+    for i, scene in enumerate(sample_scenes(cmd.n, seed=cmd.seed, split=cmd.split, world=cmd.world)):
         _save_png(render(scene)[0], Path(cmd.out) / f"{i:04d}.png")
         print(f"{i:04d}.png  {scene.caption}")
 
