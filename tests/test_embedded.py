@@ -277,3 +277,21 @@ def test_cli_flags_come_from_the_configs(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["world", "train", "--help"])
     assert "--autoencoder-noise" in capsys.readouterr().out
+
+
+def test_a_rich_world_model_reads_rich_captions_and_trains_on_rich_scenes(tmp_path):
+    from dataclasses import replace
+
+    from difflens.embedded.train import training_batch
+    from difflens.world import caption_world, vocabulary
+
+    model = replace(ShapesModelConfig.tiny(), world="rich", vocab=[], max_text_len=36)
+    model.__post_init__()
+    assert model.vocab == vocabulary("rich") and "snowman" in model.vocab
+    cfg = TrainConfig(out=str(tmp_path), steps=1, batch_size=3, warmup_steps=1, model=model)
+    captions, images, _ = training_batch(0, cfg)
+    assert {caption_world(c) for c in captions} == {"rich"} and images.shape == (3, 32, 32, 3)
+    pipe = train(cfg, progress=False)
+    assert pipe.generate(captions[:1], num_steps=2, seeds=[0]).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="world must be one of"):
+        ShapesModelConfig(world="fancy")
