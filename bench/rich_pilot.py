@@ -43,6 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     model = dl.load_model(f"embedded:{args.model}")
     result: dict = {"model": args.model, "site": args.site, "step": args.step}
 
@@ -55,7 +56,8 @@ def main() -> None:
           + ", ".join(f"{k} {v:.2f}" for k, v in quality.items()))
     from PIL import Image
 
-    grid = np.concatenate([np.concatenate(list(images[r * 8:(r + 1) * 8]), 1) for r in range(4)], 0)
+    rows = max(1, min(4, len(images) // 8))
+    grid = np.concatenate([np.concatenate(list(images[r * 8:(r + 1) * 8]), 1) for r in range(rows)], 0)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(out / "samples.png")
 
     t = time.time()
