@@ -80,23 +80,24 @@ def _number(text: str):
 
 
 def parse_steps(steps: Any, num_steps: int) -> list[int]:
-    """An edit's steps as sorted step indices of a ``num_steps`` schedule.
+    """Steps as sorted step indices of a ``num_steps`` schedule (edits, the editing benchmark, the CLIs).
 
-    None: every step. A window (start, end) or "start:end" excludes end: ints are step indices, floats are
-    fractions of the schedule rounded to the nearest step ("0:0.5" of 8 steps = steps 0..3). A list of ints:
-    those steps.
+    None or "all": every step. A window (start, end) or "start:end" excludes end: ints are step indices, floats
+    are fractions of the schedule rounded to the nearest step ("0:0.5" of 8 steps = steps 0..3). A list of ints,
+    or "3" / "1,3": those steps.
     """
-    if steps is None:
+    if steps is None or (isinstance(steps, str) and steps.strip() == "all"):
         return list(range(num_steps))
     if isinstance(steps, str):
-        parts = steps.split(":")
         try:
-            if len(parts) != 2:
-                raise ValueError
-            steps = (_number(parts[0]) if parts[0].strip() else 0,
-                     _number(parts[1]) if parts[1].strip() else num_steps)
+            if ":" in steps:
+                start, end = steps.split(":")
+                steps = (_number(start) if start.strip() else 0, _number(end) if end.strip() else num_steps)
+            else:
+                steps = [int(s) for s in steps.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(f"steps must look like start:end (end excluded), got {steps!r}") from None
+            raise ValueError(f"steps must be start:end (end excluded), a comma list of integers or all, got "
+                             f"{steps!r}") from None
     if isinstance(steps, tuple):
         if len(steps) != 2:
             raise ValueError(f"a step window is (start, end), got {steps!r}")
@@ -106,14 +107,14 @@ def parse_steps(steps: Any, num_steps: int) -> list[int]:
                 raise ValueError(f"a step window in fractions of the schedule must lie in [0, 1], got {steps!r}")
             start, end = round(start * num_steps), round(end * num_steps)
         if start < 0 or end > num_steps:
-            raise ValueError(f"step window [{start}, {end}) lies outside this run's steps (0..{num_steps - 1})")
+            raise ValueError(f"step window [{start}, {end}) lies outside this run's steps 0..{num_steps - 1}")
         if end <= start:
-            raise ValueError(f"step window [{start}, {end}) is empty")
+            raise ValueError(f"empty step window [{start}, {end})")
         return list(range(int(start), int(end)))
     picked = sorted({int(s) for s in steps})
     if not picked:
-        raise ValueError("the edit's step list is empty")
+        raise ValueError("empty step list")
     bad = [s for s in picked if not 0 <= s < num_steps]
     if bad:
-        raise ValueError(f"steps {bad} lie outside this run's steps (0..{num_steps - 1})")
+        raise ValueError(f"steps {bad} lie outside this run's steps 0..{num_steps - 1}")
     return picked

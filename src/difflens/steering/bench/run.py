@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..edits import parse_steps
 from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
 from .pairs import EditPair, check_prompts, model_vocabulary, read_pairs
 from .scoring import faithful, judge, psnr_outside, summarise
@@ -95,27 +96,6 @@ class BenchConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.n_boot < 1:
             raise ValueError(f"n_boot must be >= 1, got {self.n_boot}")
-
-
-def parse_steps(text: str, num_steps: int) -> list[int]:
-    """'0:4' -> [0, 1, 2, 3]; '3' or '1,3' -> those; 'all' -> every step. Errors name the run's steps."""
-    text = str(text).strip()
-    if text == "all":
-        return list(range(num_steps))
-    try:
-        if ":" in text:
-            a, b = text.split(":")
-            steps = list(range(int(a) if a else 0, int(b) if b else num_steps))
-        else:
-            steps = sorted({int(s) for s in text.split(",") if s.strip()})
-    except ValueError:
-        raise ValueError(f"steps must be start:end, a comma list of integers or all, got {text!r}") from None
-    if not steps:
-        raise ValueError(f"empty step window {text!r}")
-    bad = [s for s in steps if not 0 <= s < num_steps]
-    if bad:
-        raise ValueError(f"steps {bad} lie outside this run's steps 0..{num_steps - 1}")
-    return steps
 
 
 # ------------------------------------------------------------------ masks
