@@ -47,7 +47,7 @@ def main() -> None:
         sae.meta = {"site": site}
     site = sae.site
     prompts, seeds = world_prompts(args.batch, seed=1), list(range(args.batch))
-    direction = sae.normalizer.to_residual_directions(sae.decoder_rows())[5]
+    direction = sae.residual_directions([5])[0]
     edits = {
         "add": lambda: LatentEdit(site=site, vector_D=direction, dictionary=sae, latent=5, mode="add", amount=3.0),
         "clamp": lambda: LatentEdit(site=site, vector_D=direction, dictionary=sae, latent=5, mode="clamp", amount=3.0),

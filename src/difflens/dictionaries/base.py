@@ -133,10 +133,16 @@ class Dictionary(torch.nn.Module):
         return self.decode(codes), codes
 
     @torch.no_grad()
-    def feature_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
-        """Unit-norm residual-space direction of each latent, shape (F, D) — what steering adds."""
+    def residual_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
+        """Each latent's residual-space decoder row at its native norm, shape (F, D): latent f at activation a
+        adds a * row f to the reconstruction (what steering edits and the editing benchmark transfers)."""
         rows = self.decoder_rows()
         if latents is not None:
             rows = rows[torch.as_tensor(latents, dtype=torch.long, device=rows.device)]
-        v = self.normalizer.to_residual_directions(rows.float())
+        return self.normalizer.to_residual_directions(rows.float())
+
+    @torch.no_grad()
+    def feature_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
+        """Unit-norm residual-space direction of each latent, shape (F, D)."""
+        v = self.residual_directions(latents)
         return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -118,7 +118,7 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
 
         readings = [read_image(im) for im in baseline]
 
-    directions = dictionary.normalizer.to_residual_directions(dictionary.decoder_rows().float()).detach()
+    directions = dictionary.residual_directions()
     images, records, regions, k = [], [], [], 0
     for group in groups:
         interventions, described, union = [], [], None

@@ -19,7 +19,7 @@ import torch
 
 from difflens.adapters.base import Intervention
 
-from .selection import dense_codes, feature_scores, random_like, residual_directions, select_features, transfer_delta
+from .selection import dense_codes, feature_scores, random_like, select_features, transfer_delta
 
 BUILTIN_METHODS = ("dense", "random", "swap")
 
@@ -63,7 +63,7 @@ class FeatureMethod:
 
     def __init__(self, name: str, dictionary, site: str):
         self.name, self.dictionary, self.site = name, dictionary, site
-        self.directions = residual_directions(dictionary)
+        self.directions = dictionary.residual_directions()
 
     def codes(self, acts: PairActs) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense codes (S, T, F) of the source and target activations."""

@@ -11,8 +11,8 @@ The top-k latents by score (more active in the target) are added with the target
 
     delta_t  = m1 * mask_t * ( sum_{f in top} a_tf(target) d_f  -  sum_{f in bottom} a_tf(source) d_f )
 
-with d_f the latent's residual-space decoder row (`residual_directions`: a_f d_f is latent f's contribution
-to the reconstruction). RIEBench scores with p(source) - p(target) and names its generations the other way
+with d_f the latent's residual-space decoder row (`Dictionary.residual_directions`: a_f d_f is latent f's
+contribution to the reconstruction). RIEBench scores with p(source) - p(target) and names its generations the other way
 round; this is the same rule with "target" meaning the generation whose features are brought in.
 """
 
@@ -20,12 +20,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def residual_directions(dictionary) -> Tensor:
-    """(F, D) residual-space decoder rows, unnormalised: latent f at activation a adds a * row f."""
-    rows = dictionary.decoder_rows().float()
-    return dictionary.normalizer.to_residual_directions(rows).detach()
 
 
 @torch.no_grad()
