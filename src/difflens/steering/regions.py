@@ -59,13 +59,10 @@ def mask_to_grid(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
         m = m / 255.0
     if m.min() < 0 or m.max() > 1:
         raise ValueError("mask values must lie in [0, 1] (or 0..255)")
-    gh, gw = grid
-    H, W = m.shape
-    ys, xs = np.linspace(0, H, gh + 1).round().astype(int), np.linspace(0, W, gw + 1).round().astype(int)
-    if (np.diff(ys) == 0).any() or (np.diff(xs) == 0).any():
-        raise ValueError(f"mask image {m.shape} is smaller than the {gh}x{gw} token grid")
-    return np.array([[m[ys[r]:ys[r + 1], xs[c]:xs[c + 1]].mean() for c in range(gw)] for r in range(gh)],
-                    dtype=np.float32)
+    if m.shape[0] < grid[0] or m.shape[1] < grid[1]:
+        raise ValueError(f"mask image {m.shape} is smaller than the {grid[0]}x{grid[1]} token grid")
+    pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(m))[None, None], grid)
+    return pooled[0, 0].numpy()
 
 
 BACKGROUND = "background"  # every token outside the oracle's objects (embedded world)

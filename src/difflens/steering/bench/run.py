@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..edits import parse_steps
+from ..regions import mask_to_grid
 from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
 from .pairs import EditPair, check_prompts, model_vocabulary, read_pairs
 from .scoring import faithful, judge, psnr_outside, summarise
@@ -137,8 +138,7 @@ def edit_mask(pair: EditPair, source_reading, target_reading, shape: tuple[int, 
 
 def to_tokens(mask_HW: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     """(T,) 0/1 float token mask: the pixel mask area-resized to the grid, thresholded > 0 (row-major)."""
-    m = torch.as_tensor(np.asarray(mask_HW, dtype=np.float32))[None, None]
-    return (F.adaptive_avg_pool2d(m, grid)[0, 0] > 0).float().reshape(-1)
+    return torch.from_numpy(mask_to_grid(mask_HW, grid) > 0).float().reshape(-1)
 
 
 def to_pixels(mask_T: torch.Tensor, grid: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
