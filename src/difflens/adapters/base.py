@@ -90,6 +90,16 @@ def halves_sign(batch: int, cfg_batch: bool, halves: str) -> torch.Tensor | None
     return sign
 
 
+def per_image(x: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    """``x`` (images, ...) repeated to cover a generation batch of ``batch`` rows: a classifier-free-guidance
+    batch stacks [uncond; cond], each half holding the images in order."""
+    if x.shape[0] == batch:
+        return x
+    if batch % x.shape[0]:
+        raise ValueError(f"{what}: given for {x.shape[0]} images, the batch holds {batch}")
+    return x.repeat(batch // x.shape[0], *([1] * (x.ndim - 1)))
+
+
 @dataclass
 class Intervention:
     """Add `scale * vector_D` to `site` over the tokens where `token_mask_T` is nonzero (None = all),

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from difflens.adapters.base import Intervention, SiteInfo
+from difflens.adapters.base import Intervention, SiteInfo, per_image
 
 
 @dataclass
@@ -52,8 +52,7 @@ class LatentEdit(Intervention):
         else:  # ablate
             change_BT = -act_BT
         if self.weights_BT is not None:
-            w = self.weights_BT.to(change_BT)
-            change_BT = change_BT * (w.repeat(B // w.shape[0], 1) if w.shape[0] != B else w)
+            change_BT = change_BT * per_image(self.weights_BT.to(change_BT), B, f"region of latent {self.latent}")
         if self.active_only:
             change_BT = change_BT * (act_BT > 0)
         touched = change_BT != 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from difflens.adapters.base import Intervention
+from difflens.adapters.base import Intervention, per_image
 
 from .selection import dense_codes, feature_scores, random_like, select_features, transfer_delta
 
@@ -36,12 +36,7 @@ class TokenDeltas(Intervention):
         d = self.deltas.get(step)
         if d is None:
             return None
-        d = d.to(value_BTD)
-        if d.shape[0] != value_BTD.shape[0]:
-            if value_BTD.shape[0] % d.shape[0]:
-                raise ValueError(f"{self.site}: deltas for {d.shape[0]} images, the batch holds {value_BTD.shape[0]}")
-            d = d.repeat(value_BTD.shape[0] // d.shape[0], 1, 1)
-        return d
+        return per_image(d.to(value_BTD), value_BTD.shape[0], f"{self.site}: deltas")
 
 
 def token_deltas(site: str, deltas: dict[int, torch.Tensor], halves: str = "both") -> TokenDeltas:
