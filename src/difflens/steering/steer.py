@@ -116,7 +116,8 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
     if wants_oracle:
         from difflens.world.oracle import read_image
 
-        readings = [read_image(im) for im in baseline]
+        world = getattr(model, "world", "classic")
+        readings = [read_image(im, world=world) for im in baseline]
 
     directions = dictionary.residual_directions()
     images, records, regions, k = [], [], [], 0
@@ -126,11 +127,12 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
             edit, info, steps, region = plans[k]
             k += 1
             direction_D = directions[edit.latent]
-            amount, basis = float(edit.strength), ("raw" if edit.mode in ("add", "clamp") else "factor")
-            if edit.mode in ("add", "clamp") and edit.unit == "typical":
+            takes_amount = edit.mode in ("add", "clamp")  # scale's strength is a factor, ablate's is unused
+            amount, basis = float(edit.strength), ("raw" if takes_amount else "factor")
+            if takes_amount and edit.unit == "typical":
                 typical = typical_activation(index, edit.latent, dictionary.step)
                 amount, basis = edit.strength * typical, f"typical activation {typical:.4g}"
-            elif edit.mode in ("add", "clamp") and edit.unit == "norm":
+            elif takes_amount and edit.unit == "norm":
                 mean_norm = float(np.mean(norms[info.name]))
                 amount = edit.strength * mean_norm / float(direction_D.norm().clamp_min(1e-12))
                 basis = f"mean token norm {mean_norm:.4g}"
@@ -141,13 +143,14 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
                 weights = torch.from_numpy(object_weights(readings, region, info.grid).reshape(len(prompts), -1))
             iv = LatentEdit(site=info.name, vector_D=direction_D, steps=set(steps), halves=edit.guidance,
                             dictionary=dictionary, latent=edit.latent, mode=edit.mode, amount=amount,
-                            factor=float(edit.strength), weights_BT=weights, active_only=isinstance(region, str) and region == ACTIVE)
+                            factor=float(edit.strength), weights_BT=weights,
+                            active_only=isinstance(region, str) and region == ACTIVE)
             interventions.append(iv)
             if weights is not None and info.grid is not None:
                 w = weights.numpy().reshape(-1, *info.grid)
                 union = w if union is None else np.maximum(union, w)
             described.append({**edit.describe(), "site": info.name, "steps": steps,
-                              "amount": amount if edit.mode in ("add", "clamp") else None, "strength_basis": basis,
+                              "amount": amount if takes_amount else None, "strength_basis": basis,
                               "tokens": None if weights is None else int((weights > 0).sum())})
         images.append(model.generate(prompts, seeds, interventions=interventions, **common))
         for iv, d in zip(interventions, described):
@@ -156,10 +159,8 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
         regions.append(None if union is None else np.broadcast_to(union, (len(prompts), *union.shape[1:])))
     result = SteerResult(prompts, seeds, baseline, images, records, num_steps=num_steps, regions=regions)
     if wants_oracle:
-        from difflens.world.oracle import read_image
-
         result.readings = {"baseline": [reading_dict(r) for r in readings],
-                           "steered": [[reading_dict(read_image(im)) for im in batch] for batch in images]}
+                           "steered": [[reading_dict(read_image(im, world=world)) for im in batch] for batch in images]}
     return result
 
 
