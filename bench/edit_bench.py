@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         return 1
     merged = merge_results(found, out / "results.json")
     print(format_table(merged["rows"], merged.get("random_reference")))
-    print(f"pairs kept/tried: " + ", ".join(f"{c} {v['kept']}/{v['tried']}" for c, v in merged["pair_counts"].items()))
+    print("pairs kept/tried: " + ", ".join(f"{c} {v['kept']}/{v['tried']}" for c, v in merged["pair_counts"].items()))
     print(f"wrote {out / 'results.json'} and {merged['plot']}")
     return 0
 
