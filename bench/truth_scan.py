@@ -3,6 +3,7 @@
     nice -n 10 .venv/bin/python bench/truth_scan.py [--store runs/demo/store] [--sites S ...] [--steps 0 3 7]
                                                     [--num-latents 384] [--k 8] [--tokens 1500000]
                                                     [--normalization pca] [--seed 0] [--out runs/truth_scan]
+                                                    [--sparse-sizes 1 4 16 | --sparse-sizes] [--probe-tokens 65536]
 
 What is measured
   * For every (site, step) of an activation store (default: the demo store's image-stream residual sites
@@ -18,6 +19,8 @@ What is measured
       random coverage   the same for the random directions
       probe ceiling     mean held-out F1 of a logistic probe per concept on the raw site activations
       cov/ceiling       mean over concepts of coverage / probe ceiling
+      families_covered  concept families (the name before ':': color, pattern, part, ...) with at least one
+                        concept whose best latent reaches 0.7 x its probe ceiling (``family_coverage``)
     plus the coverage (held-out F1 of the best single latent) of a few named concepts (``--concepts``;
     "-" when the concept is not scored at that site), and the SAE's held-out reconstruction quality
     (``dl.evaluate(sae)["fvu_input_space"]``: FVU in the normalised space the SAE sees).
@@ -52,6 +55,7 @@ from difflens.interpret.labels import token_labels  # noqa: E402
 from difflens.interpret.truth import truth_report, write_truth  # noqa: E402
 
 NAMED = ["color:red", "shape:triangle", "part:object", "bg:black", "side:below"]
+NAMED_RICH = ["color:red", "pattern:striped", "texture:dotted", "part:house-roof", "part:boundary"]
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--store", default="runs/demo/store", help="activation store (default: the demo's)")
@@ -63,7 +67,11 @@ parser.add_argument("--k", type=int, default=8)
 parser.add_argument("--tokens", type=int, default=1_500_000, help="training tokens per SAE (the demo's budget)")
 parser.add_argument("--normalization", default="pca", choices=["none", "standardise", "pca"])
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--concepts", nargs="+", default=NAMED, help="concepts whose coverage gets a column")
+parser.add_argument("--concepts", nargs="+", default=None,
+                    help="concepts whose coverage gets a column (default: a few of the store's world)")
+parser.add_argument("--sparse-sizes", nargs="*", type=int, default=[1, 4, 16],
+                    help="sparse-probe sizes (none: skip sparse probing, the slowest part of a truth report)")
+parser.add_argument("--probe-tokens", type=int, default=65_536, help="tokens per split of the logistic probes")
 parser.add_argument("--out", default="runs/truth_scan")
 args = parser.parse_args()
 
@@ -77,6 +85,10 @@ store = dl.open_store(store_path)
 if not store.holdout:
     sys.exit(f"truth_scan: {store_path} has no held-out split; truth reports need one (store.set_holdout(0.2)).")
 
+from difflens.interpret.labels import store_world  # noqa: E402
+
+if args.concepts is None:
+    args.concepts = NAMED_RICH if store_world(store) == "rich" else NAMED
 entries = store.entries()
 recorded_sites = list(dict.fromkeys(s for s, _ in entries))
 sites = args.sites or [s for s in recorded_sites
@@ -112,7 +124,8 @@ for site, step in pairs:
     t0 = time.perf_counter()
     sae = dl.train_sae(store, site, step, **settings)
     t1 = time.perf_counter()
-    report = truth_report(sae, store, site=site, step=step, labels=labels_by_grid[grid], random_seed=args.seed)
+    report = truth_report(sae, store, site=site, step=step, labels=labels_by_grid[grid], random_seed=args.seed,
+                          sparse_sizes=tuple(args.sparse_sizes), max_probe_tokens=args.probe_tokens)
     t2 = time.perf_counter()
     ev = dl.evaluate(sae)
     t3 = time.perf_counter()
@@ -126,6 +139,8 @@ for site, step in pairs:
            "coverage": report["mean_coverage"], "cov_random": report["mean_coverage_random"],
            "probe_ceiling": report["mean_probe_ceiling"], "cov/ceiling": report["mean_coverage_ratio"],
            **{c: cov.get(c, "-") for c in args.concepts},
+           "families_covered": sum(f["covered"] > 0 for f in report["family_coverage"].values()),
+           "families": len(report["family_coverage"]),
            "fvu_in": ev["fvu_input_space"], "alive": report["alive"], "concepts": len(report["concepts"]),
            "wall_s": round(t3 - t0, 1)}
     rows.append(row)
@@ -161,7 +176,7 @@ def means(key):
 
 
 by_site, by_step = means("site"), sorted(means("step"), key=lambda m: m["step"])
-columns = ["site", "step", *METRICS, "alive", "concepts", "wall_s"]
+columns = ["site", "step", *METRICS, "families_covered", "families", "alive", "concepts", "wall_s"]
 print("\nper (site, step): explained = share of alive latents with held-out F1 >= 0.5 (expl_random: random floor); "
       "coverage = mean held-out F1 of each concept's best latent (cov_random: floor; probe_ceiling: logistic probe "
       "on the raw activations); named columns: coverage of that concept; fvu_in: held-out FVU (input space)")

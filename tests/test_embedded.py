@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,19 @@ def test_ship_writes_weights_quality_and_a_card_that_keeps_the_notes(tiny, tmp_p
     assert card.rstrip().endswith("Trained twice; the first run diverged.")
     assert json.loads((tmp_path / QUALITY_FILE).read_text()) == quality
     assert ShapesPipeline.from_pretrained(tmp_path).config.architecture() == tiny.config.architecture()
+
+
+def test_ship_of_a_rich_model_measures_one_to_three_objects(tmp_path):
+    from difflens.embedded.card import CARD_FILE, QUALITY_FILE, ship
+
+    rich = ShapesPipeline.random(ShapesModelConfig(**{**asdict(ShapesModelConfig.tiny()), "world": "rich", "vocab": [],
+                                                      "max_text_len": 36}), seed=0)
+    quality = ship(rich, {"steps": 2, "model": {}}, dest=tmp_path, n=2, num_steps=1)
+    assert set(quality) == {"1", "2", "3"} and quality["3"]["objects"] == 3
+    card = (tmp_path / CARD_FILE).read_text()
+    assert card.startswith("# Embedded shapes-world model (rich world)") and "embedded-rich" in card
+    assert f"| 2 | {quality['2']['color_acc']:.3f} |" in card and "bound" in card
+    assert (tmp_path / QUALITY_FILE).read_text() == json.dumps(quality, indent=2)  # part IoU may be NaN
 
 
 def test_cli_flags_come_from_the_configs(monkeypatch, capsys):

@@ -134,6 +134,15 @@ def test_logistic_fits_agree():
     torch.testing.assert_close(b1.double(), b2.double(), atol=2e-3, rtol=1e-3)
 
 
+def test_family_coverage_counts_concepts_at_the_bar():
+    from difflens.interpret.truth import family_coverage
+
+    got = family_coverage({"color:red": 0.9, "color:blue": 0.5, "pattern:striped": 0.69, "part:object": None})
+    assert got["color"] == {"concepts": 2, "covered": 1, "best_ratio": 0.9}
+    assert got["pattern"] == {"concepts": 1, "covered": 0, "best_ratio": 0.69}
+    assert got["part"] == {"concepts": 1, "covered": 0, "best_ratio": None}
+
+
 def test_random_directions_are_unit_and_topk():
     base = NeuronBasis(8, k=3)
     rnd = RandomDirections.like(base, seed=1)
@@ -243,6 +252,7 @@ def test_planted_red_latent_is_found_and_random_directions_are_not(tmp_path):
     assert report["coverage"]["color:red"] == 1.0 and report["coverage_latent"]["color:red"] == 0
     assert report["coverage_random"]["color:red"] < 0.5
     assert report["probe_ceiling"]["color:red"] > 0.95 and report["coverage_ratio"]["color:red"] >= 0.95
+    assert report["family_coverage"]["color"]["covered"] >= 1
     assert report["sparse_probing"]["per_concept"]["dictionary"]["1"]["color:red"] == 1.0
     assert report["sparse_probing"]["per_concept"]["raw"]["1"]["color:red"] == 1.0
     assert report["sparse_probing"]["per_concept"]["random"]["1"]["color:red"] < 0.5

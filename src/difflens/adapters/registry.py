@@ -2,6 +2,7 @@
 
 Names
   embedded                 the shipped embedded shapes-world model (the default)
+  embedded-rich            the shipped embedded model of the rich shapes world (textures, parts, 1-3 objects)
   embedded-tiny            a tiny randomly initialised embedded model (tests, smoke runs)
   embedded:PATH            an embedded model folder (config.json + model.safetensors)
   flux-schnell, flux-dev   FLUX.1 from the Hugging Face hub;  flux:ID_OR_PATH for any other
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from difflens.adapters.base import ModelAdapter
 
-MODEL_NAMES = ["embedded", "embedded-tiny", "embedded:PATH", "flux-schnell", "flux-dev", "flux:ID_OR_PATH",
+MODEL_NAMES = ["embedded", "embedded-rich", "embedded-tiny", "embedded:PATH", "flux-schnell", "flux-dev", "flux:ID_OR_PATH",
                "sdxl-turbo", "sdxl", "sdxl:ID_OR_PATH", "flux-tiny", "sdxl-tiny"]
 DEFAULT_MODEL = "embedded"
 
@@ -44,7 +45,7 @@ def load_adapter(spec: str | None = None, options: LoadOptions | None = None) ->
         raise ValueError(f"--quantization applies to FLUX models only, not {spec!r}")
     kind, _, target = spec.partition(":")
 
-    if kind in ("embedded", "embedded-tiny"):
+    if kind in ("embedded", "embedded-rich", "embedded-tiny"):
         return _embedded(spec, kind, target, opt)
     if kind in ("flux", "flux-schnell", "flux-dev", "flux-tiny"):
         from difflens.adapters.flux import FLUX_MODELS, FluxAdapter, FluxLoadConfig
@@ -95,7 +96,7 @@ def _embedded(spec: str, kind: str, target: str, opt: LoadOptions) -> "ModelAdap
         pipe = ShapesPipeline.from_pretrained(target, device=device, dtype=dtype)
     else:
         try:
-            pipe = load_embedded(device=device, dtype=dtype)
+            pipe = load_embedded(device=device, dtype=dtype, world="rich" if kind == "embedded-rich" else "classic")
         except FileNotFoundError as err:
             raise FileNotFoundError(f"{err}: the trained embedded model is not shipped in this checkout yet "
                                     f"(train it with `difflens world train`, or use --model embedded-tiny)") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .pipeline import WEIGHTS_DIR, WEIGHTS_FILE, ShapesPipeline
+from .pipeline import SHIPPED_WEIGHTS, WEIGHTS_FILE, ShapesPipeline
 from .quality import measure_quality
 
 CARD_FILE = "MODEL_CARD.md"
@@ -21,13 +21,38 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
          num_steps: int | None = None, notes: str = "") -> dict:
     """Write fp16 weights, measure held-out quality on what was written, and write the model card.
 
-    `dest` defaults to the package's shipped-weights folder. `notes` (markdown: training history, known
-    limitations) are appended to the generated card, so a re-ship does not lose what a person wrote."""
-    dest = Path(dest or WEIGHTS_DIR)
+    `dest` defaults to the package's shipped-weights folder of the model's world. Quality is measured on
+    single-object prompts and, in the rich world, also on 2- and 3-object prompts (then the returned dict has
+    one entry per object count). `notes` (markdown: training history, known limitations) are appended to the
+    generated card, so a re-ship does not lose what a person wrote."""
+    world = pipe.config.world
+    dest = Path(dest or SHIPPED_WEIGHTS[world])
     pipe.save_pretrained(dest)
     shipped = ShapesPipeline.from_pretrained(dest)  # measure the fp16 weights actually shipped
     kwargs = {} if num_steps is None else {"num_steps": num_steps}
-    quality = measure_quality(shipped, n=n, **kwargs)
+    if world == "classic":
+        quality = measure_quality(shipped, n=n, **kwargs)
+        table = ["| metric | value |", "|---|---|",
+                 *[f"| {k} | {v:.3f} |" for k, v in quality.items() if k.endswith("_acc")]]
+        measured = (f"{quality['n']} single-object prompts from held-out (colour, shape, position) combinations, "
+                    f"{quality['steps']} Euler steps, guidance scale {quality['guidance']} (the model's default), "
+                    "scored by the\noracle (`difflens.world.read_image`) on the largest object found:")
+        footnote = "`one_object_acc` is the share of images where the oracle found exactly one object (stray specks count)."
+    else:
+        quality = {str(k): measure_quality(shipped, n=n, n_objects=k, **kwargs) for k in (1, 2, 3)}
+        keys = [k for k in quality["1"] if k.endswith("_acc")]
+        table = ["| objects | " + " | ".join(k[:-4] for k in keys) + " | part IoU |",
+                 "|---" * (len(keys) + 2) + "|",
+                 *[f"| {c} | " + " | ".join(f"{q[k]:.3f}" for k in keys) + f" | {q.get('part_iou', float('nan')):.3f} |"
+                   for c, q in quality.items()]]
+        first = quality["1"]
+        measured = (f"{first['n']} prompts per object count from held-out (colour, pattern, shape) combinations, "
+                    f"{first['steps']} Euler steps, guidance scale {first['guidance']} (the model's default), scored "
+                    "by the rich\noracle (`difflens.world.read_image(..., world=\"rich\")`), every object matched "
+                    "by its grid cell:")
+        footnote = ("`count` is the share of images with exactly the prompt's number of objects; `bound` the share of "
+                    "objects with every named attribute\n(colour, pattern, shape, size) right; `background` and "
+                    "`texture` are per image; part IoU is over composite objects read with the right shape.")
     (dest / QUALITY_FILE).write_text(json.dumps(quality, indent=2))
     cfg = shipped.config
     params = sum(p.numel() for p in shipped.transformer.parameters())
@@ -44,11 +69,12 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
                   f"{cfg.grid_size}x{cfg.grid_size} = {cfg.grid_size**2} image tokens of {cfg.patch_channels} "
                   f"channels (row-major)")
     lines = [
-        "# Embedded shapes-world model",
+        "# Embedded shapes-world model" + ("" if world == "classic" else f" ({world} world)"),
         "",
         "A small text-to-image model of the procedural shapes world, built on diffusers' `FluxTransformer2DModel`",
         "(double- and single-stream blocks, like FLUX.1) with a word-level text encoder trained jointly, with the",
-        "rectified-flow objective. It is difflens' default model.",
+        "rectified-flow objective. " + ("It is difflens' default model (`embedded`)." if world == "classic" else
+                                        f"Load it as `embedded-{world}`."),
         "",
         "## Architecture",
         tokens,
@@ -66,15 +92,11 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         "Reproduce: `difflens world train` with the settings above, then `difflens world ship`.",
         "",
         "## Measured quality",
-        f"{quality['n']} single-object prompts from held-out (colour, shape, position) combinations, "
-        f"{quality['steps']} Euler steps, guidance scale {quality['guidance']} (the model's default), scored by the",
-        "oracle (`difflens.world.read_image`) on the largest object found:",
+        measured,
         "",
-        "| metric | value |",
-        "|---|---|",
-        *[f"| {k} | {v:.3f} |" for k, v in quality.items() if k.endswith("_acc")],
+        *table,
         "",
-        "`one_object_acc` is the share of images where the oracle found exactly one object (stray specks count).",
+        footnote,
     ]
     if notes.strip():
         lines += ["", notes.strip()]

@@ -22,6 +22,8 @@ from .config import ShapesModelConfig, check_guidance_scale
 from .text_encoder import TextEncoder, WordTokenizer
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED_WEIGHTS = {"classic": WEIGHTS_DIR, "rich": Path(__file__).parent / "weights_rich"}
+"""the package's shipped model of each shapes world (`embedded` and `embedded-rich`)"""
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DEFAULT_STEPS = 8
@@ -258,6 +260,8 @@ def pixels_to_uint8(images_BCHW: torch.Tensor) -> np.ndarray:
     return images.permute(0, 2, 3, 1).numpy()
 
 
-def load_embedded(device: str = "cpu", dtype: torch.dtype = torch.float32) -> ShapesPipeline:
-    """The trained embedded shapes-world model shipped inside the package."""
-    return ShapesPipeline.from_pretrained(WEIGHTS_DIR, device=device, dtype=dtype)
+def load_embedded(device: str = "cpu", dtype: torch.dtype = torch.float32, world: str = "classic") -> ShapesPipeline:
+    """The trained embedded model of `world` ("classic" or "rich") shipped inside the package."""
+    if world not in SHIPPED_WEIGHTS:
+        raise ValueError(f"no shipped embedded model of world {world!r}; shipped: {', '.join(SHIPPED_WEIGHTS)}")
+    return ShapesPipeline.from_pretrained(SHIPPED_WEIGHTS[world], device=device, dtype=dtype)

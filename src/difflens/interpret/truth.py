@@ -50,6 +50,7 @@ THRESHOLD_LEVELS = 64  # thresholds tried per latent: j / L of its train max, j 
 EXPLAINED_F1 = 0.5  # a latent is "explained" when its best concept's held-out F1 reaches this
 MIN_SCORED_POSITIVES = 8  # positive tokens a concept needs in each split to be scored
 SPARSE_PROBE_SIZES = (1, 4, 16)
+FAMILY_COVERAGE_BAR = 0.7  # a concept is covered when its best latent's held-out F1 is >= this x the probe's
 PROBE_L2 = 1e-4  # L2 penalty on probe weights (per token-mean logistic loss, standardised inputs)
 PROBE_ITERS = 200  # L-BFGS iterations per probe fit
 
@@ -655,6 +656,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         "probe_ceiling": per_concept(ceiling["f1"]),
         "probe_ceiling_auroc": per_concept(ceiling["auroc"]),
         "coverage_ratio": {c: (None if v is None else round(v, 4)) for c, v in ratio.items()},
+        "family_coverage": family_coverage(ratio),
         "sparse_probing": {
             "sizes": list(sparse_sizes),
             **{src: {n: _mean(v) for n, v in by_n.items()} for src, by_n in sparse.items()},
@@ -682,6 +684,17 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         },
         "latents": latents,
     }
+
+
+def family_coverage(ratio_by_concept: dict[str, float | None], bar: float = FAMILY_COVERAGE_BAR) -> dict[str, dict]:
+    """Per concept family (the name before ':', e.g. colour, pattern, part): how many of its scored concepts have
+    a single latent reaching `bar` x the probe ceiling's held-out F1, and the best such ratio."""
+    families: dict[str, list[float]] = {}
+    for concept, r in ratio_by_concept.items():
+        families.setdefault(concept.split(":", 1)[0], []).append(r if r is not None else float("nan"))
+    return {fam: {"concepts": len(rs), "covered": int(sum(r >= bar for r in rs if r == r)),
+                  "best_ratio": _nan_to_none(round(max((r for r in rs if r == r), default=float("nan")), 4))}
+            for fam, rs in sorted(families.items())}
 
 
 def write_truth(report: dict, path: str | Path) -> Path:
