@@ -60,17 +60,18 @@ def test_transfer_delta_adds_target_codes_and_subtracts_source_codes_inside_the_
 
 
 # ------------------------------------------------------------------ pairs
-def test_shipped_pairs_file_is_make_pairs_and_valid():
+def test_shipped_pairs_file_is_make_pairs_and_valid(tmp_path):
     shipped = P.read_pairs(vocabulary=set(__import__("difflens.world.scene", fromlist=["x"]).vocabulary()))
     made = P.make_pairs()
     assert [p.to_json() for p in shipped] == [p.to_json() for p in made]
     counts = Counter(p.category for p in shipped)
-    assert set(counts) == set(P.CATEGORIES) and min(counts.values()) >= 50
+    assert set(counts) == set(P.WORLD_CATEGORIES["classic"]) and min(counts.values()) >= 50
+    assert P.write_pairs(made, tmp_path / "made.jsonl").read_bytes() == P.PAIRS_FILE.read_bytes()  # byte for byte
 
 
 def test_pairs_round_trip(tmp_path):
     pairs = P.make_pairs(3, seed=5)
-    assert len(pairs) == 3 * len(P.CATEGORIES)
+    assert len(pairs) == 3 * len(P.WORLD_CATEGORIES["classic"])
     path = P.write_pairs(pairs, tmp_path / "p.jsonl")
     back = P.read_pairs(path)
     assert [p.to_json() for p in back] == [p.to_json() for p in pairs]
@@ -111,7 +112,12 @@ def test_unknown_word_stops_the_benchmark_before_any_generation(tmp_path, monkey
     (lambda r: r["target_scene"]["objects"][0].update(shape="square" if r["target_scene"]["objects"][0]["shape"]
                                                       != "square" else "circle"), "do not differ by the stated color"),
     (lambda r: r.update(object=5), "object index 5"),
-    (lambda r: r["source_scene"].update(background="pink"), "unknown background 'pink'"),
+    (lambda r: r["source_scene"].update(background="teal"), "unknown background 'teal'"),
+    (lambda r: r["source_scene"]["objects"][0].update(pattern="plaid"), "unknown pattern 'plaid'"),
+    (lambda r: r["source_scene"].update(texture="wavy"), "unknown texture 'wavy'"),
+    (lambda r: r["source_scene"]["objects"][0].update(colour="red"), r"unknown attribute\(s\) \['colour'\]"),
+    (lambda r: r["source_scene"].update(lighting="dim"), r"unknown scene attribute\(s\) \['lighting'\]"),
+    (lambda r: r["target_scene"].update(texture="striped"), "the texture changes in a color pair"),
     (lambda r: r.pop("target"), "missing field"),
     (lambda r: r.update(seed="x"), "seed must be an integer"),
     (lambda r: r.update(source=7), "source prompt must be a non-empty string"),
@@ -138,6 +144,98 @@ def test_riebench_format(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl line 1: seed must be an integer, got 'x'"):
         P.read_pairs(_write(tmp_path, [{"original_prompt": "a cat", "editing_prompt": "a dog", "seed": "x"}],
                             "bad.jsonl"))
+
+
+def _rich_vocabulary() -> set[str]:
+    from difflens.world.scene import vocabulary
+
+    return set(vocabulary("rich"))
+
+
+def test_rich_pairs_are_a_pure_function_of_the_seed():
+    made = [p.to_json() for p in P.make_pairs(2, seed=5, world="rich")]
+    assert made == [p.to_json() for p in P.make_pairs(2, seed=5, world="rich")]
+    assert made != [p.to_json() for p in P.make_pairs(2, seed=6, world="rich")]
+    assert [p["category"] for p in made[::2]] == list(P.WORLD_CATEGORIES["rich"])
+    # each category has its own generator: asking for one category alone gives the same pairs
+    assert [p.to_json() for p in P.make_pairs(2, seed=5, categories=("texture",), world="rich")] == \
+        [p for p in made if p["category"] == "texture"]
+    with pytest.raises(ValueError, match="the classic world has no 'pattern' edits"):
+        P.make_pairs(1, categories=("pattern",))
+    with pytest.raises(ValueError, match="world must be one of classic, rich, got 'neon'"):
+        P.make_pairs(1, world="neon")
+
+
+def _differences(source: dict, target: dict) -> set:
+    """{(object index or None, attribute)} where two same-sized scene dicts differ (defaults filled in)."""
+    s, t = ({"texture": "plain", **d, "objects": [{"pattern": "solid", **o} for o in d["objects"]]}
+            for d in (source, target))
+    out = {(None, k) for k in ("background", "texture") if s[k] != t[k]}
+    return out | {(j, k) for j, (a, b) in enumerate(zip(s["objects"], t["objects"])) for k in a if a[k] != b[k]}
+
+
+def test_rich_pairs_parse_back_to_their_scenes_and_differ_in_exactly_the_named_edit():
+    from difflens.world.caption import parse_caption
+    from difflens.world.rich import rich_heldout_combinations
+
+    pairs = P.read_pairs(P.RICH_PAIRS_FILE, vocabulary=_rich_vocabulary())
+    assert Counter(p.category for p in pairs) == {c: P.PAIRS_PER_CATEGORY for c in P.WORLD_CATEGORIES["rich"]}
+    heldout = rich_heldout_combinations()
+    for p in pairs:
+        assert parse_caption(p.source).attributes() == p.source_scene, p.id
+        assert parse_caption(p.target).attributes() == p.target_scene, p.id
+        s, t = p.source_scene["objects"], p.target_scene["objects"]
+        assert 1 <= len(s) <= 3 and 1 <= len(t) <= 3
+        for o in s + t:  # training combinations, sampled sizes
+            assert (o["color"], o.get("pattern", "solid"), o["shape"]) not in heldout and o["size"] != "small"
+        if p.category in ("remove", "add"):
+            fewer, more = (t, s) if p.category == "remove" else (s, t)
+            assert len(more) == len(fewer) + 1 and fewer == [o for j, o in enumerate(more) if j != p.object]
+            assert _differences({**p.source_scene, "objects": []}, {**p.target_scene, "objects": []}) == set()
+        else:
+            assert _differences(p.source_scene, p.target_scene) == {(p.object, p.attribute)}, p.id
+            edited = p.target_scene if p.object is None else t[p.object]
+            assert edited.get(p.attribute, P.ATTRIBUTE_DEFAULTS.get(p.attribute)) == p.value
+    # the rich world's variety is there: three-object scenes, composites, patterns, textures
+    scenes = [p.source_scene for p in pairs]
+    assert any(len(s["objects"]) == 3 for s in scenes) and any("texture" in s for s in scenes)
+    assert {o["shape"] for s in scenes for o in s["objects"]} >= {"house", "snowman", "tree"}
+    assert {o.get("pattern") for s in scenes for o in s["objects"]} >= {"striped", "dotted", "checked"}
+
+
+def test_shipped_rich_pairs_file_is_make_pairs(tmp_path):
+    made = P.write_pairs(P.make_pairs(world="rich"), tmp_path / "rich.jsonl")
+    assert made.read_bytes() == P.pairs_file("rich").read_bytes()
+    assert P.pairs_file("classic") == P.PAIRS_FILE
+    with pytest.raises(ValueError, match="no shipped pairs for world 'neon'"):
+        P.pairs_file("neon")
+
+
+def test_rich_layouts_keep_the_sampler_gaps():
+    from difflens.world.scene import ObjectSpec
+
+    world = P._world("rich")
+    huge = [ObjectSpec("square", "red", "huge", cell) for cell in ("top left", "top")]
+    assert world.layout(tuple(huge)) is None  # side by side they touch: no such scene is ever a target
+    apart = world.layout((huge[0], ObjectSpec("circle", "blue", "large", "bottom right")))
+    assert apart is not None and apart[0].offset != (0.0, 0.0)  # shifted off the border, as the sampler does
+
+
+def test_rich_pairs_and_words_pass_validation_but_unknown_ones_do_not(tmp_path):
+    rows = [p.to_json() for p in P.make_pairs(1, categories=("pattern", "texture"), world="rich")]
+    assert len(P.read_pairs(_write(tmp_path, rows), vocabulary=_rich_vocabulary())) == 2
+    vocab = P.model_vocabulary(adapter("embedded-tiny"))  # a classic model does not know the rich words
+    with pytest.raises(ValueError, match=r"unknown word\(s\)"):
+        P.read_pairs(_write(tmp_path, rows), vocabulary=vocab)
+    bad = json.loads(json.dumps(rows[1]))
+    bad["value"] = "wavy"
+    bad["target_scene"]["texture"] = "wavy"
+    with pytest.raises(ValueError, match="target_scene: unknown texture 'wavy'"):
+        P.read_pairs(_write(tmp_path, [bad], "bad.jsonl"))
+    bad = json.loads(json.dumps(rows[1]))
+    bad["value"] = bad["source_scene"].get("texture", "plain")
+    with pytest.raises(ValueError, match="do not differ by the stated texture edit"):
+        P.read_pairs(_write(tmp_path, [bad], "bad.jsonl"))
 
 
 # ------------------------------------------------------------------ scoring
@@ -199,6 +297,60 @@ def test_judge_background_remove_add_move():
 def test_facts_agree_between_scenes_and_readings():
     scene = _scene("gray", RED, BLUE_SQ)
     assert facts(scene) == facts(SceneReading("gray", [_obj(*BLUE_SQ), _obj(*RED)]))
+
+
+def _rich_obj(color, shape, size, position, pattern="solid"):
+    return ObjectReading(color=color, shape=shape, size=size, position=position, area=100, centroid=(0, 0),
+                         mask=np.zeros((4, 4), bool), pattern=pattern)
+
+
+def _rich_scene(bg, texture, *objs):
+    """A scene dict as `Scene.attributes()` writes it: texture and patterns only where not plain / solid."""
+    objects = [{**dict(zip(("color", "shape", "size", "position"), o[:4])),
+                **({"pattern": o[4]} if o[4] != "solid" else {})} for o in objs]
+    return {"background": bg, "objects": objects, **({"texture": texture} if texture != "plain" else {})}
+
+
+HOUSE = ("red", "house", "huge", "left", "striped")
+TREE = ("blue", "tree", "large", "top right", "solid")
+
+
+def test_rich_facts_hold_patterns_and_textures_and_classic_facts_do_not():
+    scene = _rich_scene("pink", "dotted", HOUSE, TREE)
+    rich = facts(scene, "rich")
+    assert rich[("texture",)] == "dotted" and rich[("left", "pattern")] == "striped"
+    assert rich[("top right", "pattern")] == "solid" and rich[("center", "pattern")] is None
+    assert rich == facts(SceneReading("pink", [_rich_obj(*TREE), _rich_obj(*HOUSE)], texture="dotted"), "rich")
+    classic = facts(_scene("gray", RED, BLUE_SQ))
+    assert ("texture",) not in classic and not any(k[-1] == "pattern" for k in classic)  # as they always were
+    assert classic == facts(SceneReading("gray", [_rich_obj(*BLUE_SQ, "solid"), _rich_obj(*RED, "solid")]))
+    assert set(facts(_scene("gray", RED), "rich")) - set(facts(_scene("gray", RED))) == \
+        {("texture",), *[(c, "pattern") for c in __import__("difflens.world.scene", fromlist=["x"]).POSITIONS]}
+
+
+def test_judge_pattern_and_texture_edits():
+    from difflens.steering.bench.scoring import edit_keys
+
+    pat = _pair("pattern", _rich_scene("pink", "dotted", HOUSE, TREE),
+                _rich_scene("pink", "dotted", (*HOUSE[:4], "checked"), TREE), 0, "checked")
+    assert edit_keys(pat) == ([("left", "pattern")], [("left", "pattern")])
+    done = SceneReading("pink", [_rich_obj(*HOUSE[:4], "checked"), _rich_obj(*TREE)], texture="dotted")
+    assert judge(pat, done, "rich") == {"success": True, "preservation": True, "clean": True}
+    other = SceneReading("pink", [_rich_obj(*HOUSE[:4], "checked"), _rich_obj(*TREE[:4], "dotted")], texture="dotted")
+    assert judge(pat, other, "rich") == {"success": True, "preservation": False, "clean": False}
+    plain = SceneReading("pink", [_rich_obj(*HOUSE[:4], "checked"), _rich_obj(*TREE)], texture="plain")
+    assert judge(pat, plain, "rich")["preservation"] is False  # the background texture is kept too
+    tex = _pair("texture", _rich_scene("pink", "dotted", HOUSE), _rich_scene("pink", "plain", HOUSE), None, "plain")
+    assert edit_keys(tex) == ([("texture",)], [("texture",)])
+    assert judge(tex, SceneReading("pink", [_rich_obj(*HOUSE)]), "rich")["clean"]
+    assert judge(tex, SceneReading("pink", [_rich_obj(*HOUSE)], texture="dotted"), "rich")["success"] is False
+    recoloured = SceneReading("cyan", [_rich_obj(*HOUSE)], texture="plain")
+    assert judge(tex, recoloured, "rich") == {"success": True, "preservation": False, "clean": False}
+    mv = _pair("move", _rich_scene("pink", "plain", HOUSE), _rich_scene("pink", "plain", (*HOUSE[:3], "right", HOUSE[4])),
+               0, "right")
+    lost_stripes = SceneReading("pink", [_rich_obj(*HOUSE[:3], "right", "solid")])
+    assert judge(mv, lost_stripes, "rich") == {"success": True, "preservation": False, "clean": False}
+    assert judge(mv, lost_stripes)["preservation"] is True  # the classic facts have no patterns
 
 
 def test_psnr_outside_and_bootstrap():
@@ -306,6 +458,11 @@ def test_group_results_merge(tmp_path):
     assert "random" in format_table(merged["rows"], merged["random_reference"])
     with pytest.raises(ValueError, match="share categories"):
         merge_results([files[0], files[0]], tmp_path / "x.json")
+    rich = json.loads(files[1].read_text())
+    assert rich["world"] == "classic"
+    files[1].write_text(json.dumps({**rich, "world": "rich"}))
+    with pytest.raises(ValueError, match=r"models of different worlds \(classic, rich\)"):
+        merge_results(files, tmp_path / "x.json")
 
 
 def test_riebench_pairs_on_a_flux_model_report_pixel_preservation_only(tmp_path):
@@ -334,3 +491,51 @@ def test_a_run_that_keeps_no_pair_still_writes_its_table_and_curves(tmp_path):
     assert "clean %" in format_table([])
     with pytest.raises(ValueError, match="n_boot must be >= 1"):
         BenchConfig(n_boot=0)
+
+
+def _tiny_rich_adapter():
+    """The tiny embedded model, untrained, of the rich world (its tokenizer knows the rich words)."""
+    from dataclasses import asdict
+
+    from difflens.adapters.embedded import EmbeddedAdapter
+    from difflens.embedded import ShapesModelConfig, ShapesPipeline
+
+    config = ShapesModelConfig(**{**asdict(ShapesModelConfig.tiny()), "world": "rich", "vocab": [], "max_text_len": 36})
+    return EmbeddedAdapter(ShapesPipeline.random(config, seed=0), name="embedded-tiny-rich")
+
+
+@pytest.mark.parametrize("world", ["classic", "rich"])
+def test_the_default_pairs_file_is_the_model_worlds(world, monkeypatch):
+    from difflens.steering.bench import run as R
+
+    class Read(Exception):
+        pass
+
+    def spy(path, vocabulary=None):
+        raise Read(path)
+
+    monkeypatch.setattr(R, "read_pairs", spy)
+    model = _tiny_rich_adapter() if world == "rich" else adapter("embedded-tiny")
+    with pytest.raises(Read) as got:
+        R.run_edit_bench(R.BenchConfig(methods=["swap"], out=""), model=model)
+    assert got.value.args[0] == P.pairs_file(world)
+    with pytest.raises(Read) as got:  # an explicit file still wins
+        R.run_edit_bench(R.BenchConfig(pairs="mine.jsonl", methods=["swap"], out=""), model=model)
+    assert str(got.value.args[0]) == "mine.jsonl"
+
+
+def test_tiny_rich_benchmark_reads_and_judges_in_the_rich_world(tmp_path, monkeypatch):
+    import difflens.world.oracle as oracle
+    from difflens.steering.bench.run import BenchConfig, run_edit_bench
+
+    worlds = []
+    read = oracle.read_image
+    monkeypatch.setattr(oracle, "read_image", lambda image, world="classic": worlds.append(world) or read(image, world))
+    pairs = P.write_pairs(P.make_pairs(1, categories=("pattern", "texture"), world="rich"), tmp_path / "pairs.jsonl")
+    res = run_edit_bench(BenchConfig(pairs=str(pairs), methods=["dense", "swap"], sites=["double.0.img.out"], n=1,
+                                     num_steps=2, dense_strengths=[1.0], require_faithful=False, n_boot=10, quiet=True,
+                                     out=""), model=_tiny_rich_adapter())
+    assert res["world"] == "rich" and worlds and set(worlds) == {"rich"}
+    assert {(r["category"], r["method"]) for r in res["rows"]} == {(c, m) for c in ("pattern", "texture")
+                                                                  for m in ("dense", "swap")}
+    assert all(r["success"] in (0.0, 1.0) and r["n"] == 1 for r in res["rows"])

@@ -21,8 +21,8 @@ class SitesCommand:
     """`difflens sites`: a model's hook sites and their shapes (model loading: `LoadOptions`)."""
 
     model: str = DEFAULT_MODEL
-    """model name: embedded, embedded-tiny, embedded:PATH, flux-schnell, flux-dev, flux:ID_OR_PATH, sdxl-turbo,
-    sdxl, sdxl:ID_OR_PATH, flux-tiny, sdxl-tiny"""
+    """model name: embedded, embedded-rich, embedded-tiny, embedded:PATH, flux-schnell, flux-dev, flux:ID_OR_PATH,
+    sdxl-turbo, sdxl, sdxl:ID_OR_PATH, flux-tiny, sdxl-tiny"""
     resolution: int | None = None
     """image size in px; None: the model's"""
     json: bool = False

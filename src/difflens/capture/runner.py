@@ -33,8 +33,8 @@ class CaptureConfig:
     out: str
     """store folder; rerunning the same capture resumes it (in-memory captures leave it empty)"""
     model: str = "embedded"
-    """model name: embedded, embedded-tiny, embedded:PATH, flux-schnell, flux-dev, flux:ID_OR_PATH, sdxl-turbo,
-    sdxl, sdxl:ID_OR_PATH, flux-tiny, sdxl-tiny"""
+    """model name: embedded, embedded-rich, embedded-tiny, embedded:PATH, flux-schnell, flux-dev, flux:ID_OR_PATH,
+    sdxl-turbo, sdxl, sdxl:ID_OR_PATH, flux-tiny, sdxl-tiny"""
     sites: list[str] | None = None
     """comma-separated site names or globs, e.g. 'double.*.img.out'; None: the model's main sites"""
     steps_to_record: list[int] | str | None = None

@@ -68,9 +68,10 @@ def _pixel_extent(obj: ObjectSpec, pad: int = 24) -> tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
 
 
-def _placed(rng: np.random.Generator, shape: str, color: str, pattern: str, position: str, size: str) -> ObjectSpec:
-    """An object with a ±1 px jitter, shifted by whole pixels to keep ``BORDER_MARGIN`` from the image border."""
-    jitter = tuple(float(v) for v in rng.uniform(-1.0, 1.0, size=2))
+def place_object(shape: str, color: str, pattern: str, position: str, size: str,
+                 jitter: tuple[float, float] = (0.0, 0.0)) -> ObjectSpec:
+    """An object at `position` moved by `jitter` px, shifted by whole pixels to keep ``BORDER_MARGIN`` from the
+    image border (the sampler draws a ±1 px jitter; the editing benchmark places objects without one)."""
     obj = ObjectSpec(shape=shape, color=color, size=size, position=position, offset=jitter, pattern=pattern)
     top, bottom, left, right = _pixel_extent(obj)
     last = _SIZE - 1 - BORDER_MARGIN
@@ -81,7 +82,7 @@ def _placed(rng: np.random.Generator, shape: str, color: str, pattern: str, posi
     return obj
 
 
-def _apart(objects: list[ObjectSpec]) -> bool:
+def objects_apart(objects: list[ObjectSpec]) -> bool:
     """Whether every two objects are at least ``MIN_GAP`` px of background apart."""
     from .render import object_mask
 
@@ -118,8 +119,9 @@ def sample_rich_scene(rng: np.random.Generator, split: str = "train", n_objects:
                         break
             # after many failed layouts, fall back to the smaller size so a layout is always found
             size = "large" if attempt >= MAX_TRIES // 2 else str(rng.choice(SAMPLED_SIZES))
-            objects.append(_placed(rng, shape, color, pattern, POSITIONS[int(p)], size))
-        if _apart(objects):
+            jitter = tuple(float(v) for v in rng.uniform(-1.0, 1.0, size=2))
+            objects.append(place_object(shape, color, pattern, POSITIONS[int(p)], size, jitter))
+        if objects_apart(objects):
             break
     else:  # pragma: no cover - large objects in non-adjacent cells always fit
         raise RuntimeError("no rich layout found")

@@ -5,11 +5,13 @@ success-vs-preservation curves.
 Per category the loop walks the pairs in file order, generates source and target prompts with the pair's seed
 (capturing every method's site at the edit steps), and keeps the first `n` pairs whose source generation the
 oracle reads as the source scene (the edit needs a known starting point; pairs without scenes are all kept).
-The edit mask is the oracle's mask of the edited object in the source and target generations (for background
-edits: everything that is no object in either), resized to each site's token grid and thresholded > 0; a pair
-file's own mask replaces it. Each method then re-generates the source prompts, same seeds, with its
-intervention, and the oracle judges the results (`scoring.judge`); PSNR is taken outside the edit region
-(the token mask at pixel resolution) against the unedited source image.
+Without a pairs file the model's world picks the shipped one (`pairs.pairs_file`: classic or rich pairs), and the
+oracle always reads images, and judges them, in the model's world (a rich model is also judged on patterns and
+textures). The edit mask is the oracle's mask of the edited object in the source and target generations (for
+background and texture edits: everything that is no object in either), resized to each site's token grid and
+thresholded > 0; a pair file's own mask replaces it. Each method then re-generates the source prompts, same
+seeds, with its intervention, and the oracle judges the results (`scoring.judge`); PSNR is taken outside the edit
+region (the token mask at pixel resolution) against the unedited source image.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from ..edits import parse_steps
 from ..regions import mask_to_grid
 from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
-from .pairs import EditPair, check_prompts, model_vocabulary, read_pairs
+from .pairs import SCENE_ATTRIBUTES, EditPair, check_prompts, model_vocabulary, pairs_file, read_pairs
 from .scoring import faithful, judge, psnr_outside, summarise
 
 
@@ -42,7 +44,7 @@ class BenchConfig:
     model: str = "embedded"
     """model to edit with (embedded, flux-schnell, sdxl-turbo, ...)"""
     pairs: str | None = None
-    """pairs file (difflens or RIEBench JSON lines; none: the shipped shapes-world pairs)"""
+    """pairs file (difflens or RIEBench JSON lines; none: the shipped shapes-world pairs of the model's world)"""
     categories: list[str] = field(default_factory=list)
     """categories to run (empty: every category in the pairs file)"""
     n: int = 20
@@ -117,8 +119,8 @@ def _cell_box(cell: str, shape: tuple[int, int]) -> np.ndarray:
 
 def edit_mask(pair: EditPair, source_reading, target_reading, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) bool: the oracle's mask of the edited object in the source and target generations (its grid cell
-    where a generation lacks it); for background edits every pixel that is no object in either."""
-    if pair.category == "background":
+    where a generation lacks it); for background and texture edits every pixel that is no object in either."""
+    if pair.attribute in SCENE_ATTRIBUTES:
         objects = np.zeros(shape, bool)
         for r in (source_reading, target_reading):
             for o in r.objects:
@@ -199,6 +201,7 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
     """Run the benchmark; returns the results dict written to `config.out` (when set). `model`: an adapter
     (default: `load_model(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
     from difflens.adapters.base import Capture
+    from difflens.world.oracle import read_image
 
     log = _Log(config.quiet)
     # ---- everything that can be wrong is checked before the first generation
@@ -214,7 +217,9 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
         from difflens.api import load_model
 
         model = load_model(config.model)
-    pairs = read_pairs(config.pairs, vocabulary=model_vocabulary(model))
+    world = getattr(model, "world", "classic")  # the shapes world the oracle reads and judges in
+    pairs_path = Path(config.pairs) if config.pairs else pairs_file(world)
+    pairs = read_pairs(pairs_path, vocabulary=model_vocabulary(model))
     check_prompts(model, pairs)
     categories = config.categories or list(dict.fromkeys(p.category for p in pairs))
     missing = [c for c in categories if not any(p.category == c for p in pairs)]
@@ -292,9 +297,7 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
             rec = {"pair": kp.pair.id, "category": kp.pair.category, "method": method, "site": site,
                    "strength": strength, "k": k}
             if kp.pair.judged:
-                from difflens.world.oracle import read_image
-
-                rec.update(judge(kp.pair, read_image(img)))
+                rec.update(judge(kp.pair, read_image(img, world=world), world))
             else:
                 rec.update(success=None, preservation=None, clean=None)
             grid = grids.get(site, main_grid)
@@ -325,10 +328,8 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
                 src, tgt = images[j], images[B + j]
                 r_src = r_tgt = None
                 if p.judged:
-                    from difflens.world.oracle import read_image
-
-                    r_src, r_tgt = read_image(src), read_image(tgt)
-                    if config.require_faithful and not faithful(p.source_scene, r_src):
+                    r_src, r_tgt = read_image(src, world=world), read_image(tgt, world=world)
+                    if config.require_faithful and not faithful(p.source_scene, r_src, world):
                         continue
                 if p.mask is not None:
                     mask_px = to_pixels(to_tokens(p.mask, src.shape[:2]), src.shape[:2], src.shape[:2])
@@ -386,7 +387,8 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
             log(f"{category}: dense done")
 
     rows = aggregate(records, config.n_boot, config.seed)
-    results = {"config": asdict(config), "model": model.name, "num_steps": num_steps, "steps": steps,
+    results = {"config": asdict(config), "model": model.name, "world": world, "pairs_file": str(pairs_path),
+               "num_steps": num_steps, "steps": steps,
                "random_reference": reference, "pair_counts": counts,
                "definitions": {
                    "success": "the oracle reads the edited attribute as the target's on the edited object",
@@ -568,6 +570,9 @@ def merge_results(paths: list[str | Path], out: str | Path) -> dict:
         if a != b:
             diff = sorted(k for k in a if a[k] != b.get(k))
             raise ValueError(f"{path} was run with other settings ({', '.join(diff)})")
+    worlds = {p.get("world", "classic") for p in parts}  # results written before worlds were recorded: classic
+    if len(worlds) > 1:
+        raise ValueError(f"results files come from models of different worlds ({', '.join(sorted(worlds))})")
     cats = [c for p in parts for c in p["pair_counts"]]
     if len(cats) != len(set(cats)):
         raise ValueError(f"results files share categories: {cats}")

@@ -3,15 +3,17 @@ edit mask (PSNR against the unedited source image), and bootstrap intervals over
 
 A scene is compared as *facts*: the background, the number of objects, and for each of the 9 grid cells
 whether an object is there and its colour, shape and size (the largest object read in the cell; oracle readings
-and scene dicts give the same facts). The edited image should read as the target scene:
+and scene dicts give the same facts). In the rich world (`world="rich"`) the facts also hold the background's
+texture and each cell's object pattern; classic facts are exactly as they always were. The edited image should
+read as the target scene:
 
-* success      the edited facts hold: the object's new colour / shape / size, the new background, the cell
-               emptied (remove), an object in the new cell (add), the new cell filled and the old one emptied
-               (move);
+* success      the edited facts hold: the object's new colour / shape / size / pattern, the new background
+               colour or texture, the cell emptied (remove), an object in the new cell (add), the new cell
+               filled and the old one emptied (move);
 * preservation every fact the edit does not touch equals the target's (= the source's): the other objects,
-               the background, the edited object's other attributes (for a move: its colour, shape and size
-               in the new cell, or in the old one if it did not move; for add: the added object's attributes
-               are not counted here);
+               the background, the edited object's other attributes (for a move: its colour, shape and size,
+               and in the rich world its pattern, in the new cell, or in the old one if it did not move; for
+               add: the added object's attributes are not counted here);
 * clean        every fact equals the target's (success and preservation, and for add the added object drawn
                as asked).
 """
@@ -20,22 +22,37 @@ from __future__ import annotations
 
 import numpy as np
 
-OBJECT_FIELDS = ("color", "shape", "size")
+from .pairs import ATTRIBUTE_DEFAULTS, SCENE_ATTRIBUTES
+
+OBJECT_FIELDS = ("color", "shape", "size")  # what the classic oracle reads of an object
+RICH_OBJECT_FIELDS = (*OBJECT_FIELDS, "pattern")  # the rich oracle reads its pattern too
 PSNR_CAP = 60.0  # dB reported for pixel-identical regions (an unbounded mean otherwise)
 
 
-def facts(scene) -> dict:
-    """Facts of a scene dict ({"background", "objects": [{color, shape, size, position}]}) or an oracle
-    `SceneReading`: {("background",): ..., ("count",): n, (cell, "present"|"color"|"shape"|"size"): ...}."""
+def object_fields(world: str = "classic") -> tuple[str, ...]:
+    """The object attributes the facts of a world hold."""
+    if world not in ("classic", "rich"):
+        raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
+    return RICH_OBJECT_FIELDS if world == "rich" else OBJECT_FIELDS
+
+
+def facts(scene, world: str = "classic") -> dict:
+    """Facts of a scene dict ({"background", ["texture"], "objects": [{color, shape, size, position, [pattern]}]})
+    or an oracle `SceneReading`: {("background",): ..., ("count",): n, (cell, "present"|"color"|"shape"|"size"):
+    ...}; `world="rich"` adds ("texture",) and (cell, "pattern") (absent from a dict: plain, solid)."""
     from difflens.world.scene import POSITIONS
 
+    fields = object_fields(world)
     if isinstance(scene, dict):
-        background = scene["background"]
-        objects = [(o["position"], o, 0) for o in scene["objects"]]
+        background, texture = scene["background"], scene.get("texture", ATTRIBUTE_DEFAULTS["texture"])
+        objects = [(o["position"], {f: o.get(f, ATTRIBUTE_DEFAULTS.get(f)) for f in fields}, 0)
+                   for o in scene["objects"]]
     else:
-        background = scene.background
-        objects = [(o.position, {k: getattr(o, k) for k in OBJECT_FIELDS}, o.area) for o in scene.objects]
+        background, texture = scene.background, scene.texture
+        objects = [(o.position, {f: getattr(o, f) for f in fields}, o.area) for o in scene.objects]
     out: dict = {("background",): background, ("count",): len(objects)}
+    if world == "rich":
+        out[("texture",)] = texture
     largest: dict = {}
     for cell, obj, area in objects:
         if cell not in largest or area > largest[cell][1]:
@@ -43,32 +60,38 @@ def facts(scene) -> dict:
     for cell in POSITIONS:
         obj = largest.get(cell, (None,))[0]
         out[(cell, "present")] = obj is not None
-        for f in OBJECT_FIELDS:
+        for f in fields:
             out[(cell, f)] = None if obj is None else obj[f]
     return out
 
 
+def _cell_keys(cell: str) -> list:
+    """Every fact of one cell in either world (keys a world's facts lack are simply never compared)."""
+    return [(cell, f) for f in ("present", *RICH_OBJECT_FIELDS)]
+
+
 def edit_keys(pair) -> tuple[list, list]:
-    """(keys that define success, keys left out of preservation) for a judged pair."""
+    """(keys that define success, keys left out of preservation) for a judged pair; the same in both worlds."""
     cat, s, t = pair.category, pair.source_scene, pair.target_scene
-    if cat == "background":
-        return [("background",)], [("background",)]
+    if pair.attribute in SCENE_ATTRIBUTES:  # background colour, texture
+        return [(pair.attribute,)], [(pair.attribute,)]
     if cat == "add":
         cell = t["objects"][pair.object]["position"]
-        return [(cell, "present")], [("count",), *[(cell, f) for f in ("present", *OBJECT_FIELDS)]]
+        return [(cell, "present")], [("count",), *_cell_keys(cell)]
     cell = s["objects"][pair.object]["position"]
     if cat == "remove":
-        return [(cell, "present")], [("count",), *[(cell, f) for f in ("present", *OBJECT_FIELDS)]]
+        return [(cell, "present")], [("count",), *_cell_keys(cell)]
     if cat == "move":
         new = t["objects"][pair.object]["position"]
-        # the moved object's own colour, shape and size are checked by `judge` wherever it ends up
-        return [(cell, "present"), (new, "present")], [(c, f) for c in (cell, new) for f in ("present", *OBJECT_FIELDS)]
+        # the moved object's own looks (colour, shape, size, pattern) are checked by `judge` wherever it ends up
+        return [(cell, "present"), (new, "present")], [*_cell_keys(cell), *_cell_keys(new)]
     return [(cell, cat)], [(cell, cat)]
 
 
-def judge(pair, reading) -> dict:
-    """{"success", "preservation", "clean"} (bools) of an edited image's oracle reading against the pair."""
-    want, got = facts(pair.target_scene), facts(reading)
+def judge(pair, reading, world: str = "classic") -> dict:
+    """{"success", "preservation", "clean"} (bools) of an edited image's oracle reading against the pair, with the
+    facts of `world` (the model's world: a rich model is also judged on patterns and textures)."""
+    want, got = facts(pair.target_scene, world), facts(reading, world)
     success_keys, edited = edit_keys(pair)
     success = all(got[k] == want[k] for k in success_keys)
     preservation = all(got[k] == want[k] for k in want if k not in edited)
@@ -76,14 +99,15 @@ def judge(pair, reading) -> dict:
         old = pair.source_scene["objects"][pair.object]
         new = pair.target_scene["objects"][pair.object]["position"]
         cell = new if got[(new, "present")] else old["position"]
-        preservation = preservation and all(got[(cell, f)] == old[f] for f in OBJECT_FIELDS)
+        looks = object_fields(world)
+        preservation = preservation and all(got[(cell, f)] == old.get(f, ATTRIBUTE_DEFAULTS.get(f)) for f in looks)
     clean = all(got[k] == want[k] for k in want)
     return {"success": bool(success), "preservation": bool(preservation), "clean": bool(clean)}
 
 
-def faithful(scene: dict, reading) -> bool:
-    """The oracle reads the image as exactly this scene (a generation that draws its prompt)."""
-    return facts(scene) == facts(reading)
+def faithful(scene: dict, reading, world: str = "classic") -> bool:
+    """The oracle reads the image as exactly this scene (a generation that draws its prompt), in `world`'s facts."""
+    return facts(scene, world) == facts(reading, world)
 
 
 def psnr_outside(edited_HWC: np.ndarray, source_HWC: np.ndarray, mask_HW: np.ndarray | None) -> float:
