@@ -19,7 +19,8 @@ from difflens.configs import add_command, add_config_arguments, config_from_args
 from .pipeline import DEFAULT_STEPS
 
 # the fields of the nested `TrainConfig.model` that `world train` exposes as flags
-MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len"})
+MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len", "num_double_blocks", "num_single_blocks",
+                         "text_layers"})
 
 
 @dataclass

@@ -23,12 +23,15 @@ class ShapesModelConfig:
     image_size: int = 64
     patch_size: int = 4
     num_double_blocks: int = 2
+    """double-stream (joint text-image attention, separate weights per stream) blocks, as FLUX's first blocks"""
     num_single_blocks: int = 2
+    """single-stream blocks (one set of weights over the concatenated text and image tokens)"""
     num_heads: int = 4
     head_dim: int = 24
     axes_dims_rope: tuple[int, int, int] = (8, 8, 8)
     """rotary embedding dimensions per axis; must sum to head_dim"""
     text_layers: int = 2
+    """layers of the word-level text encoder trained jointly with the transformer"""
     text_heads: int = 4
     max_text_len: int = 24
     prediction: str = "x"
