@@ -309,3 +309,34 @@ def test_a_rich_world_model_reads_rich_captions_and_trains_on_rich_scenes(tmp_pa
     assert pipe.generate(captions[:1], num_steps=2, seeds=[0]).shape == (1, 32, 32, 3)
     with pytest.raises(ValueError, match="world must be one of"):
         ShapesModelConfig(world="fancy")
+
+
+def test_shipped_rich_model_draws_each_new_attribute_the_oracle_reads_back():
+    """The shipped rich-world model (`embedded-rich`) fits the size budget and draws striped, dotted and checked
+    objects, a house, a snowman and a tree, and dotted and gradient backgrounds that the rich oracle reads back.
+    (Striped and checked backgrounds it draws as noisy gradients: its card says so.)"""
+    from difflens.embedded import load_embedded
+    from difflens.embedded.pipeline import SHIPPED_WEIGHTS
+    from difflens.world import read_image
+
+    assert (SHIPPED_WEIGHTS["rich"] / "model.safetensors").stat().st_size <= 25 * 2**20
+    pipe = load_embedded(world="rich")
+    assert pipe.config.world == "rich"
+    # prompt -> (pattern, colour, shape) of its object, and (background, texture) or None where only the colour
+    prompts = {
+        "a huge striped red house in the center on a white dotted background": (("striped", "red", "house"),
+                                                                                ("white", "dotted")),
+        "a large dotted blue snowman in the center on a gray checked background": (("dotted", "blue", "snowman"),
+                                                                                   ("gray", None)),
+        "a large checked green tree in the center on a pink striped background": (("checked", "green", "tree"),
+                                                                                  ("pink", None)),
+        "a huge yellow diamond in the center on a cyan gradient background": (("solid", "yellow", "diamond"),
+                                                                             ("cyan", "gradient")),
+    }
+    images = pipe.generate(list(prompts), seeds=0)
+    for image, (prompt, (obj_want, (bg, texture))) in zip(images, prompts.items()):
+        reading = read_image(image, world="rich")
+        assert len(reading.objects) == 1, prompt
+        obj = reading.objects[0]
+        assert (obj.pattern, obj.color, obj.shape) == obj_want, prompt
+        assert reading.background == bg and (texture is None or reading.texture == texture), prompt

@@ -68,7 +68,7 @@ class ShipCommand:
     train_dir: str
     """training folder written by `difflens world train`"""
     dest: str | None = None
-    """weights folder to write; None: the package's shipped weights"""
+    """weights folder to write; None: the package's shipped weights of the model's world (weights or weights_rich)"""
     n: int = 512
     """held-out prompts to score for the card"""
     guidance: float | None = None
