@@ -26,10 +26,10 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-def word_states(pipe: ShapesPipeline, scenes) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def word_states(encoder, tokenizer, scenes) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """({"color"|"shape": states (N, D)}, cell index (N,), object count of its scene (N,)), one row per object."""
     with torch.no_grad():
-        states_BTD, _ = pipe.text_encoder(pipe.tokenizer([s.caption for s in scenes]))
+        states_BTD, _ = encoder(tokenizer([s.caption for s in scenes]))
     rows = {"color": [], "shape": []}
     cells, counts = [], []
     for b, scene in enumerate(scenes):
@@ -64,6 +64,20 @@ def probe_accuracy(X_ND: np.ndarray, y_N: np.ndarray, n_train: int) -> np.ndarra
         return ((X[n_train:] @ W + b).argmax(1).numpy() == y_N[n_train:])
 
 
+def binding_report(states: dict[str, np.ndarray], cells: np.ndarray, counts: np.ndarray) -> dict:
+    """Probe accuracy per word kind, overall and by the caption's object count (train on the first 75 %); prints it."""
+    n_train = int(0.75 * len(cells))
+    result = {"objects": int(len(cells)), "chance": 1 / len(POSITIONS)}
+    for kind, X in states.items():
+        ok = probe_accuracy(X, cells, n_train)
+        held_counts = counts[n_train:]
+        by_count = {int(k): round(float(ok[held_counts == k].mean()), 3) for k in np.unique(held_counts)}
+        result[f"{kind}_word"] = {"all": round(float(ok.mean()), 3), "by_objects": by_count}
+        print(f"{kind} word -> its phrase's cell: {ok.mean():.3f} held-out; by objects in the caption "
+              f"{by_count} (chance {1 / len(POSITIONS):.3f})")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS["rich"]))
@@ -76,16 +90,8 @@ def main() -> None:
     world = args.world or pipe.config.world
     rng = np.random.default_rng(args.seed)
     scenes = [sample_scene(rng, world=world) for _ in range(args.captions)]
-    states, cells, counts = word_states(pipe, scenes)
-    n_train = int(0.75 * len(cells))
-    result = {"weights": args.weights, "world": world, "objects": int(len(cells)), "chance": 1 / len(POSITIONS)}
-    for kind, X in states.items():
-        ok = probe_accuracy(X, cells, n_train)
-        held_counts = counts[n_train:]
-        by_count = {int(k): round(float(ok[held_counts == k].mean()), 3) for k in np.unique(held_counts)}
-        result[f"{kind}_word"] = {"all": round(float(ok.mean()), 3), "by_objects": by_count}
-        print(f"{kind} word -> its phrase's cell: {ok.mean():.3f} held-out; by objects in the caption "
-              f"{by_count} (chance {1 / len(POSITIONS):.3f})")
+    result = {"weights": args.weights, "world": world,
+              **binding_report(*word_states(pipe.text_encoder, pipe.tokenizer, scenes))}
     print(json.dumps(result))
 
 
