@@ -1,7 +1,7 @@
 """Can the embedded model's text encoder bind words to their phrase when asked to? Pretrain a fresh encoder (the
 shipped rich model's architecture) on a parsing objective, then score it with `text_binding`'s probe.
 
-    python bench/text_parse_pretrain.py [--steps 1500] [--batch 64] [--layers 4]
+    python bench/text_parse_pretrain.py [--steps 1500] [--batch 64] [--layers 4] [--save encoder.safetensors]
 
 Objective: for every word, the grid cell of the object whose phrase holds it (9 classes), or "no object" (the
 background's words, "and", ...), known exactly from the scene each caption was rendered from. If the probe then
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--layers", type=int, default=None, help="encoder layers (default: the shipped rich model's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", default=None,
+                    help="write the pretrained encoder (safetensors) here, for `world train --text-encoder-init`")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     cfg = ShapesModelConfig.from_json((SHIPPED_WEIGHTS["rich"] / "config.json").read_text())
@@ -66,6 +68,13 @@ def main() -> None:
         if step % 250 == 0 or step == args.steps - 1:
             print(f"step {step}: parsing loss {loss.item():.4f}", flush=True)
     train_s = time.time() - start
+    if args.save:
+        from safetensors.torch import save
+
+        from difflens.atomic import atomic_write_bytes
+
+        atomic_write_bytes(args.save, save({k: v.contiguous() for k, v in encoder.state_dict().items()}))
+        print(f"encoder written to {args.save}")
 
     # the probe of bench/text_binding.py on fresh captions (another seed)
     eval_rng = np.random.default_rng(args.seed + 1)

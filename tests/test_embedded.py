@@ -340,3 +340,25 @@ def test_shipped_rich_model_draws_each_new_attribute_the_oracle_reads_back():
         obj = reading.objects[0]
         assert (obj.pattern, obj.color, obj.shape) == obj_want, prompt
         assert reading.background == bg and (texture is None or reading.texture == texture), prompt
+
+
+def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
+    """text_encoder_init loads the given weights before the first step (with lr 0 they come out unchanged);
+    a file of other shapes is refused by name."""
+    from safetensors.torch import save_file
+
+    donor = ShapesPipeline.random(ShapesModelConfig.tiny(), seed=7).text_encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in donor.items()}, tmp_path / "enc.safetensors")
+    cfg = TrainConfig(out=str(tmp_path / "run"), steps=1, batch_size=2, lr=0.0, warmup_steps=1,
+                      text_encoder_init=str(tmp_path / "enc.safetensors"), model=ShapesModelConfig.tiny())
+    trained = train(cfg, progress=False).text_encoder.state_dict()
+    assert all(torch.equal(trained[k], donor[k]) for k in donor)
+    wide = ShapesModelConfig(**{**asdict(ShapesModelConfig.tiny()), "num_heads": 4, "axes_dims_rope": (4, 6, 6)})
+    save_file({k: v.contiguous() for k, v in ShapesPipeline.random(wide, seed=0).text_encoder.state_dict().items()},
+              tmp_path / "wide.safetensors")
+    with pytest.raises(ValueError, match="does not fit"):
+        train(TrainConfig(out=str(tmp_path / "run2"), steps=1, batch_size=2, model=ShapesModelConfig.tiny(),
+                          text_encoder_init=str(tmp_path / "wide.safetensors")), progress=False)
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        train(TrainConfig(out=str(tmp_path / "run3"), steps=1, batch_size=2, model=ShapesModelConfig.tiny(),
+                          text_encoder_init=str(tmp_path / "missing.safetensors")), progress=False)

@@ -66,6 +66,10 @@ class TrainConfig:
     """latent models: learning rate of the autoencoder"""
     autoencoder_latent_noise: float = field(default=0.05, metadata={"aliases": ["--autoencoder-noise"]})
     """latent noise in autoencoder training (added to the latents, so the decoder learns to forgive)"""
+    text_encoder_init: str | None = None
+    """safetensors file of text-encoder weights to start from instead of a random init, e.g. an encoder pretrained
+    to parse captions (`bench/text_parse_pretrain.py --save`); fine-tuned with the transformer. Read at the start
+    of a run only: a resumed run takes its weights from the checkpoint"""
     seed: int = 0
     """seed of model init and noise"""
     data_seed: int = 0
@@ -203,6 +207,20 @@ def _has_checkpoint(pointer: Path) -> bool:
     return False
 
 
+def load_text_encoder(pipe: ShapesPipeline, path: str | Path) -> None:
+    """Load text-encoder weights (safetensors) into `pipe`; a missing file or other shapes is an error naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text_encoder_init: no weights file at {path}")
+    try:
+        pipe.text_encoder.load_state_dict(load_file(path))
+    except RuntimeError as err:
+        raise ValueError(f"text_encoder_init: {path} does not fit this model's text encoder "
+                         f"({pipe.config.text_layers} layers, width {pipe.config.width}): {err}") from None
+
+
 def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> ShapesPipeline:
     """Train (or resume) into `cfg.out`; returns the pipeline carrying the EMA weights.
 
@@ -214,6 +232,8 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = ShapesPipeline.random(cfg.model, seed=cfg.seed)
+    if cfg.text_encoder_init:
+        load_text_encoder(pipe, cfg.text_encoder_init)
     if pipe.autoencoder is not None:
         train_autoencoder(pipe, cfg, progress)
     pipe.transformer.train()
