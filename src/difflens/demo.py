@@ -252,7 +252,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
     truth = json.loads((out / "dictionaries" / name / "truth.json").read_text())
     strengths = list(cfg.steer_strengths)
     columns = [f"+{s:g}" for s in strengths]
-    prompts_pool = world_prompts(200, seed=cfg.seed + 7, world=getattr(model, "world", "classic"))
+    prompts_pool = world_prompts(200, seed=cfg.seed + 7, world=model.world)
     rows, grids = [], []
     for family, attribute, region in STEER_FAMILIES:
         matches = [r for r in truth["latents"] if r["concept"].startswith(family + ":")]

@@ -235,6 +235,9 @@ class ModelAdapter(ABC):
     default_resolution: int = 256
     default_guidance: float | None = None
     default_store_dtype: str = "float16"
+    #: shapes world of the model's default prompts and of the oracle that reads its images ("classic" or
+    #: "rich"); the embedded adapter reports its model's, the others are never read by the shapes-world oracle
+    world: str = "classic"
 
     # -- to implement ------------------------------------------------------------------
     @abstractmethod

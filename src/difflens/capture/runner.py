@@ -168,7 +168,7 @@ def plan_capture(cfg: CaptureConfig, adapter: ModelAdapter) -> CapturePlan:
     resolution = adapter.default_resolution if cfg.resolution is None else cfg.resolution
     num_steps = adapter.default_num_steps if cfg.num_steps is None else cfg.num_steps
     return CapturePlan(
-        prompts=resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed, getattr(adapter, "world", "classic")),
+        prompts=resolve_prompts(cfg.prompts, cfg.n_images, cfg.seed, adapter.world),
         sites=resolve_sites(adapter, cfg.sites, resolution),
         steps=resolve_steps(cfg.steps_to_record, num_steps),
         resolution=resolution,

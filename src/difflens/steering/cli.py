@@ -78,7 +78,7 @@ def cmd_steer(args) -> int:
             raise ValueError("give --prompt: only the embedded model has default prompts")
         from difflens.world import world_prompts
 
-        prompts = world_prompts(1, seed=cmd.seed, world=getattr(model, "world", "classic"))
+        prompts = world_prompts(1, seed=cmd.seed, world=model.world)
     strengths = cmd.sweep or [cmd.strength]
     edits = [Edit(cmd.latent, cmd.mode, s, cmd.unit, cmd.region, cmd.steps, cmd.guidance, cmd.site)
              for s in strengths]

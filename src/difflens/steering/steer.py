@@ -116,7 +116,7 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
     if wants_oracle:
         from difflens.world.oracle import read_image
 
-        world = getattr(model, "world", "classic")
+        world = model.world
         readings = [read_image(im, world=world) for im in baseline]
 
     directions = dictionary.residual_directions()

@@ -217,7 +217,7 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
         from difflens.api import load_model
 
         model = load_model(config.model)
-    world = getattr(model, "world", "classic")  # the shapes world the oracle reads and judges in
+    world = model.world  # the shapes world the oracle reads and judges in
     pairs_path = Path(config.pairs) if config.pairs else pairs_file(world)
     pairs = read_pairs(pairs_path, vocabulary=model_vocabulary(model))
     check_prompts(model, pairs)
