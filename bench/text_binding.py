@@ -26,6 +26,12 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
+def phrase_start(caption_words: list[str], obj) -> tuple[int, list[str]]:
+    """(index of the first word of `obj`'s phrase in the caption's words, the phrase's words)."""
+    phrase = words(obj.phrase())
+    return next(i for i in range(len(caption_words)) if caption_words[i:i + len(phrase)] == phrase), phrase
+
+
 def word_states(encoder, tokenizer, scenes) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """({"color"|"shape": states (N, D)}, cell index (N,), object count of its scene (N,)), one row per object."""
     with torch.no_grad():
@@ -35,8 +41,7 @@ def word_states(encoder, tokenizer, scenes) -> tuple[dict[str, np.ndarray], np.n
     for b, scene in enumerate(scenes):
         caption = words(scene.caption)
         for obj in scene.objects:
-            phrase = words(obj.phrase())
-            start = next(i for i in range(len(caption)) if caption[i:i + len(phrase)] == phrase)
+            start, phrase = phrase_start(caption, obj)
             for kind in rows:
                 rows[kind].append(states_BTD[b, start + phrase.index(getattr(obj, kind))].numpy())
             cells.append(POSITIONS.index(obj.position))

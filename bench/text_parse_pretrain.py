@@ -22,7 +22,7 @@ from difflens.embedded.pipeline import SHIPPED_WEIGHTS
 from difflens.embedded.text_encoder import TextEncoder, WordTokenizer
 from difflens.world import sample_scene
 from difflens.world.scene import POSITIONS
-from text_binding import binding_report, word_states, words  # bench/ is on sys.path when run as a script
+from text_binding import binding_report, phrase_start, word_states, words  # bench/ is on sys.path when run as a script
 
 NO_OBJECT = len(POSITIONS)
 
@@ -33,8 +33,7 @@ def word_cells(scene, max_len: int) -> np.ndarray:
     out = np.full(max_len, -100)
     out[: len(caption)] = NO_OBJECT
     for obj in scene.objects:
-        phrase = words(obj.phrase())
-        start = next(i for i in range(len(caption)) if caption[i:i + len(phrase)] == phrase)
+        start, phrase = phrase_start(caption, obj)
         out[start:start + len(phrase)] = POSITIONS.index(obj.position)
     return out
 

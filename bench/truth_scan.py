@@ -51,7 +51,7 @@ import torch  # noqa: E402
 import difflens as dl  # noqa: E402
 from difflens.atomic import atomic_write_json  # noqa: E402
 from difflens.evaluation.metrics import format_table  # noqa: E402
-from difflens.interpret.labels import token_labels  # noqa: E402
+from difflens.interpret.labels import store_world, token_labels  # noqa: E402
 from difflens.interpret.truth import truth_report, write_truth  # noqa: E402
 
 NAMED = ["color:red", "shape:triangle", "part:object", "bg:black", "side:below"]
@@ -84,8 +84,6 @@ if not (store_path / "store.json").exists():
 store = dl.open_store(store_path)
 if not store.holdout:
     sys.exit(f"truth_scan: {store_path} has no held-out split; truth reports need one (store.set_holdout(0.2)).")
-
-from difflens.interpret.labels import store_world  # noqa: E402
 
 if args.concepts is None:
     args.concepts = NAMED_RICH if store_world(store) == "rich" else NAMED

@@ -316,12 +316,11 @@ def _words(text: str) -> list[str]:
 
 
 def _known_values() -> dict[str, tuple[str, ...]]:
-    """attribute -> every value a scene dict may give it: the rich world's, a superset of the classic world's."""
-    from difflens.world.palette import PATTERNS, RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES, TEXTURES
-    from difflens.world.scene import COLORS, POSITIONS
+    """attribute -> every value a scene dict may give it: the rich world's (a superset of the classic world's),
+    with every size a caption may name (the rich sampler draws large and huge only; classic scenes are small too)."""
+    from difflens.world.palette import RICH_SIZES
 
-    return {"background": tuple(RICH_BACKGROUNDS), "texture": TEXTURES, "color": tuple(COLORS), "shape": RICH_SHAPES,
-            "size": RICH_SIZES, "position": POSITIONS, "pattern": PATTERNS}
+    return {**_WORLDS["rich"].values, "size": RICH_SIZES}
 
 
 def check_scene(scene: dict, where: str) -> None:
