@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from difflens.adapters.base import ModelAdapter
 
-MODEL_NAMES = ["embedded", "embedded-rich", "embedded-tiny", "embedded:PATH", "flux-schnell", "flux-dev", "flux:ID_OR_PATH",
-               "sdxl-turbo", "sdxl", "sdxl:ID_OR_PATH", "flux-tiny", "sdxl-tiny"]
+MODEL_NAMES = ["embedded", "embedded-rich", "embedded-tiny", "embedded:PATH", "flux-schnell", "flux-dev",
+               "flux:ID_OR_PATH", "sdxl-turbo", "sdxl", "sdxl:ID_OR_PATH", "flux-tiny", "sdxl-tiny"]
 DEFAULT_MODEL = "embedded"
 
 

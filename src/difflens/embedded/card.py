@@ -37,7 +37,8 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         measured = (f"{quality['n']} single-object prompts from held-out (colour, shape, position) combinations, "
                     f"{quality['steps']} Euler steps, guidance scale {quality['guidance']} (the model's default), "
                     "scored by the\noracle (`difflens.world.read_image`) on the largest object found:")
-        footnote = "`one_object_acc` is the share of images where the oracle found exactly one object (stray specks count)."
+        footnote = ("`one_object_acc` is the share of images where the oracle found exactly one object (stray specks "
+                    "count).")
     else:
         quality = {str(k): measure_quality(shipped, n=n, n_objects=k, **kwargs) for k in (1, 2, 3)}
         keys = [k for k in quality["1"] if k.endswith("_acc")]
