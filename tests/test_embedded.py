@@ -362,3 +362,17 @@ def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights file"):
         train(TrainConfig(out=str(tmp_path / "run3"), steps=1, batch_size=2, model=ShapesModelConfig.tiny(),
                           text_encoder_init=str(tmp_path / "missing.safetensors")), progress=False)
+
+
+def test_a_frozen_text_encoder_stays_put_while_the_transformer_learns(tmp_path):
+    """freeze_text_encoder keeps the encoder's weights (live and EMA) exactly while the transformer moves; a run
+    resumed with the other setting is refused by name."""
+    base = dict(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=1, model=ShapesModelConfig.tiny())
+    init = ShapesPipeline.random(ShapesModelConfig.tiny(), seed=0)
+    pipe = train(TrainConfig(out=str(tmp_path / "run"), freeze_text_encoder=True, **base), progress=False)
+    before, after = init.text_encoder.state_dict(), pipe.text_encoder.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    moved = pipe.transformer.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in init.transformer.state_dict().items())
+    with pytest.raises(ValueError, match="freeze_text_encoder=True"):
+        train(TrainConfig(out=str(tmp_path / "run"), **{**base, "steps": 3}), progress=False)
