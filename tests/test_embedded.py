@@ -232,10 +232,12 @@ def test_ship_of_a_rich_model_measures_one_to_three_objects(tmp_path):
 
     rich = ShapesPipeline.random(ShapesModelConfig(**{**asdict(ShapesModelConfig.tiny()), "world": "rich", "vocab": [],
                                                       "max_text_len": 36}), seed=0)
-    quality = ship(rich, {"steps": 2, "model": {}}, dest=tmp_path, n=2, num_steps=1)
+    quality = ship(rich, {"steps": 2, "model": {}, "text_encoder_init": "enc.safetensors", "freeze_text_encoder": True},
+                   dest=tmp_path, n=2, num_steps=1)
     assert set(quality) == {"1", "2", "3"} and quality["3"]["objects"] == 3
     card = (tmp_path / CARD_FILE).read_text()
     assert card.startswith("# Embedded shapes-world model (rich world)") and "embedded-rich" in card
+    assert "text encoder pretrained on its own and then frozen" in card
     assert f"| 2 | {quality['2']['color_acc']:.3f} |" in card and "bound" in card
     assert (tmp_path / QUALITY_FILE).read_text() == json.dumps(quality, indent=2)  # part IoU may be NaN
 

@@ -17,6 +17,14 @@ _PREDICTION = {
 }
 
 
+def _text_encoder_origin(train_config: dict) -> str:
+    """How the text encoder got its weights, in words, from the training settings."""
+    if train_config.get("freeze_text_encoder"):
+        return ("pretrained on its own and then frozen" if train_config.get("text_encoder_init")
+                else "left at its random init (frozen)")
+    return "pretrained, then fine-tuned jointly" if train_config.get("text_encoder_init") else "trained jointly"
+
+
 def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
          num_steps: int | None = None, notes: str = "") -> dict:
     """Write fp16 weights, measure held-out quality on what was written, and write the model card.
@@ -73,8 +81,9 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         "# Embedded shapes-world model" + ("" if world == "classic" else f" ({world} world)"),
         "",
         "A small text-to-image model of the procedural shapes world, built on diffusers' `FluxTransformer2DModel`",
-        "(double- and single-stream blocks, like FLUX.1) with a word-level text encoder trained jointly, with the",
-        "rectified-flow objective. " + ("It is difflens' default model (`embedded`)." if world == "classic" else
+        "(double- and single-stream blocks, like FLUX.1) with a word-level text encoder "
+        f"{_text_encoder_origin(train_config)},",
+        "with the rectified-flow objective. " + ("It is difflens' default model (`embedded`)." if world == "classic" else
                                         f"Load it as `embedded-{world}`."),
         "",
         "## Architecture",
