@@ -3,8 +3,11 @@ shipped rich model's architecture) on a parsing objective, then score it with `t
 
     python bench/text_parse_pretrain.py [--steps 1500] [--batch 64] [--layers 4] [--save encoder.safetensors]
 
-Objective: for every word, the grid cell of the object whose phrase holds it (9 classes), or "no object" (the
-background's words, "and", ...), known exactly from the scene each caption was rendered from. If the probe then
+Objective: for every word, the grid cell of the object whose phrase holds it (9 classes), "background" for the
+words of the background's phrase ("white dotted background"), or "other" ("and", "with", ...), known exactly from
+the scene each caption was rendered from. The background gets its own class because a diffusion model that keeps
+this encoder frozen must still find the background's words: lumped in with "and" and "with" (the first version of
+this objective), a frozen encoder left the model drawing backgrounds at chance while binding every object. If the probe then
 reads the phrase's cell from colour and shape words in 2- and 3-object captions, the architecture can bind and the
 diffusion loss alone does not teach it (`bench/text_binding.py`); a next model would start from such an encoder.
 Last line is JSON.
@@ -24,14 +27,18 @@ from difflens.world import sample_scene
 from difflens.world.scene import POSITIONS
 from text_binding import binding_report, phrase_start, word_states, words  # bench/ is on sys.path when run as a script
 
-NO_OBJECT = len(POSITIONS)
+BACKGROUND, OTHER = len(POSITIONS), len(POSITIONS) + 1
 
 
 def word_cells(scene, max_len: int) -> np.ndarray:
-    """(max_len,) int: each word's object cell, NO_OBJECT for words of no object phrase, -100 for padding."""
+    """(max_len,) int: each word's object cell, BACKGROUND for the background phrase's words, OTHER for the rest,
+    -100 for padding."""
     caption = words(scene.caption)
     out = np.full(max_len, -100)
-    out[: len(caption)] = NO_OBJECT
+    out[: len(caption)] = OTHER
+    bg = words(scene.background_phrase) + ["background"]
+    start = next(i for i in range(len(caption)) if caption[i:i + len(bg)] == bg)
+    out[start:start + len(bg)] = BACKGROUND
     for obj in scene.objects:
         start, phrase = phrase_start(caption, obj)
         out[start:start + len(phrase)] = POSITIONS.index(obj.position)
@@ -52,7 +59,7 @@ def main() -> None:
     layers = args.layers or cfg.text_layers
     tokenizer = WordTokenizer(cfg.vocab, cfg.max_text_len)
     encoder = TextEncoder(len(cfg.vocab) + 1, cfg.max_text_len, cfg.width, layers, cfg.text_heads)
-    head = torch.nn.Linear(cfg.width, NO_OBJECT + 1)
+    head = torch.nn.Linear(cfg.width, OTHER + 1)
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3)
     rng = np.random.default_rng(args.seed)
     start = time.time()
