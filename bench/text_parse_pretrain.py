@@ -6,14 +6,18 @@ shipped rich model's architecture) on a parsing objective, then score it with `t
 
 Objective: for every word, the grid cell of the object whose phrase holds it (9 classes), "background" for the
 words of the background's phrase ("white dotted background"), or "other" ("and", "with", ...), known exactly from
-the scene each caption was rendered from. The background gets its own class because a diffusion model that keeps
-this encoder frozen must still find the background's words: lumped in with "and" and "with" (the first version of
-this objective), a frozen encoder left the model drawing backgrounds at chance while binding every object.
-With a background class it still did: the parsing objective alone squeezes the states of different words together
-(cosine ~0.95 between "white" and "pink" as background words, against 0.38 in a jointly trained encoder), so a
-second head also names every word (`--identity-weight`, 0 to switch off); the word-state cosine is reported. If the probe then
-reads the phrase's cell from colour and shape words in 2- and 3-object captions, the architecture can bind and the
-diffusion loss alone does not teach it (`bench/text_binding.py`); a next model would start from such an encoder.
+the scene each caption was rendered from. If the probe then reads the phrase's cell from colour and shape words in
+2- and 3-object captions, the architecture can bind and the diffusion loss alone does not teach it
+(`bench/text_binding.py`); a next model starts from such an encoder, frozen (`world train --text-encoder-init
+--freeze-text-encoder`).
+
+Why the background class and the second head: a diffusion model on a frozen encoder must still tell the
+background's words apart. Lumped in with "and" and "with" (the first version of this objective), the frozen
+encoder left the model drawing backgrounds at chance while binding every object, and with a background class it
+still did. The likely cause: the parsing objective alone squeezes different words' states together (cosine 0.96
+between background colour words, 0.38 in the jointly trained shipped encoder). So a second head also names every
+word (`--identity-weight`, 0 to switch off), and that cosine is reported.
+
 Last line is JSON.
 """
 
@@ -27,7 +31,7 @@ import torch
 from difflens.embedded import ShapesModelConfig
 from difflens.embedded.pipeline import SHIPPED_WEIGHTS
 from difflens.embedded.text_encoder import TextEncoder, WordTokenizer
-from difflens.world import sample_scene
+from difflens.world import RICH_BACKGROUNDS, sample_scene
 from difflens.world.scene import POSITIONS
 from text_binding import binding_report, phrase_start, word_states, words  # bench/ is on sys.path when run as a script
 
@@ -52,8 +56,6 @@ def word_cells(scene, max_len: int) -> np.ndarray:
 def background_word_cosine(encoder, tokenizer) -> float:
     """Mean cosine between the states of the background colour word in captions that differ only in it: near 1, a
     model reading this encoder can hardly tell the backgrounds apart."""
-    from difflens.world import RICH_BACKGROUNDS
-
     colours = list(RICH_BACKGROUNDS)
     captions = [f"a large red circle in the center on a {c} background" for c in colours]
     with torch.no_grad():
@@ -113,10 +115,11 @@ def main() -> None:
     eval_rng = np.random.default_rng(args.seed + 1)
     scenes = [sample_scene(eval_rng, world="rich") for _ in range(4000)]
     encoder.eval()
+    cosine = round(background_word_cosine(encoder, tokenizer), 3)
     result = {"steps": args.steps, "layers": layers, "identity_weight": args.identity_weight,
-              "train_s": round(train_s, 1), "background_word_cosine": round(background_word_cosine(encoder, tokenizer), 3),
+              "train_s": round(train_s, 1), "background_word_cosine": cosine,
               **binding_report(*word_states(encoder, tokenizer, scenes))}
-    print(f"mean cosine between background colour words' states: {result['background_word_cosine']}")
+    print(f"mean cosine between background colour words' states: {cosine}")
     print(json.dumps(result))
 
 

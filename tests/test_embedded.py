@@ -369,11 +369,16 @@ def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
 def test_a_frozen_text_encoder_stays_put_while_the_transformer_learns(tmp_path):
     """freeze_text_encoder keeps the encoder's weights (live and EMA) exactly while the transformer moves; a run
     resumed with the other setting is refused by name."""
+    from difflens.embedded.checkpoint import load_checkpoint
+    from difflens.embedded.train import CHECKPOINT
+
     base = dict(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=1, model=ShapesModelConfig.tiny())
     init = ShapesPipeline.random(ShapesModelConfig.tiny(), seed=0)
     pipe = train(TrainConfig(out=str(tmp_path / "run"), freeze_text_encoder=True, **base), progress=False)
     before, after = init.text_encoder.state_dict(), pipe.text_encoder.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
+    live, _ = load_checkpoint(tmp_path / "run" / CHECKPOINT, prefixes=("model.text_encoder.",))
+    assert live and all(torch.equal(v, before[k.removeprefix("model.text_encoder.")]) for k, v in live.items())
     moved = pipe.transformer.state_dict()
     assert any(not torch.equal(moved[k], v) for k, v in init.transformer.state_dict().items())
     with pytest.raises(ValueError, match="freeze_text_encoder=True"):
