@@ -366,6 +366,28 @@ def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
                           text_encoder_init=str(tmp_path / "missing.safetensors")), progress=False)
 
 
+def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_training(tmp_path):
+    """autoencoder_init loads a saved model's autoencoder (fp16 on disk, float32 in training), keeps it exact, and
+    trains none; a missing file or a pixel-space model is an error naming the setting."""
+    from difflens.embedded.train import AUTOENCODER_CHECKPOINT
+
+    model = ShapesModelConfig.tiny()
+    model.latent_channels = 4
+    base = dict(steps=1, batch_size=2, warmup_steps=1, autoencoder_steps=2, model=model)
+    donor = train(TrainConfig(out=str(tmp_path / "donor"), **base), progress=False)
+    donor.save_pretrained(tmp_path / "shipped")
+    pipe = train(TrainConfig(out=str(tmp_path / "run"), autoencoder_init=str(tmp_path / "shipped"), seed=1, **base),
+                 progress=False)
+    assert not (tmp_path / "run" / AUTOENCODER_CHECKPOINT).exists()
+    reused, original = pipe.autoencoder.state_dict(), donor.autoencoder.state_dict()
+    assert all(v.dtype == torch.float32 and torch.equal(v, original[k].half().float()) for k, v in reused.items())
+    with pytest.raises(FileNotFoundError, match="autoencoder_init"):
+        train(TrainConfig(out=str(tmp_path / "r2"), autoencoder_init=str(tmp_path / "nowhere"), **base), progress=False)
+    with pytest.raises(ValueError, match="pixel space"):
+        train(TrainConfig(out=str(tmp_path / "r3"), autoencoder_init=str(tmp_path / "shipped"),
+                          **{**base, "model": ShapesModelConfig.tiny()}), progress=False)
+
+
 def test_a_frozen_text_encoder_stays_put_while_the_transformer_learns(tmp_path):
     """freeze_text_encoder keeps the encoder's weights (live and EMA) exactly while the transformer moves; a run
     resumed with the other setting is refused by name."""

@@ -25,6 +25,13 @@ def _text_encoder_origin(train_config: dict) -> str:
     return "pretrained, then fine-tuned jointly" if train_config.get("text_encoder_init") else "trained jointly"
 
 
+def _autoencoder_origin(train_config: dict) -> str:
+    """Where a latent model's autoencoder came from, in words."""
+    if train_config.get("autoencoder_init"):
+        return f"taken from {train_config['autoencoder_init']} and kept frozen"
+    return "trained first, then frozen"
+
+
 def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
          num_steps: int | None = None, notes: str = "") -> dict:
     """Write fp16 weights, measure held-out quality on what was written, and write the model card.
@@ -70,7 +77,7 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
     if cfg.latent_channels:
         ae_params = sum(p.numel() for p in shipped.autoencoder.parameters())
         tokens = (f"- image {cfg.image_size}x{cfg.image_size} RGB -> convolutional autoencoder (x4 downsampling, "
-                  f"tanh latents, {ae_params / 1e6:.2f} M parameters, trained first, then frozen) -> "
+                  f"tanh latents, {ae_params / 1e6:.2f} M parameters, {_autoencoder_origin(train_config)}) -> "
                   f"{cfg.grid_size}x{cfg.grid_size} = {cfg.grid_size**2} image tokens of {cfg.latent_channels} "
                   f"channels (row-major)")
     else:

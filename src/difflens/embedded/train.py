@@ -23,7 +23,7 @@ from ..world import render, sample_scene
 from .checkpoint import (load_checkpoint, load_optimizer_tensors, optimizer_tensors, restore_rng, save_checkpoint,
                          strip, with_prefix)
 from .config import ShapesModelConfig
-from .pipeline import MIN_T_FOR_X_PREDICTION, ShapesPipeline, patchify, uint8_to_pixels
+from .pipeline import MIN_T_FOR_X_PREDICTION, WEIGHTS_FILE, ShapesPipeline, patchify, uint8_to_pixels
 
 # JSON pointers; each names its `<stem>-<step>.safetensors` tensor file
 CHECKPOINT = "checkpoint.json"
@@ -70,6 +70,10 @@ class TrainConfig:
     """safetensors file of text-encoder weights to start from instead of a random init, e.g. an encoder pretrained
     to parse captions (`bench/text_parse_pretrain.py --save`); fine-tuned with the transformer unless
     `freeze_text_encoder`. Read at the start of a run only: a resumed run takes its weights from the checkpoint"""
+    autoencoder_init: str | None = None
+    """latent models: a model folder (`world ship` / `save_pretrained` layout) or its model.safetensors whose
+    autoencoder to reuse, frozen, instead of training one (about 14 minutes on 2 cores); e.g. the shipped rich
+    model's, `src/difflens/embedded/weights_rich`"""
     freeze_text_encoder: bool = False
     """keep the text encoder's weights fixed (as FLUX.1 keeps T5 frozen): the diffusion loss then cannot wear away
     what a pretrained encoder knows; measured, fine-tuning erased a parsing encoder's binding within 1,250 steps"""
@@ -226,6 +230,28 @@ def load_text_encoder(pipe: ShapesPipeline, path: str | Path) -> None:
                          f"({pipe.config.text_layers} layers, width {pipe.config.width}): {err}") from None
 
 
+def load_autoencoder(pipe: ShapesPipeline, path: str | Path) -> None:
+    """Load the autoencoder of a saved model (folder or model.safetensors) into `pipe`, cast to float32; a missing
+    file, a pixel-space model or other shapes is an error naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"autoencoder_init: no weights file at {file}")
+    if pipe.autoencoder is None:
+        raise ValueError("autoencoder_init: this model works in pixel space (latent_channels 0) and has no autoencoder")
+    weights = strip(load_file(file), "autoencoder.")
+    if not weights:
+        raise ValueError(f"autoencoder_init: {file} holds no autoencoder weights")
+    try:
+        pipe.autoencoder.load_state_dict({k: v.float() for k, v in weights.items()})
+    except RuntimeError as err:
+        raise ValueError(f"autoencoder_init: {file} does not fit this model's autoencoder "
+                         f"({pipe.config.latent_channels} latent channels): {err}") from None
+    pipe.autoencoder.eval().requires_grad_(False)
+
+
 def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> ShapesPipeline:
     """Train (or resume) into `cfg.out`; returns the pipeline carrying the EMA weights.
 
@@ -239,7 +265,9 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     pipe = ShapesPipeline.random(cfg.model, seed=cfg.seed)
     if cfg.text_encoder_init:
         load_text_encoder(pipe, cfg.text_encoder_init)
-    if pipe.autoencoder is not None:
+    if cfg.autoencoder_init:
+        load_autoencoder(pipe, cfg.autoencoder_init)
+    elif pipe.autoencoder is not None:
         train_autoencoder(pipe, cfg, progress)
     pipe.transformer.train()
     pipe.text_encoder.train(not cfg.freeze_text_encoder).requires_grad_(not cfg.freeze_text_encoder)
