@@ -217,10 +217,11 @@ def test_latent_model_trains_its_autoencoder_first_and_round_trips(tmp_path):
 def test_ship_writes_weights_quality_and_a_card_that_keeps_the_notes(tiny, tmp_path):
     from difflens.embedded.card import CARD_FILE, QUALITY_FILE, ship
 
-    quality = ship(tiny, {"steps": 2, "model": {}}, dest=tmp_path, n=2, num_steps=1,
+    quality = ship(tiny, {"steps": 2, "model": {}}, dest=tmp_path, n=2, num_steps=1, step=1,
                    notes="## Training history\nTrained twice; the first run diverged.")
     card = (tmp_path / CARD_FILE).read_text()
     assert card.startswith("# Embedded shapes-world model")
+    assert "EMA of the training weights at step 1 of a 2-step schedule (`world train --until 1`)" in card
     assert f"| shape_acc | {quality['shape_acc']:.3f} |" in card
     assert card.rstrip().endswith("Trained twice; the first run diverged.")
     assert json.loads((tmp_path / QUALITY_FILE).read_text()) == quality
@@ -254,6 +255,7 @@ def test_cli_flags_come_from_the_configs(monkeypatch, capsys):
     args = parser.parse_args(["world", "train"])
     assert train_config_from_args(args) == TrainConfig()
     assert config_from_args(TrainCommand, args) == TrainCommand()
+    assert config_from_args(TrainCommand, parser.parse_args(["world", "train", "--until", "3"])).until == 3
     args = parser.parse_args(["world", "train", "--out", "checkpoints/x", "--steps", "7", "--autoencoder-noise", "0",
                               "--latent-channels", "0", "--caption-dropout", "0", "--threads", "2"])
     cfg = train_config_from_args(args)
@@ -369,7 +371,7 @@ def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
 def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_training(tmp_path):
     """autoencoder_init loads a saved model's autoencoder (fp16 on disk, float32 in training), keeps it exact, and
     trains none; a missing file or a pixel-space model is an error naming the setting."""
-    from difflens.embedded.train import AUTOENCODER_CHECKPOINT
+    from difflens.embedded.train import AUTOENCODER_CHECKPOINT, checkpoint_step
 
     model = ShapesModelConfig.tiny()
     model.latent_channels = 4
@@ -378,7 +380,7 @@ def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_traini
     donor.save_pretrained(tmp_path / "shipped")
     pipe = train(TrainConfig(out=str(tmp_path / "run"), autoencoder_init=str(tmp_path / "shipped"), seed=1, **base),
                  progress=False)
-    assert not (tmp_path / "run" / AUTOENCODER_CHECKPOINT).exists()
+    assert not (tmp_path / "run" / AUTOENCODER_CHECKPOINT).exists() and checkpoint_step(tmp_path / "run") == 1
     reused, original = pipe.autoencoder.state_dict(), donor.autoencoder.state_dict()
     assert all(v.dtype == torch.float32 and torch.equal(v, original[k].half().float()) for k, v in reused.items())
     with pytest.raises(FileNotFoundError, match="autoencoder_init"):

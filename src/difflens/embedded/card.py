@@ -32,14 +32,23 @@ def _autoencoder_origin(train_config: dict) -> str:
     return "trained first, then frozen"
 
 
+def _stopped_at(step: int | None, train_config: dict) -> str:
+    """', at step N of an M-step schedule' when training stopped before its schedule ended (`world train --until`)."""
+    total = train_config.get("steps")
+    if step is None or total is None or step >= total:
+        return ""
+    return f" at step {step:,} of a {total:,}-step schedule (`world train --until {step}`)"
+
+
 def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
-         num_steps: int | None = None, notes: str = "") -> dict:
+         num_steps: int | None = None, notes: str = "", step: int | None = None) -> dict:
     """Write fp16 weights, measure held-out quality on what was written, and write the model card.
 
     `dest` defaults to the package's shipped-weights folder of the model's world. Quality is measured on
     single-object prompts and, in the rich world, also on 2- and 3-object prompts (then the returned dict has
     one entry per object count). `notes` (markdown: training history, known limitations) are appended to the
-    generated card, so a re-ship does not lose what a person wrote."""
+    generated card, so a re-ship does not lose what a person wrote. `step`: the training step the weights are from,
+    stated on the card beside the schedule's length when it stopped early."""
     world = pipe.config.world
     dest = Path(dest or SHIPPED_WEIGHTS[world])
     pipe.save_pretrained(dest)
@@ -100,7 +109,8 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         f"- text encoder: {len(cfg.vocab)}-word vocabulary, {cfg.text_layers} layers, {cfg.max_text_len} tokens; "
         f"{text_params / 1e6:.2f} M parameters",
         f"- prediction: {_PREDICTION[cfg.prediction]}",
-        f"- weights: `{WEIGHTS_FILE}`, fp16, {size_mb:.1f} MB; EMA of the training weights",
+        f"- weights: `{WEIGHTS_FILE}`, fp16, {size_mb:.1f} MB; EMA of the training weights"
+        f"{_stopped_at(step, train_config)}",
         "",
         "## Training",
         "```json",

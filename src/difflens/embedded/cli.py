@@ -29,6 +29,9 @@ class TrainCommand:
 
     export: str | None = None
     """where to write the final EMA weights; None: OUT/final"""
+    until: int | None = None
+    """stop after this step (checkpointed and exported) with the learning-rate schedule of --steps unchanged; the
+    same command without it resumes the schedule"""
 
 
 @dataclass
@@ -122,7 +125,7 @@ def cmd_train(args) -> None:
 
     cmd = config_from_args(TrainCommand, args)
     cfg = train_config_from_args(args)
-    pipe = train(cfg)
+    pipe = train(cfg, until=cmd.until)
     export = Path(cfg.out) / "final" if cmd.export is None else Path(cmd.export)
     pipe.save_pretrained(export)
     print(f"EMA weights written to {export}")
@@ -148,7 +151,7 @@ def cmd_quality(args) -> None:
 
 def cmd_ship(args) -> None:
     from .card import ship
-    from .train import load_checkpoint_ema
+    from .train import checkpoint_step, load_checkpoint_ema
 
     cmd = config_from_args(ShipCommand, args)
     folder = Path(cmd.train_dir)
@@ -156,7 +159,7 @@ def cmd_ship(args) -> None:
     pipe = load_checkpoint_ema(folder)
     pipe.config.guidance_scale = pipe.resolve_guidance(cmd.guidance)
     notes = "" if cmd.notes is None else Path(cmd.notes).read_text()
-    quality = ship(pipe, config, dest=cmd.dest, n=cmd.n, notes=notes)
+    quality = ship(pipe, config, dest=cmd.dest, n=cmd.n, notes=notes, step=checkpoint_step(folder))
     print(json.dumps(quality))
 
 

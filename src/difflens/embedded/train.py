@@ -327,6 +327,14 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     return ema
 
 
+def checkpoint_step(out: str | Path) -> int:
+    """The step of a training folder's latest checkpoint."""
+    path = Path(out) / CHECKPOINT
+    if not _has_checkpoint(path):
+        raise FileNotFoundError(f"no training checkpoint in {out} (expected {path})")
+    return int(json.loads(path.read_text())["step"])
+
+
 def load_checkpoint_ema(out: str | Path) -> ShapesPipeline:
     """The EMA pipeline stored in a training folder's checkpoint (to evaluate or export mid-run)."""
     path = Path(out) / CHECKPOINT
