@@ -11,6 +11,7 @@ measured numbers against the pictures.
 
 import argparse
 import textwrap
+from pathlib import Path
 
 import matplotlib
 
@@ -55,7 +56,7 @@ def main() -> None:
         score = score_scene_images([scenes[i]], image[None])
         label += f"\ncount {'ok' if score['count_acc'] else 'wrong'}, bound {score['bound_acc']:.2f}"
         ax.set_xlabel(label, fontsize=7)
-    fig.suptitle(f"{args.checkpoint or args.weights}: fixed prompts, then held-out scenes of 1, 2, 3 objects "
+    fig.suptitle(f"{Path(args.checkpoint or args.weights).name}: fixed prompts, then held-out scenes of 1, 2, 3 objects "
                  f"(seed 0, guidance {pipe.resolve_guidance(None)})", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)

@@ -318,10 +318,13 @@ def test_a_rich_world_model_reads_rich_captions_and_trains_on_rich_scenes(tmp_pa
 def test_shipped_rich_model_draws_each_new_attribute_the_oracle_reads_back():
     """The shipped rich-world model (`embedded-rich`) fits the size budget and draws striped, dotted and checked
     objects, a house, a snowman and a tree, and dotted and gradient backgrounds that the rich oracle reads back.
-    (Striped and checked backgrounds it draws as noisy gradients: its card says so.)"""
+    (Striped and checked backgrounds it draws as noisy gradients: its card says so.) In scenes of 2 and 3 objects
+    each object comes out in its cell with the attributes its own phrase names (binding)."""
     from difflens.embedded import load_embedded
     from difflens.embedded.pipeline import SHIPPED_WEIGHTS
     from difflens.world import read_image
+    from difflens.world.caption import parse_caption
+    from difflens.world.scoring import score_scene_images
 
     assert (SHIPPED_WEIGHTS["rich"] / "model.safetensors").stat().st_size <= 25 * 2**20
     pipe = load_embedded(world="rich")
@@ -344,6 +347,13 @@ def test_shipped_rich_model_draws_each_new_attribute_the_oracle_reads_back():
         obj = reading.objects[0]
         assert (obj.pattern, obj.color, obj.shape) == obj_want, prompt
         assert reading.background == bg and (texture is None or reading.texture == texture), prompt
+    scenes = [parse_caption(text) for text in (
+        "a large striped red circle on the left and a large dotted blue square on the right on a white background",
+        "gray background with a huge green house in the bottom left, a large orange tree on the right and a huge "
+        "dotted yellow triangle in the top left")]
+    for scene, image in zip(scenes, pipe.generate([s.caption for s in scenes], seeds=0)):
+        score = score_scene_images([scene], image[None])
+        assert score["count_acc"] == 1 and score["bound_acc"] == 1, (scene.caption, score)
 
 
 def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
