@@ -163,3 +163,17 @@ def test_openai_backend_end_to_end_records_failures_and_a_rerun_fills_the_gaps(p
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert b"sk-secret-xyz" not in path.read_bytes()
+
+
+def test_every_world_concept_has_a_phrase_in_words():
+    """The oracle explainer words every concept the labeller knows, rich ones included (a rich store's demo once
+    stopped on part:boundary)."""
+    from difflens.interpret.autointerp import concept_phrase
+    from difflens.interpret.labels import all_concepts
+
+    for concept in all_concepts():
+        phrase = concept_phrase(concept)
+        assert phrase and not any(c in phrase for c in ":&"), (concept, phrase)
+    assert concept_phrase("part:house-roof") == "the roof of houses"
+    assert concept_phrase("bg:pink&striped") == "the pink striped background"
+    assert concept_phrase("pattern:dotted") == "dotted objects"

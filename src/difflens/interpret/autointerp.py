@@ -196,11 +196,16 @@ def concept_phrase(concept: str) -> str:
     """A world concept in words, as an explanation would put it."""
     kind, _, rest = concept.partition(":")
     if kind == "bg":
-        return f"the {rest} background"
+        return f"the {rest.replace('&', ' ')} background"
+    if kind == "texture":
+        return f"the {rest} background" if rest != "plain" else "a plain (untextured) background"
     if kind == "part":
+        if "-" in rest:  # a part of a composite object: part:house-roof
+            shape, part = rest.split("-", 1)
+            return f"the {part} of {shape}s"
         return {"background": "the background", "object": "objects (any)", "edge": "the edges of objects",
-                "interior": "the interiors of objects"}[rest]
-    if kind in ("color", "shape", "size"):
+                "interior": "the interiors of objects", "boundary": "the outlines of objects"}[rest]
+    if kind in ("color", "shape", "size", "pattern"):
         return f"{rest} objects"
     if kind == "cell":
         return f"objects in the {rest.replace('-', ' ')} cell"
