@@ -1,7 +1,9 @@
 """A grid of an embedded rich-world model's samples, each with its caption and what the oracle read back.
 
-    python bench/model_samples.py [--weights DIR | --checkpoint TRAIN_DIR] [--guidance G]
-                                    [--out docs/rich_model_samples.png]
+    python bench/model_samples.py [--weights DIR] [--guidance G] [--out docs/rich_model_samples.png]
+
+`--weights`: a model folder (default: the shipped `embedded-rich`) or a `world train` folder (its latest EMA
+checkpoint).
 
 Row 1: four fixed single-object prompts (the shipped-model test's). Rows 2-4: held-out scenes of 1, 2 and 3
 objects (seed 0). Under each image: the right object count (count) and the share of the prompt's objects drawn
@@ -18,7 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from difflens.embedded.pipeline import SHIPPED_WEIGHTS, ShapesPipeline  # noqa: E402
+from difflens.embedded.pipeline import SHIPPED_WEIGHTS  # noqa: E402
+from difflens.embedded.train import load_trained  # noqa: E402
 from difflens.world import sample_scenes  # noqa: E402
 from difflens.world.caption import parse_caption  # noqa: E402
 from difflens.world.scoring import score_scene_images  # noqa: E402
@@ -32,16 +35,10 @@ FIXED = ["a huge striped red house in the center on a white dotted background",
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default=str(SHIPPED_WEIGHTS["rich"]))
-    ap.add_argument("--checkpoint", default=None, help="a `world train` folder: its latest EMA checkpoint")
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     ap.add_argument("--out", default="docs/rich_model_samples.png")
     args = ap.parse_args()
-    if args.checkpoint:
-        from difflens.embedded.train import load_checkpoint_ema
-
-        pipe = load_checkpoint_ema(args.checkpoint)
-    else:
-        pipe = ShapesPipeline.from_pretrained(args.weights)
+    pipe = load_trained(args.weights)
     pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
     scenes = [parse_caption(p) for p in FIXED] + [
         s for n in (1, 2, 3) for s in sample_scenes(4, seed=0, split="heldout", n_objects=n, world="rich")]
@@ -56,7 +53,7 @@ def main() -> None:
         score = score_scene_images([scenes[i]], image[None])
         label += f"\ncount {'ok' if score['count_acc'] else 'wrong'}, bound {score['bound_acc']:.2f}"
         ax.set_xlabel(label, fontsize=7)
-    fig.suptitle(f"{Path(args.checkpoint or args.weights).name}: fixed prompts, then held-out scenes of 1, 2, 3 objects "
+    fig.suptitle(f"{Path(args.weights).name}: fixed prompts, then held-out scenes of 1, 2, 3 objects "
                  f"(seed 0, guidance {pipe.resolve_guidance(None)})", fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)

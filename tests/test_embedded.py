@@ -381,7 +381,7 @@ def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
 def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_training(tmp_path):
     """autoencoder_init loads a saved model's autoencoder (fp16 on disk, float32 in training), keeps it exact, and
     trains none; a missing file or a pixel-space model is an error naming the setting."""
-    from difflens.embedded.train import AUTOENCODER_CHECKPOINT, checkpoint_step
+    from difflens.embedded.train import AUTOENCODER_CHECKPOINT, checkpoint_step, load_trained
 
     model = ShapesModelConfig.tiny()
     model.latent_channels = 4
@@ -393,6 +393,9 @@ def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_traini
     assert not (tmp_path / "run" / AUTOENCODER_CHECKPOINT).exists() and checkpoint_step(tmp_path / "run") == 1
     reused, original = pipe.autoencoder.state_dict(), donor.autoencoder.state_dict()
     assert all(v.dtype == torch.float32 and torch.equal(v, original[k].half().float()) for k, v in reused.items())
+    for folder in ("run", "shipped"):  # a training folder (its EMA checkpoint) or a model folder
+        loaded = load_trained(tmp_path / folder).autoencoder.state_dict()
+        assert all(torch.equal(loaded[k].float(), reused[k]) for k in reused)
     with pytest.raises(FileNotFoundError, match="autoencoder_init"):
         train(TrainConfig(out=str(tmp_path / "r2"), autoencoder_init=str(tmp_path / "nowhere"), **base), progress=False)
     with pytest.raises(ValueError, match="pixel space"):

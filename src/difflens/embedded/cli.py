@@ -59,7 +59,7 @@ class QualityCommand:
     steps: int = DEFAULT_STEPS
     """Euler sampling steps"""
     weights: str | None = None
-    """model folder; None: the shipped weights"""
+    """model folder, or a `world train` folder (its latest EMA checkpoint); None: the shipped weights"""
     guidance: float | None = None
     """classifier-free guidance scale; None: the model's default; <= 1: no guidance"""
 
@@ -93,7 +93,7 @@ class GenerateCommand:
     output: str = field(default="out.png", metadata={"aliases": ["-o"]})
     """PNG file to write"""
     weights: str | None = None
-    """model folder; None: the shipped weights"""
+    """model folder, or a `world train` folder (its latest EMA checkpoint); None: the shipped weights"""
     guidance: float | None = None
     """classifier-free guidance scale; None: the model's default; <= 1: no guidance"""
 
@@ -106,9 +106,10 @@ def _save_png(image_HWC: np.ndarray, path: str | Path) -> None:
 
 
 def _load_pipe(weights: str | None):
-    from .pipeline import WEIGHTS_DIR, ShapesPipeline
+    from .pipeline import WEIGHTS_DIR
+    from .train import load_trained
 
-    return ShapesPipeline.from_pretrained(WEIGHTS_DIR if weights is None else weights)
+    return load_trained(WEIGHTS_DIR if weights is None else weights)
 
 
 def train_config_from_args(args):

@@ -327,6 +327,14 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     return ema
 
 
+def load_trained(path: str | Path) -> ShapesPipeline:
+    """A model folder (config.json + model.safetensors), or a `world train` folder: its latest EMA checkpoint (an
+    early read of a running job)."""
+    if (Path(path) / CHECKPOINT).exists() and not (Path(path) / WEIGHTS_FILE).exists():
+        return load_checkpoint_ema(path)
+    return ShapesPipeline.from_pretrained(path)
+
+
 def checkpoint_step(out: str | Path) -> int:
     """The step of a training folder's latest checkpoint."""
     path = Path(out) / CHECKPOINT
