@@ -42,17 +42,15 @@ def main() -> None:
     pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
     scenes = [parse_caption(p) for p in FIXED] + [
         s for n in (1, 2, 3) for s in sample_scenes(4, seed=0, split="heldout", n_objects=n, world="rich")]
-    prompts = [s.caption for s in scenes]
-    images = pipe.generate(prompts, seeds=0)
+    images = pipe.generate([s.caption for s in scenes], seeds=0)
     fig, axes = plt.subplots(4, 4, figsize=(11, 14.5))
-    for i, (ax, prompt, image) in enumerate(zip(axes.flat, prompts, images)):
+    for ax, scene, image in zip(axes.flat, scenes, images):
         ax.imshow(image, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        label = textwrap.fill(prompt, 38)
-        score = score_scene_images([scenes[i]], image[None])
-        label += f"\ncount {'ok' if score['count_acc'] else 'wrong'}, bound {score['bound_acc']:.2f}"
-        ax.set_xlabel(label, fontsize=7)
+        score = score_scene_images([scene], image[None])
+        ax.set_xlabel(f"{textwrap.fill(scene.caption, 38)}\ncount {'ok' if score['count_acc'] else 'wrong'}, "
+                      f"bound {score['bound_acc']:.2f}", fontsize=7)
     fig.suptitle(f"{Path(args.weights).name}: fixed prompts, then held-out scenes of 1, 2, 3 objects "
                  f"(seed 0, guidance {pipe.resolve_guidance(None)})", fontsize=9)
     fig.tight_layout()

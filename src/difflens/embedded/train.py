@@ -216,39 +216,39 @@ def _has_checkpoint(pointer: Path) -> bool:
     return False
 
 
-def load_text_encoder(pipe: ShapesPipeline, path: str | Path) -> None:
-    """Load text-encoder weights (safetensors) into `pipe`; a missing file or other shapes is an error naming it."""
+def _load_init(setting: str, module: torch.nn.Module, file: Path, shape: str, prefix: str | None = None) -> None:
+    """Load safetensors `file` (only its `prefix`ed tensors, prefix removed, when given) into `module`, cast to
+    float32, for the `setting` that named it; a missing file, no such tensors or other shapes is an error naming
+    the setting, the file and `shape` (what the module is)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text_encoder_init: no weights file at {path}")
+    if not file.is_file():
+        raise FileNotFoundError(f"{setting}: no weights file at {file}")
+    weights = load_file(file)
+    if prefix is not None:
+        weights = strip(weights, prefix)
+        if not weights:
+            raise ValueError(f"{setting}: {file} holds no {shape} weights")
     try:
-        pipe.text_encoder.load_state_dict(load_file(path))
+        module.load_state_dict({k: v.float() for k, v in weights.items()})
     except RuntimeError as err:
-        raise ValueError(f"text_encoder_init: {path} does not fit this model's text encoder "
-                         f"({pipe.config.text_layers} layers, width {pipe.config.width}): {err}") from None
+        raise ValueError(f"{setting}: {file} does not fit this model's {shape}: {err}") from None
+
+
+def load_text_encoder(pipe: ShapesPipeline, path: str | Path) -> None:
+    """Load text-encoder weights (safetensors) into `pipe`; a missing file or other shapes is an error naming it."""
+    _load_init("text_encoder_init", pipe.text_encoder, Path(path),
+               f"text encoder ({pipe.config.text_layers} layers, width {pipe.config.width})")
 
 
 def load_autoencoder(pipe: ShapesPipeline, path: str | Path) -> None:
-    """Load the autoencoder of a saved model (folder or model.safetensors) into `pipe`, cast to float32; a missing
-    file, a pixel-space model or other shapes is an error naming it."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    file = path / WEIGHTS_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"autoencoder_init: no weights file at {file}")
+    """Load the autoencoder of a saved model (folder or model.safetensors) into `pipe`, cast to float32, frozen; a
+    missing file, a pixel-space model or other shapes is an error naming it."""
     if pipe.autoencoder is None:
         raise ValueError("autoencoder_init: this model works in pixel space (latent_channels 0) and has no autoencoder")
-    weights = strip(load_file(file), "autoencoder.")
-    if not weights:
-        raise ValueError(f"autoencoder_init: {file} holds no autoencoder weights")
-    try:
-        pipe.autoencoder.load_state_dict({k: v.float() for k, v in weights.items()})
-    except RuntimeError as err:
-        raise ValueError(f"autoencoder_init: {file} does not fit this model's autoencoder "
-                         f"({pipe.config.latent_channels} latent channels): {err}") from None
+    path = Path(path)
+    _load_init("autoencoder_init", pipe.autoencoder, path / WEIGHTS_FILE if path.is_dir() else path,
+               f"autoencoder ({pipe.config.latent_channels} latent channels)", prefix="autoencoder.")
     pipe.autoencoder.eval().requires_grad_(False)
 
 
@@ -335,19 +335,22 @@ def load_trained(path: str | Path) -> ShapesPipeline:
     return ShapesPipeline.from_pretrained(path)
 
 
-def checkpoint_step(out: str | Path) -> int:
-    """The step of a training folder's latest checkpoint."""
+def _checkpoint_pointer(out: str | Path) -> Path:
+    """A training folder's checkpoint pointer; no checkpoint there is an error naming the folder."""
     path = Path(out) / CHECKPOINT
     if not _has_checkpoint(path):
         raise FileNotFoundError(f"no training checkpoint in {out} (expected {path})")
-    return int(json.loads(path.read_text())["step"])
+    return path
+
+
+def checkpoint_step(out: str | Path) -> int:
+    """The step of a training folder's latest checkpoint."""
+    return int(json.loads(_checkpoint_pointer(out).read_text())["step"])
 
 
 def load_checkpoint_ema(out: str | Path) -> ShapesPipeline:
     """The EMA pipeline stored in a training folder's checkpoint (to evaluate or export mid-run)."""
-    path = Path(out) / CHECKPOINT
-    if not _has_checkpoint(path):
-        raise FileNotFoundError(f"no training checkpoint in {out} (expected {path})")
+    path = _checkpoint_pointer(out)
     tensors, info = load_checkpoint(path, prefixes=("ema.",))
     model_cfg = ShapesModelConfig(**info["config"]["model"])
     pipe = ShapesPipeline(model_cfg, *ShapesPipeline.build_modules(model_cfg))
