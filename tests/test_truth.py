@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from difflens.dictionaries import NeuronBasis
+from difflens.dictionaries.base import SparseCodes
 from difflens.interpret.labels import (all_concepts, concept_of_tokens, label_image, labels_path, token_labels,
                                        token_owner)
-from difflens.interpret.truth import (RandomDirections, auroc, auroc_from_counts, best_f1_threshold, f1_score,
-                                      fit_logistic, fit_logistic_newton, scores_at, truth_report, write_truth)
+from difflens.interpret.truth import (ProbeFeatures, RandomDirections, auroc, auroc_from_counts, best_f1_threshold,
+                                      f1_score, fit_logistic, fit_logistic_newton, scores_at, sparse_probes,
+                                      truth_report, write_truth)
 from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
 from difflens.world import ObjectSpec, Scene, render
 
@@ -132,6 +134,31 @@ def test_logistic_fits_agree():
     W2, b2 = fit_logistic_newton(X, Y)
     torch.testing.assert_close(W1.double(), W2.double(), atol=2e-3, rtol=1e-3)
     torch.testing.assert_close(b1.double(), b2.double(), atol=2e-3, rtol=1e-3)
+
+
+def test_sparse_probes_of_every_size_in_one_pass_match_separate_runs_and_dense_features():
+    """Sizes share one ranking and one column gather; sparse codes and the same matrix given dense agree, and a
+    concept carried by one feature is read by the size-1 probe."""
+    g = torch.Generator().manual_seed(0)
+    N, F, K = 1200, 24, 4
+    idx = torch.stack([torch.randperm(F, generator=g)[:K] for _ in range(N)])
+    vals = torch.rand(N, K, generator=g) + 0.1
+    dense = torch.zeros(N, F).scatter_(1, idx, vals)
+    Y = torch.stack([dense[:, 3] > 0, (dense[:, 5] > 0) & (dense[:, 7] > 0),
+                     torch.rand(N, generator=g) < 0.1], 1).float()
+    half = N // 2
+    codes = lambda a, b: ProbeFeatures(codes=SparseCodes(vals[a:b], idx[a:b]), num_features=F)
+    together = sparse_probes(codes(0, half), codes(half, N), Y[:half], Y[half:], (1, 4, 64))
+    assert set(together) == {"1", "4", "64"}  # a size above the feature count keeps its name, uses every feature
+    for n in ("1", "4"):
+        np.testing.assert_allclose(together[n], sparse_probes(codes(0, half), codes(half, N), Y[:half], Y[half:],
+                                                              (int(n),))[n])
+    dense_half = lambda a, b: ProbeFeatures(dense_ND=dense[a:b])
+    as_dense = sparse_probes(dense_half(0, half), dense_half(half, N), Y[:half], Y[half:], (1, 4, 64))
+    for n in together:
+        np.testing.assert_allclose(together[n], as_dense[n], atol=1e-6)
+    assert together["1"][0] == 1.0 and together["1"][1] < together["4"][1]
+    assert together["64"][2] < 0.5  # noise stays unreadable
 
 
 def test_family_coverage_counts_concepts_at_the_bar():

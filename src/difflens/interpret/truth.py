@@ -232,6 +232,9 @@ def fit_logistic_newton(X_GNd: Tensor, Y_GN: Tensor, *, l2: float = PROBE_L2, ma
         H = (Xa * (p * (1 - p))[..., None]).transpose(1, 2) @ Xa
         H = H.double() / n + torch.diag_embed((l2 * mask + 1e-9).expand(G, -1))
         step = torch.where(done[:, None], torch.zeros_like(w), torch.linalg.solve(H, grad))
+        # Newton decrement: gradᵀ H⁻¹ grad / 2 estimates the loss left above the optimum
+        done |= (grad * step).sum(1) < 2 * tol**2
+        step = torch.where(done[:, None], torch.zeros_like(w), step)
         t = torch.ones(G, dtype=torch.float64)
         for _ in range(12):  # halve each group's step until its loss does not rise (float32 sums: up to 1e-6)
             trial = w - t[:, None] * step
@@ -267,7 +270,7 @@ def probe_ceiling(X_train: Tensor, Y_train: Tensor, X_held: Tensor, Y_held: Tens
     return {**scores_at(held, Y_held, thr), "auroc": auroc(held.numpy(), Y_held.numpy())}
 
 
-class _Features:
+class ProbeFeatures:
     """A token × feature matrix for sparse probing: dense (raw dims) or sparse codes (N, K) (latents)."""
 
     def __init__(self, dense_ND: Tensor | None = None, codes: SparseCodes | None = None, num_features: int = 0):
@@ -296,15 +299,21 @@ class _Features:
         return (torch.sparse.mm(self.sparse.t(), ones)[:, 0], torch.sparse.mm(sq.t(), ones)[:, 0], self.sparse.shape[0])
 
     def columns(self, sel: Tensor) -> Tensor:
-        """(N, len(sel)) dense columns."""
+        """(N, len(sel)) dense float32 columns (`sel` may repeat a feature)."""
         if self.sparse is None:
-            return self.dense[:, sel]
-        pick = torch.zeros(self.F, len(sel), dtype=torch.float64)
-        pick[sel, torch.arange(len(sel))] = 1.0
-        return torch.sparse.mm(self.sparse, pick)
+            return self.dense[:, sel].float()
+        unique, inverse = sel.unique(return_inverse=True)
+        slot_F = torch.full((self.F,), -1, dtype=torch.long)
+        slot_F[unique] = torch.arange(len(unique))
+        (rows, feats), vals = self.sparse.indices(), self.sparse.values()
+        slot = slot_F[feats]
+        keep = slot >= 0
+        out = torch.zeros(self.sparse.shape[0], len(unique))
+        out[rows[keep], slot[keep]] = vals[keep].float()
+        return out[:, inverse]
 
 
-def mean_difference_ranking(feats: _Features, Y_NC: Tensor) -> Tensor:
+def mean_difference_ranking(feats: ProbeFeatures, Y_NC: Tensor) -> Tensor:
     """(F, C) standardised mean difference |mean(x | y) - mean(x | not y)| / std(x) of every feature and concept."""
     S_FC = feats.t_matmul(Y_NC)
     s_F, q_F, n = feats.moments()
@@ -316,23 +325,28 @@ def mean_difference_ranking(feats: _Features, Y_NC: Tensor) -> Tensor:
     return torch.where(std[:, None] > 1e-12, d, torch.zeros_like(d))
 
 
-def sparse_probe(train: _Features, held: _Features, Y_train: Tensor, Y_held: Tensor, size: int,
-                 chunk: int = 16) -> np.ndarray:
-    """Held-out F1 (C,) of per-concept logistic probes on the `size` features ranked first by mean difference."""
-    size = min(size, train.F)
-    rank = mean_difference_ranking(train, Y_train)
-    sel_CS = rank.topk(size, dim=0).indices.t()  # (C, size)
-    out = np.zeros(Y_train.shape[1])
+def sparse_probes(train: ProbeFeatures, held: ProbeFeatures, Y_train: Tensor, Y_held: Tensor, sizes,
+                  chunk: int = 16) -> dict[str, np.ndarray]:
+    """Per size n: held-out F1 (C,) of per-concept logistic probes on the n features ranked first by mean
+    difference. The ranking is one per concept, so a smaller probe's features are a prefix of a larger one's:
+    the columns are gathered and standardised once, at the largest size."""
+    out = {str(n): np.zeros(Y_train.shape[1]) for n in sizes}
+    if not out:
+        return out
+    top = min(max(int(n) for n in sizes), train.F)
+    sel_CS = mean_difference_ranking(train, Y_train).topk(top, dim=0).indices.t()  # (C, top), best first
     for lo in range(0, Y_train.shape[1], chunk):
         sel = sel_CS[lo: lo + chunk]
         g = sel.shape[0]
-        Xt = train.columns(sel.reshape(-1)).reshape(-1, g, size).permute(1, 0, 2)  # (g, N, size)
-        Xh = held.columns(sel.reshape(-1)).reshape(-1, g, size).permute(1, 0, 2)
+        Xt = train.columns(sel.reshape(-1)).reshape(-1, g, top).permute(1, 0, 2)  # (g, N, top)
+        Xh = held.columns(sel.reshape(-1)).reshape(-1, g, top).permute(1, 0, 2)
         Xt, Xh = _standardise(Xt, Xh)
         yt, yh = Y_train[:, lo: lo + g].t(), Y_held[:, lo: lo + g].t()
-        W, b = fit_logistic_newton(Xt, yt)
-        thr, _ = best_f1_threshold(logistic_scores(Xt, W, b).t(), yt.t())
-        out[lo: lo + g] = scores_at(logistic_scores(Xh, W, b).t(), yh.t(), thr)["f1"]
+        for n in sizes:
+            m = min(int(n), top)
+            W, b = fit_logistic_newton(Xt[..., :m], yt)
+            thr, _ = best_f1_threshold(logistic_scores(Xt[..., :m], W, b).t(), yt.t())
+            out[str(n)][lo: lo + g] = scores_at(logistic_scores(Xh[..., :m], W, b).t(), yh.t(), thr)["f1"]
     return out
 
 
@@ -598,18 +612,18 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     key = (str(Path(store.root).resolve()), site, int(step), probe_train_imgs.tobytes(), probe_held_imgs.tobytes(),
            tuple(concepts), tuple(sparse_sizes))
     if key not in _BASELINES:
-        raw_t, raw_h = _Features(dense_ND=Xt), _Features(dense_ND=Xh)
+        raw_t, raw_h = ProbeFeatures(dense_ND=Xt), ProbeFeatures(dense_ND=Xh)
         _BASELINES[key] = (probe_ceiling(Xt, Yt, Xh, Yh),
-                           {str(n): sparse_probe(raw_t, raw_h, Yt, Yh, n) for n in sparse_sizes})
+                           sparse_probes(raw_t, raw_h, Yt, Yh, sparse_sizes))
         while len(_BASELINES) > 4:
             _BASELINES.pop(next(iter(_BASELINES)))
     ceiling, raw_sparse = _BASELINES[key]
     sparse = {}
     for k, enc in encoders.items():
         cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))
-        ft = _Features(codes=cat(probe_codes[k]), num_features=enc.num_latents)
-        fh = _Features(codes=cat(held_codes[k]), num_features=enc.num_latents)
-        sparse[k] = {str(n): sparse_probe(ft, fh, Yt, Yh, n) for n in sparse_sizes}
+        ft = ProbeFeatures(codes=cat(probe_codes[k]), num_features=enc.num_latents)
+        fh = ProbeFeatures(codes=cat(held_codes[k]), num_features=enc.num_latents)
+        sparse[k] = sparse_probes(ft, fh, Yt, Yh, sparse_sizes)
     sparse["raw"] = raw_sparse
 
     # assemble
