@@ -226,3 +226,17 @@ def test_oracle_regions_follow_the_unsteered_image(model, sae):
     background, obj = out.regions[0], out.regions[1]
     assert background.shape == obj.shape == (2, 8, 8)
     assert ((background + obj) <= 1 + 1e-6).all()  # object 0 lies outside the background
+
+
+def test_reading_dict_keeps_the_rich_worlds_pattern_and_texture():
+    from difflens.steering.steer import reading_dict
+    from difflens.world import parse_caption, read_image, render
+
+    scene = parse_caption("a large striped red square in the center on a cyan dotted background")
+    image, _ = render(scene)
+    rich = reading_dict(read_image(image, world="rich"), "rich")
+    assert rich["texture"] == "dotted" and rich["objects"][0]["pattern"] == "striped"
+    assert rich["objects"][0]["color"] == "red" and rich["background"] == "cyan"
+    plain, _ = render(parse_caption("a large red square in the center on a white background"))
+    classic = reading_dict(read_image(plain))
+    assert set(classic) == {"background", "objects"} and "pattern" not in classic["objects"][0]

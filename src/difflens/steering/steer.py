@@ -159,13 +159,16 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
         regions.append(None if union is None else np.broadcast_to(union, (len(prompts), *union.shape[1:])))
     result = SteerResult(prompts, seeds, baseline, images, records, num_steps=num_steps, regions=regions)
     if wants_oracle:
-        result.readings = {"baseline": [reading_dict(r) for r in readings],
-                           "steered": [[reading_dict(read_image(im, world=world)) for im in batch] for batch in images]}
+        result.readings = {"baseline": [reading_dict(r, world) for r in readings],
+                           "steered": [[reading_dict(read_image(im, world=world), world) for im in batch]
+                                       for batch in images]}
     return result
 
 
-def reading_dict(reading) -> dict[str, Any]:
-    """An oracle reading as JSON: background and each object's attributes (masks left out)."""
-    return {"background": reading.background,
-            "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position}
-                        for o in reading.objects]}
+def reading_dict(reading, world: str = "classic") -> dict[str, Any]:
+    """An oracle reading as JSON: background and each object's attributes (masks left out); in the rich world
+    also the background texture and each object's pattern."""
+    rich = world == "rich"
+    objects = [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position,
+                **({"pattern": o.pattern} if rich else {})} for o in reading.objects]
+    return {"background": reading.background, **({"texture": reading.texture} if rich else {}), "objects": objects}
