@@ -100,6 +100,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         timings[name] = round(time.time() - start, 1)
         return result
 
+    _check_previous_run(out, cfg)
     model = dl.load_model(cfg.model)
     site = cfg.site or model.default_sites[0]
     mlp_site = site.rsplit(".", 1)[0] + ".mlp"
@@ -192,8 +193,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     return summary
 
 
+def _check_previous_run(out: Path, cfg: DemoConfig) -> None:
+    """A run folder holds one model's demo: say so plainly, not deep inside the capture's settings check."""
+    capture = out / "store" / "capture.json"
+    previous = json.loads(capture.read_text()).get("model") if capture.exists() else None
+    if previous and previous != cfg.model:
+        raise ValueError(f"{out} holds a demo of model {previous!r}, not of {cfg.model!r} (the demo's default model "
+                         f"is embedded-rich since the rich world landed): remove {out}, pass --out DIR, or --model "
+                         f"{previous}")
+
+
 def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
-    """Feature index per dictionary (all recorded steps), a card grid, oracle autointerp per method, and the
+    """Feature index per dictionary (at its training step), a card grid, oracle autointerp per method, and the
     ground-truth match of every latent beside a random floor."""
     import difflens as dl
 
@@ -208,7 +219,9 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
             continue
         folder = out / "dictionaries" / name
         _say(f"interpreting {name}: feature index, oracle autointerp on {cfg.autointerp_latents} latents, ground truth")
-        index = dl.feature_index(dictionary, steps="all", out=folder / "index", seed=cfg.seed)
+        # at the step the dictionary was trained at: pooled over every recorded step, the top images came from
+        # step 0 (86 % of them on embedded-rich), where a step-7 dictionary does not even reconstruct (FVU 2.0)
+        index = dl.feature_index(dictionary, out=folder / "index", seed=cfg.seed)
         summary = dl.autointerp(index, features=str(cfg.autointerp_latents), seed=cfg.seed)
         summaries[name] = summary
         truth = truth_report(dictionary, sparse_sizes=tuple(cfg.truth_sparse_sizes))
