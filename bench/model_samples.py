@@ -38,8 +38,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     ap.add_argument("--out", default="docs/rich_model_samples.png")
     args = ap.parse_args()
-    pipe = load_trained(args.weights)
-    pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
+    pipe = load_trained(args.weights).use_guidance(args.guidance)
     scenes = [parse_caption(p) for p in FIXED] + [
         s for n in (1, 2, 3) for s in sample_scenes(4, seed=0, split="heldout", n_objects=n, world="rich")]
     images = pipe.generate([s.caption for s in scenes], seeds=0)

@@ -26,8 +26,7 @@ parser.add_argument("--objects", default="1", help="object counts to score, e.g.
 parser.add_argument("--world", default=None, help="classic or rich (default: the model's)")
 args = parser.parse_args()
 
-pipe = load_trained(args.weights)
-pipe.config.guidance_scale = pipe.resolve_guidance(args.guidance)
+pipe = load_trained(args.weights).use_guidance(args.guidance)
 results = {}
 for n_objects in (int(v) for v in args.objects.split(",")):
     start = time.time()

@@ -169,6 +169,15 @@ def test_guidance_mixes_prompt_and_empty_prompt(tiny):
     assert torch.isfinite(states).all() and torch.isfinite(pooled).all()
     with pytest.raises(ValueError, match="guidance_scale"):
         tiny.generate(PROMPTS, num_steps=1, guidance_scale=float("nan"))
+    saved = tiny.config.guidance_scale
+    try:  # use_guidance sets the default that generate falls back to
+        assert tiny.use_guidance(4.0) is tiny
+        assert np.array_equal(tiny.generate(PROMPTS, num_steps=2, seeds=[5, 6]), guided)
+        assert tiny.use_guidance(None).config.guidance_scale == 4.0  # None keeps the current default
+        with pytest.raises(ValueError, match="guidance_scale"):
+            tiny.use_guidance(float("nan"))
+    finally:
+        tiny.config.guidance_scale = saved
 
 
 def test_caption_dropout_empties_some_prompts_deterministically(tiny):

@@ -145,8 +145,7 @@ def cmd_quality(args) -> None:
     from .quality import measure_quality
 
     cmd = config_from_args(QualityCommand, args)
-    pipe = _load_pipe(cmd.weights)
-    pipe.config.guidance_scale = pipe.resolve_guidance(cmd.guidance)
+    pipe = _load_pipe(cmd.weights).use_guidance(cmd.guidance)
     print(json.dumps(measure_quality(pipe, n=cmd.n, num_steps=cmd.steps)))
 
 
@@ -157,8 +156,7 @@ def cmd_ship(args) -> None:
     cmd = config_from_args(ShipCommand, args)
     folder = Path(cmd.train_dir)
     config = json.loads((folder / "train_config.json").read_text())
-    pipe = load_checkpoint_ema(folder)
-    pipe.config.guidance_scale = pipe.resolve_guidance(cmd.guidance)
+    pipe = load_checkpoint_ema(folder).use_guidance(cmd.guidance)
     notes = "" if cmd.notes is None else Path(cmd.notes).read_text()
     quality = ship(pipe, config, dest=cmd.dest, n=cmd.n, notes=notes, step=checkpoint_step(folder))
     print(json.dumps(quality))

@@ -198,6 +198,11 @@ class ShapesPipeline:
         """The scale `generate` uses: the model's default when None; > 1 runs a [empty; prompts] batch."""
         return check_guidance_scale(self.config.guidance_scale if guidance_scale is None else float(guidance_scale))
 
+    def use_guidance(self, guidance_scale: float | None) -> "ShapesPipeline":
+        """Make `guidance_scale` the default of `generate` (None: keep the saved one); returns the pipeline."""
+        self.config.guidance_scale = self.resolve_guidance(guidance_scale)
+        return self
+
     @torch.no_grad()
     def generate(self, prompts: list[str] | str, num_steps: int = DEFAULT_STEPS,
                  seeds: list[int] | int = 0, guidance_scale: float | None = None) -> np.ndarray:
