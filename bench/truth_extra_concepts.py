@@ -14,7 +14,8 @@ of them:
            motif:bg / motif:object = the token is on a background's or an object's second tone (a dot, stripe
            or check)
     edge   which side of its object a token sits on: edge:<above|below|left|right> = object token whose
-           neighbour on that side is not the object; corner:<a>-<b> = two such sides; edge:tip = three or four;
+           neighbour on that side is not the object; corner:<a>-<b> = two adjacent such sides; edge:tip =
+           three or four;
            and each of those with the object's shape (edge:above&triangle, ...)
     bgpos  where a background token sits: bgpos:<top|middle|bottom>-row, bgpos:<left|center|right>-col (thirds
            of the grid), and each with the background colour (bgpos:top-row&bg:cyan, ...)

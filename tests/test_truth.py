@@ -296,3 +296,5 @@ def test_planted_red_latent_is_found_and_random_directions_are_not(tmp_path):
     # fewer train images: same rule, still found
     small = truth_report(_planted_dictionary(), store, max_train_images=6)
     assert small["images"]["train"] == 6 and {r["latent"]: r for r in small["latents"]}[0]["f1"] == 1.0
+    with pytest.raises(ValueError, match="sparse probe sizes must be positive"):
+        truth_report(_planted_dictionary(), store, sparse_sizes=(4, 0))

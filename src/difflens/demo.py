@@ -1,4 +1,5 @@
-"""`difflens demo`: the main job end to end on the embedded model, in minutes on a CPU, through the Python API.
+"""`difflens demo`: the main job end to end on an embedded model (default: embedded-rich), in minutes on a CPU,
+through the Python API.
 
 capture residual streams (20 % of the images held out) -> on the main site train TopK SAEs with plain inputs,
 whitened inputs (whitened loss) and whitened inputs (residual loss), an ITDA dictionary and the MLP-neuron
@@ -199,8 +200,7 @@ def _check_previous_run(out: Path, cfg: DemoConfig) -> None:
     previous = json.loads(capture.read_text()).get("model") if capture.exists() else None
     if previous and previous != cfg.model:
         raise ValueError(f"{out} holds a demo of model {previous!r}, not of {cfg.model!r} (the demo's default model "
-                         f"is embedded-rich since the rich world landed): remove {out}, pass --out DIR, or --model "
-                         f"{previous}")
+                         f"is embedded-rich since the rich world landed): remove {out} or pass --out DIR")
 
 
 def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
@@ -271,7 +271,8 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
     prompts_pool = world_prompts(200, seed=cfg.seed + 7, world=model.world)
     rows, grids = [], []
     for family, attribute, region in STEER_FAMILIES:
-        matches = [r for r in truth["latents"] if r["concept"].startswith(family + ":")]
+        # one attribute's value only: bg:pink&dotted (rich world) names two
+        matches = [r for r in truth["latents"] if r["concept"].startswith(family + ":") and "&" not in r["concept"]]
         if not matches:
             continue
         best = max(matches, key=lambda r: r["f1"])
@@ -287,7 +288,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
             objects = [dict(o) for o in reading["objects"]]
             if attribute != "background" and objects:
                 objects[0].pop(attribute)
-            return (None if attribute == "background" else reading["background"],
+            return (None if attribute == "background" else reading["background"], reading.get("texture"),
                     tuple(tuple(sorted(o.items())) for o in objects))
 
         prompts = [p for p in prompts_pool if value not in p.split()][: cfg.steer_images]

@@ -205,14 +205,7 @@ def label_image(image: np.ndarray, grid: tuple[int, int], world: str = "classic"
 
 
 def _reading_json(reading: SceneReading, world: str = "classic") -> dict:
-    rich = world != "classic"
-    out = {"background": reading.background,
-           "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position, "area": o.area,
-                        "centroid": [round(v, 2) for v in o.centroid], **({"pattern": o.pattern} if rich else {})}
-                       for o in reading.objects]}
-    if rich:
-        out["texture"] = reading.texture
-    return out
+    return reading.as_dict(rich=world == "rich", geometry=True)
 
 
 def store_world(store) -> str:

@@ -232,9 +232,6 @@ def fit_logistic_newton(X_GNd: Tensor, Y_GN: Tensor, *, l2: float = PROBE_L2, ma
         H = (Xa * (p * (1 - p))[..., None]).transpose(1, 2) @ Xa
         H = H.double() / n + torch.diag_embed((l2 * mask + 1e-9).expand(G, -1))
         step = torch.where(done[:, None], torch.zeros_like(w), torch.linalg.solve(H, grad))
-        # Newton decrement: gradᵀ H⁻¹ grad / 2 estimates the loss left above the optimum
-        done |= (grad * step).sum(1) < 2 * tol**2
-        step = torch.where(done[:, None], torch.zeros_like(w), step)
         t = torch.ones(G, dtype=torch.float64)
         for _ in range(12):  # halve each group's step until its loss does not rise (float32 sums: up to 1e-6)
             trial = w - t[:, None] * step
@@ -518,6 +515,9 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
             raise ValueError("this dictionary does not record its store: pass store=")
     if isinstance(store, (str, Path)):
         store = open_store(store)
+    sparse_sizes = tuple(dict.fromkeys(int(n) for n in sparse_sizes))
+    if any(n < 1 for n in sparse_sizes):
+        raise ValueError(f"sparse probe sizes must be positive feature counts, got {list(sparse_sizes)}")
     site = site if site is not None else dictionary.site
     step = step if step is not None else dictionary.step
     if site is None or step is None:

@@ -168,7 +168,4 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
 def reading_dict(reading, world: str = "classic") -> dict[str, Any]:
     """An oracle reading as JSON: background and each object's attributes (masks left out); in the rich world
     also the background texture and each object's pattern."""
-    rich = world == "rich"
-    objects = [{"color": o.color, "shape": o.shape, "size": o.size, "position": o.position,
-                **({"pattern": o.pattern} if rich else {})} for o in reading.objects]
-    return {"background": reading.background, **({"texture": reading.texture} if rich else {}), "objects": objects}
+    return reading.as_dict(rich=world == "rich")

@@ -46,6 +46,19 @@ class SceneReading:
     objects: list[ObjectReading]
     texture: str = "plain"  # rich world only
 
+    def as_dict(self, rich: bool = False, geometry: bool = False) -> dict:
+        """JSON form (masks left out): background and each object's attributes; `rich` adds the background texture
+        and each object's pattern, `geometry` each object's area and centroid."""
+        objects = []
+        for o in self.objects:
+            obj = {"color": o.color, "shape": o.shape, "size": o.size, "position": o.position}
+            if geometry:
+                obj.update(area=o.area, centroid=[round(v, 2) for v in o.centroid])
+            if rich:
+                obj["pattern"] = o.pattern
+            objects.append(obj)
+        return {"background": self.background, **({"texture": self.texture} if rich else {}), "objects": objects}
+
 
 def _nearest(rgb: np.ndarray, palette: np.ndarray) -> int:
     return int(np.argmin(((palette - rgb) ** 2).sum(-1)))
