@@ -15,8 +15,7 @@ of them:
            or check)
     edge   which side of its object a token sits on: edge:<above|below|left|right> = object token whose
            neighbour on that side is not the object; corner:<a>-<b> = two adjacent such sides; edge:tip =
-           three or four;
-           and each of those with the object's shape (edge:above&triangle, ...)
+           three or four; and each of those with the object's shape (edge:above&triangle, ...)
     bgpos  where a background token sits: bgpos:<top|middle|bottom>-row, bgpos:<left|center|right>-col (thirds
            of the grid), and each with the background colour (bgpos:top-row&bg:cyan, ...)
 
