@@ -204,10 +204,6 @@ def label_image(image: np.ndarray, grid: tuple[int, int], world: str = "classic"
     return reading_token_labels(reading, grid, world=world), reading
 
 
-def _reading_json(reading: SceneReading, world: str = "classic") -> dict:
-    return reading.as_dict(rich=world == "rich", geometry=True)
-
-
 def store_world(store) -> str:
     """"rich" when any of the store's prompts is a rich-world caption, else "classic" (prompts that are no
     shapes-world caption at all count as classic). It picks the oracle; labels still come from the pixels."""
@@ -373,7 +369,7 @@ def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = Tr
     readings = []
     for image_id in range(n_images):
         full[image_id], reading = label_image(store.load_image(image_id), grid, world)
-        readings.append(_reading_json(reading, world))
+        readings.append(reading.as_dict(rich=world == "rich", geometry=True))
     keep = full.sum(axis=(0, 1)) >= MIN_POSITIVE_TOKENS
     concepts = [name for name, k in zip(_ALL, keep) if k]
     packed = np.packbits(full[:, :, keep], axis=-1, bitorder="little")
