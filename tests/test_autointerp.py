@@ -12,6 +12,8 @@ import torch
 import difflens as dl
 from difflens.dictionaries import NeuronBasis
 from difflens.interpret.autointerp import AutointerpConfig, example_sets, run_autointerp
+from difflens.interpret.cards import card_image, feature_grid
+from difflens.interpret.heatmap import STYLES, upsample_map
 from difflens.store import ChunkRows, EntrySpec, StoreWriter
 from difflens.world import render, sample_scenes
 
@@ -115,6 +117,16 @@ def test_cards_for_an_image_site_and_a_text_site(planted, tmp_path):
     assert card.stat().st_size > 20_000
     with pytest.raises(ValueError, match="latent 7 does not exist"):
         dl.feature_card(index, 7, tmp_path / "nope.png")
+    # the spotlight shows the red latent's hottest token in its own colour; the blue paint hides it
+    top = index.top_images(0)[0]
+    image = index.store.load_image(top["image_id"])
+    amap = index.activation_map(0, top["image_id"], top["step"]).numpy()
+    hot = upsample_map(amap, *image.shape[:2]) == amap.max()
+    drawn = {s: card_image(index, 0, top, s)[:: 192 // image.shape[0], :: 192 // image.shape[0]] for s in STYLES}
+    assert (drawn["spotlight"][hot] == image[hot]).all() and not (drawn["blue"][hot] == image[hot]).all()
+    assert feature_grid(index, [0, 1], tmp_path / "grid.png", style="spotlight").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="style must be one of"):
+        feature_grid(index, [0, 1], tmp_path / "bad.png", style="outline")
     neurons = NeuronBasis(3)
     neurons.meta = {"site": TEXT_SITE, "step": 0, "store": index.store.identity(), "split": "train"}
     text_index = dl.feature_index(neurons, root, top_n=4, samples=8)

@@ -37,7 +37,7 @@ def test_patchify_round_trip_is_row_major():
 def test_forward_and_generation_shapes(tiny):
     cfg = tiny.config
     embeds, pooled = tiny.encode_prompt(PROMPTS)
-    assert embeds.shape == (2, cfg.max_text_len, cfg.width) and pooled.shape == (2, cfg.width)
+    assert embeds.shape == (2, cfg.max_text_len, cfg.text_encoder_width) and pooled.shape == (2, cfg.text_encoder_width)
     x = torch.randn(2, cfg.grid_size**2, cfg.patch_channels)
     v = tiny.velocity(x, torch.tensor([0.5, 0.9]), embeds, pooled)
     assert v.shape == x.shape
@@ -271,6 +271,8 @@ def test_cli_flags_come_from_the_configs(monkeypatch, capsys):
     assert (cfg.out, cfg.steps, cfg.autoencoder_latent_noise, cfg.caption_dropout, cfg.threads) == \
         ("checkpoints/x", 7, 0.0, 0.0, 2)
     assert cfg.model == ShapesModelConfig(latent_channels=0) and cfg.batch_size == TrainConfig().batch_size
+    wide = train_config_from_args(parser.parse_args(["world", "train", "--num-heads", "8", "--text-width", "96"]))
+    assert (wide.model.width, wide.model.text_encoder_width) == (192, 96)
     args = parser.parse_args(["world", "train", "--autoencoder-latent-noise", "0.2"])
     assert train_config_from_args(args).autoencoder_latent_noise == 0.2
 
@@ -385,6 +387,16 @@ def test_training_can_start_from_a_pretrained_text_encoder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights file"):
         train(TrainConfig(out=str(tmp_path / "run3"), steps=1, batch_size=2, model=ShapesModelConfig.tiny(),
                           text_encoder_init=str(tmp_path / "missing.safetensors")), progress=False)
+    # a wider transformer keeps the narrow encoder with text_width: context_embedder maps 32 -> 64, as FLUX maps T5
+    wider = ShapesModelConfig(**{**asdict(wide), "text_width": ShapesModelConfig.tiny().width})
+    assert (wider.width, wider.text_encoder_width) == (64, 32)
+    pipe = train(TrainConfig(out=str(tmp_path / "run4"), steps=1, batch_size=2, lr=0.0, warmup_steps=1, model=wider,
+                             text_encoder_init=str(tmp_path / "enc.safetensors")), progress=False)
+    assert all(torch.equal(pipe.text_encoder.state_dict()[k], donor[k]) for k in donor)
+    assert pipe.transformer.context_embedder.weight.shape == (64, 32)
+    assert pipe.generate(["a large red circle on the left on a white background"], num_steps=1).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="text_width must be 0"):
+        ShapesModelConfig(text_width=30)  # not a multiple of the 4 text heads
 
 
 def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_training(tmp_path):

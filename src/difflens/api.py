@@ -157,11 +157,12 @@ def load_index(path: str | Path):
     return FeatureIndex.load(path)
 
 
-def feature_card(index, latent: int, out: str | Path | None = None, n_images: int = 8):
-    """One latent's card (top images with its activation in blue, histogram, frequency by step); PNG if ``out``."""
+def feature_card(index, latent: int, out: str | Path | None = None, n_images: int = 8, style: str = "blue"):
+    """One latent's card (top images with its activation in blue, or ``style="spotlight"``: true colours where it
+    fires; histogram; frequency by step); PNG if ``out``."""
     from difflens.interpret.cards import feature_card as _card
 
-    return _card(index, latent, out, n_images)
+    return _card(index, latent, out, n_images, style)
 
 
 def autointerp(index, out: str | Path | None = None, vlm=None, **settings: Any) -> dict:

@@ -233,8 +233,10 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
                      "explained_share_random": truth["explained_share_random"],
                      "coverage_mean": truth.get("mean_coverage"), "score_vs_f1_spearman": agree["spearman"],
                      "names_truth_concept": agree["named_share"]})
-        if name == "sae_pca":
-            feature_grid(index, select_features(index, str(cfg.card_latents), cfg.seed), out / "plots" / "cards_sae_pca.png")
+        if name == "sae_pca":  # the same latents in both styles: blue paint, and true colours where they fire
+            latents = select_features(index, str(cfg.card_latents), cfg.seed)
+            feature_grid(index, latents, out / "plots" / "cards_sae_pca.png")
+            feature_grid(index, latents, out / "plots" / "cards_sae_pca_spotlight.png", style="spotlight")
     compare_methods(summaries, out / "plots" / "autointerp_oracle.png")
     table = format_table(rows, ["dictionary", "latents", "alive", "autointerp_mean", "autointerp_median",
                                 "explained_share", "explained_share_random", "coverage_mean",

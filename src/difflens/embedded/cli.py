@@ -20,7 +20,7 @@ from .pipeline import DEFAULT_STEPS
 
 # the fields of the nested `TrainConfig.model` that `world train` exposes as flags
 MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len", "num_double_blocks", "num_single_blocks",
-                         "text_layers"})
+                         "text_layers", "num_heads", "head_dim", "text_width"})
 
 
 @dataclass

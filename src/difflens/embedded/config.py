@@ -33,6 +33,10 @@ class ShapesModelConfig:
     text_layers: int = 2
     """layers of the word-level text encoder trained jointly with the transformer"""
     text_heads: int = 4
+    text_width: int = 0
+    """width of the text encoder's states; 0: the transformer's width. As FLUX.1's T5 (4096) feeds a 3072-wide
+    transformer, the transformer's `context_embedder` maps one onto the other, so a pretrained encoder can serve
+    a wider transformer"""
     max_text_len: int = 24
     prediction: str = "x"
     """what the transformer outputs. "x": the clean image x_0, and the velocity is derived from it (JiT, Li &
@@ -62,6 +66,9 @@ class ShapesModelConfig:
         if self.latent_channels < 0 or (self.latent_channels and self.patch_size != 4):
             raise ValueError(f"latent_channels must be 0 (pixels) or > 0 with patch_size 4, got "
                              f"{self.latent_channels} with patch_size {self.patch_size}")
+        if self.text_width < 0 or (self.text_width and self.text_width % self.text_heads):
+            raise ValueError(f"text_width must be 0 (the transformer's width) or a positive multiple of text_heads "
+                             f"{self.text_heads}, got {self.text_width}")
         check_guidance_scale(self.guidance_scale)
         from ..world import WORLDS, vocabulary
 
@@ -78,6 +85,11 @@ class ShapesModelConfig:
     def width(self) -> int:
         """Residual-stream width of the transformer (= text embedding width)."""
         return self.num_heads * self.head_dim
+
+    @property
+    def text_encoder_width(self) -> int:
+        """Width of the text encoder's states (`text_width`, or the transformer's width when it is 0)."""
+        return self.text_width or self.width
 
     @property
     def patch_channels(self) -> int:

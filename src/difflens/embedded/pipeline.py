@@ -39,8 +39,8 @@ def build_transformer(cfg: ShapesModelConfig) -> FluxTransformer2DModel:
         num_single_layers=cfg.num_single_blocks,
         attention_head_dim=cfg.head_dim,
         num_attention_heads=cfg.num_heads,
-        joint_attention_dim=cfg.width,
-        pooled_projection_dim=cfg.width,
+        joint_attention_dim=cfg.text_encoder_width,
+        pooled_projection_dim=cfg.text_encoder_width,
         guidance_embeds=False,
         axes_dims_rope=cfg.axes_dims_rope,
     )
@@ -89,8 +89,8 @@ class ShapesPipeline:
     @staticmethod
     def build_modules(config: ShapesModelConfig) -> tuple:
         """(transformer, text_encoder, autoencoder or None), randomly initialised."""
-        text_encoder = TextEncoder(len(config.vocab) + 1, config.max_text_len, config.width, config.text_layers,
-                                   config.text_heads)
+        text_encoder = TextEncoder(len(config.vocab) + 1, config.max_text_len, config.text_encoder_width,
+                                   config.text_layers, config.text_heads)
         autoencoder = ShapesAutoencoder(config.latent_channels) if config.latent_channels else None
         return build_transformer(config), text_encoder, autoencoder
 

@@ -238,7 +238,7 @@ def _load_init(setting: str, module: torch.nn.Module, file: Path, shape: str, pr
 def load_text_encoder(pipe: ShapesPipeline, path: str | Path) -> None:
     """Load text-encoder weights (safetensors) into `pipe`; a missing file or other shapes is an error naming it."""
     _load_init("text_encoder_init", pipe.text_encoder, Path(path),
-               f"text encoder ({pipe.config.text_layers} layers, width {pipe.config.width})")
+               f"text encoder ({pipe.config.text_layers} layers, width {pipe.config.text_encoder_width})")
 
 
 def load_autoencoder(pipe: ShapesPipeline, path: str | Path) -> None:

@@ -1,6 +1,7 @@
 """Feature cards: what one latent responds to, from the stored images (never regenerated).
 
-A card shows the latent's top images with its activation painted in blue (see :mod:`.heatmap`), each with
+A card shows the latent's top images with its activation painted in blue, or as a spotlight that keeps the
+colours where it fires (``style``, see :mod:`.heatmap`), each with
 its prompt, denoising step and max activation; the activation histogram; and the firing frequency per
 step. For text-stream sites the prompts' words are shaded by activation instead. A grid shows many
 latents, one row each.
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .heatmap import enlarge, paint
+from .heatmap import check_style, draw_activation, enlarge
 
 
 def _plt():
@@ -40,11 +41,12 @@ def prompt_words(prompt: str, tokens: int) -> list[str]:
     return words + ["·"] * (tokens - len(words))
 
 
-def _overlay(index, latent: int, example: dict) -> np.ndarray:
+def card_image(index, latent: int, example: dict, style: str = "blue") -> np.ndarray:
+    """One top image as a card shows it: the latent's map drawn in `style`, enlarged to about 192 px."""
     image = _image(index.store, example["image_id"])
     amap = index.activation_map(latent, example["image_id"], example["step"])
     scale = max(1, 192 // image.shape[0])
-    return enlarge(paint(image, amap, float(index.max_activation[latent])), scale)
+    return enlarge(draw_activation(image, amap, float(index.max_activation[latent]), style), scale)
 
 
 def _caption(index, example: dict, width: int = 28) -> str:
@@ -70,10 +72,11 @@ def _text_row(ax, index, latent: int, example: dict) -> None:
     ax.axis("off")
 
 
-def feature_card(index, latent: int, out: str | Path | None = None, n_images: int = 8):
+def feature_card(index, latent: int, out: str | Path | None = None, n_images: int = 8, style: str = "blue"):
     """One latent's card; written to ``out`` (PNG) when given, else the matplotlib figure is returned."""
     plt = _plt()
     _check_latent(index, latent)
+    check_style(style)
     examples = index.top_images(latent)[:n_images]
     text_site = site_grid(index) is None
     cols = 4
@@ -85,7 +88,7 @@ def feature_card(index, latent: int, out: str | Path | None = None, n_images: in
             _text_row(fig.add_subplot(grid[i, :]), index, latent, example)
             continue
         ax = fig.add_subplot(grid[i // cols, i % cols])
-        ax.imshow(_overlay(index, latent, example))
+        ax.imshow(card_image(index, latent, example, style))
         ax.set_title(_caption(index, example), fontsize=7)
         ax.axis("off")
     edges, counts = index.histogram(latent)
@@ -110,13 +113,14 @@ def feature_card(index, latent: int, out: str | Path | None = None, n_images: in
     return _finish(fig, out)
 
 
-def feature_grid(index, latents: list[int], out: str | Path | None = None, n_images: int = 6):
+def feature_grid(index, latents: list[int], out: str | Path | None = None, n_images: int = 6, style: str = "blue"):
     """Many latents, one row each: top images with their heatmaps (image sites only)."""
     plt = _plt()
     if site_grid(index) is None:
         raise ValueError(f"{index.site} is a text-stream site: use feature_card for each latent")
     for latent in latents:
         _check_latent(index, latent)
+    check_style(style)
     fig, axes = plt.subplots(len(latents), n_images, figsize=(1.6 * n_images + 1.2, 1.75 * len(latents)),
                              squeeze=False)
     for row, latent in zip(axes, latents):
@@ -124,11 +128,12 @@ def feature_grid(index, latents: list[int], out: str | Path | None = None, n_ima
         for j, ax in enumerate(row):
             ax.axis("off")
             if j < len(examples):
-                ax.imshow(_overlay(index, latent, examples[j]))
+                ax.imshow(card_image(index, latent, examples[j], style))
         freq = sum(index.frequency(latent).values()) / max(len(index.steps), 1)
         row[0].text(-0.08, 0.5, f"{latent}\nmax {float(index.max_activation[latent]):.2g}\nfreq {freq:.2%}",
                     transform=row[0].transAxes, ha="right", va="center", fontsize=7)
-    fig.suptitle(f"{index.site}: top images per latent (blue: activation)", fontsize=9)
+    legend = "blue: activation" if style == "blue" else "true colours where active, grey where silent"
+    fig.suptitle(f"{index.site}: top images per latent ({legend})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / max(len(latents), 1) / 1.75))
     return _finish(fig, out)
 

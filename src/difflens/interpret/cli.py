@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from difflens.configs import add_command, add_config_arguments, config_from_args, given
 
@@ -39,6 +40,9 @@ class ShowCommand:
     """PNG to write (default: <index>/cards/latent-<i>.png or grid.png)"""
     images: int = 8
     """top images per latent"""
+    style: Literal["blue", "spotlight"] = "blue"
+    """how the activation is drawn: "blue" paint (the FLUX paper's), or "spotlight" (true colours where the
+    latent fires, the rest faded to grey: a colour latent's colour stays visible)"""
 
 
 @dataclass
@@ -122,10 +126,10 @@ def cmd_show(args) -> int:
     index = FeatureIndex.load(cmd.index)
     if len(cmd.feature) == 1:
         out = cmd.output or index.path / "cards" / f"latent-{cmd.feature[0]}.png"
-        path = feature_card(index, cmd.feature[0], out, n_images=cmd.images)
+        path = feature_card(index, cmd.feature[0], out, n_images=cmd.images, style=cmd.style)
     else:
         out = cmd.output or index.path / "cards" / "grid.png"
-        path = feature_grid(index, cmd.feature, out, n_images=min(cmd.images, 8))
+        path = feature_grid(index, cmd.feature, out, n_images=min(cmd.images, 8), style=cmd.style)
     print(f"wrote {path}")
     return 0
 
