@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import difflens as dl  # noqa: E402
-from difflens.interpret.labels import SIDES, TokenLabels, _neighbour, token_labels, token_owner  # noqa: E402
+from difflens.interpret.labels import SIDES, TokenLabels, neighbour_owner, token_labels, token_owner  # noqa: E402
 from difflens.interpret.truth import truth_report  # noqa: E402
 from difflens.world.oracle import read_image  # noqa: E402
 from difflens.world.palette import BACKGROUND_TONES, RICH_SHAPES, SHADES  # noqa: E402
@@ -87,7 +87,7 @@ def edge_family(store, base: TokenLabels) -> tuple[list[str], np.ndarray]:
             mine = owner == j
             # SIDES gives, for a background token on side s of an object, the offset to the object: an object
             # token's own neighbour on side s is at the opposite offset
-            outside = {s: mine & (_neighbour(owner, -dr, -dc) != j) for s, (dr, dc) in SIDES.items()}
+            outside = {s: mine & (neighbour_owner(owner, -dr, -dc) != j) for s, (dr, dc) in SIDES.items()}
             tip = mine & (sum(o.astype(int) for o in outside.values()) >= 3)
             for s in sides:
                 out[i][outside[s], col[f"edge:{s}"]] = True

@@ -141,7 +141,7 @@ def token_owner(reading: SceneReading, grid: tuple[int, int]) -> np.ndarray:
     return owner
 
 
-def _neighbour(owner: np.ndarray, dr: int, dc: int) -> np.ndarray:
+def neighbour_owner(owner: np.ndarray, dr: int, dc: int) -> np.ndarray:
     """owner of the token at (r + dr, c + dc) for every (r, c); -1 outside the grid."""
     out = np.full_like(owner, -1)
     gh, gw = owner.shape
@@ -159,7 +159,7 @@ def reading_token_labels(reading: SceneReading, grid: tuple[int, int], world: st
     background = owner < 0
     labels[background, _INDEX[f"bg:{reading.background}"]] = True
     labels[background, _INDEX["part:background"]] = True
-    neighbours = {side: _neighbour(owner, dr, dc) for side, (dr, dc) in SIDES.items()}
+    neighbours = {side: neighbour_owner(owner, dr, dc) for side, (dr, dc) in SIDES.items()}
     for i, obj in enumerate(reading.objects):
         mine = owner == i
         for name in object_concepts(obj.color, obj.shape, obj.size, obj.position):
