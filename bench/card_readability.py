@@ -2,14 +2,23 @@
 
     .venv/bin/python bench/card_readability.py [--run runs/demo] [--images 6] [--min-f1 0.5]
 
-For every dictionary of a demo-style run (folders with `truth.json` and `index/`), the latents whose best
-ground-truth concept is one colour (`color:<c>`: object colour; `bg:<c>`: background colour) at held-out F1 >=
---min-f1 are the colour latents. Each of their top card images is drawn as the card draws it
-(`interpret.heatmap.draw_activation`, at the image's own resolution) in both styles, and the pixels of the
-latent's hottest token are read back: each pixel is named by its nearest colour of the world's palette (object
-colours and their pattern shades, background base and second tones, and the paint's blue), and the token reads
-as its most common name. A card image "shows" the concept when that name is the concept's colour. Printed per
-dictionary and style: colour latents, card images, and the share that shows the colour; the last line is JSON.
+For every image-site dictionary of a demo-style run (folders with `truth.json` and `index/`), the latents whose
+best ground-truth concept is one colour (`color:<c>`: object colour; `bg:<c>`: background colour) at held-out
+F1 >= --min-f1 are the colour latents. Each of their top card images is drawn as the card draws it
+(`interpret.heatmap.draw_activation`, at the image's own resolution) in each style, and also left plain (the
+ceiling: what the raw image shows). Two readings per drawn image:
+
+  colour   the pixels of the latent's hottest token, each named by its nearest colour of the world's palette
+           (object colours and their pattern shades, background base and second tones, the paint's blue); the
+           token reads as its most common name, and the image "shows the colour" when that is the concept's.
+           Blue paint is 85 % opaque at the max, so it is near 0 by construction: the point is how far below
+           the plain image's share it is, and that the spotlight keeps that share.
+  marked   whether the style visibly marks what it marks (mean RGB distance from the plain image >= 40 over a
+           token's pixels): blue paints firing tokens, so its share is over tokens at >= half the latent's max;
+           the spotlight fades silent tokens, so its share is over tokens where the latent is silent. Light
+           pixels sit close to the spotlight's grey, so this is where the spotlight can fail.
+
+Printed per dictionary: colour latents, card images, and the shares per style; the last line is JSON.
 """
 
 import argparse
@@ -19,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.interpret.cards import site_grid
 from difflens.interpret.heatmap import BLUE, STYLES, draw_activation, upsample_map
 from difflens.interpret.index import FeatureIndex
 from difflens.world.palette import BACKGROUND_TONES, SHADES
@@ -42,6 +52,21 @@ def hottest_token_colour(drawn_HWC: np.ndarray, amap_hw: np.ndarray, names, rgb_
     return Counter(names[i] for i in nearest).most_common(1)[0][0]
 
 
+VISIBLE = 40.0  # mean RGB distance over a token's pixels that a reader sees as marked
+
+
+def marked_share(drawn_HWC: np.ndarray, image_HWC: np.ndarray, amap_hw: np.ndarray, top: float, style: str):
+    """(tokens the style visibly marks, tokens it should mark): firing at >= top / 2 for blue, silent for the
+    spotlight."""
+    amap = np.asarray(amap_hw, dtype=np.float32)
+    gh, gw = amap.shape
+    h, w = image_HWC.shape[:2]
+    dist_HW = np.linalg.norm(drawn_HWC.astype(np.float32) - image_HWC.astype(np.float32), axis=-1)
+    dist_hw = dist_HW.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3))
+    target = amap >= top / 2 if style == "blue" else amap <= 0
+    return int((dist_hw[target] >= VISIBLE).sum()), int(target.sum())
+
+
 def colour_latents(truth: dict, min_f1: float) -> list[tuple[int, str]]:
     """(latent, colour) for latents whose best concept is color:<c> or bg:<c> (one value) at F1 >= min_f1."""
     out = []
@@ -55,22 +80,29 @@ def colour_latents(truth: dict, min_f1: float) -> list[tuple[int, str]]:
 def measure(folder: Path, n_images: int, min_f1: float) -> dict:
     truth = json.loads((folder / "truth.json").read_text())
     index = FeatureIndex.load(folder / "index")
+    if site_grid(index) is None:
+        return {"dictionary": folder.name, "skipped": f"{index.site} is a text-stream site"}
     names, rgb = palette()
-    shown = {style: 0 for style in STYLES}
+    shown = dict.fromkeys(("plain", *STYLES), 0)
+    marked = {style: [0, 0] for style in STYLES}
     total = 0
     latents = colour_latents(truth, min_f1)
     for latent, colour in latents:
+        top = float(index.max_activation[latent])
         examples = index.top_images(latent)[:n_images]
-        maps = index.activation_maps(latent, examples)
-        for example, amap in zip(examples, maps):
-            image = index.store.load_image(example["image_id"])
-            top = float(index.max_activation[latent])
+        for example, amap in zip(examples, index.activation_maps(latent, examples)):
+            image, amap = index.store.load_image(example["image_id"]), amap.numpy()
             total += 1
+            shown["plain"] += hottest_token_colour(image, amap, names, rgb) == colour
             for style in STYLES:
                 drawn = draw_activation(image, amap, top, style)
-                shown[style] += hottest_token_colour(drawn, amap.numpy(), names, rgb) == colour
+                shown[style] += hottest_token_colour(drawn, amap, names, rgb) == colour
+                hit, of = marked_share(drawn, image, amap, top, style)
+                marked[style][0] += hit
+                marked[style][1] += of
     return {"dictionary": folder.name, "colour_latents": len(latents), "card_images": total,
-            **{f"shows_colour_{s}": shown[s] / total if total else None for s in STYLES}}
+            **{f"shows_colour_{s}": shown[s] / total if total else None for s in shown},
+            **{f"marked_{s}": hit / of if of else None for s, (hit, of) in marked.items()}}
 
 
 def main() -> None:
@@ -84,10 +116,14 @@ def main() -> None:
         if (folder / "truth.json").exists() and (folder / "index").exists():
             row = measure(folder, args.images, args.min_f1)
             rows.append(row)
-            shares = "  ".join(f"{s} {row[f'shows_colour_{s}']:.0%}" if row["card_images"] else f"{s} -"
-                               for s in STYLES)
-            print(f"{row['dictionary']:<24} colour latents {row['colour_latents']:>3}  card images "
-                  f"{row['card_images']:>4}  show the colour: {shares}")
+            if "skipped" in row:
+                print(f"{row['dictionary']:<24} skipped: {row['skipped']}")
+                continue
+            pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+            colour = "  ".join(f"{s} {pct(row[f'shows_colour_{s}'])}" for s in ("plain", *STYLES))
+            marks = "  ".join(f"{s} {pct(row[f'marked_{s}'])}" for s in STYLES)
+            print(f"{row['dictionary']:<14} colour latents {row['colour_latents']:>3}  card images "
+                  f"{row['card_images']:>4}  show the colour: {colour}  |  visibly marked: {marks}")
     print(json.dumps(rows))
 
 

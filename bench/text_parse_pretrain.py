@@ -71,6 +71,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--layers", type=int, default=None, help="encoder layers (default: the shipped rich model's)")
+    ap.add_argument("--width", type=int, default=None,
+                    help="encoder width (default: the shipped rich model's); a wider transformer can keep a narrower "
+                         "encoder with `world train --text-width`")
     ap.add_argument("--identity-weight", type=float, default=1.0,
                     help="weight of the second objective, naming each word (keeps different words' states apart)")
     ap.add_argument("--seed", type=int, default=0)
@@ -81,9 +84,10 @@ def main() -> None:
     cfg = ShapesModelConfig.from_json((SHIPPED_WEIGHTS["rich"] / "config.json").read_text())
     layers = args.layers or cfg.text_layers
     tokenizer = WordTokenizer(cfg.vocab, cfg.max_text_len)
-    encoder = TextEncoder(len(cfg.vocab) + 1, cfg.max_text_len, cfg.width, layers, cfg.text_heads)
-    head = torch.nn.Linear(cfg.width, OTHER + 1)
-    word_head = torch.nn.Linear(cfg.width, len(cfg.vocab) + 1)
+    width = args.width or cfg.text_encoder_width
+    encoder = TextEncoder(len(cfg.vocab) + 1, cfg.max_text_len, width, layers, cfg.text_heads)
+    head = torch.nn.Linear(width, OTHER + 1)
+    word_head = torch.nn.Linear(width, len(cfg.vocab) + 1)
     opt = torch.optim.AdamW([*encoder.parameters(), *head.parameters(), *word_head.parameters()], lr=1e-3)
     rng = np.random.default_rng(args.seed)
     start = time.time()

@@ -122,7 +122,8 @@ def test_cards_for_an_image_site_and_a_text_site(planted, tmp_path):
     image = index.store.load_image(top["image_id"])
     amap = index.activation_map(0, top["image_id"], top["step"]).numpy()
     hot = upsample_map(amap, *image.shape[:2]) == amap.max()
-    drawn = {s: card_image(index, 0, top, s)[:: 192 // image.shape[0], :: 192 // image.shape[0]] for s in STYLES}
+    drawn = {s: card_image(index, 0, top, s) for s in STYLES}
+    drawn = {s: d[:: d.shape[0] // image.shape[0], :: d.shape[1] // image.shape[1]] for s, d in drawn.items()}
     assert (drawn["spotlight"][hot] == image[hot]).all() and not (drawn["blue"][hot] == image[hot]).all()
     assert feature_grid(index, [0, 1], tmp_path / "grid.png", style="spotlight").stat().st_size > 10_000
     with pytest.raises(ValueError, match="style must be one of"):

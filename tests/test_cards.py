@@ -41,3 +41,12 @@ def test_spotlight_keeps_true_colours_where_active_and_fades_silent_tokens_to_gr
     assert (draw_activation(image, grid, 1.0, "blue") == paint(image, grid, 1.0)).all()
     with pytest.raises(ValueError, match="style must be one of blue, spotlight"):
         draw_activation(image, grid, 1.0, "red")
+
+
+def test_the_cli_offers_every_drawing_style():
+    import typing
+
+    from difflens.interpret.cli import ShowCommand
+    from difflens.interpret.heatmap import STYLES
+
+    assert typing.get_args(typing.get_type_hints(ShowCommand)["style"]) == STYLES

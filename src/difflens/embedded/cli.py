@@ -1,6 +1,6 @@
 """`difflens world train|render|quality|ship` and `difflens generate`: flags built from their configs.
 
-`world train` takes its flags from `TrainConfig` (and `latent_channels` from its nested `ShapesModelConfig`);
+`world train` takes its flags from `TrainConfig` (and those of `MODEL_FLAGS` from its nested `ShapesModelConfig`);
 the other commands from the small command dataclasses below. Field docstrings are the --help text and flags
 left out keep the dataclass defaults, so the CLI and the Python API share one set of defaults.
 """
@@ -20,7 +20,7 @@ from .pipeline import DEFAULT_STEPS
 
 # the fields of the nested `TrainConfig.model` that `world train` exposes as flags
 MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len", "num_double_blocks", "num_single_blocks",
-                         "text_layers", "num_heads", "head_dim", "text_width"})
+                         "text_layers", "num_heads", "text_width"})
 
 
 @dataclass

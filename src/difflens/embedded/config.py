@@ -27,7 +27,9 @@ class ShapesModelConfig:
     num_single_blocks: int = 2
     """single-stream blocks (one set of weights over the concatenated text and image tokens)"""
     num_heads: int = 4
+    """attention heads; the transformer's width is num_heads x head_dim"""
     head_dim: int = 24
+    """width of one head; must equal the sum of axes_dims_rope"""
     axes_dims_rope: tuple[int, int, int] = (8, 8, 8)
     """rotary embedding dimensions per axis; must sum to head_dim"""
     text_layers: int = 2
@@ -66,9 +68,9 @@ class ShapesModelConfig:
         if self.latent_channels < 0 or (self.latent_channels and self.patch_size != 4):
             raise ValueError(f"latent_channels must be 0 (pixels) or > 0 with patch_size 4, got "
                              f"{self.latent_channels} with patch_size {self.patch_size}")
-        if self.text_width < 0 or (self.text_width and self.text_width % self.text_heads):
+        if self.text_width < 0 or self.text_encoder_width % self.text_heads:
             raise ValueError(f"text_width must be 0 (the transformer's width) or a positive multiple of text_heads "
-                             f"{self.text_heads}, got {self.text_width}")
+                             f"{self.text_heads}, and the text encoder's width {self.text_encoder_width} must be one")
         check_guidance_scale(self.guidance_scale)
         from ..world import WORLDS, vocabulary
 
@@ -83,7 +85,7 @@ class ShapesModelConfig:
 
     @property
     def width(self) -> int:
-        """Residual-stream width of the transformer (= text embedding width)."""
+        """Residual-stream width of the transformer (num_heads x head_dim)."""
         return self.num_heads * self.head_dim
 
     @property
@@ -108,7 +110,9 @@ class ShapesModelConfig:
 
     def architecture(self) -> dict:
         """The fields that fix the weights' shapes and meaning (all but sampling defaults)."""
-        return {k: v for k, v in json.loads(json.dumps(asdict(self))).items() if k != "guidance_scale"}
+        arch = {k: v for k, v in json.loads(json.dumps(asdict(self))).items() if k != "guidance_scale"}
+        arch["text_width"] = self.text_encoder_width  # 0 and the transformer's own width are the same model
+        return arch
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -86,7 +86,7 @@ class TrainConfig:
     threads: int | None = None
     """torch CPU threads (None or 0: torch's choice)"""
     model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
-    """architecture of the model to train (the CLI sets latent_channels)"""
+    """architecture of the model to train (the CLI sets the fields of `cli.MODEL_FLAGS`)"""
 
     def __post_init__(self):
         if isinstance(self.model, dict):
@@ -238,7 +238,8 @@ def _load_init(setting: str, module: torch.nn.Module, file: Path, shape: str, pr
 def load_text_encoder(pipe: ShapesPipeline, path: str | Path) -> None:
     """Load text-encoder weights (safetensors) into `pipe`; a missing file or other shapes is an error naming it."""
     _load_init("text_encoder_init", pipe.text_encoder, Path(path),
-               f"text encoder ({pipe.config.text_layers} layers, width {pipe.config.text_encoder_width})")
+               f"text encoder ({pipe.config.text_layers} layers, width {pipe.config.text_encoder_width}; a "
+               f"narrower encoder can serve a wider transformer with text_width / --text-width)")
 
 
 def load_autoencoder(pipe: ShapesPipeline, path: str | Path) -> None:

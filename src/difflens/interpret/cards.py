@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .heatmap import check_style, draw_activation, enlarge
+from .heatmap import DRAWINGS, check_style, draw_activation, enlarge
 
 
 def _plt():
@@ -132,8 +132,7 @@ def feature_grid(index, latents: list[int], out: str | Path | None = None, n_ima
         freq = sum(index.frequency(latent).values()) / max(len(index.steps), 1)
         row[0].text(-0.08, 0.5, f"{latent}\nmax {float(index.max_activation[latent]):.2g}\nfreq {freq:.2%}",
                     transform=row[0].transAxes, ha="right", va="center", fontsize=7)
-    legend = "blue: activation" if style == "blue" else "true colours where active, grey where silent"
-    fig.suptitle(f"{index.site}: top images per latent ({legend})", fontsize=9)
+    fig.suptitle(f"{index.site}: top images per latent ({DRAWINGS[style][1]})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / max(len(latents), 1) / 1.75))
     return _finish(fig, out)
 

@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 BLUE = np.array([30.0, 90.0, 255.0])
-FADE_GREY = np.array([232.0, 232.0, 232.0])
-STYLES = ("blue", "spotlight")
+FADE_GREY = np.array([200.0, 200.0, 200.0])
 
 
 def upsample_map(map_HW: np.ndarray | torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -49,22 +48,28 @@ def paint(image_HWC: np.ndarray, map_HW, max_activation: float, strength: float 
     return _blend(image, strength * level, BLUE)
 
 
-def spotlight(image_HWC: np.ndarray, map_HW, max_activation: float, strength: float = 0.8) -> np.ndarray:
+def spotlight(image_HWC: np.ndarray, map_HW, max_activation: float, strength: float = 0.9) -> np.ndarray:
     """uint8 image faded to grey where the latent is silent: fade = strength · (1 - √(clip(a / max, 0, 1)))."""
     image, level = _image_and_level(image_HWC, map_HW, max_activation)
     return _blend(image, strength * (1 - level), FADE_GREY)
 
 
+# style -> (drawing function, what a figure's legend says it shows)
+DRAWINGS = {"blue": (paint, "blue: activation"),
+            "spotlight": (spotlight, "true colours where active, grey where silent")}
+STYLES = tuple(DRAWINGS)
+
+
 def check_style(style: str) -> str:
-    if style not in STYLES:
+    """`style` when it is one of `STYLES`, else a ValueError naming them."""
+    if style not in DRAWINGS:
         raise ValueError(f"style must be one of {', '.join(STYLES)}, got {style!r}")
     return style
 
 
 def draw_activation(image_HWC: np.ndarray, map_HW, max_activation: float, style: str = "blue") -> np.ndarray:
     """The map drawn over the image in one of `STYLES`: "blue" (`paint`) or "spotlight" (`spotlight`)."""
-    check_style(style)
-    return (paint if style == "blue" else spotlight)(image_HWC, map_HW, max_activation)
+    return DRAWINGS[check_style(style)][0](image_HWC, map_HW, max_activation)
 
 
 def enlarge(image_HWC: np.ndarray, factor: int) -> np.ndarray:
