@@ -31,15 +31,12 @@ import numpy as np
 from difflens.interpret.cards import site_grid
 from difflens.interpret.heatmap import BLUE, STYLES, draw_activation, upsample_map
 from difflens.interpret.index import FeatureIndex
-from difflens.world.palette import BACKGROUND_TONES, SHADES
-from difflens.world.scene import COLORS
+from difflens.world.palette import palette_tones
 
 
 def palette() -> tuple[list[str], np.ndarray]:
     """(names, (P, 3) RGB): every colour a reader could name on a card, shades under their colour's name."""
-    entries = [(name, rgb) for name, rgb in COLORS.items()] + [(name, rgb) for name, rgb in SHADES.items()]
-    entries += [(name, rgb) for name, tones in BACKGROUND_TONES.items() for rgb in tones]
-    entries.append(("paint-blue", tuple(BLUE)))
+    entries = [(name, rgb) for name, _kind, rgb in palette_tones()] + [("paint-blue", tuple(BLUE))]
     return [n for n, _ in entries], np.asarray([rgb for _, rgb in entries], dtype=np.float32)
 
 

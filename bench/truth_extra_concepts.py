@@ -42,21 +42,19 @@ import difflens as dl  # noqa: E402
 from difflens.interpret.labels import SIDES, TokenLabels, neighbour_owner, token_labels, token_owner  # noqa: E402
 from difflens.interpret.truth import truth_report  # noqa: E402
 from difflens.world.oracle import read_image  # noqa: E402
-from difflens.world.palette import BACKGROUND_TONES, RICH_SHAPES, SHADES  # noqa: E402
-from difflens.world.scene import COLORS  # noqa: E402
+from difflens.world.palette import RICH_SHAPES, palette_tones  # noqa: E402
 
 TONE_RADIUS = 45.0  # RGB distance within which a token's mean colour counts as a palette tone
 
 
 def tone_family(store, base: TokenLabels) -> tuple[list[str], np.ndarray]:
     """(names, bool (n_images, T, C')) of the pixel-tone concepts."""
-    tones = {**{f"tone:{c}": v for c, v in COLORS.items()}, **{f"tone:{c}-shade": v for c, v in SHADES.items()},
-             **{f"tone:bg-{b}": t[0] for b, t in BACKGROUND_TONES.items()},
-             **{f"tone:bg-{b}-second": t[1] for b, t in BACKGROUND_TONES.items()}}
-    names = list(tones)
-    palette = np.array([tones[n] for n in names], np.float32)
-    second = np.array([n.endswith("-second") for n in names])
-    shade = np.array([n.endswith("-shade") for n in names])
+    name_of = {"object": "tone:{}", "shade": "tone:{}-shade", "background": "tone:bg-{}", "second": "tone:bg-{}-second"}
+    tones = palette_tones()
+    names = [name_of[kind].format(name) for name, kind, _ in tones]
+    palette = np.array([rgb for _, _, rgb in tones], np.float32)
+    second = np.array([kind == "second" for _, kind, _ in tones])
+    shade = np.array([kind == "shade" for _, kind, _ in tones])
     gh, gw = base.grid
     out = np.zeros((base.num_images, gh * gw, len(names) + 2), bool)
     for i in range(base.num_images):

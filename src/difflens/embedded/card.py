@@ -107,8 +107,7 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         f"- transformer width {cfg.width} ({cfg.num_heads} heads x {cfg.head_dim}), {cfg.num_double_blocks} double blocks, "
         f"{cfg.num_single_blocks} single blocks, RoPE axes {list(cfg.axes_dims_rope)}; {params / 1e6:.2f} M parameters",
         f"- text encoder: {len(cfg.vocab)}-word vocabulary, width {cfg.text_encoder_width}, {cfg.text_layers} layers, "
-        f"{cfg.max_text_len} tokens; "
-        f"{text_params / 1e6:.2f} M parameters",
+        f"{cfg.max_text_len} tokens; {text_params / 1e6:.2f} M parameters",
         f"- prediction: {_PREDICTION[cfg.prediction]}",
         f"- weights: `{WEIGHTS_FILE}`, fp16, {size_mb:.1f} MB; EMA of the training weights"
         f"{_stopped_at(step, train_config)}",

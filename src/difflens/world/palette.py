@@ -29,5 +29,15 @@ RICH_SHAPES = (*SHAPES, *COMPOSITES)
 RICH_SIZES = (*SIZES, "huge")
 SAMPLED_SIZES = ("large", "huge")  # what the rich sampler draws ("small" stays valid in captions)
 
+
+
+def palette_tones() -> list[tuple[str, str, tuple[int, int, int]]]:
+    """Every flat colour a rich image is drawn with, as (name, kind, RGB): object colours (kind "object"), their
+    pattern shades ("shade"), background base colours ("background"), then their second tones ("second")."""
+    return ([(c, "object", rgb) for c, rgb in COLORS.items()] + [(c, "shade", rgb) for c, rgb in SHADES.items()]
+            + [(b, "background", tones[0]) for b, tones in BACKGROUND_TONES.items()]
+            + [(b, "second", tones[1]) for b, tones in BACKGROUND_TONES.items()])
+
+
 __all__ = ["BACKGROUND_TONES", "COMPOSITES", "PATTERNS", "RICH_BACKGROUNDS", "RICH_SHAPES", "RICH_SIZES",
-           "SAMPLED_SIZES", "SHADES", "SHADE_FACTOR", "TEXTURES"]
+           "SAMPLED_SIZES", "SHADES", "SHADE_FACTOR", "TEXTURES", "palette_tones"]
