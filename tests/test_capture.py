@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -309,3 +310,172 @@ def test_world_prompts_follow_the_named_world():
     assert resolve_prompts("world", 6, seed=2, world="rich") == rich
     with pytest.raises(ValueError, match="unknown shapes world"):
         resolve_prompts("world:fancy", 6, seed=2)
+
+
+# -- random-init control (teacher forced) -------------------------------------------------------------------------
+
+CONTROL_SITES = ["double.0.img.out", "single.0.txt.update"]
+
+
+def _denoiser_calls(a, prompts, seeds, **kw):
+    """(images, [(args, kwargs)] of every call of the trained denoiser) of a plain generation."""
+    calls = []
+    h = a._denoiser().register_forward_pre_hook(lambda m, args, kwargs: calls.append((args, dict(kwargs))),
+                                                with_kwargs=True)
+    try:
+        images = a.generate(prompts, seeds, **kw)
+    finally:
+        h.remove()
+    return images, calls
+
+
+def test_random_init_control_records_a_teacher_forced_copy(tmp_path):
+    from difflens.adapters.base import weights_fingerprint
+    from difflens.api import capture, open_store
+
+    a = adapter("embedded-tiny")
+    common = dict(sites=CONTROL_SITES, steps=[0, 1], num_steps=2, guidance=2.0, batch_size=2, progress=False)
+    normal = capture(a, n_images=3, out=tmp_path / "normal", **common)
+    control = capture(a, n_images=3, out=tmp_path / "control", control="random-init", **common)
+    # the trained model drew the images: identical pictures and prompts, so identical ground-truth labels
+    assert normal.prompts() == control.prompts()
+    for i in range(3):
+        assert np.array_equal(normal.load_image(i), control.load_image(i))
+    assert normal.meta["control"] == "none" and "control_weights" not in normal.meta
+    copy = a.control_denoiser(0)
+    assert control.meta["control"] == "random-init" and control.meta["control_seed"] == 0
+    assert control.meta["weights"] == normal.meta["weights"] == a.weights_fingerprint()  # the trained model's
+    assert control.meta["control_weights"] == weights_fingerprint({"denoiser": copy}) != normal.meta["weights"]
+    assert control.identity()["control"] == "random-init" and "control" not in normal.identity()
+    assert "control    random-init (seed 0" in control.describe()
+    capture_json = (tmp_path / "control" / "capture.json").read_text()
+    assert '"control": "random-init"' in capture_json
+    assert '"control"' not in (tmp_path / "normal" / "capture.json").read_text()  # old stores still resume
+    for site, step in normal.entries():
+        rn, rc = normal.reader(site, step), control.reader(site, step)
+        ids = torch.arange(rn.num_rows)
+        assert rn.num_rows == rc.num_rows
+        acts = rc.read_rows(ids).float()
+        assert torch.isfinite(acts).all() and acts.std() > 0 and acts.std(0).min() > 0  # not degenerate
+        assert not torch.equal(rn.read_rows(ids), rc.read_rows(ids)), (site, step)
+
+    # the control's rows are what the copy computes from the trained model's own inputs (conditional half)
+    images, calls = _denoiser_calls(a, [p["prompt"] for p in control.prompts()[:2]], [0, 1], num_steps=2, guidance=2.0)
+    assert len(calls) == 2 and np.array_equal(images[0], control.load_image(0))
+    block = copy.transformer_blocks[0]
+    for step, (args, kwargs) in enumerate(calls):
+        out = []
+        h = block.register_forward_hook(lambda m, args, kwargs, o: out.append(o[1]), with_kwargs=True)
+        copy(*args, **kwargs)
+        h.remove()
+        want = out[0][2:].to(torch.float16)  # [empty prompts; prompts]: the conditional half
+        rd = control.reader("double.0.img.out", step)
+        sel = np.nonzero(rd.trace(torch.arange(rd.num_rows))["image_id"] < 2)[0]
+        assert torch.equal(rd.read_rows(sel).reshape(want.shape), want), step
+
+    # in memory: the same rows; same control seed -> same acts, another seed -> other acts, images unchanged
+    mem = capture(a, n_images=3, control="random-init", **{k: v for k, v in common.items() if k != "progress"})
+    assert mem.identity()["control_weights"] == control.meta["control_weights"]
+    rd = control.reader("double.0.img.out", 1)
+    assert torch.equal(mem["double.0.img.out", 1].reshape(rd.num_rows, -1).half(), rd.read_rows(torch.arange(rd.num_rows)))
+    other = capture(a, n_images=3, control="random-init", control_seed=1,
+                    **{k: v for k, v in common.items() if k != "progress"})
+    assert np.array_equal(mem.images, other.images)
+    assert not torch.equal(mem["double.0.img.out", 1], other["double.0.img.out", 1])
+    assert torch.equal(a.control_denoiser(1).state_dict()["x_embedder.weight"],
+                       a.control_denoiser(1).state_dict()["x_embedder.weight"])  # drawn from the seed alone
+
+    # a store of old (no control key) reads as a normal capture
+    meta_path = tmp_path / "normal" / "store.json"
+    old = json.loads(meta_path.read_text())
+    del old["control"]
+    meta_path.write_text(json.dumps(old))
+    assert open_store(tmp_path / "normal").meta["control"] == "none"
+
+
+def test_random_init_copy_of_a_plain_module():
+    from difflens.adapters.base import random_init_copy
+
+    trained = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    with torch.no_grad():
+        trained[1].weight.fill_(3.0)
+    rng = torch.random.get_rng_state()
+    a, b = random_init_copy(trained, 0), random_init_copy(trained, 0)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the global RNG is left alone
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a[0].weight, trained[0].weight) and torch.equal(a[1].weight, torch.ones(8))
+    assert not torch.equal(random_init_copy(trained, 1)[0].weight, a[0].weight)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(3))
+
+    with pytest.raises(ValueError, match="no reset_parameters\\(\\) for scale"):
+        random_init_copy(Scaled(), 0)
+
+
+def test_control_resume_and_bad_values_are_refused(tmp_path):
+    a = adapter("embedded-tiny")
+    base = dict(model="embedded-tiny", sites=["double.0.img.out"], num_steps=2, n_images=2, batch_size=2,
+                progress=False)
+    normal = CaptureConfig(out=str(tmp_path / "n"), **base)
+    run_capture(normal, adapter=a)
+    with pytest.raises(ValueError, match=r"different settings \(control, control_seed, control_weights\)"):
+        run_capture(CaptureConfig(out=normal.out, control="random-init", **base), adapter=a)
+    ctl = CaptureConfig(out=str(tmp_path / "c"), control="random-init", **base)
+    run_capture(ctl, adapter=a)
+    run_capture(ctl, adapter=a)  # the same control resumes (nothing left to do)
+    with pytest.raises(ValueError, match=r"different settings \(control, control_seed, control_weights\)"):
+        run_capture(CaptureConfig(out=ctl.out, **base), adapter=a)
+    with pytest.raises(ValueError, match=r"different settings \(control_seed, control_weights\)"):
+        run_capture(CaptureConfig(out=ctl.out, control="random-init", control_seed=5, **base), adapter=a)
+    for bad, message in [({"control": "random"}, "--control must be one of none, random-init, got 'random'"),
+                         ({"control": "random-init", "control_seed": -1}, "--control-seed must be an integer >= 0")]:
+        with pytest.raises(ValueError, match=message):
+            run_capture(CaptureConfig(out=str(tmp_path / "bad"), **base, **bad), adapter=a)
+    assert not (tmp_path / "bad").exists()  # refused before any work
+    assert capture_config(_parse("cache", "--out", "X", "--control", "random-init", "--control-seed", "3")) == \
+        CaptureConfig(out="X", control="random-init", control_seed=3)
+    with pytest.raises(SystemExit):
+        cli_main(["cache", "--out", "x", "--control", "random"])
+    with a.teacher_forced_control(0):
+        from difflens.adapters import Intervention
+
+        with pytest.raises(ValueError, match="interventions under a teacher-forced control"):
+            a.generate(["a red circle"], 0, num_steps=1, capture=Capture(["double.0.img.out"], lambda *x: None),
+                       interventions=[Intervention("double.0.img.out", torch.zeros(32))])
+        with pytest.raises(RuntimeError, match="already active"):
+            with a.teacher_forced_control(1):
+                pass
+    assert a._control is None
+
+
+@pytest.mark.parametrize("name, site, guidance", [("flux-tiny", "double.1.img.out", None),
+                                                  ("sdxl-tiny", "unet.mid_block.attentions.0.out", 3.0)])
+def test_control_capture_of_diffusers_models(name, site, guidance, tmp_path):
+    """FLUX and SDXL (the UNet; with CFG: the conditional half) through the same adapter mechanism."""
+    from difflens.api import capture
+
+    a = adapter(name)
+    kw = dict(sites=[site], steps="all", num_steps=2, guidance=guidance, batch_size=2, save_images=True)
+    plain = capture(a, n_images=2, **kw)
+    ctl = capture(a, n_images=2, control="random-init", control_seed=1, **kw)
+    assert np.array_equal(plain.images, ctl.images) and ctl.weights == plain.weights
+    copy = a.control_denoiser(1)
+    images, calls = _denoiser_calls(a, [p["prompt"] for p in ctl.prompts], [p["seed"] for p in ctl.prompts],
+                                    num_steps=2, guidance=guidance)
+    assert np.array_equal(images, ctl.images) and len(calls) == 2
+    if name == "flux-tiny":
+        module, pick = copy.transformer_blocks[1], lambda o: o[1]
+    else:
+        module, pick = dict(copy.named_modules())["mid_block.attentions.0"], lambda o: o[0].flatten(2).transpose(1, 2)
+    for step, (args, kwargs) in enumerate(calls):
+        out = []
+        h = module.register_forward_hook(lambda m, args, o: out.append(pick(o)))
+        copy(*args, **kwargs)
+        h.remove()
+        want = out[0][out[0].shape[0] - 2:]  # under CFG the batch is [uncond; cond]
+        got = ctl[site, step]
+        assert torch.equal(got, want.float()) and torch.isfinite(got).all() and got.std() > 0, step
+        assert not torch.equal(got, plain[site, step])

@@ -60,6 +60,23 @@ def test_labels_of_a_centred_red_square():
         assert (_col(labels, f"near:{side}:red") == where).all(), side
         assert not _col(labels, f"near:{side}:yellow").any()
     assert not labels.reshape(16, 16, -1)[5, 5, CONCEPTS.index("side:above")]
+    # places within the square (rows and columns 6..9): its outline rows and columns, the 4 corners, its centre
+    places = {"top-edge": _block((6, 6), (6, 9)), "bottom-edge": _block((9, 9), (6, 9)),
+              "left-edge": _block((6, 9), (6, 6)), "right-edge": _block((6, 9), (9, 9)),
+              "centre": _block((7, 8), (7, 8))}
+    places["corner"] = obj & ((places["top-edge"] | places["bottom-edge"]) & (places["left-edge"] | places["right-edge"]))
+    assert places["corner"].sum() == 4
+    for place, where in places.items():
+        assert (_col(labels, f"place:{place}") == where).all(), place
+        assert (_col(labels, f"place:{place}&red") == where).all() and (_col(labels, f"place:{place}&square") == where).all()
+        assert not _col(labels, f"place:{place}&blue").any()
+
+
+def test_concepts_are_tagged_coarse_or_specific():
+    from difflens.interpret.labels import COARSE_CONCEPTS, concept_kind
+
+    assert {c for c in CONCEPTS if concept_kind(c) == "coarse"} == set(COARSE_CONCEPTS)
+    assert concept_kind("color:red") == concept_kind("place:bottom-edge&purple") == "specific"
 
 
 def test_labels_of_two_objects_follow_the_half_pixel_rule():
@@ -196,13 +213,15 @@ def _scenes(n: int) -> list[Scene]:
     out = []
     for i in range(n):
         color = "red" if i % 2 == 0 else OTHER[i % len(OTHER)]
-        obj = ObjectSpec(SHAPES[i % 4], color, "large", POSITIONS[(3 * i) % 9])
+        obj = ObjectSpec(SHAPES[i % 4], color, "small" if i % 4 == 3 else "large", POSITIONS[(3 * i) % 9])
         out.append(Scene(("white", "black", "gray")[i % 3], (obj,)))
     return out
 
 
-def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=False):
-    """Rendered scenes as 'generated' images; image-token activations: dim 0 = 4 on red tokens, noise elsewhere."""
+def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=False, split=False):
+    """Rendered scenes as 'generated' images; image-token activations: dim 0 = 4 on red tokens, noise elsewhere.
+    `split`: also dims 1-3 = 8 on the red tokens whose index is 0, 1, 2 mod 3 (red split three ways), dim 4 = 8 on
+    a random 5 % of tokens (noise), dim 5 = 8 on every object token (a coarse concept)."""
     scenes = _scenes(n_images)
     w = StoreWriter(root, dtype="float16")
     w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": f"p{i}", "seed": i} for i in range(n_images)])
@@ -217,6 +236,12 @@ def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=Fals
             is_red = label_image(img, GRID)[0][:, red]
             a = rng.normal(size=(256, DIM)).astype(np.float32)
             a[:, 0] = 4.0 * is_red + 0.1 * rng.normal(size=256)
+            if split:
+                third = np.arange(256) % 3
+                for j in range(3):
+                    a[:, 1 + j] = 8.0 * (is_red & (third == j))
+                a[:, 4] = 8.0 * (rng.random(256) < 0.05)
+                a[:, 5] = 8.0 * label_image(img, GRID)[0][:, CONCEPTS.index("part:object")]
             acts.append(a)
         rows = {(SITE, 0): ChunkRows(torch.tensor(np.concatenate(acts)), np.repeat(ids, 256),
                                      np.tile(np.arange(256), len(ids)))}
@@ -244,8 +269,8 @@ def test_token_labels_cache_and_lookup(tmp_path):
     assert labels_path(store, GRID).exists()
     again = token_labels(store)
     assert again.concepts == labels.concepts and np.array_equal(again.packed, labels.packed)
-    # concepts with too few tokens are dropped: no image here has a small object
-    assert "size:small" not in labels.concepts and "color:red" in labels.concepts
+    # concepts with too few tokens are dropped: no image here has a red square
+    assert "pair:red&square" not in labels.concepts and "color:red" in labels.concepts
     first = labels.image(0)
     want, reading = label_image(store.load_image(0), GRID)
     assert np.array_equal(first, want[:, [CONCEPTS.index(c) for c in labels.concepts]])
@@ -298,3 +323,55 @@ def test_planted_red_latent_is_found_and_random_directions_are_not(tmp_path):
     assert small["images"]["train"] == 6 and {r["latent"]: r for r in small["latents"]}[0]["f1"] == 1.0
     with pytest.raises(ValueError, match="sparse probe sizes must be positive"):
         truth_report(_planted_dictionary(), store, sparse_sizes=(4, 0))
+
+
+def test_precision_sees_a_split_concept_and_its_union_covers_it(tmp_path):
+    """A perfectly precise latent on a third of red: precision 1, recall about 1/3 (F1 about 0.5, below the F1 bar);
+    the three thirds together cover red; a noise latent is precise for nothing; an object-token latent is precise
+    only for a coarse concept, so it does not count in the headline."""
+    store = make_world_store(tmp_path, split=True)
+    report = truth_report(_planted_dictionary(), store, random_seed=0, sparse_sizes=())
+    rows = {r["latent"]: r for r in report["latents"]}
+    for j in (1, 2, 3):
+        third = rows[j]
+        assert third["precise_concept"] == "color:red" and third["precise"], j
+        assert third["upper_precision"] == 1.0 and third["upper_lift"] > 2
+        assert 0.2 < third["upper_recall"] < 0.45, j
+        assert third["band_precision"][-1] == 1.0 and third["band_fires"][-1] == third["upper_fires"]
+        assert third["ap"] > 0.2 and third["ap_concept"] == "color:red"
+    union = report["union_coverage"]["color:red"]
+    assert union["latents"] >= 4  # the three thirds and the whole-red latent 0
+    assert union["recall"] == 1.0 and union["precision"] == 1.0
+    noise = rows[4]
+    assert not noise["precise"] and not noise["precise_coarse"] and noise["upper_precision"] < 0.5
+    obj = rows[5]
+    assert obj["coarse_concept"] == "part:object" and obj["precise_coarse"] and not obj["precise"]
+    # the headline counts the whole-red latent and the three thirds; the coarse count adds the object latent
+    summary = report["summary"]["dictionary"]
+    assert report["precise_share"] == summary["precise_share"] == pytest.approx(4 / DIM)
+    assert summary["precise_share_coarse"] == pytest.approx(5 / DIM)
+    assert report["headline"]["name"] == "precise_share" and "precise" in report["headline"]["definition"]
+    lo, hi = report["headline"]["interval"]
+    assert lo <= report["precise_share"] <= hi
+    assert report["summary"]["random"]["precise_share"] < report["precise_share"]
+    assert report["precise_by_concept"]["color:red"] == 4
+
+
+def test_init_control_and_probe_alignment_on_a_small_sae(tmp_path):
+    import difflens as dl
+
+    store = make_world_store(tmp_path / "s", split=True)
+    sae = dl.train_sae(store, SITE, 0, k=4, num_latents=32, num_tokens=20_000, batch_size=256, lr=3e-3,
+                       normalization="none", seed=0, progress=False)
+    report = truth_report(sae, store, sparse_sizes=(), bootstrap=50)
+    assert set(report["summary"]) == {"dictionary", "random", "init"}
+    for k, s in report["summary"].items():
+        assert 0 <= s["precise_share"] <= 1 and s["alive"] > 0, k
+        assert set(s["intervals"]) == {"precise_share", "f1_share"}
+    # the red direction is dim 0..3 of the inputs: a trained latent aligns with red's probe better than random ones
+    red = report["union_coverage"]["color:red"]
+    assert red["probe_alignment"] > red["probe_alignment_random"]
+    no_controls = truth_report(sae, store, sparse_sizes=(), controls=(), bootstrap=0)
+    assert set(no_controls["summary"]) == {"dictionary"} and no_controls["precise_share_random"] is None
+    with pytest.raises(ValueError, match="unknown controls"):
+        truth_report(sae, store, controls=("shuffled",))

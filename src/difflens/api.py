@@ -48,7 +48,9 @@ def capture(model, prompts: list[str] | None = None, *, n_images: int | None = N
     everything in memory and returns a :class:`~difflens.capture.memory.CapturedActivations` (index it with
     ``[site, step]`` for ``(images, tokens, width)`` tensors); with ``out`` the rows go to an activation store
     (resumable) and the opened store is returned. settings: CaptureConfig fields (seed, batch_size, guidance,
-    num_steps, holdout, ...).
+    num_steps, holdout, ...). ``control="random-init"`` (seed ``control_seed``) records a randomly initialised
+    copy of the denoiser fed the trained model's own inputs at every step, while the trained model draws the
+    images: a control for what dictionaries find.
     """
     from difflens.capture.memory import capture_in_memory
     from difflens.capture.runner import CaptureConfig, run_capture

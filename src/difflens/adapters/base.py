@@ -36,10 +36,21 @@ duration of one generation:
     addition from the site's value (`Intervention.delta`; steering's latent edits do). Captures see values after interventions at the same site (and an
     out/update pair of one block sees the interventions on both). Interventions are validated
     against the site and the run (width, finiteness, token count, steps) before the model runs.
+
+Random-init control (teacher forcing)
+-------------------------------------
+Inside ``with adapter.teacher_forced_control(seed):`` the trained denoiser still generates (images are
+unchanged bit for bit), but at every denoiser call a randomly initialised copy of it (`random_init_copy`) is
+called first with exactly the same arguments (x_t, t, text embeddings, ids, ...; its output is discarded), and
+the step counter and every capture hook sit on the copy's modules instead of the trained one's: captures
+record what an untrained network of the same architecture computes from the trained model's own inputs, at
+the same step indices (the conditional half under classifier-free guidance, as usual). Interventions are
+refused there: they would edit the copy, whose output nothing reads.
 """
 
 from __future__ import annotations
 
+import copy as copy_module
 import hashlib
 import math
 from abc import ABC, abstractmethod
@@ -51,6 +62,10 @@ import numpy as np
 import torch
 
 CaptureFn = Callable[[str, int, torch.Tensor], None]
+
+#: what a capture records: the trained model ("none"), or a random-init copy of its denoiser teacher-forced
+#: with the trained model's inputs ("random-init", see `ModelAdapter.teacher_forced_control`)
+CONTROLS = ("none", "random-init")
 
 
 @dataclass(frozen=True)
@@ -254,8 +269,9 @@ class ModelAdapter(ABC):
         """The module called once per denoising step (per CFG pass): the step counter hooks it."""
 
     @abstractmethod
-    def _install(self, plan: HookPlan, sites: list[str]) -> list:
-        """Register the forward hooks that serve `sites`; return their handles."""
+    def _install(self, plan: HookPlan, sites: list[str], denoiser: torch.nn.Module) -> list:
+        """Register the forward hooks that serve `sites` on the modules of `denoiser` (`_denoiser()`, or its
+        random-init copy under `teacher_forced_control`); return their handles."""
 
     @abstractmethod
     def _generate(self, prompts: list[str], seeds: list[int], num_steps: int, resolution: int,
@@ -266,7 +282,33 @@ class ModelAdapter(ABC):
         """The modules whose weights decide what the model generates (their fingerprint goes into stores)."""
         return {"denoiser": self._denoiser()}
 
+    def control_denoiser(self, seed: int = 0) -> torch.nn.Module:
+        """A randomly initialised copy of the denoiser (same architecture, device and dtype), weights drawn
+        from `seed` alone: see `random_init_copy` for the initialisation."""
+        return random_init_copy(self._denoiser(), seed)
+
     # -- shared behaviour --------------------------------------------------------------
+    _control: torch.nn.Module | None = None  # the teacher-forced copy while `teacher_forced_control` is active
+
+    @contextmanager
+    def teacher_forced_control(self, seed: int = 0):
+        """Record a random-init control for the duration of the block; yields the copy (`control_denoiser`).
+
+        The trained denoiser generates as usual, so images are those of a normal run with the same seeds. At each
+        denoiser call the copy is called first with exactly the same positional and keyword arguments (its output
+        discarded), and the hooks of every `generate` inside the block (step counter and captures) go on the
+        copy's modules: captures record the copy at the same step indices, the conditional half under
+        classifier-free guidance. Interventions are refused inside the block.
+        """
+        if self._control is not None:
+            raise RuntimeError(f"{self.name}: a teacher-forced control is already active")
+        control = self.control_denoiser(seed)
+        self._control = control
+        try:
+            yield control
+        finally:
+            self._control = None
+
     def weights_fingerprint(self) -> str:
         """A short hash of the model's weights: a store refuses to resume under different weights."""
         return weights_fingerprint(self.weight_modules())
@@ -341,17 +383,84 @@ class ModelAdapter(ABC):
         def advance(_module, _args, _kwargs, _out):
             plan.calls += 1
 
+        control = self._control
+        if control is not None and plan.interventions:
+            raise ValueError("interventions under a teacher-forced control would edit the random-init copy, whose "
+                             "output is discarded; generate without the control to intervene")
         handles = []
         if sites:
             den = self._denoiser()
-            handles = [den.register_forward_pre_hook(count, with_kwargs=True),
-                       den.register_forward_hook(advance, with_kwargs=True)]
-            handles += self._install(plan, sites)
+            target = den if control is None else control
+            if control is not None:  # the copy runs first on the same inputs, then the trained denoiser
+                handles.append(den.register_forward_pre_hook(_teacher_force(control), with_kwargs=True))
+            handles += [target.register_forward_pre_hook(count, with_kwargs=True),
+                        target.register_forward_hook(advance, with_kwargs=True)]
+            handles += self._install(plan, sites, target)
         try:
             yield plan
         finally:
             for h in handles:
                 h.remove()
+
+
+def _teacher_force(control: torch.nn.Module) -> Callable:
+    """Pre-hook for the trained denoiser: call `control` with the very arguments the denoiser is about to get."""
+
+    def force(_module, args, kwargs):
+        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        param = next(control.parameters(), None)
+        if first is not None and param is not None and param.device != first.device:
+            control.to(first.device)  # the trained one is offloaded (CPU offload): follow its inputs
+        control(*args, **kwargs)
+        return None
+
+    return force
+
+
+def random_init_copy(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A copy of `module` with freshly initialised weights, drawn from `seed` alone (on the CPU, in float32, then
+    moved to `module`'s device and floating dtype; the global RNG is left as it was; `control_rng_seed`).
+
+    diffusers models (FluxTransformer2DModel, UNet2DConditionModel) are built anew from their config, i.e. with
+    the initialisation their constructors use: PyTorch's defaults (Linear/Conv kaiming-uniform weights with
+    a = sqrt(5) and uniform biases, embeddings N(0, 1), norm scales 1 and shifts 0); neither architecture
+    zero-initialises a layer, so every site of the copy carries non-constant activations. (The embedded
+    model's training starts from this same initialisation, with another seed.) Other modules are deep-copied
+    and every submodule's `reset_parameters()` is called; a parameter that no such method re-draws is refused
+    by name, since it would carry trained values into the control.
+
+    With these defaults the copy's blocks add little to the residual stream (on the shipped embedded model
+    an update's std is 3-8 % of the stream's), so its stream at any depth is mostly a random linear
+    embedding of the inputs: the point of the control.
+    """
+    dtypes = [p.dtype for p in module.parameters() if p.is_floating_point()]
+    devices = [p.device for p in module.parameters() if p.device.type != "meta"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(control_rng_seed(seed))
+        if hasattr(module, "config") and hasattr(type(module), "from_config"):
+            copy = type(module).from_config(module.config)
+        else:
+            copy = copy_module.deepcopy(module).float().cpu()
+            reset = set()
+            for sub in copy.modules():
+                if callable(getattr(sub, "reset_parameters", None)):
+                    sub.reset_parameters()
+                    reset |= {id(p) for p in sub.parameters(recurse=False)}
+            kept = [n for n, p in copy.named_parameters() if id(p) not in reset]
+            if kept:
+                raise ValueError(f"cannot re-initialise {type(module).__name__}: no reset_parameters() for "
+                                 f"{', '.join(kept[:5])}{' ...' if len(kept) > 5 else ''}; override "
+                                 f"ModelAdapter.control_denoiser")
+    # torch's own `to`: diffusers' override warns about fp32-pinned modules, which a fresh model has none of
+    torch.nn.Module.to(copy, device=devices[0] if devices else "cpu", dtype=dtypes[0] if dtypes else None)
+    return copy.eval().requires_grad_(False)
+
+
+def control_rng_seed(seed: int) -> int:
+    """The torch seed a control's weights are drawn with: a hash of `seed`, so a copy never coincides with a
+    model that was itself built right after ``torch.manual_seed(seed)`` (the tiny test models, and the
+    initialisation the embedded model's training started from)."""
+    return int.from_bytes(hashlib.sha256(f"difflens random-init control {int(seed)}".encode()).digest()[:8], "little")
 
 
 def weights_fingerprint(modules: dict[str, torch.nn.Module], full_below: int = 1 << 20,

@@ -53,8 +53,8 @@ class FluxTransformerAdapter(ModelAdapter):
     def _denoiser(self) -> torch.nn.Module:
         return self.transformer
 
-    def _install(self, plan: HookPlan, sites: list[str]) -> list:
-        return flux_hooks.install(self.transformer, plan, sites)
+    def _install(self, plan: HookPlan, sites: list[str], denoiser: torch.nn.Module) -> list:
+        return flux_hooks.install(denoiser, plan, sites)
 
 
 @dataclass

@@ -53,6 +53,11 @@ def sdxl_defaults(pipe) -> tuple[int, float, int]:
     return 30, 5.0, int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
+def transformer_blocks(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The UNet's Transformer2DModel blocks by module path (the sites' blocks)."""
+    return {n: m for n, m in unet.named_modules() if type(m).__name__ == "Transformer2DModel"}
+
+
 def _bchw_to_btd(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
@@ -69,7 +74,7 @@ class SDXLAdapter(ModelAdapter):
         self.default_num_steps, self.default_guidance, self.default_resolution = num_steps, guidance, resolution
         if pipe.text_encoder_2 is None and encode_prompts is None:
             raise ValueError("SDXL pipeline has no text encoders: pass encode_prompts=prompts -> (embeds, pooled)")
-        self._blocks = {n: m for n, m in self.unet.named_modules() if type(m).__name__ == "Transformer2DModel"}
+        self._blocks = transformer_blocks(self.unet)
 
     def weight_modules(self) -> dict[str, torch.nn.Module]:
         return diffusers_modules(self.pipe)
@@ -135,12 +140,13 @@ class SDXLAdapter(ModelAdapter):
     def _denoiser(self) -> torch.nn.Module:
         return self.unet
 
-    def _install(self, plan: HookPlan, sites: list[str]) -> list:
+    def _install(self, plan: HookPlan, sites: list[str], denoiser: torch.nn.Module) -> list:
         per_block: dict[str, list[str]] = {}
         for n in sites:
             path = _SITE_RE.match(n).group(1)
             per_block.setdefault(path, []).append(n)
-        return [self._blocks[p].register_forward_hook(self._hook(plan, names), with_kwargs=True)
+        blocks = self._blocks if denoiser is self.unet else transformer_blocks(denoiser)
+        return [blocks[p].register_forward_hook(self._hook(plan, names), with_kwargs=True)
                 for p, names in per_block.items()]
 
     def _hook(self, plan: HookPlan, names: list[str]):

@@ -27,6 +27,10 @@ class CapturedActivations:
     weights: str
     prompts_hash: str
     holdout: dict | None = field(default=None)
+    control: str = "none"
+    """'none', or 'random-init': the acts are a random-init copy's, teacher-forced (`CaptureConfig.control`)"""
+    control_settings: dict = field(default_factory=dict)
+    """control_seed and control_weights (the copy's fingerprint) of a control capture; {} otherwise"""
 
     def entries(self) -> list[tuple[str, int]]:
         return list(self.acts)
@@ -39,8 +43,11 @@ class CapturedActivations:
         return self.acts[pick_entry(self.entries(), site, step, "this capture")]
 
     def identity(self) -> dict:
-        return {"path": None, "model": self.model, "weights": self.weights, "prompts_hash": self.prompts_hash,
-                "n_images": len(self.prompts)}
+        ident = {"path": None, "model": self.model, "weights": self.weights, "prompts_hash": self.prompts_hash,
+                 "n_images": len(self.prompts)}
+        if self.control != "none":
+            ident.update(control=self.control, control_weights=self.control_settings.get("control_weights"))
+        return ident
 
     def reader(self, site: str, step: int, split: str = "all"):
         """A reader over the rows of (site, step), traced to image ids and token positions."""
@@ -64,7 +71,7 @@ class CapturedActivations:
 
 def capture_in_memory(cfg, adapter: ModelAdapter) -> CapturedActivations:
     """Generate ``cfg``'s prompts batch by batch and keep every (site, step) as float32 tensors on the CPU."""
-    from difflens.capture.runner import plan_capture, prompts_hash
+    from difflens.capture.runner import capture_control, plan_capture, prompts_hash
 
     plan = plan_capture(cfg, adapter)
     acts: dict[tuple[str, int], list[torch.Tensor]] = {(s.name, t): [] for s in plan.sites for t in plan.steps}
@@ -74,11 +81,12 @@ def capture_in_memory(cfg, adapter: ModelAdapter) -> CapturedActivations:
 
     hook = Capture([s.name for s in plan.sites], keep, plan.steps)
     images = []
-    for start in range(0, len(plan.prompts), cfg.batch_size):
-        batch = plan.prompts[start : start + cfg.batch_size]
-        images.append(adapter.generate([p["prompt"] for p in batch], [p["seed"] for p in batch],
-                                       num_steps=plan.num_steps, resolution=plan.resolution, guidance=plan.guidance,
-                                       capture=hook))
+    with capture_control(cfg, adapter) as control:
+        for start in range(0, len(plan.prompts), cfg.batch_size):
+            batch = plan.prompts[start : start + cfg.batch_size]
+            images.append(adapter.generate([p["prompt"] for p in batch], [p["seed"] for p in batch],
+                                           num_steps=plan.num_steps, resolution=plan.resolution,
+                                           guidance=plan.guidance, capture=hook))
     return CapturedActivations(
         acts={key: torch.cat(parts) for key, parts in acts.items()},
         sites={s.name: s for s in plan.sites},
@@ -87,4 +95,6 @@ def capture_in_memory(cfg, adapter: ModelAdapter) -> CapturedActivations:
         model=adapter.name,
         weights=adapter.weights_fingerprint(),
         prompts_hash=prompts_hash(plan.prompts),
+        control=cfg.control,
+        control_settings={k: v for k, v in control.items() if k != "control"},
     )

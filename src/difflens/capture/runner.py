@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from difflens.adapters import Capture, LoadOptions, ModelAdapter, SiteInfo, load_adapter
+from difflens.adapters.base import CONTROLS, weights_fingerprint
 from difflens.distributed import DistContext, init_from_env
 from difflens.store import ChunkRows, EntrySpec, StoreWriter, layout
 from difflens.store.split import check_fraction
@@ -62,6 +64,13 @@ class CaptureConfig:
     """fraction of images held out of training, chosen by image (0: no split); recorded in store.json at
     finalize with split seed 0, so not a capture setting: a rerun may change it, and `difflens cache split`
     re-splits a finished store"""
+    control: Literal["none", "random-init"] = "none"
+    """none, or random-init: record a randomly initialised copy of the denoiser fed the trained model's own inputs
+    at every step (x_t, t, text embeddings, ids...) while the trained model generates the images (a control: what
+    a dictionary finds there comes from the inputs, not from what the model learned); images, and so labels,
+    are the trained model's"""
+    control_seed: int = 0
+    """seed of the random-init copy's weights (with --control random-init)"""
     load: LoadOptions = field(default_factory=LoadOptions)
     """how the model is loaded (dtype, device, CPU offload, quantization)"""
     progress: bool = True
@@ -71,6 +80,23 @@ class CaptureConfig:
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_fraction(self.holdout)
+        if self.control not in CONTROLS:
+            raise ValueError(f"--control must be one of {', '.join(CONTROLS)}, got {self.control!r}")
+        if isinstance(self.control_seed, bool) or not isinstance(self.control_seed, int) or self.control_seed < 0:
+            raise ValueError(f"--control-seed must be an integer >= 0, got {self.control_seed!r}")
+
+
+@contextmanager
+def capture_control(cfg: CaptureConfig, adapter: ModelAdapter):
+    """The capture's control for the duration of the block: yields the settings that identify it ({} for
+    control 'none'; else control, control_seed and control_weights, the random-init copy's fingerprint) with
+    the adapter's teacher-forced control active (`ModelAdapter.teacher_forced_control`)."""
+    if cfg.control == "none":
+        yield {}
+        return
+    with adapter.teacher_forced_control(cfg.control_seed) as copy:
+        yield {"control": cfg.control, "control_seed": int(cfg.control_seed),
+               "control_weights": weights_fingerprint({"denoiser": copy})}
 
 
 def resolve_prompts(source: str | list[str], n_images: int | None, seed: int, world: str = "classic") -> list[dict]:
@@ -194,17 +220,25 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
             load = LoadOptions(**{**asdict(load), "device": f"cuda:{ctx.local_rank}"})
         adapter = load_adapter(cfg.model, load)
     plan = plan_capture(cfg, adapter)
+    with capture_control(cfg, adapter) as control:
+        return _capture_to_store(cfg, adapter, ctx, plan, control)
+
+
+def _capture_to_store(cfg: CaptureConfig, adapter: ModelAdapter, ctx: DistContext, plan: CapturePlan,
+                      control: dict) -> Path:
+    """Generate and record `plan` into cfg.out; `control`: the settings of `capture_control` (active now)."""
     prompts, sites, steps = plan.prompts, plan.sites, plan.steps
-    resolution, num_steps, guidance = plan.resolution, plan.num_steps, plan.guidance
     store_dtype = cfg.store_dtype or adapter.default_store_dtype
     writer = StoreWriter(cfg.out, dtype=store_dtype)
     recorder = _ChunkRecorder(store_dtype)
     phash = prompts_hash(prompts)
+    resolution, num_steps, guidance = plan.resolution, plan.num_steps, plan.guidance
+    # the control's keys only when there is one, so stores captured before controls existed still resume
     settings = {
         "model": adapter.name, "weights": adapter.weights_fingerprint(), "sites": [s.name for s in sites],
         "steps": steps, "resolution": resolution, "num_steps": num_steps, "guidance": guidance, "seed": cfg.seed,
         "batch_size": cfg.batch_size, "dtype": store_dtype, "n_images": len(prompts), "prompts_hash": phash,
-        "save_images": cfg.save_images,
+        "save_images": cfg.save_images, **control,
     }
     # rank 0 creates (or checks and cleans) the store before any rank writes into it
     error = None
@@ -258,6 +292,7 @@ def _run(cfg: CaptureConfig, adapter: ModelAdapter | None, ctx: DistContext) -> 
         entries = [EntrySpec(s.name, step, s.dim, s.stream, s.tokens, s.grid) for s in sites for step in steps]
         meta = {k: settings[k] for k in ("model", "weights", "n_images", "prompts_hash", "resolution", "num_steps",
                                          "guidance", "seed")}
+        meta.update({"control": cfg.control, **control})
         writer.finalize(entries, n_chunks, meta, holdout=cfg.holdout)
     ctx.barrier()
     return Path(cfg.out)

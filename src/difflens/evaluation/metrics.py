@@ -78,6 +78,7 @@ def eval_split(dictionary: Dictionary, data_store, wanted: str) -> str:
     identity = data_store.identity() if hasattr(data_store, "identity") else {}
     same = bool(trained_on.get("prompts_hash")) and all(trained_on.get(k) == identity.get(k)
                                                           for k in ("prompts_hash", "weights", "model"))
+    same = same and trained_on.get("control", "none") == identity.get("control", "none")  # a control store is another
     if same and getattr(data_store, "holdout", None):
         return "held-out"
     return "all"

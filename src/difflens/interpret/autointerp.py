@@ -221,6 +221,10 @@ def concept_phrase(concept: str) -> str:
     if kind == "pair":
         a, b = rest.split("&")
         return f"{a} objects that are {b.replace('-', ' ')}" if b.endswith(("row", "col")) else f"{a} {b} objects"
+    if kind == "place":
+        place, _, value = rest.partition("&")
+        where = {"corner": "the corners", "centre": "the centre"}.get(place, f"the {place.replace('-', ' ')}")
+        return f"{where} of {value + ' ' if value else ''}objects"
     return concept
 
 
@@ -384,6 +388,33 @@ def summarize(records: dict[int, dict], index, cfg: AutointerpConfig) -> dict:
         "median_score": float(np.nanmedian(scores)) if len(scores) else None,
         "features": {str(k): records[k] for k in sorted(records)},
     }
+
+
+def truth_detection(index, summary: dict, concept_of: dict[int, str], labels=None) -> dict[int, dict]:
+    """The ground-truth counterpart of the oracle autointerp score: a perfect judge told each latent's ground-truth
+    concept scores exactly the test examples autointerp drew for it (its results' "tests"). Token level: the share
+    of the painted activation on the concept's tokens (the oracle judge's rule); image level: 1 when the concept is
+    anywhere in the image. Returns {latent: {"detection_token", "detection_image"}} (the paper's score on each)."""
+    from .labels import token_labels
+
+    labels = labels if labels is not None else token_labels(index.store)
+    judge = OracleBackend.__new__(OracleBackend)
+    judge.index, judge.labels = index, labels
+    out = {}
+    for latent, concept in concept_of.items():
+        record = summary.get("features", {}).get(str(latent))
+        if not record or record.get("status") != "ok" or concept not in labels.concepts:
+            continue
+        tests = [Example(t["image_id"], t["step"], t["painted_by"], t["positive"]) for t in record["tests"]]
+        c = labels.concepts.index(concept)
+        token = judge.judge({"concept": concept}, tests)
+        image = [float(labels.image(e.image_id)[:, c].any()) for e in tests]
+        pos = [e.positive for e in tests]
+        out[int(latent)] = {
+            f"detection_{level}": round(detection_scores([s for s, p in zip(scores, pos) if p],
+                                                         [s for s, p in zip(scores, pos) if not p])["score"], 4)
+            for level, scores in (("token", token), ("image", image))}
+    return out
 
 
 def concept_words(concept: str) -> list[str]:

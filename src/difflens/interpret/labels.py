@@ -37,6 +37,20 @@ are unchanged; classic readings never carry them):
                                  and pixels outside it (object and background tokens alike)
     pair:<c>&<pattern>  pair:<s>&<pattern>
 
+Both worlds, appended last (a token's place within its own object, so latents that fire on one side of their
+objects can be named; a token can be in several places):
+
+    place:<top|bottom|left|right>-edge   object token whose neighbour on that side is not its own object (the
+                                 image border counts as outside): the object's top row, bottom row, ...
+    place:corner                 object token with outside neighbours on two perpendicular sides
+    place:centre                 object token in the middle half of its object's token extent on both axes
+    place:<p>&<c>  place:<p>&<s>  place:<p>&<pattern>    each place with the object's colour, shape and (rich
+                                 world) pattern: place:bottom-edge&purple, place:right-edge&striped, ...
+
+Concepts are **coarse** or **specific** (`concept_kind`): the five coarse ones say only what kind of token it is
+(part:object, part:background, part:edge, part:interior, part:boundary); every other concept names an attribute,
+a place or a conjunction. Ground-truth headlines count a latent as explained only by a specific concept.
+
 Which oracle reads a store's images (`world`): "rich" when any of its prompts is a rich-world caption (it names
 a texture, pattern, composite shape, "huge", a rich background colour or three objects), else "classic" (so
 classic stores keep exactly their labels). The prompts only choose the reader; every label comes from pixels.
@@ -58,7 +72,7 @@ from difflens.world.oracle import SceneReading, read_image
 from difflens.world.palette import COMPOSITES, PATTERNS, RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES, TEXTURES
 from difflens.world.scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
 
-LABELS_VERSION = 1  # bump when the rule or the concept list changes: cached labels of another version are rebuilt
+LABELS_VERSION = 2  # bump when the rule or the concept list changes: cached labels of another version are rebuilt
 MIN_POSITIVE_TOKENS = 8  # a concept with fewer positive tokens in the whole store is dropped
 OWNERSHIP_FRACTION = 0.5  # share of a token's pixel block inside an object's mask that makes it an object token
 LABELS_DIR = "labels"
@@ -101,10 +115,30 @@ def rich_concepts() -> list[str]:
     return names
 
 
+PLACES = ("top-edge", "bottom-edge", "left-edge", "right-edge", "corner", "centre")
+# object-token place -> (dr, dc) of the neighbour that must lie outside the object
+EDGE_OFFSETS = {"top-edge": (-1, 0), "bottom-edge": (1, 0), "left-edge": (0, -1), "right-edge": (0, 1)}
+COARSE_CONCEPTS = ("part:object", "part:background", "part:edge", "part:interior", "part:boundary")
+
+
+def place_concepts() -> list[str]:
+    """The place-within-object family (both worlds), in a fixed order."""
+    names = [f"place:{p}" for p in PLACES]
+    for values in (COLORS, RICH_SHAPES, PATTERNS):
+        names += [f"place:{p}&{v}" for p in PLACES for v in values]
+    return names
+
+
 def all_concepts() -> list[str]:
     """Every concept the labeller knows, in a fixed order: the classic ones (general ones first, conjunctions last),
-    then the rich world's."""
-    return _concepts(BACKGROUNDS, SHAPES, SIZES) + rich_concepts()
+    then the rich world's, then the place family."""
+    return _concepts(BACKGROUNDS, SHAPES, SIZES) + rich_concepts() + place_concepts()
+
+
+def concept_kind(concept: str) -> str:
+    """"coarse" (only what kind of token: object, background, outline) or "specific" (an attribute, a place or a
+    conjunction)."""
+    return "coarse" if concept in COARSE_CONCEPTS else "specific"
 
 
 _ALL = all_concepts()
@@ -171,9 +205,31 @@ def reading_token_labels(reading: SceneReading, grid: tuple[int, int], world: st
             near = background & (n == i)
             labels[near, _INDEX[f"side:{side}"]] = True
             labels[near, _INDEX[f"near:{side}:{obj.color}"]] = True
+    _place_token_labels(reading, owner, labels, rich=world != "classic")
     if world != "classic":
         _rich_token_labels(reading, grid, owner, labels)
     return labels.reshape(gh * gw, len(_ALL))
+
+
+def _place_token_labels(reading: SceneReading, owner: np.ndarray, labels: np.ndarray, rich: bool) -> None:
+    """Set the place-within-object concepts of one read image in `labels` (gh, gw, C_all), in place."""
+    for i, obj in enumerate(reading.objects):
+        mine = owner == i
+        if not mine.any():
+            continue
+        places = {p: mine & (neighbour_owner(owner, dr, dc) != i) for p, (dr, dc) in EDGE_OFFSETS.items()}
+        vertical = places["top-edge"] | places["bottom-edge"]
+        places["corner"] = vertical & (places["left-edge"] | places["right-edge"])
+        rows, cols = np.nonzero(mine)
+        r, c = np.indices(owner.shape)
+        middle = [np.abs((x - lo + 0.5) / (hi - lo + 1) - 0.5) <= 0.25  # the middle half of the extent
+                  for x, lo, hi in ((r, rows.min(), rows.max()), (c, cols.min(), cols.max()))]
+        places["centre"] = mine & middle[0] & middle[1]
+        values = [obj.color, obj.shape] + ([obj.pattern] if rich else [])
+        for p, where in places.items():
+            labels[where, _INDEX[f"place:{p}"]] = True
+            for v in values:
+                labels[where, _INDEX[f"place:{p}&{v}"]] = True
 
 
 def _rich_token_labels(reading: SceneReading, grid: tuple[int, int], owner: np.ndarray, labels: np.ndarray) -> None:

@@ -1,33 +1,35 @@
-"""Ground truth for a dictionary's latents in the embedded shapes world: which concept does each latent detect?
+"""Ground truth for a dictionary's latents in the embedded shapes world: which concept does each latent detect,
+how precisely, and how does that compare with controls that had no chance to learn it?
 
-Concepts and token labels come from `labels.py` (the oracle's reading of each generated image). For one dictionary
-at its (site, step) of an activation store with a held-out split:
+Concepts and token labels come from `labels.py` (the oracle's reading of each generated image); concepts are
+coarse (what kind of token) or specific (`labels.concept_kind`). For one dictionary at its (site, step) of an
+activation store with a held-out split, every choice is made on the **train** images and measured on the
+**held-out** images (the per-latent statistics and their rules: `truth_stats`):
 
-* Threshold rule (one rule for every dictionary and for the random floor): a latent *fires* on a token when its
-  activation exceeds a threshold t; t is tried at ``THRESHOLD_LEVELS`` evenly spaced fractions j/L (j = 0..L-1)
-  of the latent's max over the train tokens (j = 0: any positive activation), and for every (latent, concept)
-  the one with the best token-level F1 on the **train** images is kept. The latent's concept is the one with the
-  best train F1. Everything reported is then measured on the **held-out** images at those train choices:
-  F1, precision, recall (token level), AUROC (token level, activations binned at the same L levels; ties count
-  half), image AUROC (the latent's max over an image vs the concept's presence, exact over held-out images) and
-  IoU (per held-out image, thresholded map vs concept mask; averaged over images where either is non-empty).
-  Non-positive activations never fire (ITDA's negative coefficients included).
-* Floor: `RandomDirections` — as many unit directions as the dictionary has latents, drawn at random in the
-  dictionary's own input space (after its normaliser), the same k, codes = top-k of the projections of the
-  normalised input minus its train mean (the mean that an SAE's pre-encoder bias removes), ReLU'd. Measured
-  with exactly the same passes and rule.
-* Ceiling: per concept a logistic-regression probe (L2 ``PROBE_L2``, inputs standardised on train) on the raw
-  site activations of train tokens, its threshold chosen for the best train F1, F1 measured on held-out tokens.
-* Sparse probing (as SAEBench): per concept, the top 1 / 4 / 16 features by standardised mean difference
-  |mean on positives - mean on negatives| / std (one rule for all three feature sets: the dictionary's latents,
-  the random directions and the raw dimensions of the site), then a logistic probe on those features alone.
-* Per dictionary: ``explained_share`` = share of alive latents (fired on a train token) whose held-out F1 ≥ 0.5,
-  beside ``explained_share_random``; ``coverage[c]`` = held-out F1 of the single latent best for c on train,
-  ``coverage_ratio[c]`` = it over ``probe_ceiling[c]``.
+* **Headline, precise share**: the share of alive latents whose upper range (activation > ½ of the latent's
+  train max) is ≥ 90 % precise for one specific concept at ≥ 2× its base rate (``HEADLINE_DEFINITION``).
+* Specificity by activation level (deciles of the max), precision at any activation, the precise match with
+  coarse concepts allowed, average precision (share with AP ≥ ``GROUNDED_AP``: saev's "grounded" rule).
+* F1 match (recall-sensitive, kept as a secondary column): per (latent, concept) the level with the best train
+  F1; ``explained_share`` = share of alive latents whose held-out F1 ≥ 0.5. Also precision, recall, token AUROC
+  (level histograms; ties half), image AUROC (the latent's max over an image vs the concept's presence), IoU.
+* Per concept: the single latent of best train F1 (``coverage``), the OR of every latent precise for it on train
+  (``union_coverage``: recall, precision, F1, how many latents share it), absorption (concept tokens where all
+  those latents stay silent while a latent aligned with the concept's probe fires), the alignment of the
+  concept's probe direction with the best latent direction, and the ceiling: a logistic-regression probe (L2
+  ``PROBE_L2``, standardised inputs, threshold of best train F1) on the raw site activations.
+* Sparse probing (as SAEBench): per concept, the top 1 / 4 / 16 features by standardised mean difference, then
+  a logistic probe on those features alone (the dictionary's latents, the random directions, the raw dimensions).
+* Controls, measured with the same passes and rules: ``random`` (as many unit directions, the same k, in the
+  dictionary's normalised input space; codes = ReLU(top-k of projections of the input minus its train mean)) and
+  ``init`` (the dictionary before training, for SAEs). The random-*model* control is a dictionary trained on a
+  ``--control random-init`` capture, reported the same way (`truth_study`).
+* Uncertainty: bootstrap intervals over held-out images for the precise and F1 shares.
+* With an autointerp summary and its index: a perfect judge's detection score on autointerp's own test examples.
 
-Concepts are scored when they have at least ``MIN_SCORED_POSITIVES`` positive tokens in both splits.
-Latent statistics stream over the store's rows (batch × latents at most is dense); probes use up to
-``max_probe_tokens`` tokens per split (whole images, picked at random with `random_seed`).
+Concepts are scored when they have at least ``MIN_SCORED_POSITIVES`` positive tokens in both splits. Latent
+statistics stream over the store's rows; probes use up to ``max_probe_tokens`` tokens per split (whole images,
+picked at random with `random_seed`). Every field of truth.json: docs/truth.md.
 """
 
 from __future__ import annotations
@@ -44,15 +46,46 @@ from torch import Tensor
 from difflens.atomic import atomic_write_json
 from difflens.dictionaries.base import Dictionary, SparseCodes
 
-from .labels import TokenLabels, token_labels
+from .labels import TokenLabels, concept_kind, token_labels
+from .truth_stats import (BANDS, LEVELS, MIN_HELDOUT_FIRES, MIN_TRAIN_FIRES, PRECISE_LIFT, PRECISE_PRECISION,
+                          UPPER_LEVEL, LatentConceptStats, latent_ranges, precise_for)
 
-THRESHOLD_LEVELS = 64  # thresholds tried per latent: j / L of its train max, j = 0..L-1
 EXPLAINED_F1 = 0.5  # a latent is "explained" when its best concept's held-out F1 reaches this
 MIN_SCORED_POSITIVES = 8  # positive tokens a concept needs in each split to be scored
 SPARSE_PROBE_SIZES = (1, 4, 16)
 FAMILY_COVERAGE_BAR = 0.7  # a concept is covered when its best latent's held-out F1 is >= this x the probe's
 PROBE_L2 = 1e-4  # L2 penalty on probe weights (per token-mean logistic loss, standardised inputs)
 PROBE_ITERS = 200  # L-BFGS iterations per probe fit
+GROUNDED_AP = 0.3  # a latent is "grounded" when its best specific concept's held-out AP reaches this (saev)
+ABSORB_COSINE = 0.3  # a latent absorbs a concept when its direction has this cosine with the concept's probe
+BOOTSTRAP_SAMPLES = 200  # resamples of the held-out images for intervals
+
+HEADLINE_DEFINITION = (f"precise share: alive latents whose activations above {UPPER_LEVEL / LEVELS:g} x their train max "
+                       f"are >= {PRECISE_PRECISION:.0%} precise for one specific concept on held-out images, at >= "
+                       f"{PRECISE_LIFT:g}x its base rate and on >= {MIN_HELDOUT_FIRES} tokens (concept: the narrowest "
+                       f"one precise on train)")
+RULES = {
+    "headline": HEADLINE_DEFINITION,
+    "levels": f"{LEVELS} levels of the latent's train max; bands are deciles of it; level j fires when a > j/{LEVELS} x max",
+    "precise_on_train": f"precision >= {PRECISE_PRECISION} and >= {PRECISE_LIFT}x base rate on >= {MIN_TRAIN_FIRES} "
+                        "train tokens in the upper range; concept = the narrowest specific one",
+    "f1_match": f"per (latent, concept): best train F1 over the {LEVELS} levels; concept = best train F1; "
+                "measured on held-out images (recall-sensitive)",
+    "ap": f"average precision of the activation ranking (ties within a level together); concept = best train AP "
+          f"among specific ones; grounded when held-out AP >= {GROUNDED_AP}",
+    "union_coverage": "per concept: OR of every latent precise for it on train, each firing in its upper range",
+    "absorption": f"concept tokens where every latent precise for it is silent while a latent with cosine >= "
+                  f"{ABSORB_COSINE} to the concept's probe direction fires (share of the concept's tokens)",
+    "random_floor": "same count and k; unit directions in the dictionary's normalised input space; "
+                    "ReLU(top-k of projections of the input minus its train mean)",
+    "init_control": "the same architecture, normaliser and seed before any training step (SAEs)",
+    "probe_ceiling": f"logistic regression (L2 {PROBE_L2}) on standardised raw site activations, threshold = best "
+                     "train F1",
+    "sparse_probing": "top-n features by |mean(pos) - mean(neg)| / std on train tokens, then a logistic probe",
+    "iou": "mean over held-out images where the thresholded map or the concept mask is non-empty",
+    "intervals": f"2.5-97.5 % bootstrap over held-out images ({BOOTSTRAP_SAMPLES} resamples), choices fixed",
+    "scored_concepts": f">= {MIN_SCORED_POSITIVES} positive tokens in each split",
+}
 
 _BASELINES: dict[tuple, tuple] = {}  # dictionary-independent probes of recent calls (see truth_report)
 
@@ -259,12 +292,15 @@ def _standardise(train: Tensor, *others: Tensor, dim: int = -2) -> list[Tensor]:
 
 
 def probe_ceiling(X_train: Tensor, Y_train: Tensor, X_held: Tensor, Y_held: Tensor) -> dict[str, np.ndarray]:
-    """Per concept, a logistic probe on all dimensions: held-out {"f1", "precision", "recall", "auroc"} (C,)."""
+    """Per concept, a logistic probe on all dimensions: held-out {"f1", "precision", "recall", "auroc"} (C,), and
+    "direction" (C, D): each probe's unit weight direction in the raw activation space."""
     Xt, Xh = _standardise(X_train.double(), X_held.double())
     W, b = fit_logistic(Xt, Y_train)
     thr, _ = best_f1_threshold(logistic_scores(Xt, W, b), Y_train)
     held = logistic_scores(Xh, W, b)
-    return {**scores_at(held, Y_held, thr), "auroc": auroc(held.numpy(), Y_held.numpy())}
+    raw = (W.double() / X_train.double().std(0).clamp_min(1e-6)[:, None]).t()
+    direction = (raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
+    return {**scores_at(held, Y_held, thr), "auroc": auroc(held.numpy(), Y_held.numpy()), "direction": direction}
 
 
 class ProbeFeatures:
@@ -348,115 +384,6 @@ def sparse_probes(train: ProbeFeatures, held: ProbeFeatures, Y_train: Tensor, Y_
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# streaming per-latent statistics
-
-class LatentConceptStats:
-    """Sufficient statistics of one dictionary's latents against C concepts, accumulated batch by batch.
-
-    1. `observe_max` over train rows: each latent's max activation (sets its L threshold levels).
-    2. `add` over train rows, then `choose`: per (latent, concept) the level with the best train F1.
-    3. `start_heldout`, `add` (with per-image maps) over held-out rows, then `result`.
-    Histograms are (F·L, C) counts of positive tokens per activation level plus (F·L,) fired counts.
-    """
-
-    def __init__(self, num_latents: int, num_concepts: int, levels: int = THRESHOLD_LEVELS, big: bool = False):
-        self.F, self.C, self.L = num_latents, num_concepts, levels
-        self.dtype = torch.float64 if big else torch.float32
-        self.max_F = torch.zeros(num_latents)
-
-    def observe_max(self, codes: SparseCodes) -> None:
-        v = codes.values.reshape(-1).float().clamp_min(0)
-        self.max_F.scatter_reduce_(0, codes.indices.reshape(-1).long(), v, "amax")
-
-    def start(self) -> None:
-        self.step_F = torch.where(self.max_F > 0, self.max_F / self.L, torch.full_like(self.max_F, math.inf))
-        self.hist = torch.zeros(self.F * self.L, self.C, dtype=self.dtype)
-        self.fired = torch.zeros(self.F * self.L, dtype=torch.float64)
-        self.pos = torch.zeros(self.C, dtype=torch.float64)
-        self.n = 0
-        self.images = None
-
-    def _entries(self, codes: SparseCodes):
-        vals, idx = codes.values.float(), codes.indices.long()
-        b, k = (vals > 0).nonzero(as_tuple=True)
-        f, v = idx[b, k], vals[b, k]
-        level = (torch.ceil(v / self.step_F[f]) - 1).clamp(0, self.L - 1).long()
-        return b, f, v, level
-
-    def add(self, codes: SparseCodes, labels_BC: Tensor, image_pos_B: Tensor | None = None) -> None:
-        b, f, v, level = self._entries(codes)
-        lab = labels_BC.to(self.dtype)
-        key = f * self.L + level
-        self.hist.index_add_(0, key, lab[b])
-        self.fired += torch.bincount(key, minlength=self.F * self.L).double()
-        self.pos += lab.sum(0).double()
-        self.n += labels_BC.shape[0]
-        if self.images is not None:
-            img_max, img_fire, img_tp = self.images
-            at = image_pos_B[b] * self.F + f
-            img_max.view(-1).scatter_reduce_(0, at, v, "amax")
-            fires = level >= self.level_F[f]
-            img_fire.view(-1).index_add_(0, at[fires], torch.ones(int(fires.sum())))
-            tp = fires & labels_BC[b, self.concept_F[f]].bool()
-            img_tp.view(-1).index_add_(0, at[tp], torch.ones(int(tp.sum())))
-
-    def _cumulative(self) -> tuple[Tensor, Tensor]:
-        """TP (F, L, C) and fired (F, L) when firing means level ≥ j."""
-        tp = self.hist.view(self.F, self.L, self.C).flip(1).cumsum(1).flip(1)
-        fired = self.fired.view(self.F, self.L).flip(1).cumsum(1).flip(1)
-        return tp, fired
-
-    def choose(self) -> None:
-        """From the train histograms: best level and train F1 per (latent, concept); each latent's concept."""
-        tp, fired = self._cumulative()
-        f1 = 2 * tp.double() / (fired[:, :, None] + self.pos[None, None, :]).clamp_min(1)
-        self.train_f1_FC, self.level_FC = f1.max(1)
-        self.alive_F = self.max_F > 0
-        self.concept_F = self.train_f1_FC.argmax(1)
-        self.level_F = self.level_FC.gather(1, self.concept_F[:, None])[:, 0]
-        self.train_pos, self.train_n = self.pos.clone(), self.n
-        del self.hist, self.fired, tp, fired, f1
-
-    def start_heldout(self, num_images: int) -> None:
-        step = self.step_F
-        self.start()
-        self.step_F = step  # held-out activations are binned at the train levels (above the train max: top level)
-        self.images = (torch.zeros(num_images, self.F), torch.zeros(num_images, self.F), torch.zeros(num_images, self.F))
-
-    def result(self, image_pos_IC: np.ndarray, image_presence_IC: np.ndarray) -> dict:
-        """Held-out measures at the train choices: per latent (its concept) and per (latent, concept) F1."""
-        tp, fired = self._cumulative()
-        tp_FC = tp.gather(1, self.level_FC[:, None, :])[:, 0].double()
-        fired_FC = fired.gather(1, self.level_FC)
-        f1_FC = f1_score(tp_FC.numpy(), fired_FC.numpy(), self.pos[None].numpy())
-        F = torch.arange(self.F)
-        c = self.concept_F
-        tp_F, fired_F, pos_F = tp_FC[F, c].numpy(), fired_FC[F, c].numpy(), self.pos[c].numpy()
-        # token AUROC from the level histograms of each latent's concept, "inactive" (≤ 0) as the lowest bin
-        pos_L = self.hist.view(self.F, self.L, self.C)[F, :, c].double().numpy()
-        neg_L = self.fired.view(self.F, self.L).numpy() - pos_L
-        pos_bins = np.concatenate([(pos_F - pos_L.sum(1))[:, None], pos_L], 1)
-        neg_bins = np.concatenate([(self.n - pos_F - neg_L.sum(1))[:, None], neg_L], 1)
-        img_max, img_fire, img_tp = (t.numpy().astype(np.float64) for t in self.images)
-        present = image_presence_IC[:, c.numpy()]
-        img_pos = image_pos_IC[:, c.numpy()].astype(np.float64)
-        union = img_fire + img_pos - img_tp
-        some = union > 0
-        iou = np.where(some, img_tp / np.maximum(union, 1), 0.0)
-        iou_F = np.where(some.any(0), iou.sum(0) / np.maximum(some.sum(0), 1), np.nan)
-        return {
-            "f1_FC": f1_FC,
-            "f1": f1_FC[F.numpy(), c.numpy()],
-            "precision": np.where(fired_F > 0, tp_F / np.maximum(fired_F, 1), 0.0),
-            "recall": np.where(pos_F > 0, tp_F / np.maximum(pos_F, 1), 0.0),
-            "auroc": auroc_from_counts(pos_bins, neg_bins),
-            "image_auroc": auroc(img_max, present),
-            "iou": iou_F,
-            "firing_rate": fired.numpy()[:, 0] / max(self.n, 1),
-        }
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # the report
 
 def _rows(reader, labels: TokenLabels, cols: np.ndarray, images: np.ndarray, batch_size: int):
@@ -491,16 +418,144 @@ def _encode(dictionary: Dictionary, acts: Tensor, device) -> SparseCodes:
     return SparseCodes(codes.values.float().cpu(), codes.indices.cpu())
 
 
+def initial_dictionary(dictionary: Dictionary) -> Dictionary | None:
+    """The dictionary as its training started (same architecture, normaliser and seed, no step taken): the
+    untrained control. None for kinds without a random initialisation (ITDA, neurons, random directions)."""
+    from difflens.dictionaries.topk_sae import TopKSAE
+
+    if not isinstance(dictionary, TopKSAE):
+        return None
+    seed = int((dictionary.meta.get("train") or {}).get("seed", dictionary.meta.get("seed", 0)) or 0)
+    init = TopKSAE(dictionary.d_in, dictionary.cfg, copy.deepcopy(dictionary.normalizer).cpu(), seed=seed)
+    init.meta = {k: v for k, v in dictionary.meta.items() if k in ("site", "step")}
+    return init
+
+
+def _latent_results(encoder: Dictionary, max_F: Tensor, specific_C: Tensor, train_rows, held_rows,
+                    n_held_images: int, image_pos_IC: np.ndarray, device, big: bool) -> dict:
+    """Train choices and held-out measures of every latent of one encoder (`truth_stats`), latent range by range
+    so that the (F, L, C) histograms stay within `HIST_BUDGET_BYTES`."""
+    parts = []
+    for lo, hi in latent_ranges(encoder.num_latents, len(specific_C)):
+        s = LatentConceptStats(max_F[lo:hi], len(specific_C), specific_C, lo=lo, big=big)
+        for acts, lab, _ in train_rows():
+            s.add(_encode(encoder, acts, device), lab)
+        s.choose()
+        s.start_heldout(n_held_images)
+        for acts, lab, pos_B in held_rows():
+            s.add(_encode(encoder, acts, device), lab, pos_B)
+        r = s.result(image_pos_IC)
+        r.update({"alive": s.alive_F.numpy(), "concept": s.concept_F.numpy(), "train_f1_FC": s.train_f1_FC.float().numpy(),
+                  "level": s.level_F.numpy(), "step": s.step_F.numpy(), "precise_concept": s.precise_concept_F.numpy(),
+                  "precise_any_concept": s.precise_any_concept_F.numpy(), "precise_FC": s.precise_FC.numpy(),
+                  "ap_concept": s.ap_concept_F.numpy(), "train_ap": s.train_ap_F.numpy()})
+        parts.append(r)
+        del s
+    out = {}
+    for key, value in parts[0].items():
+        if isinstance(value, tuple):  # per-image (I, F) arrays
+            out[key] = tuple(np.concatenate([p[key][j] for p in parts], 1) for j in range(len(value)))
+        elif key.startswith("images_"):
+            out[key] = np.concatenate([p[key] for p in parts], 1)
+        else:
+            out[key] = np.concatenate([p[key] for p in parts], 0)
+    out["max"] = max_F.numpy()
+    return out
+
+
+def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, held_rows, device) -> dict:
+    """Per concept, on held-out tokens: the OR of every latent precise for it on train (each firing in its upper
+    range) and the absorption rate (concept tokens where all those latents stay silent while a latent whose
+    residual direction has cosine ≥ ``ABSORB_COSINE`` with the concept's probe fires)."""
+    member_FC = torch.from_numpy(res["precise_FC"] & res["alive"][:, None]).float()
+    dirs_FD = encoder.feature_directions().float().cpu()
+    cos_FC = dirs_FD @ probe_dir_CD.t()
+    absorber_FC = ((cos_FC >= ABSORB_COSINE) & (member_FC == 0)).float()
+    upper_F = torch.from_numpy(res["step"]).float() * UPPER_LEVEL
+    C = member_FC.shape[1]
+    totals = {k: torch.zeros(C, dtype=torch.float64) for k in ("fired", "tp", "pos", "missed", "absorbed")}
+    for acts, lab, _ in held_rows():
+        codes = _encode(encoder, acts, device)
+        b, k = (codes.values > 0).nonzero(as_tuple=True)
+        f, v = codes.indices.long()[b, k], codes.values[b, k]
+        up = v > upper_F[f]
+        B = lab.shape[0]
+        union = torch.zeros(B, C).index_add_(0, b[up], member_FC[f[up]]) > 0
+        main = torch.zeros(B, C).index_add_(0, b, member_FC[f]) > 0
+        absorb = torch.zeros(B, C).index_add_(0, b, absorber_FC[f]) > 0
+        y = lab.bool()
+        miss = y & ~main
+        for key, m in (("fired", union), ("tp", union & y), ("pos", y), ("missed", miss), ("absorbed", miss & absorb)):
+            totals[key] += m.sum(0).double()
+    t = {k: v.numpy() for k, v in totals.items()}
+    n_members = member_FC.sum(0).numpy()
+    has = n_members > 0
+    best = cos_FC.abs().amax(0).numpy() if cos_FC.shape[0] else np.full(C, np.nan)
+    return {
+        "latents": n_members.astype(int),
+        "recall": np.where(has, t["tp"] / np.maximum(t["pos"], 1), 0.0),
+        "precision": np.where(t["fired"] > 0, t["tp"] / np.maximum(t["fired"], 1), np.nan),
+        "f1": np.where(has, f1_score(t["tp"], t["fired"], t["pos"]), 0.0),
+        "absorption": np.where(has & (t["pos"] > 0), t["absorbed"] / np.maximum(t["pos"], 1), np.nan),
+        "missed": np.where(has & (t["pos"] > 0), t["missed"] / np.maximum(t["pos"], 1), np.nan),
+        "probe_alignment": best,
+        "cos_FC": cos_FC,
+    }
+
+
+def bootstrap_shares(res: dict, image_pos_IC: np.ndarray, tokens_per_image: int, samples: int, seed: int) -> dict:
+    """[2.5, 97.5] % bootstrap intervals (held-out images resampled with replacement) of the precise share and the
+    F1 share, each recomputed with the train choices fixed."""
+    alive = res["alive"].astype(bool)
+    if samples <= 0 or not alive.any():
+        return {}
+    I = image_pos_IC.shape[0]
+    W_SI = np.random.default_rng(seed).multinomial(I, np.full(I, 1.0 / I), size=samples).astype(np.float64)
+    pos_SC = W_SI @ image_pos_IC
+    fire, tp = (W_SI @ a for a in res["images_upper"])
+    base = pos_SC[:, res["precise_concept"]] / (W_SI.sum(1, keepdims=True) * tokens_per_image)
+    precision = np.where(fire > 0, tp / np.maximum(fire, 1), 0.0)
+    precise = alive & precise_for(precision, fire, base, MIN_HELDOUT_FIRES)
+    fire1, tp1 = (W_SI @ a for a in res["images_f1"])
+    f1 = f1_score(tp1, fire1, pos_SC[:, res["concept"]])
+    n = alive.sum()
+    interval = lambda x: [float(np.percentile(x, 2.5)), float(np.percentile(x, 97.5))]  # noqa: E731
+    return {"precise_share": interval(precise.sum(1) / n), "f1_share": interval((alive & (f1 >= EXPLAINED_F1)).sum(1) / n)}
+
+
+def _shares(res: dict, union: dict, scored_specific: np.ndarray) -> dict:
+    """One encoder's summary measures (the same for the dictionary and every control)."""
+    alive = res["alive"].astype(bool)
+    n = max(int(alive.sum()), 1)
+    share = lambda m: float((alive & m).sum() / n)  # noqa: E731
+    return {
+        "alive": int(alive.sum()),
+        "precise_share": share(res["precise"]),
+        "precise_share_coarse": share(res["precise_any"]),
+        "ap_share": share(res["ap"] >= GROUNDED_AP),
+        "f1_share": share(res["f1"] >= EXPLAINED_F1),
+        "mean_union_f1": _mean(union["f1"][scored_specific]),
+        "mean_union_recall": _mean(union["recall"][scored_specific]),
+        "concepts_with_precise_latents": int((union["latents"][scored_specific] > 0).sum()),
+        "mean_absorption": _mean(union["absorption"][scored_specific]),
+        "mean_probe_alignment": _mean(union["probe_alignment"][scored_specific]),
+        "mean_any_precision": _mean(res["any_precision"][alive]),
+        "mean_upper_precision": _mean(res["upper_precision"][alive & (res["upper_fires"] > 0)]),
+    }
+
+
 @torch.no_grad()
 def truth_report(dictionary, store=None, *, site: str | None = None, step: int | None = None,
                  max_train_images: int | None = None, random_seed: int = 0, max_probe_tokens: int = 65_536,
                  batch_size: int = 2048, labels: TokenLabels | None = None, device: str | torch.device = "cpu",
-                 sparse_sizes=SPARSE_PROBE_SIZES) -> dict:
+                 sparse_sizes=SPARSE_PROBE_SIZES, controls=("random", "init"), bootstrap: int = BOOTSTRAP_SAMPLES,
+                 autointerp: dict | None = None, index=None) -> dict:
     """Ground-truth report of `dictionary` (object or folder) on `store` (default: the store it was trained on).
 
-    Thresholds and concept choices come from the train images (the first `max_train_images` of them if set);
-    every measure is taken on the held-out images. See the module docstring for each measure.
-    """
+    Choices come from the train images (the first `max_train_images` of them if set); every measure is taken on
+    the held-out images, for the dictionary and for each control in `controls` ("random": random directions,
+    "init": the dictionary before training). With an `autointerp` summary and its `index`, the scored latents
+    also get a perfect judge's detection score. Every field is described in docs/truth.md."""
     from difflens.dictionaries.io import load_dictionary
     from difflens.store.sources import open_store
 
@@ -518,6 +573,9 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     sparse_sizes = tuple(dict.fromkeys(int(n) for n in sparse_sizes))
     if any(n < 1 for n in sparse_sizes):
         raise ValueError(f"sparse probe sizes must be positive feature counts, got {list(sparse_sizes)}")
+    unknown = set(controls) - {"random", "init"}
+    if unknown:
+        raise ValueError(f"unknown controls {sorted(unknown)}: choose from 'random', 'init'")
     site = site if site is not None else dictionary.site
     step = step if step is not None else dictionary.step
     if site is None or step is None:
@@ -545,66 +603,62 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         raise ValueError("no concept has enough positive tokens in both the train and the held-out images")
     concepts = [labels.concepts[i] for i in cols]
     C = len(cols)
+    specific = np.array([concept_kind(c) == "specific" for c in concepts])
+    specific_C = torch.from_numpy(specific)
     probe_train_imgs = _pick_images(train_images, T, max_probe_tokens, random_seed)
     probe_held_imgs = _pick_images(held_images, T, max_probe_tokens, random_seed + 1)
+    train_rows = lambda: _rows(train_r, labels, cols, train_images, batch_size)  # noqa: E731
+
+    def held_rows():
+        for acts, lab, img in _rows(held_r, labels, cols, held_images, batch_size):
+            yield acts, lab, torch.from_numpy(np.searchsorted(held_images, img))
 
     # pass 0 (train): mean of the inputs (centres the random directions), the probe's train tokens
     sum_D, n_train = torch.zeros(train_r.dim, dtype=torch.float64), 0
     probe_X, probe_Y = [], []
-    for acts, lab, img in _rows(train_r, labels, cols, train_images, batch_size):
+    for acts, lab, img in train_rows():
         sum_D += acts.double().sum(0)
         n_train += acts.shape[0]
         keep = torch.from_numpy(np.isin(img, probe_train_imgs))
         probe_X.append(acts[keep])
         probe_Y.append(lab[keep])
     center = dictionary.normalizer.normalize((sum_D / max(n_train, 1)).float()[None].to(device))[0].cpu()
-    random = RandomDirections.like(dictionary, seed=random_seed, center_D=center).to(device)
-    encoders = {"dictionary": dictionary, "random": random}
+    encoders = {"dictionary": dictionary}
+    if "random" in controls:
+        encoders["random"] = RandomDirections.like(dictionary, seed=random_seed, center_D=center).to(device)
+    init = initial_dictionary(dictionary) if "init" in controls else None
+    if init is not None:
+        encoders["init"] = init.to(device)
     big = max(train_r.num_rows, held_r.num_rows) > 2**24
-    stats = {k: LatentConceptStats(e.num_latents, C, big=big) for k, e in encoders.items()}
 
     # pass A (train): each latent's max; the probe tokens' codes
+    max_F = {k: torch.zeros(e.num_latents) for k, e in encoders.items()}
     probe_codes: dict[str, list] = {k: [] for k in encoders}
-    for acts, lab, img in _rows(train_r, labels, cols, train_images, batch_size):
+    for acts, lab, img in train_rows():
         keep = torch.from_numpy(np.isin(img, probe_train_imgs))
         for k, enc in encoders.items():
             codes = _encode(enc, acts, device)
-            stats[k].observe_max(codes)
+            v = codes.values.reshape(-1).clamp_min(0)
+            max_F[k].scatter_reduce_(0, codes.indices.reshape(-1).long(), v, "amax")
             probe_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
-    # pass B (train): level histograms -> per (latent, concept) threshold, per latent concept
-    for s in stats.values():
-        s.start()
-    for acts, lab, img in _rows(train_r, labels, cols, train_images, batch_size):
-        for k, enc in encoders.items():
-            stats[k].add(_encode(enc, acts, device), lab)
-    for s in stats.values():
-        s.choose()
-
-    # pass C (held-out): histograms at the train levels, per-image maps; the probe's held-out tokens
-    for s in stats.values():
-        s.start_heldout(len(held_images))
     held_X, held_Y = [], []
     held_codes: dict[str, list] = {k: [] for k in encoders}
     for acts, lab, img in _rows(held_r, labels, cols, held_images, batch_size):
-        pos_B = torch.from_numpy(np.searchsorted(held_images, img))
         keep = torch.from_numpy(np.isin(img, probe_held_imgs))
         held_X.append(acts[keep])
         held_Y.append(lab[keep])
         for k, enc in encoders.items():
             codes = _encode(enc, acts, device)
-            stats[k].add(codes, lab, pos_B)
             held_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
     img_pos = np.concatenate([labels.dense(held_images[i: i + 256])[:, :, cols].sum(1)
-                              for i in range(0, len(held_images), 256)])
-    results = {k: s.result(img_pos, img_pos > 0) for k, s in stats.items()}
+                              for i in range(0, len(held_images), 256)]).astype(np.float64)
+    # passes B and C per encoder (latent range by range): train choices, held-out measures
+    results = {k: _latent_results(enc, max_F[k], specific_C, train_rows, held_rows, len(held_images), img_pos,
+                                  device, big) for k, enc in encoders.items()}
+    for r in results.values():
+        r["image_auroc"] = auroc(r["images_max"], img_pos[:, r["concept"]] > 0)
 
-    # per concept: the best single latent (chosen on train), probes
-    coverage, coverage_latent = {}, {}
-    for k, s in stats.items():
-        train_f1 = torch.where(s.alive_F[:, None], s.train_f1_FC, torch.full_like(s.train_f1_FC, -1.0))
-        best_F = train_f1.argmax(0).numpy()
-        coverage[k] = results[k]["f1_FC"][best_F, np.arange(C)]
-        coverage_latent[k] = best_F
+    # probes: the ceiling (its directions for absorption and alignment) and sparse probes
     Xt, Yt = torch.cat(probe_X), torch.cat(probe_Y)
     Xh, Yh = torch.cat(held_X), torch.cat(held_Y)
     # the ceiling and the raw-dimension sparse probes do not depend on the dictionary: computed once per
@@ -618,55 +672,110 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         while len(_BASELINES) > 4:
             _BASELINES.pop(next(iter(_BASELINES)))
     ceiling, raw_sparse = _BASELINES[key]
+    probe_dir_CD = torch.from_numpy(ceiling["direction"]).float()
+    unions = {k: _union_and_absorption(enc, results[k], probe_dir_CD, held_rows, device) for k, enc in encoders.items()}
     sparse = {}
     for k, enc in encoders.items():
-        cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))
+        cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))  # noqa: E731
         ft = ProbeFeatures(codes=cat(probe_codes[k]), num_features=enc.num_latents)
         fh = ProbeFeatures(codes=cat(held_codes[k]), num_features=enc.num_latents)
         sparse[k] = sparse_probes(ft, fh, Yt, Yh, sparse_sizes)
     sparse["raw"] = raw_sparse
 
-    # assemble
-    d, r = stats["dictionary"], stats["random"]
+    # per concept: the best single latent by train F1
+    coverage, coverage_latent = {}, {}
+    for k, r in results.items():
+        train_f1 = np.where(r["alive"][:, None], r["train_f1_FC"], -1.0)
+        best_F = train_f1.argmax(0)
+        coverage[k] = r["f1_FC"][best_F, np.arange(C)]
+        coverage_latent[k] = best_F
+    detection = {}
+    if autointerp is not None and index is not None:
+        from .autointerp import truth_detection
+
+        res = results["dictionary"]
+        wanted = {int(f): concepts[int(res["precise_concept"][int(f)])] for f, rec in autointerp.get("features", {}).items()
+                  if rec.get("status") == "ok" and res["alive"][int(f)]}
+        detection = truth_detection(index, autointerp, wanted, labels=labels)
+    summaries = {k: _shares(results[k], unions[k], specific) for k in encoders}
+    for k in encoders:
+        summaries[k]["intervals"] = bootstrap_shares(results[k], img_pos, T, bootstrap, random_seed)
+        summaries[k]["mean_f1"] = _mean(results[k]["f1"][results[k]["alive"].astype(bool)])
+    return _assemble(name, dictionary, store, site, step, concepts, labels, scored, results, unions, summaries,
+                     coverage, coverage_latent, ceiling, sparse, sparse_sizes, detection,
+                     {"train": int(len(train_images)), "held_out": int(len(held_images))},
+                     {"train": int(Xt.shape[0]), "held_out": int(Xh.shape[0])}, n_train, int(img_pos.shape[0] * T))
+
+
+def _assemble(name, dictionary, store, site, step, concepts, labels, scored, results, unions, summaries, coverage,
+              coverage_latent, ceiling, sparse, sparse_sizes, detection, images, probe_tokens, n_train, n_held) -> dict:
+    """truth.json's layout (docs/truth.md)."""
     res = results["dictionary"]
-    alive = d.alive_F.numpy()
-    explained = alive & (res["f1"] >= EXPLAINED_F1)
-    alive_r = r.alive_F.numpy()
-    explained_r = alive_r & (results["random"]["f1"] >= EXPLAINED_F1)
+    alive = res["alive"].astype(bool)
+    specific = np.array([concept_kind(c) == "specific" for c in concepts])
+    r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
     latents = []
     for f in np.flatnonzero(alive):
-        latents.append({
-            "latent": int(f), "concept": concepts[int(d.concept_F[f])],
-            **{m: _nan_to_none(round(float(res[m][f]), 4)) for m in
-               ("f1", "precision", "recall", "auroc", "image_auroc", "iou", "firing_rate")},
-            "train_f1": round(float(d.train_f1_FC[f, d.concept_F[f]]), 4),
-            "threshold": round(float(d.level_F[f] * d.step_F[f]), 6),
-        })
+        c, cp, ca, cc = (concepts[int(res[k][f])] for k in ("concept", "precise_concept", "ap_concept",
+                                                            "precise_any_concept"))
+        row = {
+            "latent": int(f), "concept": c,
+            **{m: r4(res[m][f]) for m in ("f1", "precision", "recall", "auroc", "image_auroc", "iou", "firing_rate")},
+            "train_f1": r4(res["train_f1_FC"][f, res["concept"][f]]),
+            "threshold": round(float(res["level"][f] * res["step"][f]), 6),
+            "precise_concept": cp, "precise": bool(res["precise"][f]),
+            "upper_precision": r4(res["upper_precision"][f]),
+            "upper_lift": r4(res["upper_precision"][f] / res["upper_base"][f]) if res["upper_base"][f] > 0 else None,
+            "upper_fires": int(res["upper_fires"][f]), "upper_recall": r4(res["upper_recall"][f]),
+            "any_precision": r4(res["any_precision"][f]),
+            "band_precision": [r4(x) for x in res["band_precision"][f]],
+            "band_fires": [int(x) for x in res["band_fires"][f]],
+            "coarse_concept": cc, "precise_coarse": bool(res["precise_any"][f]),
+            "ap_concept": ca, "ap": r4(res["ap"][f]),
+        }
+        if int(f) in detection:
+            row.update(detection[int(f)])
+        latents.append(row)
+    d, rnd = summaries["dictionary"], summaries.get("random", {})
     ratio = {c: (float(coverage["dictionary"][i] / ceiling["f1"][i]) if ceiling["f1"][i] > 0 else None)
              for i, c in enumerate(concepts)}
-    per_concept = lambda a: {c: round(float(a[i]), 4) for i, c in enumerate(concepts)}
-
-    def summary(k):
-        rr, al = results[k], stats[k].alive_F.numpy()
-        return {m: _mean(rr[m][al]) for m in ("f1", "precision", "recall", "auroc", "image_auroc", "iou")}
-
+    per_concept = lambda a: {c: r4(a[i]) for i, c in enumerate(concepts)}  # noqa: E731
     named = {}
-    for f in np.flatnonzero(explained):
-        c = concepts[int(d.concept_F[f])]
-        named[c] = named.get(c, 0) + 1
+    for f in np.flatnonzero(alive & (res["f1"] >= EXPLAINED_F1)):
+        named[concepts[int(res["concept"][f])]] = named.get(concepts[int(res["concept"][f])], 0) + 1
+    precise_named = {}
+    for f in np.flatnonzero(res["precise"]):
+        precise_named[concepts[int(res["precise_concept"][f])]] = precise_named.get(concepts[int(res["precise_concept"][f])], 0) + 1
+    u = unions["dictionary"]
+    det = [r for r in latents if "detection_token" in r]
     return {
         "dictionary": name, "kind": dictionary.kind, "dictionary_path": str(dictionary.path) if dictionary.path else None,
         "site": site, "step": int(step), "store": str(store.root),
         "num_latents": int(dictionary.num_latents), "k": sparsity_k(dictionary),
-        "alive": int(alive.sum()), "alive_random": int(alive_r.sum()),
-        "explained_share": float(explained.sum() / max(alive.sum(), 1)),
-        "explained_share_random": float(explained_r.sum() / max(alive_r.sum(), 1)),
-        "explained_f1": EXPLAINED_F1,
-        "mean_coverage": _mean(coverage["dictionary"]), "mean_coverage_random": _mean(coverage["random"]),
+        "headline": {"name": "precise_share", "definition": HEADLINE_DEFINITION, "value": d["precise_share"],
+                     "interval": d["intervals"].get("precise_share"),
+                     **{f"{k}": summaries[k]["precise_share"] for k in summaries if k != "dictionary"},
+                     **{f"{k}_interval": summaries[k]["intervals"].get("precise_share") for k in summaries
+                        if k != "dictionary"}},
+        "precise_share": d["precise_share"], "precise_share_random": rnd.get("precise_share"),
+        "alive": d["alive"], "alive_random": rnd.get("alive"),
+        "explained_share": d["f1_share"], "explained_share_random": rnd.get("f1_share"), "explained_f1": EXPLAINED_F1,
+        "summary": summaries,
+        "levels": {"unit": "fraction of the latent's max activation on train tokens", "levels": LEVELS,
+                   "bands": [round(j / BANDS, 3) for j in range(BANDS + 1)], "upper": UPPER_LEVEL / LEVELS},
+        "mean_coverage": _mean(coverage["dictionary"]), "mean_coverage_random": _mean(coverage.get("random", [])),
         "mean_probe_ceiling": _mean(ceiling["f1"]), "mean_coverage_ratio": _mean(list(ratio.values())),
         "coverage": per_concept(coverage["dictionary"]),
         "coverage_latent": {c: int(coverage_latent["dictionary"][i]) for i, c in enumerate(concepts)},
-        "coverage_random": per_concept(coverage["random"]),
+        "coverage_random": per_concept(coverage["random"]) if "random" in coverage else {},
+        "union_coverage": {c: {"latents": int(u["latents"][i]), "recall": r4(u["recall"][i]),
+                               "precision": r4(u["precision"][i]), "f1": r4(u["f1"][i]),
+                               "single_f1": r4(coverage["dictionary"][i]), "probe_f1": r4(ceiling["f1"][i]),
+                               "absorption": r4(u["absorption"][i]), "missed": r4(u["missed"][i]),
+                               "probe_alignment": r4(u["probe_alignment"][i]),
+                               "probe_alignment_random": r4(unions["random"]["probe_alignment"][i])
+                               if "random" in unions else None}
+                           for i, c in enumerate(concepts)},
         "probe_ceiling": per_concept(ceiling["f1"]),
         "probe_ceiling_auroc": per_concept(ceiling["auroc"]),
         "coverage_ratio": {c: (None if v is None else round(v, 4)) for c, v in ratio.items()},
@@ -676,26 +785,20 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
             **{src: {n: _mean(v) for n, v in by_n.items()} for src, by_n in sparse.items()},
             "per_concept": {src: {n: per_concept(v) for n, v in by_n.items()} for src, by_n in sparse.items()},
         },
-        "latent_means": {"dictionary": summary("dictionary"), "random": summary("random")},
+        "latent_means": {k: {m: _mean(results[k][m][results[k]["alive"].astype(bool)])
+                             for m in ("f1", "precision", "recall", "auroc", "image_auroc", "iou")} for k in results},
+        "detection": {"latents": len(det),
+                      "mean_token": _mean([r["detection_token"] for r in det]),
+                      "mean_image": _mean([r["detection_image"] for r in det])} if det else None,
         "explained_by_concept": dict(sorted(named.items(), key=lambda kv: -kv[1])),
+        "precise_by_concept": dict(sorted(precise_named.items(), key=lambda kv: -kv[1])),
         "concepts": concepts,
+        "concepts_coarse": [c for c, s in zip(concepts, specific) if not s],
         "concepts_unscored": [c for i, c in enumerate(labels.concepts) if not scored[i]],
-        "tokens": {"train": int(d.train_n), "held_out": int(d.n)},
-        "images": {"train": int(len(train_images)), "held_out": int(len(held_images))},
-        "probe_tokens": {"train": int(Xt.shape[0]), "held_out": int(Xh.shape[0])},
-        "rules": {
-            "threshold": f"per (latent, concept): best train F1 over t = j/{THRESHOLD_LEVELS} of the latent's train max, "
-                         f"j = 0..{THRESHOLD_LEVELS - 1}; fires when activation > t; concept = best train F1; "
-                         "measured on held-out images",
-            "random_floor": "same count and k; unit directions in the dictionary's normalised input space; "
-                            "ReLU(top-k of projections of the input minus its train mean)",
-            "probe_ceiling": f"logistic regression (L2 {PROBE_L2}) on standardised raw site activations, "
-                             "threshold = best train F1",
-            "sparse_probing": "top-n features by |mean(pos) - mean(neg)| / std on train tokens, then a logistic probe",
-            "iou": "mean over held-out images where the thresholded map or the concept mask is non-empty",
-            "auroc": f"token level, from {THRESHOLD_LEVELS} activation levels plus 'inactive' (ties count half)",
-            "scored_concepts": f">= {MIN_SCORED_POSITIVES} positive tokens in each split",
-        },
+        "tokens": {"train": int(n_train), "held_out": int(n_held)},
+        "images": images,
+        "probe_tokens": probe_tokens,
+        "rules": RULES,
         "latents": latents,
     }
 

@@ -283,12 +283,18 @@ class SiteReader:
         }
 
 
+def _meta_defaults(meta: dict) -> dict:
+    """store.json's content with the defaults of keys older stores lack: control "none" (a normal capture)."""
+    meta.setdefault("control", "none")
+    return meta
+
+
 class ActivationStore:
     """A completed capture folder (see `difflens.store.layout` for what it holds)."""
 
     def __init__(self, root: Path, meta: dict):
         self.root = Path(root)
-        self.meta = meta
+        self.meta = _meta_defaults(meta)
         self.images_dir = self.root / layout.IMAGES_DIR
         self._prompts: list[dict] | None = None
 
@@ -325,8 +331,13 @@ class ActivationStore:
 
     # -- identity and the held-out split -------------------------------------------------
     def identity(self) -> dict:
-        """{"path" (absolute), "model", "weights", "prompts_hash", "n_images"}: which capture this is (None if unrecorded)."""
-        return {"path": str(self.root.resolve()), **{k: self.meta.get(k) for k in ("model", "weights", "prompts_hash", "n_images")}}
+        """{"path" (absolute), "model", "weights", "prompts_hash", "n_images"}: which capture this is (None if
+        unrecorded); a control store adds "control" and "control_weights" (the random-init copy's fingerprint)."""
+        ident = {"path": str(self.root.resolve()),
+                 **{k: self.meta.get(k) for k in ("model", "weights", "prompts_hash", "n_images")}}
+        if self.meta["control"] != "none":
+            ident.update({k: self.meta.get(k) for k in ("control", "control_weights")})
+        return ident
 
     @property
     def holdout(self) -> dict | None:
@@ -347,7 +358,7 @@ class ActivationStore:
         if split is not None:
             meta["holdout"] = split
         atomic_write_json(self.root / layout.STORE_MANIFEST, meta)
-        self.meta = meta
+        self.meta = _meta_defaults(meta)
         return split or {"fraction": 0.0, "seed": int(seed), "image_ids": []}
 
     # -- images, prompts, seeds ----------------------------------------------------------
@@ -385,6 +396,9 @@ class ActivationStore:
             f"store      {self.root}",
             f"model      {m.get('model')}   (weights {m.get('weights', 'not recorded')})",
             f"images     {m.get('n_images')} at {m.get('resolution')} px, {m.get('num_steps')} steps (prompts hash {str(m.get('prompts_hash'))[:12]})",
+            *([f"control    {m['control']} (seed {m.get('control_seed')}, weights {m.get('control_weights')}): "
+               f"a random-init copy of the denoiser, teacher-forced; images are the trained model's"]
+              if m["control"] != "none" else []),
             f"dtype      {m.get('dtype')}   difflens {m.get('difflens_version')}",
             f"split      {describe_holdout(self.holdout, m.get('n_images'))}",
             f"{'site':<40} {'step':>4} {'stream':>6} {'dim':>6} {'rows':>12} {'grid':>7} {'MB':>9}",
