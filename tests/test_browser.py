@@ -71,6 +71,8 @@ def build_run(root: Path) -> Path:
                  "latents": [{"latent": i, "concept": "<b>bold</b>" if j == 1 else "color:red", "f1": 0.5,
                               "precision": 0.6, "recall": 0.4, "auroc": 0.6 + 0.05 * j, "image_auroc": 0.9,
                               "iou": 0.3} for j, i in enumerate(alive[:5])]}
+        if name != "text_sae":  # the text dictionary keeps a report written before the precise share
+            precise_truth(truth, init=name == "sae")
         (dicts / name / "truth.json").write_text(json.dumps(truth))
     (root / "plots").mkdir()
     from PIL import Image
@@ -87,6 +89,40 @@ def build_run(root: Path) -> Path:
                             "dead_fraction": 0.0}]}
     (root / "summary.json").write_text(json.dumps(summary))
     return root
+
+
+HEADLINE_DEFINITION = ("precise share: alive latents whose activations above 0.5 x their train max are >= 90% precise "
+                       "for one specific concept on held-out images")
+# per latent row j of the first five alive: precise concept, counts?, upper precision, band precision and fires
+PRECISE_ROWS = [
+    ("color:blue", True, 0.95, [None, 0.1, 0.2, None, 0.4, 0.8, 0.9, 1.0, 1.0, 0.875], [0, 30, 12, 0, 9, 5, 10, 4, 2, 8]),
+    ("shape:square", False, 0.4, [0.05, 0.1, 0.2, 0.3, 0.3, 0.4, 0.4, None, None, None], [50, 40, 20, 10, 6, 3, 2, 0, 0, 0]),
+    ("shape:triangle", True, 0.92, None, None),
+    ("<b>bold</b>", False, 0.3, [0.3] * 10, [1] * 10),
+    ("color:green", False, None, [None] * 10, [0] * 10),
+]
+
+
+def precise_truth(truth: dict, init: bool) -> dict:
+    """Add what truth.json holds since the precise share became its headline (interpret.truth): headline, summary,
+    levels and each latent's precise match with its specificity by activation level."""
+    truth["headline"] = {"name": "precise_share", "definition": HEADLINE_DEFINITION, "value": 0.182,
+                         "interval": [0.151, 0.21], "random": 0.025, "random_interval": [0.01, 0.04]}
+    if init:
+        truth["headline"].update(init=0.03, init_interval=[0.02, 0.045])
+    S = lambda share: {"alive": 40, "precise_share": share, "precise_share_coarse": share + 0.05, "ap_share": 0.1,  # noqa: E731
+                       "f1_share": 0.25, "mean_union_f1": 0.3, "intervals": {"precise_share": [0.151, 0.21],
+                                                                              "f1_share": [0.2, 0.3]}}
+    truth["summary"] = {"dictionary": S(0.182), "random": S(0.025), **({"init": S(0.03)} if init else {})}
+    truth["levels"] = {"unit": "fraction of the latent's max activation on train tokens",
+                       "bands": [round(j / 10, 3) for j in range(11)], "upper": 0.5}
+    for row, (concept, precise, upper, bands, fires) in zip(truth["latents"], PRECISE_ROWS):
+        row.update(precise_concept=concept, precise=precise, upper_precision=upper,
+                   upper_lift=None if upper is None else round(upper / 0.1, 4), upper_fires=29 if upper else 0,
+                   upper_recall=0.5, any_precision=0.41, band_precision=bands, band_fires=fires,
+                   coarse_concept="part:fill", precise_coarse=True, ap_concept=concept, ap=0.66)
+    truth["latents"][2].update(detection_token=0.875, detection_image=0.75)
+    return truth
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +211,120 @@ def test_feature_page_shows_images_histogram_steps_truth_and_nearest(client, run
     assert m["grid"] == list(index.grid)
     np.testing.assert_allclose(np.array(m["values"]).reshape(m["grid"]), amap.numpy(), atol=1e-4)
     assert max(m["values"]) == pytest.approx(first["score"], rel=1e-3)
+
+
+def _alive(run_dir, name="sae") -> list[int]:
+    return torch.nonzero(dl.load_index(run_dir / "dictionaries" / name / "index").alive()).squeeze(1).tolist()
+
+
+def test_index_page_leads_with_the_precise_share_and_keeps_f1_secondary(client):
+    text = client.get("/").text
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'<tr>\s*<td><a class="dict-link" href="/d/(\w+)">.*?</tr>', text, re.S)}
+    sae, itda, text_sae = rows["sae"], rows["itda"], rows["text_sae"]
+    assert "precise <b>18.2%</b>" in sae and "[15.1, 21.0]" in sae
+    assert "random 2.5%" in sae and "untrained 3.0%" in sae  # both controls, the untrained one for the SAE only
+    assert "random 2.5%" in itda and "untrained" not in itda
+    assert "precise <b>" not in text_sae and "written before it" in text_sae  # an old report: no precise share
+    # the precise share leads; the F1 share is the last column, labelled secondary and recall-sensitive
+    head = re.search(r"<thead>.*?</thead>", text, re.S).group(0)
+    assert head.index("precise share") < head.index("FVU") < head.index("F1 ≥ 0.5") and "(recall-sensitive)" in head
+    assert "truth-explained" not in head
+    assert "25.0%" in sae and 'title="[20.0, 30.0]"' in sae  # the F1 share, with its interval as a tooltip
+    assert text.count(HEADLINE_DEFINITION.replace(">", "&gt;")) >= 3  # the definition: tooltips and note
+
+
+def test_old_truth_json_without_headline_still_renders(run_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "old"
+    for name in ("sae", "text_sae"):
+        (root / "dictionaries" / name).mkdir(parents=True)
+        shutil.copy(run_dir / "dictionaries" / name / "cfg.json", root / "dictionaries" / name / "cfg.json")
+    (root / "dictionaries" / "sae" / "truth.json").write_text(json.dumps(
+        {"explained_share": 0.25, "explained_share_random": 0.05, "latents": [{"latent": 2, "concept": "color:red"}]}))
+    with TestClient(create_app(root), raise_server_exceptions=False) as c:
+        r = c.get("/")
+    assert r.status_code == 200
+    assert "truth-explained" in r.text and "25.0%" in r.text and "(5.0%)" in r.text
+    assert "precise share" not in r.text and "recall-sensitive" not in r.text
+    # an old report in a run with new ones: its feature page keeps the F1 panel, its table the old column
+    alive = _alive(run_dir, "text_sae")
+    page = client_get(run_dir, f"/d/text_sae/f/{alive[0]}")
+    assert "best concept" in page and 'id="specificity"' not in page and "precise concept" not in page
+    table = client_get(run_dir, "/d/text_sae")
+    assert "<th>truth concept</th>" in table and "upper prec." not in table and "precise only" not in table
+
+
+def client_get(run_dir, url: str) -> str:
+    with TestClient(create_app(run_dir), raise_server_exceptions=False) as c:
+        r = c.get(url)
+    assert r.status_code == 200, r.text[:300]
+    return r.text
+
+
+def test_a_report_with_only_top_level_precise_share_reads_its_summary():
+    from difflens.browser.pages import truth_headline
+
+    got = truth_headline({"precise_share": 0.2, "precise_share_random": 0.01,
+                          "summary": {"dictionary": {"intervals": {"precise_share": [0.1, 0.3]}},
+                                      "init": {"precise_share": 0.04}}})
+    assert got["value"] == 0.2 and got["interval"] == [0.1, 0.3]
+    assert [(c["label"], c["value"]) for c in got["controls"]] == [("random", 0.01), ("untrained", 0.04)]
+    assert truth_headline({"explained_share": 0.3}) is None and truth_headline(None) is None
+    assert truth_headline({"headline": {"value": "nan?"}}) is None
+
+
+def test_feature_table_shows_the_precise_concept_and_sorts_by_upper_precision(client, run_dir):
+    alive = _alive(run_dir)
+    r = client.get("/d/sae?sort=upper_precision&order=desc&per_page=500")
+    assert r.status_code == 200
+    head = re.search(r"<thead>.*?</thead>", r.text, re.S).group(0)
+    assert "precise concept" in head and "upper prec." in head and "F1 concept" in head and "recall-sens." in head
+    latents = [int(x) for x in re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"', r.text)]
+    assert latents[:4] == [alive[0], alive[2], alive[1], alive[3]]  # 0.95, 0.92, 0.4, 0.3; no value last
+    assert sorted(latents) == alive
+    assert r.text.count('<span class="mark yes"') == 2  # ✓ where the latent counts in the precise share
+    assert re.search(r'<span class="mark yes"[^>]*>✓</span> <code>color:blue</code>', r.text)
+    assert ">95%</td>" in r.text
+    ascending = [int(x) for x in re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"',
+                                            client.get("/d/sae?sort=upper_precision&order=asc&per_page=500").text)]
+    assert ascending[:4] == [alive[3], alive[1], alive[2], alive[0]]
+    only = {int(x) for x in re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"', client.get("/d/sae?precise=1").text)}
+    assert only == {alive[0], alive[2]}
+    blue = {int(x) for x in re.findall(r'class="feature-link" href="/d/sae/f/(\d+)"', client.get("/d/sae?concept=color:blue").text)}
+    assert blue == {alive[0]}  # the concept filter matches the precise concept too
+    assert client.get("/d/sae?precise=2").status_code == 400
+    page = client.get("/d/sae").text
+    assert "precise <b>18.2%</b>" in page and "untrained 3.0%" in page  # the dictionary's headline above its table
+
+
+def test_feature_page_draws_specificity_by_activation_level(client, run_dir):
+    alive = _alive(run_dir)
+    text = client.get(f"/d/sae/f/{alive[0]}").text
+    panel = re.search(r'<section class="card" id="truth">.*?</section>', text, re.S).group(0)
+    assert "precise concept <code>color:blue</code>" in panel and "✓ counts in the precise share" in panel
+    chart = re.search(r'<div id="specificity">.*?</svg>', panel, re.S).group(0)
+    bands = re.findall(r'<rect class="band( upper| empty)?"', chart)
+    assert len(bands) == 10
+    assert [b == " empty" for b in bands] == [True, False, False, True] + [False] * 6  # no tokens: drawn empty
+    assert [b == " upper" for b in bands][5:] == [True] * 5  # bands above ½ max: the upper range
+    heights = [float(h) for h in re.findall(r'<rect class="band(?: upper)?" x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', chart)]
+    assert heights == pytest.approx([5, 10, 20, 40, 45, 50, 50, 43.75])  # precision x 50 (the chart's height)
+    assert 'class="upper-zone"' in chart and 'class="base"' in chart  # upper range shaded, base rate 9.5%
+    labels = re.findall(r'<span class="band-label[^"]*"[^>]*><b>([^<]*)</b><br>n (\d+)</span>', panel)
+    assert labels[:3] == [("–", "0"), ("10%", "30"), ("20%", "12")] and labels[-1] == ("88%", "8") and len(labels) == 10
+    assert "on 30 held-out tokens" in chart  # each bar's tooltip: precision and token count
+    for words in ("upper range (&gt; 0.5 × max)", "precision 95.0%", "lift 9.5×", "29 tokens", "any activation",
+                  "precision 41.0%", "AP match", "AP 0.66", "F1 match", "recall-sensitive", "<code>color:red</code> · F1 0.5"):
+        assert words in panel, words
+    assert "detection" not in panel
+    # a latent that does not count, one without band statistics but with detection scores
+    other = client.get(f"/d/sae/f/{alive[1]}").text
+    assert "✗ does not count in the precise share" in other
+    third = re.search(r'id="truth">.*?</section>', client.get(f"/d/sae/f/{alive[2]}").text, re.S).group(0)
+    assert "no band statistics" in third and "detection (perfect judge)" in third and "tokens 0.875" in third
+    empty = re.search(r'id="truth">.*?</section>', client.get(f"/d/sae/f/{alive[4]}").text, re.S).group(0)
+    assert empty.count('class="band empty"') == 10 and 'class="base"' not in empty
 
 
 def test_nearest_latents_are_the_decoder_cosine_neighbours(run_dir):
@@ -412,6 +562,12 @@ def test_static_export_works_from_files_with_steering_disabled(run_dir, tmp_path
     assert "<script>alert" not in page and "&lt;script&gt;alert(" in page
     data = json.loads((out / "d" / "sae" / "f" / f"{alive[0]}.json").read_text())
     assert data["latent"] == alive[0] and data["maps"] and data["top"]
+    # the ground-truth panel: specificity by activation level, on the page and in its data
+    assert 'id="specificity"' in page and page.count('<rect class="band') == 10
+    assert data["precise"]["concept"] == "color:blue" and len(data["precise"]["bars"]) == 10
+    assert data["truth"]["band_fires"][1] == 30 and data["precise"]["bars"][0]["precision"] is None
+    home = (out / "index.html").read_text()
+    assert "precise <b>18.2%</b>" in home and "recall-sensitive" in home
     # every relative link and image of the pages resolves to a written file (or a feature not exported)
     for html in [out / "index.html", out / "d" / "sae" / "index.html", out / "d" / "sae" / "f" / f"{alive[0]}.html",
                  out / "d" / "text_sae" / "f" / f"{text_latent}.html"]:  # a text site's tiles too
@@ -426,6 +582,8 @@ def test_static_export_works_from_files_with_steering_disabled(run_dir, tmp_path
     table = (out / "d" / "sae" / "index.html").read_text()
     assert sorted(int(x) for x in re.findall(r'class="feature-link" href="../../d/sae/f/(\d+).html"', table)) == exported
     assert "sortable" in table
+    assert 'data-key="upper_precision"' in table and 'data-upper_precision="0.95"' in table
+    assert 'id="t-precise"' in table and 'data-precise="1"' in table
     for bad in ("-2", "0", "x", "1,x"):
         assert main(["browse", str(run_dir), "--export", str(tmp_path / "bad"), "--export-features", bad]) == 2
 

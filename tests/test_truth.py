@@ -375,3 +375,25 @@ def test_init_control_and_probe_alignment_on_a_small_sae(tmp_path):
     assert set(no_controls["summary"]) == {"dictionary"} and no_controls["precise_share_random"] is None
     with pytest.raises(ValueError, match="unknown controls"):
         truth_report(sae, store, controls=("shuffled",))
+
+
+def test_random_model_control_is_reported_with_the_trained_models_labels(tmp_path):
+    """The random-model control on a tiny model: a teacher-forced capture draws the same images, so the same labels,
+    and the same recipe and report run on it."""
+    import difflens as dl
+    from tiny_models import adapter
+
+    a = adapter("embedded-tiny")
+    common = dict(n_images=8, sites=["double.0.img.out"], steps=[1], num_steps=2, batch_size=4, holdout=0.25,
+                  progress=False)
+    trained = dl.capture(a, out=tmp_path / "trained", **common)
+    control = dl.capture(a, out=tmp_path / "control", control="random-init", **common)
+    labels = token_labels(trained)
+    assert np.array_equal(token_labels(control).packed, labels.packed)
+    reports = {}
+    for name, store in (("trained", trained), ("control", control)):
+        sae = dl.train_sae(store, "double.0.img.out", 1, k=2, num_latents=16, num_tokens=2_000, batch_size=128,
+                           normalization="pca", seed=0, progress=False)
+        reports[name] = truth_report(sae, store, labels=labels, sparse_sizes=(), bootstrap=20)
+    for r in reports.values():
+        assert set(r["summary"]) == {"dictionary", "random", "init"} and r["concepts"] == reports["trained"]["concepts"]

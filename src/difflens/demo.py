@@ -65,11 +65,11 @@ class DemoConfig:
     """dictionary of the steering showcase"""
     steer_strengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     """strengths of the steering showcase, in multiples of each latent's typical activation"""
-    steer_images: int = 16
+    steer_images: int = 8
     """images per steered latent (the oracle scores each)"""
     edit_categories: list[str] = field(default_factory=lambda: ["color", "shape", "size", "background"])
     """categories of the demo's editing benchmark"""
-    edit_pairs: int = 20
+    edit_pairs: int = 14
     """prompt pairs per category of the editing benchmark"""
     seed: int = 0
     """seed of the prompts, images and training"""
@@ -185,7 +185,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "metrics.txt").write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
                                      f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n"
-                                     f"\ninterpretation\n{interpretation['table']}\n"
+                                     f"\ninterpretation (ground truth: {interpretation['headline_definition']})\n"
+                                     f"{interpretation['table']}\n"
                                      f"\nsteering: oracle reads the concept / clean edit\n{steering['table']}\n"
                                      f"\nediting benchmark\n{steering['edit_bench']['table']}\n")
     _say(f"done: {out / 'summary.json'}, tables {out / 'metrics.txt'}, plots in {plots_dir} and {out / 'sweep'}")
@@ -211,7 +212,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     from .evaluation.metrics import format_table
     from .interpret.autointerp import agreement, compare_methods, select_features
     from .interpret.cards import feature_grid
-    from .interpret.truth import truth_report, write_truth
+    from .interpret.truth import HEADLINE_DEFINITION, truth_report, write_truth
 
     rows, summaries = [], {}
     for name, dictionary in dictionaries.items():
@@ -224,25 +225,38 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
         index = dl.feature_index(dictionary, out=folder / "index", seed=cfg.seed)
         summary = dl.autointerp(index, features=str(cfg.autointerp_latents), seed=cfg.seed)
         summaries[name] = summary
-        truth = truth_report(dictionary, sparse_sizes=tuple(cfg.truth_sparse_sizes))
+        truth = truth_report(dictionary, sparse_sizes=tuple(cfg.truth_sparse_sizes), autointerp=summary, index=index)
         write_truth(truth, folder / "truth.json")
         agree = agreement(summary, truth)
+        head, controls = truth["headline"], truth["summary"]
         rows.append({"dictionary": name, "alive": int(index.alive().sum()), "latents": index.num_latents,
-                     "autointerp_mean": summary["mean_score"], "autointerp_median": summary["median_score"],
-                     "explained_share": truth["explained_share"],
-                     "explained_share_random": truth["explained_share_random"],
-                     "coverage_mean": truth.get("mean_coverage"), "score_vs_f1_spearman": agree["spearman"],
-                     "names_truth_concept": agree["named_share"]})
+                     "precise_share": _with_interval(head["value"], head["interval"]),
+                     "precise_random": _with_interval(head.get("random"), head.get("random_interval")),
+                     "precise_untrained": _with_interval(head.get("init"), head.get("init_interval")),
+                     "union_f1": controls["dictionary"]["mean_union_f1"],
+                     "autointerp_mean": summary["mean_score"],
+                     "perfect_judge": (truth.get("detection") or {}).get("mean_token"),
+                     "f1_share": truth["explained_share"], "f1_share_random": truth["explained_share_random"],
+                     "score_vs_f1_spearman": agree["spearman"], "names_truth_concept": agree["named_share"]})
         if name == "sae_pca":  # the same latents in both styles: blue paint, and true colours where they fire
             latents = select_features(index, str(cfg.card_latents), cfg.seed)
             feature_grid(index, latents, out / "plots" / "cards_sae_pca.png")
             feature_grid(index, latents, out / "plots" / "cards_sae_pca_spotlight.png", style="spotlight")
     compare_methods(summaries, out / "plots" / "autointerp_oracle.png")
-    table = format_table(rows, ["dictionary", "latents", "alive", "autointerp_mean", "autointerp_median",
-                                "explained_share", "explained_share_random", "coverage_mean",
-                                "score_vs_f1_spearman", "names_truth_concept"])
+    table = format_table(rows, ["dictionary", "latents", "alive", "precise_share", "precise_random",
+                                "precise_untrained", "union_f1", "autointerp_mean", "perfect_judge", "f1_share",
+                                "f1_share_random", "score_vs_f1_spearman", "names_truth_concept"])
+    print(f"ground truth: {HEADLINE_DEFINITION} [95 % bootstrap interval over held-out images]; random: random "
+          f"directions, untrained: the SAE before training; f1_share (recall-sensitive): best concept's F1 >= 0.5")
     print(table)
-    return {"rows": rows, "table": table}
+    return {"rows": rows, "table": table, "headline_definition": HEADLINE_DEFINITION}
+
+
+def _with_interval(value, interval) -> str | None:
+    """'18.0 % [15.1, 21.0]' (percentages), or None when there is no value."""
+    if value is None:
+        return None
+    return f"{100 * value:.1f} %" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
 
 
 # (concept family, attribute the oracle reads, steering region): a colour latent is steered onto an object of

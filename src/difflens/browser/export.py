@@ -3,7 +3,8 @@
     DIR/index.html                         the run: dictionaries with their metrics
     DIR/d/<name>/index.html                the feature table (sorted and filtered in the page)
     DIR/d/<name>/f/<latent>.html           a feature page
-    DIR/d/<name>/f/<latent>.json           its data: statistics, explanation, truth, examples and their token maps
+    DIR/d/<name>/f/<latent>.json           its data: statistics, explanation, truth (with the precise match and its
+                                           specificity by activation level), examples and their token maps
     DIR/d/<name>/f/<latent>/<img>_<step>.png   overlays (lazy-loaded)
     DIR/images/<id>.png, DIR/run/<plots>, DIR/static/
 
@@ -93,7 +94,8 @@ def export_site(run: str | Path | Run, out: str | Path, features: str = "all", p
                     # every tile links its overlay (on a text site: the plain image, as the live app serves it)
                     _write(folder / "f" / str(latent) / f"{e['key']}.png",
                            overlay_png(run, d, latent, e["image_id"], e["step"]))
-                data = {k: fctx[k] for k in ("latent", "stats", "explanations", "truth", "histogram", "steps", "stream")}
+                keys = ("latent", "stats", "explanations", "truth", "precise", "histogram", "steps", "stream")
+                data = {k: fctx[k] for k in keys}
                 data.update(dictionary=d.name, site=d.site, maps=maps,
                             top=[{k: e[k] for k in ("image_id", "step", "score", "prompt")} for e in fctx["top"]],
                             quantiles=[{"bin": b["bin"], "lo": b["lo"], "hi": b["hi"],

@@ -32,6 +32,7 @@ def environment():
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt_number
     env.filters["pct"] = fmt_percent
+    env.filters["ci"] = fmt_interval
     return env
 
 
@@ -114,6 +115,119 @@ class Links:
         return f"{self.root}run/{rel}" if self.export else f"/run/{rel}"
 
 
+def fmt_interval(interval, digits: int = 1) -> str:
+    """A share's [lo, hi] in percent points: '[15.1, 21.0]' ('' when missing)."""
+    if not interval:
+        return ""
+    lo, hi = (_finite(v) for v in interval)
+    if isinstance(lo, str) or isinstance(hi, str):
+        return ""
+    return f"[{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+
+# ---------------------------------------------------------------------------------------------------- truth.json
+def _num(value) -> float | None:
+    """A finite float, else None (missing fields, null, text, NaN)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    v = _finite(value)
+    return None if isinstance(v, str) else v
+
+
+def _interval(value) -> list[float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = _num(value[0]), _num(value[1])
+        if lo is not None and hi is not None:
+            return [lo, hi]
+    return None
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+CONTROL_LABELS = {"random": "random", "init": "untrained"}
+
+
+def truth_headline(truth: dict | None) -> dict | None:
+    """truth.json's headline (the precise share, its interval and its controls: random directions, the untrained
+    dictionary), or None for a report written before it. Reports with only the top-level ``precise_share`` are read
+    through their summary."""
+    truth = _dict(truth)
+    summary = _dict(truth.get("summary"))
+    mine = _dict(summary.get("dictionary"))
+    head = truth.get("headline")
+    if not isinstance(head, dict):
+        if _num(truth.get("precise_share")) is None:
+            return None
+        head = {"value": truth["precise_share"], "interval": _dict(mine.get("intervals")).get("precise_share")}
+        for key in CONTROL_LABELS:
+            s = _dict(summary.get(key))
+            if key == "random" and _num(truth.get("precise_share_random")) is not None:
+                head["random"] = truth["precise_share_random"]
+            elif _num(s.get("precise_share")) is not None:
+                head[key] = s["precise_share"]
+            head[f"{key}_interval"] = _dict(s.get("intervals")).get("precise_share")
+    value = _num(head.get("value"))
+    if value is None:
+        return None
+    controls = []
+    for key, label in CONTROL_LABELS.items():
+        v = _num(head.get(key))
+        if v is not None:
+            controls.append({"key": key, "label": label, "value": v,
+                             "interval": _interval(head.get(f"{key}_interval"))})
+    definition = head.get("definition") or _dict(truth.get("rules")).get("headline") or ""
+    return {"value": value, "interval": _interval(head.get("interval")), "controls": controls,
+            "definition": str(definition), "coarse": _num(mine.get("precise_share_coarse")),
+            "ap": _num(mine.get("ap_share")), "alive": _num(mine.get("alive"))}
+
+
+def truth_panel(truth: dict | None, row: dict | None) -> dict | None:
+    """The precise match of one latent (its row of truth.json) for the feature page: specificity by activation
+    level (one bar per band of the latent's train max), the upper range, any activation, AP, detection; None
+    when the row predates the precise match."""
+    if not isinstance(row, dict) or not any(k in row for k in ("precise_concept", "band_precision", "upper_precision")):
+        return None
+    levels = _dict(_dict(truth).get("levels"))
+    edges = levels.get("bands")
+    if not (isinstance(edges, list) and len(edges) >= 2 and all(_num(e) is not None for e in edges)):
+        edges = None
+    precision = row.get("band_precision") if isinstance(row.get("band_precision"), list) else None
+    fires = row.get("band_fires") if isinstance(row.get("band_fires"), list) else None
+    n = len(edges) - 1 if edges else max(len(precision or []), len(fires or []), 0) or 10
+    if edges is None:
+        edges = [j / n for j in range(n + 1)]
+    upper = _num(levels.get("upper"))
+    upper = 0.5 if upper is None else upper
+    bars = []
+    for j in range(n):
+        p = _num(precision[j]) if precision is not None and j < len(precision) else None
+        f = fires[j] if fires is not None and j < len(fires) else None
+        f = int(f) if isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) else None
+        empty = p is None or f == 0
+        lo, hi = float(edges[j]), float(edges[j + 1])
+        bars.append({"lo": lo, "hi": hi, "precision": None if empty else p, "fires": f, "empty": empty,
+                     "upper": lo >= upper - 1e-9, "x": 100.0 * j / n, "w": 100.0 / n,
+                     "h": 0.0 if empty else 100.0 * min(max(p, 0.0), 1.0)})
+    upper_precision, lift = _num(row.get("upper_precision")), _num(row.get("upper_lift"))
+    base = upper_precision / lift if upper_precision is not None and lift else None
+    first_upper = next((b["x"] for b in bars if b["upper"]), None)
+    detection = {k: _num(row.get(f"detection_{k}")) for k in ("token", "image")}
+    return {
+        "concept": row.get("precise_concept"), "precise": row.get("precise") is True,
+        "has_bands": precision is not None or fires is not None, "bars": bars, "upper": upper,
+        "upper_x": first_upper, "base": base if base is not None and 0 <= base <= 1 else None,
+        "upper_precision": upper_precision, "upper_lift": lift, "upper_fires": row.get("upper_fires"),
+        "upper_recall": _num(row.get("upper_recall")), "any_precision": _num(row.get("any_precision")),
+        "coarse_concept": row.get("coarse_concept"), "precise_coarse": row.get("precise_coarse") is True,
+        "ap_concept": row.get("ap_concept"), "ap": _num(row.get("ap")),
+        "detection": detection if any(v is not None for v in detection.values()) else None,
+        "unit": str(levels.get("unit") or "fraction of the latent's max activation on train tokens"),
+        "definition": (truth_headline(truth) or {}).get("definition", ""),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------- images
 def png_bytes(image_HWC: np.ndarray) -> bytes:
     from PIL import Image
@@ -157,6 +271,7 @@ def run_context(run: Run) -> dict:
         index = d.index
         m, interp = d.metrics, d.interpretation
         truth = d.truth or {}
+        mine = _dict(_dict(truth.get("summary")).get("dictionary"))
         rows.append({
             "name": d.name, "kind": d.kind if index is None else index.dictionary_kind,
             "site": d.site, "step": d.step, "steps": index.steps if index else None,
@@ -166,10 +281,15 @@ def run_context(run: Run) -> dict:
             "dead": m.get("dead_fraction"), "autointerp": interp.get("autointerp_mean"),
             "explained_share": truth.get("explained_share", interp.get("explained_share")),
             "explained_random": truth.get("explained_share_random", interp.get("explained_share_random")),
+            "explained_interval": _interval(_dict(mine.get("intervals")).get("f1_share")),
+            "headline": truth_headline(truth),
             "backends": sorted(d.autointerp),
         })
     meta = store.meta if store is not None else {}
-    return {"rows": rows, "plots": run.plots(),
+    definitions = list(dict.fromkeys(r["headline"]["definition"] for r in rows
+                                     if r["headline"] and r["headline"]["definition"]))
+    return {"rows": rows, "plots": run.plots(), "has_headline": any(r["headline"] for r in rows),
+            "headline_definitions": definitions,
             "store": {"model": meta.get("model"), "n_images": meta.get("n_images"), "resolution": meta.get("resolution"),
                       "num_steps": meta.get("num_steps")} if store is not None else None,
             "fvu_definition": run.summary.get("fvu_definition")}
@@ -182,18 +302,25 @@ def dictionary_header(d: Dictionary) -> dict:
             "stream": index.stream if index else None, "split": index.split if index else None}
 
 
+def _nan_none(x) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
 def table_rows(d: Dictionary, ids) -> list[dict]:
     t = d.table
     return [{"latent": int(i), "frequency": float(t.frequency[i]), "max": float(t.max[i]), "mean": float(t.mean[i]),
-             "score": None if np.isnan(t.score[i]) else float(t.score[i]), "explanation": t.explanation[i],
-             "concept": t.concept[i], "auroc": None if np.isnan(t.auroc[i]) else float(t.auroc[i]),
-             "f1": None if np.isnan(t.f1[i]) else float(t.f1[i])} for i in ids]
+             "score": _nan_none(t.score[i]), "explanation": t.explanation[i],
+             "concept": t.concept[i], "auroc": _nan_none(t.auroc[i]), "f1": _nan_none(t.f1[i]),
+             "precise_concept": t.precise_concept[i], "precise": bool(t.precise[i]),
+             "upper_precision": _nan_none(t.upper_precision[i])} for i in ids]
 
 
 def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links, exported=None) -> dict:
-    ctx = {"d": dictionary_header(d), "indexed": d.index is not None, "q": q}
+    ctx = {"d": dictionary_header(d), "indexed": d.index is not None, "q": q, "headline": truth_headline(d.truth),
+           "has_precise": False}
     if d.index is None:
         return ctx
+    ctx["has_precise"] = d.has_precise
     if q is None:  # export: every exported latent, sorted and filtered in the page
         t = d.table
         ids = np.flatnonzero(t.frequency > 0) if exported is None else np.asarray(sorted(set(exported)), dtype=np.int64)
@@ -301,6 +428,7 @@ def feature_context(run: Run, d: Dictionary, latent: int, links: Links, nearest:
                   "mean": float(table.mean[latent]),
                   "image_frequency": float(np.mean(list(index.image_frequency(latent).values())))},
         "explanations": d.explanations(latent), "truth": gt, "truth_rules": truth.get("rules", {}),
+        "precise": truth_panel(truth, gt),
         "truth_concept_count": len(truth.get("concepts", [])) if truth else 0,
         "top": top, "quantiles": quantiles, "histogram": _histogram(d, latent), "steps": _steps_chart(d, latent),
         "nearest": near, "grid": list(index.grid) if index.grid else None, "stream": stream, "text_rows": text_rows,

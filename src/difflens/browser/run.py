@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-SORT_KEYS = ("latent", "frequency", "max", "mean", "score", "auroc", "f1")
+SORT_KEYS = ("latent", "frequency", "max", "mean", "score", "upper_precision", "auroc", "f1")
 
 
 class NotFound(Exception):
@@ -60,11 +60,25 @@ class FeatureTable:
     max: np.ndarray
     mean: np.ndarray
     score: np.ndarray  # autointerp score (nan: not explained)
-    auroc: np.ndarray  # ground truth AUROC of the matched concept (nan: none)
+    auroc: np.ndarray  # ground truth AUROC of the F1-matched concept (nan: none)
     f1: np.ndarray
-    concept: list  # matched ground-truth concept or None
+    concept: list  # F1-matched ground-truth concept (recall-sensitive) or None
     explanation: list  # explanation text or None
     explanation_lower: list = field(default_factory=list)
+    # the precise match (truth.json's headline): concept of the upper activation range, whether it counts in the
+    # precise share, and the upper range's held-out precision (nan, None and False where truth.json lacks them)
+    upper_precision: np.ndarray | None = None
+    precise_concept: list = field(default_factory=list)
+    precise: np.ndarray | None = None
+
+    def __post_init__(self):
+        n = len(self.latent)
+        if self.upper_precision is None:
+            self.upper_precision = np.full(n, np.nan)
+        if not self.precise_concept:
+            self.precise_concept = [None] * n
+        if self.precise is None:
+            self.precise = np.zeros(n, dtype=bool)
 
 
 class Dictionary:
@@ -205,26 +219,44 @@ class Dictionary:
                         explanation[i] = str(exp.get("explanation", "") or "")
                         s = _finite(rec.get("score"))
                         score[i] = np.nan if s is None else s
-                auroc, f1 = np.full(F, np.nan), np.full(F, np.nan)
+                auroc, f1, upper = np.full(F, np.nan), np.full(F, np.nan), np.full(F, np.nan)
                 concept: list = [None] * F
+                precise_concept: list = [None] * F
+                precise = np.zeros(F, dtype=bool)
                 truth = self.truth
                 if truth:
                     for i, row in truth["_by_latent"].items():
-                        if 0 <= i < F and row.get("concept"):
+                        if not 0 <= i < F:
+                            continue
+                        if row.get("concept"):
                             concept[i] = str(row["concept"])
                             a, f = _finite(row.get("auroc")), _finite(row.get("f1"))
                             auroc[i] = np.nan if a is None else a
                             f1[i] = np.nan if f is None else f
+                        if row.get("precise_concept"):
+                            precise_concept[i] = str(row["precise_concept"])
+                            precise[i] = row.get("precise") is True
+                        u = _finite(row.get("upper_precision"))
+                        upper[i] = np.nan if u is None else u
                 self._table = FeatureTable(
                     latent=np.arange(F), frequency=freq, max=index.max_activation.numpy().astype(np.float64),
                     mean=index.mean_activation.numpy().astype(np.float64), score=score, auroc=auroc, f1=f1,
                     concept=concept, explanation=explanation,
-                    explanation_lower=[(e or "").lower() + " " + (c or "").lower() for e, c in zip(explanation, concept)])
+                    explanation_lower=[" ".join((e or "", c or "", p or "")).lower()
+                                       for e, c, p in zip(explanation, concept, precise_concept)],
+                    upper_precision=upper, precise_concept=precise_concept, precise=precise)
         return self._table
 
     def concepts(self) -> list[str]:
+        """Every concept the table names: F1 matches and precise matches."""
         table = self.table
-        return sorted({c for c in table.concept if c}) if table else []
+        return sorted({c for c in table.concept + table.precise_concept if c}) if table else []
+
+    @property
+    def has_precise(self) -> bool:
+        """Whether truth.json carries the precise match (reports written before it do not)."""
+        table = self.table
+        return table is not None and any(c is not None for c in table.precise_concept)
 
     def query(self, q: "FeatureQuery") -> tuple[np.ndarray, int]:
         """(latent ids of the page, total matches) of a feature-table query."""
@@ -239,8 +271,11 @@ class Dictionary:
                 keep &= values >= lo  # nan compares False: unexplained latents drop out of a score filter
             if hi is not None:
                 keep &= values <= hi
-        if q.concept:
-            keep &= np.array([c == q.concept for c in t.concept], dtype=bool)
+        if q.concept:  # the F1 match or the precise match names it
+            keep &= np.array([c == q.concept or p == q.concept for c, p in zip(t.concept, t.precise_concept)],
+                             dtype=bool)
+        if q.precise:
+            keep &= t.precise
         if q.q:
             needle = q.q.lower()
             keep &= np.fromiter((needle in e for e in t.explanation_lower), dtype=bool, count=len(t.latent))
@@ -293,6 +328,7 @@ class FeatureQuery:
     concept: str | None = None
     q: str | None = None
     dead: bool = False
+    precise: bool = False  # only latents that count in the precise share
 
     @classmethod
     def parse(cls, params) -> "FeatureQuery":
@@ -335,11 +371,12 @@ class FeatureQuery:
                 if len(value) > 200:
                     raise BadRequest(f"{name} is too long (at most 200 characters)")
                 setattr(q, name, value)
-        value = params.get("dead")
-        if value:
-            if value not in ("0", "1"):
-                raise BadRequest(f"dead must be 0 or 1; got {value[:40]!r}")
-            q.dead = value == "1"
+        for name in ("dead", "precise"):
+            value = params.get(name)
+            if value:
+                if value not in ("0", "1"):
+                    raise BadRequest(f"{name} must be 0 or 1; got {value[:40]!r}")
+                setattr(q, name, value == "1")
         return q
 
     def params(self, **changes) -> dict:

@@ -58,6 +58,7 @@ PROBE_L2 = 1e-4  # L2 penalty on probe weights (per token-mean logistic loss, st
 PROBE_ITERS = 200  # L-BFGS iterations per probe fit
 GROUNDED_AP = 0.3  # a latent is "grounded" when its best specific concept's held-out AP reaches this (saev)
 ABSORB_COSINE = 0.3  # a latent absorbs a concept when its direction has this cosine with the concept's probe
+RANDOM_SEED_OFFSET = 7919  # the random floor's seed is random_seed + this (see truth_report)
 BOOTSTRAP_SAMPLES = 200  # resamples of the held-out images for intervals
 
 HEADLINE_DEFINITION = (f"precise share: alive latents whose activations above {UPPER_LEVEL / LEVELS:g} x their train max "
@@ -505,7 +506,7 @@ def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, 
 
 def bootstrap_shares(res: dict, image_pos_IC: np.ndarray, tokens_per_image: int, samples: int, seed: int) -> dict:
     """[2.5, 97.5] % bootstrap intervals (held-out images resampled with replacement) of the precise share and the
-    F1 share, each recomputed with the train choices fixed."""
+    F1 share, each recomputed with the train choices and each latent's support (held-out firings) fixed."""
     alive = res["alive"].astype(bool)
     if samples <= 0 or not alive.any():
         return {}
@@ -515,7 +516,9 @@ def bootstrap_shares(res: dict, image_pos_IC: np.ndarray, tokens_per_image: int,
     fire, tp = (W_SI @ a for a in res["images_upper"])
     base = pos_SC[:, res["precise_concept"]] / (W_SI.sum(1, keepdims=True) * tokens_per_image)
     precision = np.where(fire > 0, tp / np.maximum(fire, 1), 0.0)
-    precise = alive & precise_for(precision, fire, base, MIN_HELDOUT_FIRES)
+    # support is judged on the real held-out images: a resample that repeats an image would inflate it
+    supported = res["upper_fires"] >= MIN_HELDOUT_FIRES
+    precise = alive & supported & precise_for(precision, fire, base, 0)
     fire1, tp1 = (W_SI @ a for a in res["images_f1"])
     f1 = f1_score(tp1, fire1, pos_SC[:, res["concept"]])
     n = alive.sum()
@@ -546,7 +549,7 @@ def _shares(res: dict, union: dict, scored_specific: np.ndarray) -> dict:
 
 @torch.no_grad()
 def truth_report(dictionary, store=None, *, site: str | None = None, step: int | None = None,
-                 max_train_images: int | None = None, random_seed: int = 0, max_probe_tokens: int = 65_536,
+                 max_train_images: int | None = None, random_seed: int = 0, max_probe_tokens: int = 32_768,
                  batch_size: int = 2048, labels: TokenLabels | None = None, device: str | torch.device = "cpu",
                  sparse_sizes=SPARSE_PROBE_SIZES, controls=("random", "init"), bootstrap: int = BOOTSTRAP_SAMPLES,
                  autointerp: dict | None = None, index=None) -> dict:
@@ -625,7 +628,10 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     center = dictionary.normalizer.normalize((sum_D / max(n_train, 1)).float()[None].to(device))[0].cpu()
     encoders = {"dictionary": dictionary}
     if "random" in controls:
-        encoders["random"] = RandomDirections.like(dictionary, seed=random_seed, center_D=center).to(device)
+        # offset: a TopK SAE starts from unit random directions drawn with its training seed (often 0 too), and
+        # the random floor should not be the init control again
+        encoders["random"] = RandomDirections.like(dictionary, seed=random_seed + RANDOM_SEED_OFFSET,
+                                                   center_D=center).to(device)
     init = initial_dictionary(dictionary) if "init" in controls else None
     if init is not None:
         encoders["init"] = init.to(device)

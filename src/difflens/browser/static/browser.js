@@ -214,7 +214,7 @@
     var sortKey = "frequency", desc = true;
     var search = document.getElementById("t-search"), concept = document.getElementById("t-concept");
     var minScore = document.getElementById("t-min-score"), minAuroc = document.getElementById("t-min-auroc");
-    var count = document.getElementById("t-count");
+    var count = document.getElementById("t-count"), preciseOnly = document.getElementById("t-precise");
     function num(row, key) { var v = row.dataset[key]; return v === "" || v === undefined ? NaN : Number(v); }
     function refresh() {
       var q = (search.value || "").toLowerCase(), c = concept.value;
@@ -228,8 +228,9 @@
       });
       rows.forEach(function (row) {
         var text = row.textContent.toLowerCase();
-        var ok = (!q || text.indexOf(q) >= 0) && (!c || row.dataset.concept === c) &&
-          (ms === null || num(row, "score") >= ms) && (ma === null || num(row, "auroc") >= ma);
+        var ok = (!q || text.indexOf(q) >= 0) && (!c || row.dataset.concept === c || row.dataset.preciseConcept === c) &&
+          (ms === null || num(row, "score") >= ms) && (ma === null || num(row, "auroc") >= ma) &&
+          (!preciseOnly || !preciseOnly.checked || row.dataset.precise === "1");
         row.hidden = !ok;
         if (ok) shown++;
         tbody.appendChild(row);
@@ -243,6 +244,6 @@
         refresh();
       });
     });
-    [search, concept, minScore, minAuroc].forEach(function (e) { e.addEventListener("input", refresh); });
+    [search, concept, minScore, minAuroc, preciseOnly].forEach(function (e) { if (e) e.addEventListener("input", refresh); });
   }
 })();

@@ -1,0 +1,176 @@
+"""The ground-truth study: which dictionaries carry the world's concepts, where, and above which controls.
+
+    python -m difflens.interpret.study --run runs/demo [--seeds 0,1,2] [--steps 0,3,7]
+
+On a demo run (its store, site and recipe): (1) the FLUX paper's comparison at the demo's step — plain,
+whitened and residual-loss TopK SAEs, ITDA and MLP neurons, each over `seeds`; (2) the whitened SAE at every
+step in `steps`, on the trained model and on the **random-model control**: a capture of a randomly initialised
+copy of the transformer fed the trained model's own inputs at every step (`capture --control random-init`),
+trained with the same recipe and labelled by the same images. Every report carries its random-direction and
+untrained-dictionary controls (`truth_report`). Writes ``<out>/study.json`` (every report's summary) and
+``<out>/study.md`` (the tables: mean over seeds, the bootstrap interval averaged over seeds, the seeds' range).
+Every stage resumes: finished dictionaries reload, finished reports are read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("sae_pca", "sae_none", "sae_pca_residual_loss", "itda", "neurons")
+SAE_VARIANTS = {"sae_pca": dict(normalization="pca"), "sae_none": dict(normalization="none"),
+                "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual")}
+MEASURES = ("precise_share", "precise_share_coarse", "ap_share", "f1_share", "mean_union_f1", "mean_absorption")
+
+
+def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cfg: dict):
+    import difflens as dl
+
+    if method in SAE_VARIANTS:
+        return dl.train_sae(store, site, step, out=folder, seed=seed, k=cfg["k"], num_latents=cfg["num_latents"],
+                            num_tokens=cfg["sae_tokens"], batch_size=4096, lr=1e-3, k_aux=2 * cfg["k"],
+                            dead_window_tokens=min(cfg["sae_tokens"] // 4, 500_000), norm_fit_tokens=10**9,
+                            **SAE_VARIANTS[method])
+    if method == "itda":
+        return dl.train_itda(store, site, step, out=folder, k=cfg["k"], threshold=cfg["itda_threshold"],
+                             max_atoms=4 * cfg["num_latents"], num_tokens=cfg["itda_tokens"], seed=seed,
+                             norm_fit_tokens=10**9)
+    if method == "neurons":
+        return dl.neuron_baseline(store, site.rsplit(".", 1)[0] + ".mlp", step, k=cfg["k"], out=folder)
+    raise ValueError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+
+
+def _report(dictionary, folder: Path, labels) -> dict:
+    from .truth import truth_report, write_truth
+
+    path = folder / "truth.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    report = truth_report(dictionary, labels=labels, sparse_sizes=())
+    write_truth(report, path)
+    return json.loads(path.read_text())
+
+
+def _row(report: dict, **keys) -> dict:
+    row = dict(keys)
+    for control, s in report["summary"].items():
+        for m in MEASURES:
+            row[f"{control}.{m}"] = s.get(m)
+        for m, iv in (s.get("intervals") or {}).items():
+            row[f"{control}.{m}.interval"] = iv
+    row["probe_ceiling"] = report.get("mean_probe_ceiling")
+    row["detection_token"] = (report.get("detection") or {}).get("mean_token")
+    return row
+
+
+def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), steps=(0, 3, 7),
+              methods=METHODS, random_model: bool = True, step_seeds=None) -> dict:
+    """Run (or resume) the study on a demo run folder; returns {"rows": [...], "table": markdown}. `step_seeds`:
+    the seeds of the across-steps part (default: `seeds`)."""
+    import difflens as dl
+
+    from .labels import token_labels
+
+    run = Path(run)
+    summary = json.loads((run / "summary.json").read_text())
+    cfg, site, main_step = summary["config"], summary["site"], int(summary["step"])
+    model_width = dl.open_store(run / "store").reader(site, main_step, "train").dim
+    recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * model_width, "sae_tokens": cfg["sae_tokens"],
+              "itda_tokens": cfg["itda_tokens"], "itda_threshold": cfg["itda_threshold"]}
+    out = Path(out) if out is not None else run / "truth_study"
+    store = dl.open_store(run / "store")
+    labels = token_labels(store)
+    rows = []
+    for method in methods:
+        for seed in (seeds if method != "neurons" else seeds[:1]):
+            folder = out / "trained" / f"step{main_step}" / method / f"seed{seed}"
+            d = _train(method, store, site, main_step, seed, folder, recipe)
+            rows.append(_row(_report(d, folder, labels), model="trained", method=method, step=main_step, seed=seed))
+            print(json.dumps({k: rows[-1][k] for k in ("model", "method", "step", "seed", "dictionary.precise_share")}),
+                  flush=True)
+    if random_model:
+        control_store = _control_store(run, cfg, site, steps, out)
+        for model, st in (("trained", store), ("random-init", control_store)):
+            for step in steps:
+                for seed in (seeds if step_seeds is None else step_seeds):
+                    if model == "trained" and step == main_step and "sae_pca" in methods:
+                        continue  # already in the comparison above
+                    folder = out / model / f"step{step}" / "sae_pca" / f"seed{seed}"
+                    d = _train("sae_pca", st, site, step, seed, folder, recipe)
+                    rows.append(_row(_report(d, folder, labels), model=model, method="sae_pca", step=step, seed=seed))
+                    print(json.dumps({k: rows[-1][k] for k in ("model", "method", "step", "seed",
+                                                               "dictionary.precise_share")}), flush=True)
+    table = study_tables(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({"rows": rows, "recipe": recipe, "site": site}, indent=1))
+    (out / "study.md").write_text(table)
+    return {"rows": rows, "table": table}
+
+
+def _control_store(run: Path, cfg: dict, site: str, steps, out: Path):
+    """The random-model control: the demo's capture (same prompts, seeds, holdout) of a randomly initialised copy
+    of the transformer, teacher-forced with the trained model's inputs."""
+    import difflens as dl
+
+    model = dl.load_model(cfg["model"])
+    mlp = site.rsplit(".", 1)[0] + ".mlp"
+    return dl.capture(model, n_images=cfg["n_images"], sites=[site, mlp], steps=sorted(set(steps)),
+                      out=out / "control_store", seed=cfg["seed"], holdout=cfg["holdout"], control="random-init",
+                      progress=False)
+
+
+def _fmt(values, intervals=None) -> str:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if not v.size:
+        return "-"
+    text = f"{100 * v.mean():.1f}"
+    ivs = [iv for iv in (intervals or []) if iv]
+    if ivs:
+        text += f" [{100 * np.mean([i[0] for i in ivs]):.1f}, {100 * np.mean([i[1] for i in ivs]):.1f}]"
+    if v.size > 1:
+        text += f" (seeds {100 * v.min():.1f}-{100 * v.max():.1f})"
+    return text
+
+
+def study_tables(rows: list[dict]) -> str:
+    """Markdown tables: one line per (model, method, step), measures in %, mean over seeds [bootstrap interval]."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["method"], r["step"]), []).append(r)
+    head = ("| model | dictionary | step | seeds | precise share | random directions | untrained | precise (coarse "
+            "allowed) | AP >= 0.3 | F1 >= 0.5 | union F1 | absorption |\n|" + "---|" * 12 + "\n")
+    lines = []
+    for (model, method, step), rs in groups.items():
+        col = lambda key: [r.get(key) for r in rs]  # noqa: E731
+        lines.append(f"| {model} | {method} | {step} | {len(rs)} | "
+                     f"{_fmt(col('dictionary.precise_share'), col('dictionary.precise_share.interval'))} | "
+                     f"{_fmt(col('random.precise_share'), col('random.precise_share.interval'))} | "
+                     f"{_fmt(col('init.precise_share'), col('init.precise_share.interval'))} | "
+                     f"{_fmt(col('dictionary.precise_share_coarse'))} | {_fmt(col('dictionary.ap_share'))} | "
+                     f"{_fmt(col('dictionary.f1_share'), col('dictionary.f1_share.interval'))} | "
+                     f"{_fmt(col('dictionary.mean_union_f1'))} | {_fmt(col('dictionary.mean_absorption'))} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", default="runs/demo", help="a demo run folder")
+    p.add_argument("--out", default=None, help="study folder (default: RUN/truth_study)")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, e.g. 0,1,2")
+    p.add_argument("--steps", default="0,3,7", help="steps of the random-model comparison")
+    p.add_argument("--step-seeds", default=None, help="seeds of the across-steps part (default: --seeds)")
+    p.add_argument("--methods", default=",".join(METHODS), help="dictionaries of the comparison")
+    p.add_argument("--no-random-model", action="store_true", help="skip the random-model control")
+    a = p.parse_args(argv)
+    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    result = run_study(a.run, a.out, ints(a.seeds), ints(a.steps), [m for m in a.methods.split(",") if m],
+                       not a.no_random_model, ints(a.step_seeds) if a.step_seeds else None)
+    print(result["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
