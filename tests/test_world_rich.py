@@ -289,7 +289,13 @@ def test_classic_labels_carry_no_rich_concept():
     labels, _ = label_image(render(scene)[0], (16, 16))
     rich = [CONCEPTS.index(n) for n in rich_concepts()]
     assert not labels[:, rich].any()
-    assert CONCEPTS[: len(CONCEPTS) - len(rich)] == [c for c in CONCEPTS if c not in set(rich_concepts())]
+    # the classic concepts first, in their old order; then the rich world's; then the place family of both worlds
+    from difflens.interpret.labels import place_concepts
+
+    later = set(rich_concepts()) | set(place_concepts())
+    assert CONCEPTS == [c for c in CONCEPTS if c not in later] + rich_concepts() + place_concepts()
+    patterned = [CONCEPTS.index(n) for n in place_concepts() if n.rsplit("&", 1)[-1] in ("solid", "striped")]
+    assert not labels[:, patterned].any()  # classic readings have no pattern
 
 
 def test_a_store_of_rich_prompts_is_read_by_the_rich_oracle():
