@@ -109,6 +109,13 @@ def test_autointerp_agrees_with_ground_truth_on_the_planted_latent(planted, tmp_
     assert red["concept"] == "color:red" and red["f1"] == pytest.approx(1.0)
     agree = agreement(summary, truth)
     assert agree["n"] == 3 and agree["named_share"] >= 2 / 3
+    # the perfect judge, told each latent's ground-truth concept, scores autointerp's own test examples
+    judged = truth_report(index.dictionary, index.store, autointerp=summary, index=index, sparse_sizes=())
+    red = next(r for r in judged["latents"] if r["latent"] == 0)
+    assert red["precise_concept"] == "color:red" and red["detection_token"] == pytest.approx(1.0)
+    assert 0.5 < red["detection_image"] <= 1.0
+    assert judged["detection"]["latents"] == 3
+    assert {"spearman", "spearman_precision", "spearman_perfect_judge"} <= set(agreement(summary, judged))
 
 
 def test_cards_for_an_image_site_and_a_text_site(planted, tmp_path):

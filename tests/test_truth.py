@@ -395,5 +395,9 @@ def test_random_model_control_is_reported_with_the_trained_models_labels(tmp_pat
         sae = dl.train_sae(store, "double.0.img.out", 1, k=2, num_latents=16, num_tokens=2_000, batch_size=128,
                            normalization="pca", seed=0, progress=False)
         reports[name] = truth_report(sae, store, labels=labels, sparse_sizes=(), bootstrap=20)
+        if name == "control":  # the same prompts and images: only the recorded control tells the stores apart
+            index = dl.feature_index(sae, top_n=2, samples=4)
+            with pytest.raises(ValueError, match="control: index 'random-init', store 'none'"):
+                index.store = trained
     for r in reports.values():
         assert set(r["summary"]) == {"dictionary", "random", "init"} and r["concepts"] == reports["trained"]["concepts"]

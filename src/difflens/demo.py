@@ -65,11 +65,11 @@ class DemoConfig:
     """dictionary of the steering showcase"""
     steer_strengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0])
     """strengths of the steering showcase, in multiples of each latent's typical activation"""
-    steer_images: int = 8
+    steer_images: int = 16
     """images per steered latent (the oracle scores each)"""
     edit_categories: list[str] = field(default_factory=lambda: ["color", "shape", "size", "background"])
     """categories of the demo's editing benchmark"""
-    edit_pairs: int = 14
+    edit_pairs: int = 20
     """prompt pairs per category of the editing benchmark"""
     seed: int = 0
     """seed of the prompts, images and training"""
@@ -212,7 +212,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     from .evaluation.metrics import format_table
     from .interpret.autointerp import agreement, compare_methods, select_features
     from .interpret.cards import feature_grid
-    from .interpret.truth import HEADLINE_DEFINITION, truth_report, write_truth
+    from .interpret.truth import HEADLINE_DEFINITION, random_floor, truth_report, write_truth
 
     rows, summaries = [], {}
     for name, dictionary in dictionaries.items():
@@ -237,15 +237,26 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
                      "autointerp_mean": summary["mean_score"],
                      "perfect_judge": (truth.get("detection") or {}).get("mean_token"),
                      "f1_share": truth["explained_share"], "f1_share_random": truth["explained_share_random"],
+                     "score_vs_precision_spearman": agree["spearman_precision"],
                      "score_vs_f1_spearman": agree["spearman"], "names_truth_concept": agree["named_share"]})
         if name == "sae_pca":  # the same latents in both styles: blue paint, and true colours where they fire
             latents = select_features(index, str(cfg.card_latents), cfg.seed)
             feature_grid(index, latents, out / "plots" / "cards_sae_pca.png")
             feature_grid(index, latents, out / "plots" / "cards_sae_pca_spotlight.png", style="spotlight")
+    # the floor of the autointerp histogram: random directions in sae_pca's whitened input space, indexed and
+    # explained exactly as the dictionaries are
+    floor = random_floor(dictionaries["sae_pca"], seed=cfg.seed)
+    floor_index = dl.feature_index(floor, seed=cfg.seed)
+    summaries["random directions"] = dl.autointerp(floor_index, out=out / "dictionaries" / "sae_pca" / "random_floor",
+                                                   features=str(cfg.autointerp_latents), seed=cfg.seed)
+    rows.append({"dictionary": "random directions", "latents": floor.num_latents,
+                 "alive": int(floor_index.alive().sum()),
+                 "autointerp_mean": summaries["random directions"]["mean_score"]})
     compare_methods(summaries, out / "plots" / "autointerp_oracle.png")
     table = format_table(rows, ["dictionary", "latents", "alive", "precise_share", "precise_random",
                                 "precise_untrained", "union_f1", "autointerp_mean", "perfect_judge", "f1_share",
-                                "f1_share_random", "score_vs_f1_spearman", "names_truth_concept"])
+                                "f1_share_random", "score_vs_precision_spearman", "score_vs_f1_spearman",
+                                "names_truth_concept"])
     print(f"ground truth: {HEADLINE_DEFINITION} [95 % bootstrap interval over held-out images]; random: random "
           f"directions, untrained: the SAE before training; f1_share (recall-sensitive): best concept's F1 >= 0.5")
     print(table)

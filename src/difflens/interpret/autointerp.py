@@ -426,23 +426,30 @@ def concept_words(concept: str) -> list[str]:
 
 
 def agreement(summary: dict, truth: dict) -> dict:
-    """How far autointerp agrees with the ground truth: Spearman of judge score vs the latent's best held-out F1,
-    and the share of explanations that name the latent's matched concept (all its attribute words appear)."""
+    """How far autointerp agrees with the ground truth: Spearman of the judge's score against the latent's held-out
+    F1 (``spearman``), its upper-range precision (``spearman_precision``) and the perfect judge's detection score
+    on the same test examples (``spearman_perfect_judge``), and the share of explanations that name the latent's
+    F1-matched concept (all its attribute words appear)."""
     from scipy.stats import spearmanr
 
     by_latent = {int(r["latent"]): r for r in truth["latents"]}
-    pairs, named = [], []
+    rows, named = [], []
     for key, record in summary["features"].items():
         match = by_latent.get(int(key))
         if record.get("status") != "ok" or match is None or match.get("concept") is None:
             continue
-        pairs.append((record["score"], match["f1"]))
+        rows.append((record["score"], match))
         text = json.dumps(record["explanation"]).lower()
         named.append(all(w in text for w in concept_words(match["concept"])))
-    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:  # rank correlation undefined
-        return {"n": len(pairs), "spearman": None, "named_share": float(np.mean(named)) if named else None}
-    rho = spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic
-    return {"n": len(pairs), "spearman": float(rho), "named_share": float(np.mean(named))}
+
+    def rho(field: str):
+        pairs = [(s, m.get(field)) for s, m in rows if m.get(field) is not None]
+        if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+            return None  # rank correlation undefined
+        return float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
+
+    return {"n": len(rows), "spearman": rho("f1"), "spearman_precision": rho("upper_precision"),
+            "spearman_perfect_judge": rho("detection_token"), "named_share": float(np.mean(named)) if named else None}
 
 
 def compare_methods(summaries: dict[str, dict], out: str | Path) -> dict:

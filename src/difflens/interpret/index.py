@@ -445,9 +445,14 @@ class FeatureIndex:
         self._store, self._readers = store, {}
 
     def _check_store(self, store) -> None:
-        ident = {k: v for k, v in store.identity().items() if k != "path"}
+        ident = {k: v for k, v in store.identity().items() if k not in ("path", "control")}
         saved = {k: v for k, v in self.header["store"].items() if k in ident}
         diff = differences(saved, ident, "index")
+        # a random-model control store draws the same images from the same prompts: only "control" tells them apart
+        # (absent in stores without a control, so absent means "none" on either side)
+        control, built = store.identity().get("control", "none"), self.header["store"].get("control", "none")
+        if control != built:
+            diff.append(f"control: index {built!r}, store {control!r}")
         if diff:
             raise ValueError(f"store {store.root} is not the one this feature index was built on ({'; '.join(diff)})")
 

@@ -1,14 +1,16 @@
 """The ground-truth study: which dictionaries carry the world's concepts, where, and above which controls.
 
-    python -m difflens.interpret.study --run runs/demo [--seeds 0,1,2] [--steps 0,3,7]
+    python -m difflens.interpret.study --run runs/demo [--seeds 0,1,2] [--steps 0,3,7] [--step-seeds 0]
+        [--sites double.3.img.out,double.1.img.out] [--sizes 192:4,384:8,768:16,1536:32]
 
-On a demo run (its store, site and recipe): (1) the FLUX paper's comparison at the demo's step — plain,
-whitened and residual-loss TopK SAEs, ITDA and MLP neurons, each over `seeds`; (2) the whitened SAE at every
-step in `steps`, on the trained model and on the **random-model control**: a capture of a randomly initialised
-copy of the transformer fed the trained model's own inputs at every step (`capture --control random-init`),
-trained with the same recipe and labelled by the same images. Every report carries its random-direction and
+On a demo run (its store, site, step and recipe), three parts: (1) **dictionaries** — the FLUX paper's comparison
+at the demo's site and step: plain, whitened and residual-loss TopK SAEs, ITDA and MLP neurons, each over
+`seeds`; (2) **steps** — the whitened SAE at every site of `sites` × step of `steps`, on the trained model and on
+the **random-model control**: a capture of a randomly initialised copy of the transformer fed the trained model's
+own inputs at every step (`capture --control random-init`), trained with the same recipe and labelled by the same
+images; (3) **sizes** — the whitened SAE at several (latents, k). Every report carries its random-direction and
 untrained-dictionary controls (`truth_report`). Writes ``<out>/study.json`` (every report's summary) and
-``<out>/study.md`` (the tables: mean over seeds, the bootstrap interval averaged over seeds, the seeds' range).
+``<out>/study.md`` (per part: mean over seeds [bootstrap interval averaged over seeds] (the seeds' range)).
 Every stage resumes: finished dictionaries reload, finished reports are read back.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 METHODS = ("sae_pca", "sae_none", "sae_pca_residual_loss", "itda", "neurons")
 SAE_VARIANTS = {"sae_pca": dict(normalization="pca"), "sae_none": dict(normalization="none"),
                 "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual")}
+SIZES = ((192, 4), (384, 8), (768, 16), (1536, 32))  # (latents, k) of the size part
 MEASURES = ("precise_share", "precise_share_coarse", "ap_share", "f1_share", "mean_union_f1", "mean_absorption")
 
 
@@ -67,9 +70,12 @@ def _row(report: dict, **keys) -> dict:
 
 
 def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), steps=(0, 3, 7),
-              methods=METHODS, random_model: bool = True, step_seeds=None) -> dict:
-    """Run (or resume) the study on a demo run folder; returns {"rows": [...], "table": markdown}. `step_seeds`:
-    the seeds of the across-steps part (default: `seeds`)."""
+              methods=METHODS, random_model: bool = True, step_seeds=None, sites=None, sizes=SIZES) -> dict:
+    """Run (or resume) the study on a demo run folder; returns {"rows": [...], "table": markdown}.
+
+    Three parts: the dictionaries (`methods` × `seeds` at the demo's site and step); the whitened SAE on the
+    trained and the random model at every site of `sites` (default: the demo's) × `steps`, over `step_seeds`
+    (default: `seeds`); the whitened SAE at each (latents, k) of `sizes` at the demo's site and step (seed 0)."""
     import difflens as dl
 
     from .labels import token_labels
@@ -77,32 +83,37 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
     run = Path(run)
     summary = json.loads((run / "summary.json").read_text())
     cfg, site, main_step = summary["config"], summary["site"], int(summary["step"])
-    model_width = dl.open_store(run / "store").reader(site, main_step, "train").dim
-    recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * model_width, "sae_tokens": cfg["sae_tokens"],
+    store = dl.open_store(run / "store")
+    width = store.reader(site, main_step, "train").dim
+    recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * width, "sae_tokens": cfg["sae_tokens"],
               "itda_tokens": cfg["itda_tokens"], "itda_threshold": cfg["itda_threshold"]}
     out = Path(out) if out is not None else run / "truth_study"
-    store = dl.open_store(run / "store")
     labels = token_labels(store)
+    sites = list(sites or [site])
     rows = []
+
+    def one(part: str, model: str, st, method: str, at: str, step: int, seed: int, size: tuple | None = None):
+        shape = dict(recipe, **({"num_latents": size[0], "k": size[1]} if size else {}))
+        name = method + (f"_{size[0]}k{size[1]}" if size else "")
+        folder = out / model / at / f"step{step}" / name / f"seed{seed}"
+        report = _report(_train(method, st, at, step, seed, folder, shape), folder, labels)
+        rows.append(_row(report, part=part, model=model, method=method, site=at, step=step, seed=seed,
+                         latents=report["num_latents"], k=report["k"]))
+        print(json.dumps({k: rows[-1][k] for k in ("part", "model", "method", "site", "step", "seed",
+                                                   "dictionary.precise_share")}), flush=True)
+
     for method in methods:
         for seed in (seeds if method != "neurons" else seeds[:1]):
-            folder = out / "trained" / f"step{main_step}" / method / f"seed{seed}"
-            d = _train(method, store, site, main_step, seed, folder, recipe)
-            rows.append(_row(_report(d, folder, labels), model="trained", method=method, step=main_step, seed=seed))
-            print(json.dumps({k: rows[-1][k] for k in ("model", "method", "step", "seed", "dictionary.precise_share")}),
-                  flush=True)
+            one("dictionaries", "trained", store, method, site, main_step, seed)
     if random_model:
-        control_store = _control_store(run, cfg, site, steps, out)
-        for model, st in (("trained", store), ("random-init", control_store)):
-            for step in steps:
-                for seed in (seeds if step_seeds is None else step_seeds):
-                    if model == "trained" and step == main_step and "sae_pca" in methods:
-                        continue  # already in the comparison above
-                    folder = out / model / f"step{step}" / "sae_pca" / f"seed{seed}"
-                    d = _train("sae_pca", st, site, step, seed, folder, recipe)
-                    rows.append(_row(_report(d, folder, labels), model=model, method="sae_pca", step=step, seed=seed))
-                    print(json.dumps({k: rows[-1][k] for k in ("model", "method", "step", "seed",
-                                                               "dictionary.precise_share")}), flush=True)
+        control = _control_store(run, cfg, sites, steps, out)
+        for at in sites:
+            for model, st in (("trained", store), ("random-init", control)):
+                for step in steps:
+                    for seed in (seeds if step_seeds is None else step_seeds):
+                        one("steps", model, st, "sae_pca", at, step, seed)
+    for size in sizes:
+        one("sizes", "trained", store, "sae_pca", site, main_step, 0, tuple(size))
     table = study_tables(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps({"rows": rows, "recipe": recipe, "site": site}, indent=1))
@@ -110,16 +121,15 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
     return {"rows": rows, "table": table}
 
 
-def _control_store(run: Path, cfg: dict, site: str, steps, out: Path):
+def _control_store(run: Path, cfg: dict, sites: list[str], steps, out: Path):
     """The random-model control: the demo's capture (same prompts, seeds, holdout) of a randomly initialised copy
-    of the transformer, teacher-forced with the trained model's inputs."""
+    of the transformer, teacher-forced with the trained model's inputs, at `sites` (one store per site list)."""
     import difflens as dl
 
     model = dl.load_model(cfg["model"])
-    mlp = site.rsplit(".", 1)[0] + ".mlp"
-    return dl.capture(model, n_images=cfg["n_images"], sites=[site, mlp], steps=sorted(set(steps)),
-                      out=out / "control_store", seed=cfg["seed"], holdout=cfg["holdout"], control="random-init",
-                      progress=False)
+    folder = out / ("control_store-" + "-".join(s.replace(".", "_") for s in sites))
+    return dl.capture(model, n_images=cfg["n_images"], sites=list(sites), steps=sorted(set(steps)), out=folder,
+                      seed=cfg["seed"], holdout=cfg["holdout"], control="random-init", progress=False)
 
 
 def _fmt(values, intervals=None) -> str:
@@ -136,23 +146,29 @@ def _fmt(values, intervals=None) -> str:
 
 
 def study_tables(rows: list[dict]) -> str:
-    """Markdown tables: one line per (model, method, step), measures in %, mean over seeds [bootstrap interval]."""
+    """Markdown, one table per part: measures in %, mean over seeds [95 % bootstrap interval, averaged over seeds]
+    (the seeds' range)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["method"], r["step"]), []).append(r)
-    head = ("| model | dictionary | step | seeds | precise share | random directions | untrained | precise (coarse "
-            "allowed) | AP >= 0.3 | F1 >= 0.5 | union F1 | absorption |\n|" + "---|" * 12 + "\n")
-    lines = []
-    for (model, method, step), rs in groups.items():
+        groups.setdefault((r["part"], r["model"], r["method"], r["site"], r["step"], r["latents"], r["k"]), []).append(r)
+    head = ("| model | dictionary | site | step | latents | k | seeds | precise share | random directions | untrained | "
+            "precise (coarse allowed) | AP >= 0.3 | F1 >= 0.5 | union F1 | absorption | probe ceiling F1 |\n|"
+            + "---|" * 16 + "\n")
+    out, part = [], None
+    for (p, model, method, site, step, latents, k), rs in groups.items():
+        if p != part:
+            out.append(f"\n### {p}\n\n{head.rstrip()}")
+            part = p
         col = lambda key: [r.get(key) for r in rs]  # noqa: E731
-        lines.append(f"| {model} | {method} | {step} | {len(rs)} | "
-                     f"{_fmt(col('dictionary.precise_share'), col('dictionary.precise_share.interval'))} | "
-                     f"{_fmt(col('random.precise_share'), col('random.precise_share.interval'))} | "
-                     f"{_fmt(col('init.precise_share'), col('init.precise_share.interval'))} | "
-                     f"{_fmt(col('dictionary.precise_share_coarse'))} | {_fmt(col('dictionary.ap_share'))} | "
-                     f"{_fmt(col('dictionary.f1_share'), col('dictionary.f1_share.interval'))} | "
-                     f"{_fmt(col('dictionary.mean_union_f1'))} | {_fmt(col('dictionary.mean_absorption'))} |")
-    return head + "\n".join(lines) + "\n"
+        out.append(f"| {model} | {method} | {site} | {step} | {latents} | {k} | {len(rs)} | "
+                   f"{_fmt(col('dictionary.precise_share'), col('dictionary.precise_share.interval'))} | "
+                   f"{_fmt(col('random.precise_share'), col('random.precise_share.interval'))} | "
+                   f"{_fmt(col('init.precise_share'), col('init.precise_share.interval'))} | "
+                   f"{_fmt(col('dictionary.precise_share_coarse'))} | {_fmt(col('dictionary.ap_share'))} | "
+                   f"{_fmt(col('dictionary.f1_share'), col('dictionary.f1_share.interval'))} | "
+                   f"{_fmt(col('dictionary.mean_union_f1'))} | {_fmt(col('dictionary.mean_absorption'))} | "
+                   f"{_fmt(col('probe_ceiling'))} |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -164,10 +180,14 @@ def main(argv=None) -> int:
     p.add_argument("--step-seeds", default=None, help="seeds of the across-steps part (default: --seeds)")
     p.add_argument("--methods", default=",".join(METHODS), help="dictionaries of the comparison")
     p.add_argument("--no-random-model", action="store_true", help="skip the random-model control")
+    p.add_argument("--sites", default=None, help="sites of the across-steps part (default: the demo's)")
+    p.add_argument("--sizes", default=",".join(f"{n}:{k}" for n, k in SIZES), help="latents:k of the size part")
     a = p.parse_args(argv)
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     result = run_study(a.run, a.out, ints(a.seeds), ints(a.steps), [m for m in a.methods.split(",") if m],
-                       not a.no_random_model, ints(a.step_seeds) if a.step_seeds else None)
+                       not a.no_random_model, ints(a.step_seeds) if a.step_seeds else None,
+                       a.sites.split(",") if a.sites else None,
+                       [tuple(int(v) for v in x.split(":")) for x in a.sizes.split(",") if x])
     print(result["table"])
     return 0
 
