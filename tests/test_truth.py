@@ -13,9 +13,10 @@ from difflens.dictionaries import NeuronBasis
 from difflens.dictionaries.base import SparseCodes
 from difflens.interpret.labels import (all_concepts, concept_of_tokens, label_image, labels_path, token_labels,
                                        token_owner)
-from difflens.interpret.truth import (ProbeFeatures, RandomDirections, auroc, auroc_from_counts, best_f1_threshold,
-                                      f1_score, fit_logistic, fit_logistic_newton, scores_at, sparse_probes,
-                                      truth_report, write_truth)
+from difflens.interpret.truth import (ProbeFeatures, RandomDirections, auroc, best_f1_threshold, f1_score,
+                                      fit_logistic, fit_logistic_newton, scores_at, sparse_probes, truth_report,
+                                      write_truth)
+from difflens.interpret.truth_stats import auroc_from_counts
 from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
 from difflens.world import ObjectSpec, Scene, render
 
@@ -352,7 +353,7 @@ def test_precision_sees_a_split_concept_and_its_union_covers_it(tmp_path):
     assert summary["precise_share_coarse"] == pytest.approx(5 / DIM)
     assert report["headline"]["name"] == "precise_share" and "precise" in report["headline"]["definition"]
     lo, hi = report["headline"]["interval"]
-    assert lo <= report["precise_share"] <= hi
+    assert 0 <= lo <= hi <= 1 and report["headline"]["bias_corrected"] is not None
     assert report["summary"]["random"]["precise_share"] < report["precise_share"]
     assert report["precise_by_concept"]["color:red"] == 4
 
@@ -367,7 +368,8 @@ def test_init_control_and_probe_alignment_on_a_small_sae(tmp_path):
     assert set(report["summary"]) == {"dictionary", "random", "init"}
     for k, s in report["summary"].items():
         assert 0 <= s["precise_share"] <= 1 and s["alive"] > 0, k
-        assert set(s["intervals"]) == {"precise_share", "f1_share"}
+        assert set(s["intervals"]) == {"precise_share", "f1_share", "precise_share_bias_corrected",
+                                       "f1_share_bias_corrected"}
     # the red direction is dim 0..3 of the inputs: a trained latent aligns with red's probe better than random ones
     red = report["union_coverage"]["color:red"]
     assert red["probe_alignment"] > red["probe_alignment_random"]
@@ -401,3 +403,88 @@ def test_random_model_control_is_reported_with_the_trained_models_labels(tmp_pat
                 index.store = trained
     for r in reports.values():
         assert set(r["summary"]) == {"dictionary", "random", "init"} and r["concepts"] == reports["trained"]["concepts"]
+
+
+def test_bootstrap_interval_is_basic_and_corrects_the_bars_upward_bias():
+    """Latents right on every token keep their precision under any reweighting: the interval collapses on the
+    estimate. Latents just below the 0.9 bar pass on some reweightings, never the other way: the resamples sit above
+    the estimate, and the basic interval (and the bias-corrected estimate) below it."""
+    from difflens.interpret.truth import bootstrap_shares
+
+    rng = np.random.default_rng(0)
+    I, F = 40, 50
+    fires = np.zeros((I, F))
+    for f in range(F):
+        fires[rng.choice(I, 10, replace=False), f] = 1.0
+    exact = {"alive": np.ones(F, bool), "found": np.ones(F, bool), "upper_fires": fires.sum(0),
+             "precise_concept": np.zeros(F, int), "concept": np.zeros(F, int), "f1": np.zeros(F),
+             "images": {"upper": (fires, fires.copy()), "f1": (fires, np.zeros((I, F)))}}
+    exact["precise"] = np.ones(F, bool)
+    pos = np.full((I, 1), 10.0)  # base rate 10 / 256 tokens
+    out = bootstrap_shares(exact, pos, 256, 100, seed=0)
+    assert out["precise_share"] == [1.0, 1.0] and out["precise_share_bias_corrected"] == 1.0
+    near = dict(exact, precise=np.zeros(F, bool))
+    tp = fires.copy()
+    for f in range(F):  # 8 of 10 firings right: precision 0.8, below the bar
+        tp[np.flatnonzero(fires[:, f])[:2], f] = 0.0
+    near["images"] = {"upper": (fires, tp), "f1": exact["images"]["f1"]}
+    out = bootstrap_shares(near, pos, 256, 200, seed=0)
+    lo, hi = out["precise_share"]
+    assert lo == 0.0 and hi == 0.0 and out["precise_share_bias_corrected"] == 0.0  # clipped at 0 below the estimate
+
+
+def test_latent_ranges_give_the_same_report_as_one_range(tmp_path, monkeypatch):
+    from difflens.interpret import truth_stats
+
+    store = make_world_store(tmp_path, split=True)
+    whole = truth_report(_planted_dictionary(), store, sparse_sizes=(), bootstrap=30)
+    assert len(truth_stats.latent_ranges(DIM, len(whole["concepts"]))) == 1
+    monkeypatch.setattr(truth_stats, "HIST_BUDGET_BYTES", 7 * truth_stats.LEVELS * len(whole["concepts"]) * 4 * 13)
+    assert len(truth_stats.latent_ranges(DIM, len(whole["concepts"]))) == 10  # 7 latents a range
+    split = truth_report(_planted_dictionary(), store, sparse_sizes=(), bootstrap=30)
+    assert json.dumps(write_truth(split, tmp_path / "a.json").read_text()) == \
+        json.dumps(write_truth(whole, tmp_path / "b.json").read_text())
+
+
+def test_a_latent_counts_only_when_precise_on_train_too():
+    """Four upper-range train firings (below the 5 the train rule asks) that are all red, then five held-out ones
+    that are all red: precise on held-out images alone, so it does not count."""
+    from difflens.interpret.truth_stats import LatentConceptStats
+
+    def batch(n_red: int, n: int = 64):
+        vals = torch.zeros(n, 1)
+        vals[:n_red, 0] = 1.0
+        labels = torch.zeros(n, 2, dtype=torch.bool)
+        labels[:n_red, 0] = True  # concept 0: red (specific); concept 1: never
+        labels[n_red:, 1] = True
+        return SparseCodes(vals, torch.zeros(n, 1, dtype=torch.long)), labels
+
+    for train_red, counts in ((4, False), (5, True)):
+        s = LatentConceptStats(torch.ones(1), 2, torch.tensor([True, True]))
+        s.add(*batch(train_red))
+        s.choose()
+        s.start_heldout(1)
+        codes, labels = batch(5)
+        s.add(codes, labels, torch.zeros(64, dtype=torch.long))
+        r = s.result(np.array([[5.0, 59.0]]))
+        assert r["upper_precision"][0] == 1.0 and bool(r["precise"][0]) is counts, train_red
+
+
+def test_the_untrained_control_is_the_sae_at_its_initialisation(tmp_path):
+    import difflens as dl
+    from difflens.interpret.truth import initial_dictionary
+
+    store = make_world_store(tmp_path, split=True)
+    sae = dl.train_sae(store, SITE, 0, k=4, num_latents=32, num_tokens=4_000, batch_size=256, normalization="none",
+                       seed=3, progress=False)
+    center = torch.randn(DIM)
+    init = initial_dictionary(sae, center)
+    fresh = type(sae)(DIM, sae.cfg, seed=3)
+    assert torch.equal(init.W_dec, fresh.W_dec) and torch.equal(init.W_enc, fresh.W_enc)
+    assert torch.equal(init.b_dec, center) and not torch.equal(init.W_dec, sae.W_dec)
+    # tied unit rows, no encoder bias: the untrained SAE is random directions drawn with its seed, centred alike
+    x = torch.randn(100, DIM) + 2
+    same = RandomDirections(DIM, 32, 4, seed=3, center_D=center)
+    a, b = init.encode(x), same.encode(x)
+    assert torch.equal(a.indices.sort(-1).values, b.indices.sort(-1).values)
+    assert initial_dictionary(_planted_dictionary()) is None  # neurons have no initialisation

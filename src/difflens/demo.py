@@ -38,6 +38,10 @@ class DemoConfig:
     """main site (default: the model's: last double block, image stream)"""
     site_step: int = 7
     """denoising step the dictionaries are trained at (the ground-truth scan's best on embedded-rich)"""
+    early_step: int | None = 3
+    """a second whitened SAE at this step (None: none): at the main step the noisy latent is nearly the finished
+    image and an SAE on a randomly initialised copy of the model is almost as precise (the ground-truth study); at
+    an early step the concepts are the model's own"""
     expansion_factor: int = 8
     """dictionary latents per input dimension"""
     k: int = 16
@@ -125,6 +129,12 @@ def run_demo(cfg: DemoConfig) -> dict:
              f"step {cfg.site_step}")
         dictionaries[name] = timed(f"train_{name}", lambda: dl.train_sae(
             store, site, cfg.site_step, out=out / "dictionaries" / name, **common, **extra))
+    if cfg.early_step is not None and cfg.early_step != cfg.site_step:
+        name = f"sae_pca_step{cfg.early_step}"
+        _say(f"training TopK SAE {name} ({size} latents, k {cfg.k}) on {site} step {cfg.early_step}, where the "
+             f"concepts are the model's own rather than its input's")
+        dictionaries[name] = timed(f"train_{name}", lambda: dl.train_sae(
+            store, site, cfg.early_step, out=out / "dictionaries" / name, **common, normalization="pca"))
     _say(f"training ITDA (threshold {cfg.itda_threshold}, k {cfg.k}) on {site}")
     dictionaries["itda"] = timed("train_itda", lambda: dl.train_itda(
         store, site, cfg.site_step, out=out / "dictionaries" / "itda", k=cfg.k, threshold=cfg.itda_threshold,
@@ -225,7 +235,8 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
         index = dl.feature_index(dictionary, out=folder / "index", seed=cfg.seed)
         summary = dl.autointerp(index, features=str(cfg.autointerp_latents), seed=cfg.seed)
         summaries[name] = summary
-        truth = truth_report(dictionary, sparse_sizes=tuple(cfg.truth_sparse_sizes), autointerp=summary, index=index)
+        truth = truth_report(dictionary, sparse_sizes=tuple(cfg.truth_sparse_sizes), autointerp=summary, index=index,
+                             random_seed=cfg.seed)
         write_truth(truth, folder / "truth.json")
         agree = agreement(summary, truth)
         head, controls = truth["headline"], truth["summary"]

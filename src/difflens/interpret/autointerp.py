@@ -233,14 +233,14 @@ class OracleBackend:
 
     name = "oracle"
 
-    def __init__(self, index):
+    def __init__(self, index, labels=None):
         from .labels import token_labels
 
         model = str(index.store.meta.get("model", ""))
-        if not model.startswith("embedded"):
+        if labels is None and not model.startswith("embedded"):
             raise ValueError(f"the oracle backend reads the shapes world; this store was captured from {model!r}. "
                              f"Use --backend openai for other models")
-        self.labels = token_labels(index.store)
+        self.labels = labels if labels is not None else token_labels(index.store)
         self.index = index
 
     def _mass(self, example: Example) -> tuple[np.ndarray, np.ndarray]:
@@ -395,11 +395,8 @@ def truth_detection(index, summary: dict, concept_of: dict[int, str], labels=Non
     concept scores exactly the test examples autointerp drew for it (its results' "tests"). Token level: the share
     of the painted activation on the concept's tokens (the oracle judge's rule); image level: 1 when the concept is
     anywhere in the image. Returns {latent: {"detection_token", "detection_image"}} (the paper's score on each)."""
-    from .labels import token_labels
-
-    labels = labels if labels is not None else token_labels(index.store)
-    judge = OracleBackend.__new__(OracleBackend)
-    judge.index, judge.labels = index, labels
+    judge = OracleBackend(index, labels)
+    labels = judge.labels
     out = {}
     for latent, concept in concept_of.items():
         record = summary.get("features", {}).get(str(latent))

@@ -47,8 +47,9 @@ from difflens.atomic import atomic_write_json
 from difflens.dictionaries.base import Dictionary, SparseCodes
 
 from .labels import TokenLabels, concept_kind, token_labels
-from .truth_stats import (BANDS, LEVELS, MIN_HELDOUT_FIRES, MIN_TRAIN_FIRES, PRECISE_LIFT, PRECISE_PRECISION,
-                          UPPER_LEVEL, LatentConceptStats, latent_ranges, precise_for)
+from .truth_stats import (BANDS, LEVELS, MIN_HELDOUT_FIRES, MIN_TRAIN_FIRES, NARROWER, PRECISE_LIFT,
+                          PRECISE_PRECISION, UPPER_LEVEL, LatentConceptStats, f1_score, latent_ranges, level_of,
+                          precise_for)
 
 EXPLAINED_F1 = 0.5  # a latent is "explained" when its best concept's held-out F1 reaches this
 MIN_SCORED_POSITIVES = 8  # positive tokens a concept needs in each split to be scored
@@ -69,7 +70,10 @@ RULES = {
     "headline": HEADLINE_DEFINITION,
     "levels": f"{LEVELS} levels of the latent's train max; bands are deciles of it; level j fires when a > j/{LEVELS} x max",
     "precise_on_train": f"precision >= {PRECISE_PRECISION} and >= {PRECISE_LIFT}x base rate on >= {MIN_TRAIN_FIRES} "
-                        "train tokens in the upper range; concept = the narrowest specific one",
+                        "train tokens in the upper range; concept = the narrowest specific one, a specific concept "
+                        f"being allowed only when its base rate is <= {NARROWER}x that of every coarse concept the "
+                        "latent is precise for; a latent precise for no allowed concept never counts (its concept is "
+                        "then the allowed one of best train precision, reported only)",
     "f1_match": f"per (latent, concept): best train F1 over the {LEVELS} levels; concept = best train F1; "
                 "measured on held-out images (recall-sensitive)",
     "ap": f"average precision of the activation ranking (ties within a level together); concept = best train AP "
@@ -84,9 +88,10 @@ RULES = {
                      "train F1",
     "sparse_probing": "top-n features by |mean(pos) - mean(neg)| / std on train tokens, then a logistic probe",
     "iou": "mean over held-out images where the thresholded map or the concept mask is non-empty",
-    "intervals": f"Bayesian bootstrap over held-out images ({BOOTSTRAP_SAMPLES} Dirichlet reweightings; train choices "
-                 "and each latent's support fixed): the 2.5-97.5 % spread around the resamples' median, centred on "
-                 "the estimate (the median sits above it: reweighting cannot fail a latent right on all its tokens)",
+    "intervals": f"95 % basic bootstrap interval [2e - q97.5, 2e - q2.5] from a Bayesian bootstrap over held-out "
+                 f"images ({BOOTSTRAP_SAMPLES} Dirichlet reweightings; train choices and each latent's support fixed); "
+                 "a share of latents passing a bar is biased upward on a finite held-out set, so the interval (and "
+                 "the bias-corrected estimate 2e - median) can lie below the estimate",
     "scored_concepts": f">= {MIN_SCORED_POSITIVES} positive tokens in each split",
 }
 
@@ -178,24 +183,6 @@ def auroc(scores_NG, labels_NG) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = ((ranks * y).sum(0) - pos * (pos + 1) / 2) / (pos * neg)
     return np.where((pos > 0) & (neg > 0), out, np.nan)
-
-
-def auroc_from_counts(pos_GL, neg_GL) -> np.ndarray:
-    """(G,) AUROC from counts of positives and negatives per score bin, bins in ascending order (ties: half)."""
-    pos = np.asarray(pos_GL, dtype=np.float64)
-    neg = np.asarray(neg_GL, dtype=np.float64)
-    below = np.cumsum(neg, axis=-1) - neg
-    P, N = pos.sum(-1), neg.sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (pos * (below + 0.5 * neg)).sum(-1) / (P * N)
-    return np.where((P > 0) & (N > 0), out, np.nan)
-
-
-def f1_score(tp, fired, positives):
-    """F1 = 2TP / (fired + positives) (= 2TP / (2TP + FP + FN)), 0 when both are empty; broadcasts."""
-    tp, fired, positives = (np.asarray(a, dtype=np.float64) for a in (tp, fired, positives))
-    denom = fired + positives
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-300), 0.0)
 
 
 def best_f1_threshold(scores_NG: Tensor, labels_NG: Tensor) -> tuple[Tensor, Tensor]:
@@ -442,15 +429,23 @@ def _encode(dictionary: Dictionary, acts: Tensor, device) -> SparseCodes:
     return SparseCodes(codes.values.float().cpu(), codes.indices.cpu())
 
 
-def initial_dictionary(dictionary: Dictionary) -> Dictionary | None:
-    """The dictionary as its training started (same architecture, normaliser and seed, no step taken): the
-    untrained control. None for kinds without a random initialisation (ITDA, neurons, random directions)."""
+def initial_dictionary(dictionary: Dictionary, center_D: Tensor | None = None) -> Dictionary | None:
+    """The dictionary as its training started (same architecture, normaliser and seed; the decoder bias at
+    `center_D`, the normalised train mean, as training sets it from its first batch): the untrained control. None
+    for kinds without a random initialisation (ITDA, neurons, random directions).
+
+    For a TopK SAE initialised as here (unit random decoder rows, encoder = their transpose, zero encoder bias)
+    this is exactly `RandomDirections` drawn with the training seed and centred on `center_D`: a second draw of
+    the random-direction control, kept so that families with other initialisations get their own."""
     from difflens.dictionaries.topk_sae import TopKSAE
 
     if not isinstance(dictionary, TopKSAE):
         return None
     seed = int((dictionary.meta.get("train") or {}).get("seed", dictionary.meta.get("seed", 0)) or 0)
     init = TopKSAE(dictionary.d_in, dictionary.cfg, copy.deepcopy(dictionary.normalizer).cpu(), seed=seed)
+    if center_D is not None:
+        with torch.no_grad():
+            init.b_dec.copy_(center_D)
     init.meta = {k: v for k, v in dictionary.meta.items() if k in ("site", "step")}
     return init
 
@@ -458,51 +453,74 @@ def initial_dictionary(dictionary: Dictionary) -> Dictionary | None:
 def _latent_results(encoder: Dictionary, max_F: Tensor, specific_C: Tensor, train_rows, held_rows,
                     n_held_images: int, image_pos_IC: np.ndarray, device, big: bool) -> dict:
     """Train choices and held-out measures of every latent of one encoder (`truth_stats`), latent range by range
-    so that the (F, L, C) histograms stay within `HIST_BUDGET_BYTES`."""
+    so that the (F, L, C) histograms stay within `HIST_BUDGET_BYTES`. Per-latent arrays (F, ...) and per-image
+    arrays under "images" (name -> tuple of (I, F))."""
+    ranges = latent_ranges(encoder.num_latents, len(specific_C), big=big)
+    train_batches, held_batches = _coded(encoder, train_rows, device), _coded(encoder, held_rows, device)
+    if len(ranges) > 1:  # every range reads the same codes: encode once when they fit in memory
+        train_batches, held_batches = _cache_if_small(train_batches), _cache_if_small(held_batches)
     parts = []
-    for lo, hi in latent_ranges(encoder.num_latents, len(specific_C)):
+    for lo, hi in ranges:
         s = LatentConceptStats(max_F[lo:hi], len(specific_C), specific_C, lo=lo, big=big)
-        for acts, lab, _ in train_rows():
-            s.add(_encode(encoder, acts, device), lab)
+        for codes, lab, _ in train_batches():
+            s.add(codes, lab)
         s.choose()
         s.start_heldout(n_held_images)
-        for acts, lab, pos_B in held_rows():
-            s.add(_encode(encoder, acts, device), lab, pos_B)
+        for codes, lab, pos_B in held_batches():
+            s.add(codes, lab, pos_B)
         r = s.result(image_pos_IC)
         r.update({"alive": s.alive_F.numpy(), "concept": s.concept_F.numpy(), "train_f1_FC": s.train_f1_FC.float().numpy(),
                   "level": s.level_F.numpy(), "step": s.step_F.numpy(), "precise_concept": s.precise_concept_F.numpy(),
                   "precise_any_concept": s.precise_any_concept_F.numpy(), "precise_FC": s.precise_FC.numpy(),
-                  "ap_concept": s.ap_concept_F.numpy(), "train_ap": s.train_ap_F.numpy()})
+                  "ap_concept": s.ap_concept_F.numpy()})
         parts.append(r)
         del s
-    out = {}
-    for key, value in parts[0].items():
-        if isinstance(value, tuple):  # per-image (I, F) arrays
-            out[key] = tuple(np.concatenate([p[key][j] for p in parts], 1) for j in range(len(value)))
-        elif key.startswith("images_"):
-            out[key] = np.concatenate([p[key] for p in parts], 1)
-        else:
-            out[key] = np.concatenate([p[key] for p in parts], 0)
-    out["max"] = max_F.numpy()
+    out = {key: np.concatenate([p[key] for p in parts], 0) for key in parts[0] if key != "images"}
+    out["images"] = {name: tuple(np.concatenate([p["images"][name][j] for p in parts], 1) for j in range(len(value)))
+                     for name, value in parts[0]["images"].items()}
     return out
+
+
+CODE_CACHE_BYTES = 2 << 30  # codes and labels of a pass kept in memory when several latent ranges reread them
+
+
+def _coded(encoder: Dictionary, rows, device):
+    """A pass over `rows` (a callable yielding (acts, labels, extra)) as (codes, labels, extra) batches."""
+    def batches():
+        for acts, lab, extra in rows():
+            yield _encode(encoder, acts, device), lab, extra
+    return batches
+
+
+def _cache_if_small(batches):
+    """`batches` materialised once when its codes and labels fit ``CODE_CACHE_BYTES``, else as it is."""
+    kept, size = [], 0
+    for item in batches():
+        codes, lab, _ = item
+        size += codes.values.numel() * 12 + lab.numel()
+        if size > CODE_CACHE_BYTES:
+            return batches
+        kept.append(item)
+    return lambda: iter(kept)
 
 
 def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, held_rows, device) -> dict:
     """Per concept, on held-out tokens: the OR of every latent precise for it on train (each firing in its upper
-    range) and the absorption rate (concept tokens where all those latents stay silent while a latent whose
-    residual direction has cosine ≥ ``ABSORB_COSINE`` with the concept's probe fires)."""
-    member_FC = torch.from_numpy(res["precise_FC"] & res["alive"][:, None]).float()
-    dirs_FD = encoder.feature_directions().float().cpu()
-    cos_FC = dirs_FD @ probe_dir_CD.t()
+    range) and the absorption rate (concept tokens where all those latents stay silent while an alive latent
+    whose residual direction has cosine ≥ ``ABSORB_COSINE`` with the concept's probe direction fires)."""
+    alive_F = torch.from_numpy(res["alive"]).bool()
+    member_FC = torch.from_numpy(res["precise_FC"]).float() * alive_F[:, None]
+    cos_FC = encoder.feature_directions().float().cpu() @ probe_dir_CD.t()
+    cos_FC = torch.where(alive_F[:, None], cos_FC, torch.full_like(cos_FC, -1.0))  # the dead take no part
     absorber_FC = ((cos_FC >= ABSORB_COSINE) & (member_FC == 0)).float()
-    upper_F = torch.from_numpy(res["step"]).float() * UPPER_LEVEL
+    step_F = torch.from_numpy(res["step"]).float()
     C = member_FC.shape[1]
     totals = {k: torch.zeros(C, dtype=torch.float64) for k in ("fired", "tp", "pos", "missed", "absorbed")}
     for acts, lab, _ in held_rows():
         codes = _encode(encoder, acts, device)
         b, k = (codes.values > 0).nonzero(as_tuple=True)
         f, v = codes.indices.long()[b, k], codes.values[b, k]
-        up = v > upper_F[f]
+        up = level_of(v, step_F[f]) >= UPPER_LEVEL
         B = lab.shape[0]
         union = torch.zeros(B, C).index_add_(0, b[up], member_FC[f[up]]) > 0
         main = torch.zeros(B, C).index_add_(0, b, member_FC[f]) > 0
@@ -514,7 +532,6 @@ def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, 
     t = {k: v.numpy() for k, v in totals.items()}
     n_members = member_FC.sum(0).numpy()
     has = n_members > 0
-    best = cos_FC.abs().amax(0).numpy() if cos_FC.shape[0] else np.full(C, np.nan)
     return {
         "latents": n_members.astype(int),
         "recall": np.where(has, t["tp"] / np.maximum(t["pos"], 1), 0.0),
@@ -522,43 +539,38 @@ def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, 
         "f1": np.where(has, f1_score(t["tp"], t["fired"], t["pos"]), 0.0),
         "absorption": np.where(has & (t["pos"] > 0), t["absorbed"] / np.maximum(t["pos"], 1), np.nan),
         "missed": np.where(has & (t["pos"] > 0), t["missed"] / np.maximum(t["pos"], 1), np.nan),
-        "probe_alignment": best,
-        "cos_FC": cos_FC,
+        "probe_alignment": cos_FC.amax(0).numpy() if alive_F.any() else np.full(C, np.nan),
     }
 
 
 def bootstrap_shares(res: dict, image_pos_IC: np.ndarray, tokens_per_image: int, samples: int, seed: int) -> dict:
-    """95 % intervals of the precise share and the F1 share from a Bayesian bootstrap over held-out images (each
-    recomputed with the train choices and each latent's support fixed): the resamples' 2.5-97.5 % spread around
-    their median, centred on the estimate."""
+    """95 % intervals of the precise share and the F1 share from a Bayesian bootstrap over held-out images (Dirichlet
+    weights; train choices and each latent's support fixed): the basic bootstrap interval [2e - q97.5, 2e - q2.5]
+    and the bias-corrected estimate 2e - median. A share of latents passing a bar is biased upward on a finite
+    held-out set (latents just below the bar pass by chance more often than those above it fail); the resamples
+    measure that bias, so the interval can lie below the estimate."""
     alive = res["alive"].astype(bool)
     if samples <= 0 or not alive.any():
         return {}
     I = image_pos_IC.shape[0]
-    # the Bayesian bootstrap (Rubin 1981): continuous Dirichlet weights. A multinomial resample drops a third of the
-    # images, and with them a latent's few wrong firings, which biases a "precision >= 0.9" share upward
     W_SI = np.random.default_rng(seed).dirichlet(np.ones(I), size=samples) * I
     pos_SC = W_SI @ image_pos_IC
-    fire, tp = (W_SI @ a for a in res["images_upper"])
+    fire, tp = (W_SI @ a for a in res["images"]["upper"])
     base = pos_SC[:, res["precise_concept"]] / (W_SI.sum(1, keepdims=True) * tokens_per_image)
     precision = np.where(fire > 0, tp / np.maximum(fire, 1), 0.0)
-    # support is judged on the real held-out images: a resample that repeats an image would inflate it
-    supported = res["upper_fires"] >= MIN_HELDOUT_FIRES
-    precise = alive & supported & precise_for(precision, fire, base, 0)
-    fire1, tp1 = (W_SI @ a for a in res["images_f1"])
+    counts = alive & res["found"] & (res["upper_fires"] >= MIN_HELDOUT_FIRES)  # support from the real images
+    precise = counts & precise_for(precision, fire, base, 0)
+    fire1, tp1 = (W_SI @ a for a in res["images"]["f1"])
     f1 = f1_score(tp1, fire1, pos_SC[:, res["concept"]])
     n = alive.sum()
-
-    def interval(shares_S: np.ndarray, estimate: float) -> list[float]:
-        # the spread of the resamples around their median, centred on the estimate: reweighting can lift a latent
-        # near the 0.9 bar above it but never make one that was right on all its few tokens wrong, so the
-        # resamples' median sits above the estimate; the spread is what they measure
+    out = {}
+    for name, shares_S, estimate in (
+            ("precise_share", precise.sum(1) / n, (alive & res["precise"]).sum() / n),
+            ("f1_share", (alive & (f1 >= EXPLAINED_F1)).sum(1) / n, (alive & (res["f1"] >= EXPLAINED_F1)).sum() / n)):
         lo, mid, hi = np.percentile(shares_S, [2.5, 50, 97.5])
-        return [float(max(estimate - (mid - lo), 0.0)), float(min(estimate + (hi - mid), 1.0))]
-
-    return {"precise_share": interval(precise.sum(1) / n, float((alive & res["precise"]).sum() / n)),
-            "f1_share": interval((alive & (f1 >= EXPLAINED_F1)).sum(1) / n,
-                                 float((alive & (res["f1"] >= EXPLAINED_F1)).sum() / n))}
+        out[name] = [float(np.clip(2 * estimate - hi, 0.0, 1.0)), float(np.clip(2 * estimate - lo, 0.0, 1.0))]
+        out[f"{name}_bias_corrected"] = float(min(max(2 * estimate - mid, 0.0), 1.0))
+    return out
 
 
 def _shares(res: dict, union: dict, scored_specific: np.ndarray) -> dict:
@@ -577,8 +589,10 @@ def _shares(res: dict, union: dict, scored_specific: np.ndarray) -> dict:
         "concepts_with_precise_latents": int((union["latents"][scored_specific] > 0).sum()),
         "mean_absorption": _mean(union["absorption"][scored_specific]),
         "mean_probe_alignment": _mean(union["probe_alignment"][scored_specific]),
-        "mean_any_precision": _mean(res["any_precision"][alive]),
-        "mean_upper_precision": _mean(res["upper_precision"][alive & (res["upper_fires"] > 0)]),
+        "mean_any_precision": _mean(res["any_precision"][alive]),  # over latents that fire on held-out images
+        "mean_upper_precision": _mean(res["upper_precision"][alive]),
+        # latents whose upper range fires on too few held-out tokens to be judged (they never count)
+        "unsupported_share": share(res["upper_fires"] < MIN_HELDOUT_FIRES),
     }
 
 
@@ -667,7 +681,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         # the random floor should not be the init control again
         encoders["random"] = RandomDirections.like(dictionary, seed=random_seed + RANDOM_SEED_OFFSET,
                                                    center_D=center).to(device)
-    init = initial_dictionary(dictionary) if "init" in controls else None
+    init = initial_dictionary(dictionary, center) if "init" in controls else None
     if init is not None:
         encoders["init"] = init.to(device)
     big = max(train_r.num_rows, held_r.num_rows) > 2**24
@@ -681,14 +695,15 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
             codes = _encode(enc, acts, device)
             v = codes.values.reshape(-1).clamp_min(0)
             max_F[k].scatter_reduce_(0, codes.indices.reshape(-1).long(), v, "amax")
-            probe_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
+            if sparse_sizes:
+                probe_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
     held_X, held_Y = [], []
     held_codes: dict[str, list] = {k: [] for k in encoders}
     for acts, lab, img in _rows(held_r, labels, cols, held_images, batch_size):
         keep = torch.from_numpy(np.isin(img, probe_held_imgs))
         held_X.append(acts[keep])
         held_Y.append(lab[keep])
-        for k, enc in encoders.items():
+        for k, enc in encoders.items() if sparse_sizes else ():
             codes = _encode(enc, acts, device)
             held_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
     img_pos = np.concatenate([labels.dense(held_images[i: i + 256])[:, :, cols].sum(1)
@@ -697,7 +712,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     results = {k: _latent_results(enc, max_F[k], specific_C, train_rows, held_rows, len(held_images), img_pos,
                                   device, big) for k, enc in encoders.items()}
     for r in results.values():
-        r["image_auroc"] = auroc(r["images_max"], img_pos[:, r["concept"]] > 0)
+        r["image_auroc"] = auroc(r["images"]["max"][0], img_pos[:, r["concept"]] > 0)
 
     # probes: the ceiling (its directions for absorption and alignment) and sparse probes
     Xt, Yt = torch.cat(probe_X), torch.cat(probe_Y)
@@ -716,7 +731,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     probe_dir_CD = torch.from_numpy(ceiling["direction"]).float()
     unions = {k: _union_and_absorption(enc, results[k], probe_dir_CD, held_rows, device) for k, enc in encoders.items()}
     sparse = {}
-    for k, enc in encoders.items():
+    for k, enc in encoders.items() if sparse_sizes else ():
         cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))  # noqa: E731
         ft = ProbeFeatures(codes=cat(probe_codes[k]), num_features=enc.num_latents)
         fh = ProbeFeatures(codes=cat(held_codes[k]), num_features=enc.num_latents)
@@ -796,6 +811,7 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
         "num_latents": int(dictionary.num_latents), "k": sparsity_k(dictionary),
         "headline": {"name": "precise_share", "definition": HEADLINE_DEFINITION, "value": d["precise_share"],
                      "interval": d["intervals"].get("precise_share"),
+                     "bias_corrected": d["intervals"].get("precise_share_bias_corrected"),
                      **{f"{k}": summaries[k]["precise_share"] for k in summaries if k != "dictionary"},
                      **{f"{k}_interval": summaries[k]["intervals"].get("precise_share") for k in summaries
                         if k != "dictionary"}},

@@ -48,11 +48,20 @@ NARROWER = 0.9  # a specific concept must cover at most this share of a coarse o
 HIST_BUDGET_BYTES = 1 << 30  # per dictionary and pass: larger dictionaries are processed in latent ranges
 
 
-def latent_ranges(num_latents: int, num_concepts: int, budget: int = HIST_BUDGET_BYTES) -> list[tuple[int, int]]:
-    """Latent ranges whose (F, L, C) float32 histogram and its cumulative copies fit ``budget`` bytes."""
-    per_latent = LEVELS * max(num_concepts, 1) * 4 * 4  # the histogram plus cumulative temporaries
+def latent_ranges(num_latents: int, num_concepts: int, budget: int | None = None,
+                  big: bool = False) -> list[tuple[int, int]]:
+    """Latent ranges whose (F, L, C) histogram and the temporaries of `LatentConceptStats.choose` (measured: about
+    12 copies at float32's size) fit ``budget`` bytes (default ``HIST_BUDGET_BYTES``)."""
+    budget = HIST_BUDGET_BYTES if budget is None else int(budget)
+    per_latent = LEVELS * max(num_concepts, 1) * 4 * (14 if big else 13)
     size = max(1, min(num_latents, budget // per_latent))
     return [(lo, min(lo + size, num_latents)) for lo in range(0, num_latents, size)]
+
+
+def level_of(values: Tensor, step: Tensor) -> Tensor:
+    """The level of positive activations, j with j·step < a ≤ (j+1)·step (step = train max / L); above the train
+    max: the top level. One rule for every pass."""
+    return (torch.ceil(values / step) - 1).clamp(0, LEVELS - 1).long()
 
 
 def cumulative(hist_FLC: Tensor, fired_FL: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,28 +81,44 @@ def average_precision(tp_FLC: Tensor, fired_FL: Tensor, pos_C: Tensor) -> Tensor
 
 
 def precise_choice(tp_FC: Tensor, fired_F: Tensor, pos_C: Tensor, n: int, specific_C: Tensor,
-                   allow_coarse: bool = False) -> tuple[Tensor, Tensor]:
-    """(concept (F,), precise (F, C) bool) at one level: the narrowest allowed concept each latent is precise for,
-    or the allowed concept of best precision when it is precise for none. A specific concept is allowed only
+                   allow_coarse: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(concept (F,), precise (F, C) bool, found (F,) bool) at one level: the narrowest allowed concept each latent
+    is precise for (found), or the allowed concept of best precision when it is precise for none (not found: such
+    a latent never counts). A specific concept is allowed only
     when it is narrower (base rate ≤ ``NARROWER`` ×) than every coarse concept the latent is precise for: in a
     store where every object is large, size:large says no more than part:object."""
     base = pos_C.double() / max(n, 1)
     precision = tp_FC.double() / fired_F.double().clamp_min(1)[:, None]
-    precise = precise_for(precision, fired_F, base)
+    precise = precise_for(precision, fired_F[:, None], base)
     coarse_base_F = torch.where(precise & ~specific_C, base, torch.full_like(precision, math.inf)).amin(1)
     allowed_C = (specific_C & (base <= NARROWER * coarse_base_F[:, None])) | (allow_coarse & ~specific_C)
     narrow = torch.where(precise & allowed_C, -base, torch.full_like(precision, -math.inf))
     fallback = torch.where(allowed_C, precision - 1e-9 * base, torch.full_like(precision, -math.inf))
     has = narrow.amax(1) > -math.inf
-    return torch.where(has, narrow.argmax(1), fallback.argmax(1)), precise
+    return torch.where(has, narrow.argmax(1), fallback.argmax(1)), precise, has
 
 
 def precise_for(precision, fires, base, min_fires: int = MIN_TRAIN_FIRES):
-    """The precise rule on matching arrays (precision and base broadcast with fires[..., None] or alike)."""
-    if isinstance(precision, Tensor):
-        return ((precision >= PRECISE_PRECISION) & (precision >= PRECISE_LIFT * base)
-                & (fires.double()[:, None] >= min_fires) & (base > 0))
+    """The precise rule, elementwise on broadcasting arrays or tensors (NaN precision: never precise)."""
     return (precision >= PRECISE_PRECISION) & (precision >= PRECISE_LIFT * base) & (fires >= min_fires) & (base > 0)
+
+
+def f1_score(tp, fired, positives):
+    """F1 = 2TP / (fired + positives) (= 2TP / (2TP + FP + FN)), 0 when both are empty; broadcasts."""
+    tp, fired, positives = (np.asarray(a, dtype=np.float64) for a in (tp, fired, positives))
+    denom = fired + positives
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-300), 0.0)
+
+
+def auroc_from_counts(pos_GL, neg_GL) -> np.ndarray:
+    """(G,) AUROC from counts of positives and negatives per score bin, bins in ascending order (ties: half)."""
+    pos = np.asarray(pos_GL, dtype=np.float64)
+    neg = np.asarray(neg_GL, dtype=np.float64)
+    below = np.cumsum(neg, axis=-1) - neg
+    P, N = pos.sum(-1), neg.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (pos * (below + 0.5 * neg)).sum(-1) / (P * N)
+    return np.where((P > 0) & (N > 0), out, np.nan)
 
 
 class LatentConceptStats:
@@ -124,8 +149,7 @@ class LatentConceptStats:
         vals, idx = codes.values.float(), codes.indices.long() - self.lo
         b, k = ((vals > 0) & (idx >= 0) & (idx < self.F)).nonzero(as_tuple=True)
         f, v = idx[b, k], vals[b, k]
-        level = (torch.ceil(v / self.step_F[f]) - 1).clamp(0, self.L - 1).long()
-        return b, f, v, level
+        return b, f, v, level_of(v, self.step_F[f])
 
     def add(self, codes: SparseCodes, labels_BC: Tensor, image_pos_B: Tensor | None = None) -> None:
         b, f, v, level = self.entries(codes)
@@ -160,12 +184,12 @@ class LatentConceptStats:
         self.concept_F = self.train_f1_FC.argmax(1)
         self.level_F = self.level_FC.gather(1, self.concept_F[:, None])[:, 0]
         tp_up, fired_up = tp[:, UPPER_LEVEL], fired[:, UPPER_LEVEL]
-        self.precise_concept_F, self.precise_FC = precise_choice(tp_up, fired_up, self.pos, self.n, self.specific_C)
-        self.precise_any_concept_F, _ = precise_choice(tp_up, fired_up, self.pos, self.n, self.specific_C,
-                                                       allow_coarse=True)
+        self.precise_concept_F, self.precise_FC, self.found_F = precise_choice(tp_up, fired_up, self.pos, self.n,
+                                                                               self.specific_C)
+        self.precise_any_concept_F, _, self.found_any_F = precise_choice(tp_up, fired_up, self.pos, self.n,
+                                                                         self.specific_C, allow_coarse=True)
         ap = average_precision(tp, fired, self.pos)
         self.ap_concept_F = torch.where(self.specific_C, ap, torch.full_like(ap, -1.0)).argmax(1)
-        self.train_ap_F = ap.gather(1, self.ap_concept_F[:, None])[:, 0]
         self.train_pos, self.train_n = self.pos.clone(), self.n
         del self.hist, self.fired, tp, fired, ap
 
@@ -183,8 +207,6 @@ class LatentConceptStats:
 
     def result(self, image_pos_IC: np.ndarray) -> dict:
         """Held-out measures at the train choices (see the module docstring); arrays over the F latents."""
-        from .truth import auroc_from_counts, f1_score
-
         hist, tp, fired = self._counts()
         F = torch.arange(self.F)
         c = self.concept_F
@@ -211,9 +233,10 @@ class LatentConceptStats:
             "auroc": auroc_from_counts(pos_bins, neg_bins),
             "iou": np.where(some.any(0), iou.sum(0) / np.maximum(some.sum(0), 1), np.nan),
             "firing_rate": fired.numpy()[:, 0] / max(self.n, 1),
-            "images_f1": (fire_IF, tp_IF),
-            "images_upper": tuple(t.numpy().astype(np.float64) for t in self.images["upper"]),
-            "images_max": self.images["max"].numpy(),
+            "found": self.found_F.numpy(),
+            "images": {"f1": (fire_IF, tp_IF),
+                       "upper": tuple(t.numpy().astype(np.float64) for t in self.images["upper"]),
+                       "max": (self.images["max"].numpy(),)},
         }
         out.update(self._precise_result(hist, tp, fired))
         return out
@@ -222,11 +245,14 @@ class LatentConceptStats:
         """The precise match, specificity by band and AP on held-out counts."""
         base_C = self.pos.numpy() / max(self.n, 1)
         out = {}
-        for name, concept in (("precise", self.precise_concept_F), ("precise_any", self.precise_any_concept_F)):
+        for name, concept, found in (("precise", self.precise_concept_F, self.found_F),
+                                     ("precise_any", self.precise_any_concept_F, self.found_any_F)):
             tp_up, fires_up, pos = self._at(tp, fired, concept, UPPER_LEVEL)
-            precision = np.where(fires_up > 0, tp_up / np.maximum(fires_up, 1), 0.0)
+            precision = np.where(fires_up > 0, tp_up / np.maximum(fires_up, 1), np.nan)
             base = base_C[concept.numpy()]
-            out[name] = self.alive_F.numpy() & precise_for(precision, fires_up, base, MIN_HELDOUT_FIRES)
+            # counts when precise for its concept on train (found) and again on held-out images
+            out[name] = (self.alive_F.numpy() & found.numpy()
+                         & precise_for(np.nan_to_num(precision), fires_up, base, MIN_HELDOUT_FIRES))
             if name == "precise":
                 out.update({"upper_precision": precision, "upper_fires": fires_up, "upper_base": base,
                             "upper_recall": np.where(pos > 0, tp_up / np.maximum(pos, 1), 0.0)})
@@ -241,7 +267,7 @@ class LatentConceptStats:
         out.update({
             "band_precision": np.where(band_fires > 0, band_tp / np.maximum(band_fires, 1), np.nan),
             "band_fires": band_fires,
-            "any_precision": np.where(fires_any > 0, tp_any / np.maximum(fires_any, 1), 0.0),
+            "any_precision": np.where(fires_any > 0, tp_any / np.maximum(fires_any, 1), np.nan),
             "ap": ap.numpy(),
         })
         return out
