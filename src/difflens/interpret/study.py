@@ -149,13 +149,16 @@ def study_tables(rows: list[dict]) -> str:
     """Markdown, one table per part: measures in %, mean over seeds [95 % bootstrap interval, averaged over seeds]
     (the seeds' range)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["part"], r["model"], r["method"], r["site"], r["step"], r["latents"], r["k"]), []).append(r)
+    for r in rows:  # ITDA's size varies by seed: the latents are listed, not grouped on
+        size = r["latents"] if r["part"] == "sizes" else None
+        groups.setdefault((r["part"], r["model"], r["method"], r["site"], r["step"], size, r["k"]), []).append(r)
     head = ("| model | dictionary | site | step | latents | k | seeds | precise share | random directions | untrained | "
             "precise (coarse allowed) | AP >= 0.3 | F1 >= 0.5 | union F1 | absorption | probe ceiling F1 |\n|"
             + "---|" * 16 + "\n")
     out, part = [], None
-    for (p, model, method, site, step, latents, k), rs in groups.items():
+    for (p, model, method, site, step, _, k), rs in groups.items():
+        sizes = sorted({r["latents"] for r in rs})
+        latents = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
         if p != part:
             out.append(f"\n### {p}\n\n{head.rstrip()}")
             part = p
