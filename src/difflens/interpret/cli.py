@@ -59,7 +59,7 @@ class TruthCommand:
     """controls measured with the same rules: random (random directions), init (the SAE before training)"""
     sparse_sizes: list[int] = field(default_factory=list)
     """sparse-probe sizes, e.g. 1,4,16 (SAEBench's k-sparse probing on latents, random directions and raw
-    dimensions); off by default: on the demo's 768-latent SAE they add about 90 s to about 50 s"""
+    dimensions); off by default: on the demo's 768-latent SAE they add about 90 s to 42 s"""
     bootstrap: int = 200
     """bootstrap resamples of the held-out images for intervals (0: none)"""
 
