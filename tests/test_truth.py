@@ -19,6 +19,7 @@ from difflens.interpret.truth import (ProbeFeatures, RandomDirections, auroc, be
 from difflens.interpret.truth_stats import auroc_from_counts
 from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
 from difflens.world import ObjectSpec, Scene, render
+from difflens.world.scene import caption_for
 
 torch.set_num_threads(1)
 
@@ -225,7 +226,8 @@ def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=Fals
     a random 5 % of tokens (noise), dim 5 = 8 on every object token (a coarse concept)."""
     scenes = _scenes(n_images)
     w = StoreWriter(root, dtype="float16")
-    w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": f"p{i}", "seed": i} for i in range(n_images)])
+    w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": caption_for(s.background, s.objects), "seed": i}
+                                       for i, s in enumerate(scenes)])
     rng = np.random.default_rng(0)
     red = CONCEPTS.index("color:red")
     n_chunks = n_images // per_chunk
@@ -488,3 +490,21 @@ def test_the_untrained_control_is_the_sae_at_its_initialisation(tmp_path):
     a, b = init.encode(x), same.encode(x)
     assert torch.equal(a.indices.sort(-1).values, b.indices.sort(-1).values)
     assert initial_dictionary(_planted_dictionary()) is None  # neurons have no initialisation
+
+
+def test_ground_truth_refuses_a_store_of_another_world(tmp_path):
+    """A real model's store of free prompts: no labels, no truth report, and the error says what to use instead."""
+    store = make_world_store(tmp_path / "world")
+    token_labels(store)  # a synthetic store of shapes-world captions is labelled
+    w = StoreWriter(tmp_path / "flux", dtype="float16")
+    prompts = ["a cat on a mat", "a red circle in the center on a white background"]
+    w.prepare({"model": "flux-tiny"}, [{"image_id": i, "prompt": p, "seed": i} for i, p in enumerate(prompts)])
+    images = np.stack([store.load_image(0), store.load_image(1)])
+    w.write_chunk(0, [0, 1], images, {(SITE, 0): ChunkRows(torch.randn(512, DIM), np.repeat([0, 1], 256),
+                                                          np.tile(np.arange(256), 2))})
+    w.finalize([EntrySpec(SITE, 0, DIM, "image", 256, GRID)], 1, {"model": "flux-tiny", "n_images": 2,
+                                                                  "prompts_hash": "f"}, holdout=0.5)
+    flux = ActivationStore.open(tmp_path / "flux")
+    for call in (lambda: token_labels(flux), lambda: truth_report(_planted_dictionary(), flux)):
+        with pytest.raises(ValueError, match=r"'a cat on a mat'.*--backend openai.*RIEBench"):
+            call()

@@ -274,6 +274,27 @@ def store_world(store) -> str:
     return "classic"
 
 
+def require_world_store(store) -> None:
+    """Refuse a store whose images are not of the shapes world, saying what to use instead: ground truth is the
+    oracle's reading of shapes-world images, and on another model's pictures it would be a confident fiction. A
+    store qualifies when an embedded model drew it, or when every prompt is a shapes-world caption."""
+    from difflens.world.caption import caption_world
+
+    model = str(store.meta.get("model") or "")
+    if model.startswith("embedded"):
+        return
+    for entry in store.prompts():
+        try:
+            caption_world(entry["prompt"])
+        except ValueError:
+            raise ValueError(
+                f"{store.root} was captured from {model or 'an unknown model'!r} with prompts that are not "
+                f"shapes-world captions (e.g. {entry['prompt']!r}): ground truth (token labels, truth scores, the "
+                f"oracle autointerp backend) exists only for images of the embedded shapes world. For other models "
+                f"use `difflens autointerp --backend openai` (a vision-language model explains and judges) and "
+                f"`difflens bench edits --pairs FILE` with RIEBench pairs") from None
+
+
 @dataclass
 class TokenLabels:
     """Bit-packed boolean labels (n_images, T, C) of every token of every image of a store, indexed by image id.
@@ -406,6 +427,7 @@ def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = Tr
 
     if isinstance(store, (str, Path)):
         store = open_store(store)
+    require_world_store(store)
     grid = tuple(int(g) for g in grid) if grid is not None else image_grid(store)
     world = world or store_world(store)
     if world not in ("classic", "rich"):
