@@ -292,3 +292,17 @@ def test_loading_the_embedded_model_emits_no_diffusers_warning(spec, dtype):
         a = load_adapter(spec, LoadOptions(dtype=dtype))
     assert a.pipe.dtype == getattr(torch, dtype or "float32")
     assert not warned, warned
+
+
+def test_real_model_adapters_print_no_transformers_torchvision_warnings():
+    """Loading flux-tiny and sdxl-tiny in a fresh process: only difflens' own output, no transformers warnings
+    about torchvision-backed image processors that difflens never uses."""
+    import subprocess
+    import sys
+
+    from tiny_models import subprocess_env
+
+    code = "import difflens as dl; dl.load_model('flux-tiny'); dl.load_model('sdxl-tiny')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "torchvision" not in out.stderr + out.stdout and "[transformers]" not in out.stderr

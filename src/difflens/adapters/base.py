@@ -481,6 +481,23 @@ def weights_fingerprint(modules: dict[str, torch.nn.Module], full_below: int = 1
     return h.hexdigest()[:16]
 
 
+def diffusers_classes(*names: str) -> tuple:
+    """Classes of `diffusers` by name. Importing a diffusers pipeline imports transformers' image processors, which
+    warn (once per process) that torchvision is missing; difflens never uses them, so the import runs with
+    transformers' logging at errors only and a user of a real model sees only difflens' own output."""
+    import importlib
+
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        module = importlib.import_module("diffusers")
+        return tuple(getattr(module, name) for name in names)
+    finally:
+        transformers_logging.set_verbosity(previous)
+
+
 def diffusers_modules(pipe) -> dict[str, torch.nn.Module]:
     """The torch modules of a diffusers pipeline (denoiser, VAE, text encoders that are loaded)."""
     return {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from difflens.adapters import flux_hooks
-from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_modules, seeded_generators,
-                                   to_uint8)
+from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_classes, diffusers_modules,
+                                    seeded_generators, to_uint8)
 
 # prompts -> (prompt_embeds_BTD, pooled_prompt_embeds_BD); used when the pipeline has no text encoders.
 PromptEncoder = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -142,7 +142,7 @@ class FluxAdapter(FluxTransformerAdapter):
                         encode_prompts: PromptEncoder | None = None) -> "FluxAdapter":
         """Load FluxPipeline from `cfg.model_id` (hub id or local folder) with the requested options.
         `encode_prompts` is needed only for a folder saved without text encoders."""
-        from diffusers import FluxPipeline, FluxTransformer2DModel
+        FluxPipeline, FluxTransformer2DModel = diffusers_classes("FluxPipeline", "FluxTransformer2DModel")
 
         dtype = _torch_dtype(cfg.dtype)
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_modules, seeded_generators,
-                                   to_uint8)
+from difflens.adapters.base import (HookPlan, ModelAdapter, SiteInfo, diffusers_classes, diffusers_modules,
+                                    seeded_generators, to_uint8)
 from difflens.adapters.flux import PromptEncoder, _torch_dtype, dtype_kwargs
 
 SDXL_MODELS = {
@@ -83,7 +83,7 @@ class SDXLAdapter(ModelAdapter):
     def from_pretrained(cls, cfg: SDXLLoadConfig, name: str | None = None,
                         encode_prompts: PromptEncoder | None = None) -> "SDXLAdapter":
         """Load StableDiffusionXLPipeline from a hub id or local folder (`encode_prompts`: see FluxAdapter)."""
-        from diffusers import StableDiffusionXLPipeline
+        (StableDiffusionXLPipeline,) = diffusers_classes("StableDiffusionXLPipeline")
 
         dtype = _torch_dtype(cfg.dtype)
         kwargs = dtype_kwargs(dtype)

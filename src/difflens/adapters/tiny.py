@@ -10,6 +10,8 @@ import hashlib
 
 import torch
 
+from difflens.adapters.base import diffusers_classes
+
 
 class HashPromptEncoder:
     """Deterministic stand-in text encoder: prompt -> seeded random (embeds_TD, pooled_P)."""
@@ -31,7 +33,8 @@ def tiny_flux_pipeline(seed: int = 0, num_layers: int = 2, num_single_layers: in
     """FluxPipeline with a 2+2-block transformer (width 32), a 1-level VAE (grid = resolution / 2)
     and no text encoders. guidance_embeds=True makes it dev-like (guidance-distilled), else schnell-like.
     Returns (pipe, HashPromptEncoder)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel = diffusers_classes(
+        "AutoencoderKL", "FlowMatchEulerDiscreteScheduler", "FluxPipeline", "FluxTransformer2DModel")
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -53,7 +56,8 @@ def tiny_flux_pipeline(seed: int = 0, num_layers: int = 2, num_single_layers: in
 def tiny_sdxl_pipeline(seed: int = 0):
     """StableDiffusionXLPipeline with a 2-level UNet (cross-attention dim 64) and no text encoders.
     Returns (pipe, HashPromptEncoder). Latent grid = resolution / 2; attention blocks at 1/2 and 1/4 of it."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel = diffusers_classes(
+        "AutoencoderKL", "EulerDiscreteScheduler", "StableDiffusionXLPipeline", "UNet2DConditionModel")
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
