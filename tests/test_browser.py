@@ -480,6 +480,26 @@ def test_steering_body_must_be_json(client):
     r = client.post("/api/steer", content=json.dumps(steer_body()).encode(), headers={"content-type": "text/plain"})
     assert r.status_code == 415 and "application/json" in r.json()["error"]
     assert client.get("/api/steer/12345").status_code == 404
+    # bodies beyond the size limit are refused before they are parsed, declared or streamed (chunked)
+    from difflens.browser.app import MAX_BODY_BYTES
+
+    big = json.dumps({**steer_body(), "prompt": "x" * (2 * MAX_BODY_BYTES)}).encode()
+    r = client.post("/api/steer", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+    r = client.post("/api/steer", content=iter([big[:8000], big[8000:]]), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_serving_beyond_loopback_warns_that_steering_is_open(run_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from difflens.browser.app import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    serve(run_dir, host="127.0.0.1", port=8123)
+    assert "warning" not in capsys.readouterr().err
+    serve(run_dir, host="0.0.0.0", port=8123)
+    assert "live steering" in capsys.readouterr().err
 
 
 def test_steering_runs_one_at_a_time_and_a_second_request_waits(run_dir):

@@ -19,6 +19,7 @@ Unknown dictionaries, latents and images are 404 pages, malformed queries 400; n
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -38,6 +39,7 @@ SECURITY_HEADERS = {
 
 
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+MAX_BODY_BYTES = 16 * 1024  # a steering request is a few hundred bytes of JSON; larger bodies are refused unread
 
 
 def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, generate=None,
@@ -151,8 +153,18 @@ def create_app(run: str | Path | Run, limits: SteeringLimits | None = None, gene
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return JSONResponse({"error": "refused: send the request as application/json"}, status_code=415,
                                 headers=SECURITY_HEADERS)
+        too_big = JSONResponse({"error": f"refused: the request body is larger than {MAX_BODY_BYTES} bytes"},
+                               status_code=413, headers=SECURITY_HEADERS)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return too_big
+        raw = b""
+        async for chunk in request.stream():  # a chunked body declares no length: count what arrives
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                return too_big
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return JSONResponse({"error": "refused: the request body must be JSON"}, status_code=400,
                                 headers=SECURITY_HEADERS)
@@ -217,7 +229,8 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, limits: St
     app = create_app(run, limits, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
     if not loopback:
         print(f"difflens browse: warning: listening on {host}, reachable from other machines; the browser has no "
-              f"authentication", file=sys.stderr)
+              f"authentication, so live steering (which runs the model on this machine) is open to anyone on the "
+              f"network: keep the default 127.0.0.1, or put it behind a firewall", file=sys.stderr)
     print(f"difflens browse: {app.state.run.root} at http://{host}:{port}/  (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
