@@ -76,9 +76,10 @@ def eval_split(dictionary: Dictionary, data_store, wanted: str) -> str:
         return wanted
     trained_on = dictionary.store or {}
     identity = data_store.identity() if hasattr(data_store, "identity") else {}
+    # a random-init control store has the same prompts and weights: its identity (and so a dictionary trained on
+    # it) carries "control", which normal stores omit
     same = bool(trained_on.get("prompts_hash")) and all(trained_on.get(k) == identity.get(k)
-                                                          for k in ("prompts_hash", "weights", "model"))
-    same = same and trained_on.get("control", "none") == identity.get("control", "none")  # a control store is another
+                                                          for k in ("prompts_hash", "weights", "model", "control"))
     if same and getattr(data_store, "holdout", None):
         return "held-out"
     return "all"

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -138,23 +139,27 @@ class RandomDirections(Dictionary):
         return self.directions
 
 
-def random_floor(dictionary: Dictionary, store=None, *, seed: int = 0, max_tokens: int = 1 << 20) -> RandomDirections:
+def random_floor(dictionary: Dictionary, store=None, *, seed: int = 0, max_tokens: int = 1 << 20,
+                 center_D: Tensor | None = None) -> RandomDirections:
     """The random-direction control of `dictionary` as a dictionary of its own (site, step and store copied), centred
-    on the mean of up to `max_tokens` train rows: what `truth_report` measures as "random", for stages that need
-    the control as an object (its feature index and oracle autointerp: the floor of the autointerp histogram)."""
-    from difflens.store.sources import open_store
+    on `center_D` (default: the normalised mean of up to `max_tokens` train rows): what `truth_report` measures as
+    "random", and what stages that need the control as an object index and explain (the autointerp floor)."""
+    if center_D is None:
+        from difflens.store.sources import open_store
 
-    store = open_store(store or (dictionary.store or {}).get("path"))
-    reader = store.reader(dictionary.site, dictionary.step, "train")
-    total, n = torch.zeros(reader.dim, dtype=torch.float64), 0
-    for acts, _ in reader.iter_batches(8192, shuffle=False):
-        total += acts.double().sum(0)
-        n += acts.shape[0]
-        if n >= max_tokens:
-            break
-    device = next(dictionary.parameters(), torch.zeros(0)).device
-    center = dictionary.normalizer.normalize((total / max(n, 1)).float()[None].to(device))[0].cpu()
-    floor = RandomDirections.like(dictionary, seed=seed + RANDOM_SEED_OFFSET, center_D=center)
+        store = open_store(store or (dictionary.store or {}).get("path"))
+        reader = store.reader(dictionary.site, dictionary.step, "train")
+        total, n = torch.zeros(reader.dim, dtype=torch.float64), 0
+        for acts, _ in reader.iter_batches(8192, shuffle=False):
+            total += acts.double().sum(0)
+            n += acts.shape[0]
+            if n >= max_tokens:
+                break
+        device = next(dictionary.parameters(), torch.zeros(0)).device
+        center_D = dictionary.normalizer.normalize((total / max(n, 1)).float()[None].to(device))[0].cpu()
+    # offset: a TopK SAE starts from unit random directions drawn with its training seed (often 0 too), and the
+    # random floor should not be the untrained control again
+    floor = RandomDirections.like(dictionary, seed=seed + RANDOM_SEED_OFFSET, center_D=center_D)
     floor.meta = {k: v for k, v in dictionary.meta.items() if k in ("site", "step", "store")}
     return floor
 
@@ -450,15 +455,14 @@ def initial_dictionary(dictionary: Dictionary, center_D: Tensor | None = None) -
     return init
 
 
-def _latent_results(encoder: Dictionary, max_F: Tensor, specific_C: Tensor, train_rows, held_rows,
-                    n_held_images: int, image_pos_IC: np.ndarray, device, big: bool) -> dict:
-    """Train choices and held-out measures of every latent of one encoder (`truth_stats`), latent range by range
-    so that the (F, L, C) histograms stay within `HIST_BUDGET_BYTES`. Per-latent arrays (F, ...) and per-image
-    arrays under "images" (name -> tuple of (I, F))."""
-    ranges = latent_ranges(encoder.num_latents, len(specific_C), big=big)
-    train_batches, held_batches = _coded(encoder, train_rows, device), _coded(encoder, held_rows, device)
-    if len(ranges) > 1:  # every range reads the same codes: encode once when they fit in memory
-        train_batches, held_batches = _cache_if_small(train_batches), _cache_if_small(held_batches)
+def _latent_results(max_F: Tensor, specific_C: Tensor, train_batches, held_batches, n_held_images: int,
+                    image_pos_IC: np.ndarray, big: bool) -> dict:
+    """Train choices and held-out measures of every latent of one encoder (`truth_stats`) from its coded passes
+    (`_coded`), latent range by range so that the (F, L, C) histograms stay within `HIST_BUDGET_BYTES`. Per-latent
+    arrays (F, ...) and per-image arrays under "images" (name -> tuple of (I, F))."""
+    ranges = latent_ranges(len(max_F), len(specific_C), big=big)
+    if len(ranges) > 1:  # every range rereads the train codes: encode them once when they fit in memory
+        train_batches = _cache_if_small(train_batches)
     parts = []
     for lo, hi in ranges:
         s = LatentConceptStats(max_F[lo:hi], len(specific_C), specific_C, lo=lo, big=big)
@@ -504,7 +508,7 @@ def _cache_if_small(batches):
     return lambda: iter(kept)
 
 
-def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, held_rows, device) -> dict:
+def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, held_batches) -> dict:
     """Per concept, on held-out tokens: the OR of every latent precise for it on train (each firing in its upper
     range) and the absorption rate (concept tokens where all those latents stay silent while an alive latent
     whose residual direction has cosine ≥ ``ABSORB_COSINE`` with the concept's probe direction fires)."""
@@ -516,8 +520,7 @@ def _union_and_absorption(encoder: Dictionary, res: dict, probe_dir_CD: Tensor, 
     step_F = torch.from_numpy(res["step"]).float()
     C = member_FC.shape[1]
     totals = {k: torch.zeros(C, dtype=torch.float64) for k in ("fired", "tp", "pos", "missed", "absorbed")}
-    for acts, lab, _ in held_rows():
-        codes = _encode(encoder, acts, device)
+    for codes, lab, _ in held_batches():
         b, k = (codes.values > 0).nonzero(as_tuple=True)
         f, v = codes.indices.long()[b, k], codes.values[b, k]
         up = level_of(v, step_F[f]) >= UPPER_LEVEL
@@ -584,6 +587,7 @@ def _shares(res: dict, union: dict, scored_specific: np.ndarray) -> dict:
         "precise_share_coarse": share(res["precise_any"]),
         "ap_share": share(res["ap"] >= GROUNDED_AP),
         "f1_share": share(res["f1"] >= EXPLAINED_F1),
+        "mean_f1": _mean(res["f1"][alive]),
         "mean_union_f1": _mean(union["f1"][scored_specific]),
         "mean_union_recall": _mean(union["recall"][scored_specific]),
         "concepts_with_precise_latents": int((union["latents"][scored_specific] > 0).sum()),
@@ -677,10 +681,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     center = dictionary.normalizer.normalize((sum_D / max(n_train, 1)).float()[None].to(device))[0].cpu()
     encoders = {"dictionary": dictionary}
     if "random" in controls:
-        # offset: a TopK SAE starts from unit random directions drawn with its training seed (often 0 too), and
-        # the random floor should not be the init control again
-        encoders["random"] = RandomDirections.like(dictionary, seed=random_seed + RANDOM_SEED_OFFSET,
-                                                   center_D=center).to(device)
+        encoders["random"] = random_floor(dictionary, seed=random_seed, center_D=center).to(device)
     init = initial_dictionary(dictionary, center) if "init" in controls else None
     if init is not None:
         encoders["init"] = init.to(device)
@@ -708,12 +709,6 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
             held_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
     img_pos = np.concatenate([labels.dense(held_images[i: i + 256])[:, :, cols].sum(1)
                               for i in range(0, len(held_images), 256)]).astype(np.float64)
-    # passes B and C per encoder (latent range by range): train choices, held-out measures
-    results = {k: _latent_results(enc, max_F[k], specific_C, train_rows, held_rows, len(held_images), img_pos,
-                                  device, big) for k, enc in encoders.items()}
-    for r in results.values():
-        r["image_auroc"] = auroc(r["images"]["max"][0], img_pos[:, r["concept"]] > 0)
-
     # probes: the ceiling (its directions for absorption and alignment) and sparse probes
     Xt, Yt = torch.cat(probe_X), torch.cat(probe_Y)
     Xh, Yh = torch.cat(held_X), torch.cat(held_Y)
@@ -729,7 +724,16 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
             _BASELINES.pop(next(iter(_BASELINES)))
     ceiling, raw_sparse = _BASELINES[key]
     probe_dir_CD = torch.from_numpy(ceiling["direction"]).float()
-    unions = {k: _union_and_absorption(enc, results[k], probe_dir_CD, held_rows, device) for k, enc in encoders.items()}
+
+    # passes B and C per encoder (latent range by range): train choices, held-out measures; the held-out codes,
+    # encoded once, also serve the union and absorption pass
+    results, unions = {}, {}
+    for k, enc in encoders.items():
+        held_batches = _cache_if_small(_coded(enc, held_rows, device))
+        results[k] = _latent_results(max_F[k], specific_C, _coded(enc, train_rows, device), held_batches,
+                                     len(held_images), img_pos, big)
+        results[k]["image_auroc"] = auroc(results[k]["images"]["max"][0], img_pos[:, results[k]["concept"]] > 0)
+        unions[k] = _union_and_absorption(enc, results[k], probe_dir_CD, held_batches)
     sparse = {}
     for k, enc in encoders.items() if sparse_sizes else ():
         cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))  # noqa: E731
@@ -756,7 +760,6 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     summaries = {k: _shares(results[k], unions[k], specific) for k in encoders}
     for k in encoders:
         summaries[k]["intervals"] = bootstrap_shares(results[k], img_pos, T, bootstrap, random_seed)
-        summaries[k]["mean_f1"] = _mean(results[k]["f1"][results[k]["alive"].astype(bool)])
     return _assemble(name, dictionary, store, site, step, concepts, labels, scored, results, unions, summaries,
                      coverage, coverage_latent, ceiling, sparse, sparse_sizes, detection,
                      {"train": int(len(train_images)), "held_out": int(len(held_images))},
@@ -797,12 +800,8 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
     ratio = {c: (float(coverage["dictionary"][i] / ceiling["f1"][i]) if ceiling["f1"][i] > 0 else None)
              for i, c in enumerate(concepts)}
     per_concept = lambda a: {c: r4(a[i]) for i, c in enumerate(concepts)}  # noqa: E731
-    named = {}
-    for f in np.flatnonzero(alive & (res["f1"] >= EXPLAINED_F1)):
-        named[concepts[int(res["concept"][f])]] = named.get(concepts[int(res["concept"][f])], 0) + 1
-    precise_named = {}
-    for f in np.flatnonzero(res["precise"]):
-        precise_named[concepts[int(res["precise_concept"][f])]] = precise_named.get(concepts[int(res["precise_concept"][f])], 0) + 1
+    named = Counter(concepts[int(res["concept"][f])] for f in np.flatnonzero(alive & (res["f1"] >= EXPLAINED_F1)))
+    precise_named = Counter(concepts[int(res["precise_concept"][f])] for f in np.flatnonzero(res["precise"]))
     u = unions["dictionary"]
     det = [r for r in latents if "detection_token" in r]
     return {
@@ -812,7 +811,7 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
         "headline": {"name": "precise_share", "definition": HEADLINE_DEFINITION, "value": d["precise_share"],
                      "interval": d["intervals"].get("precise_share"),
                      "bias_corrected": d["intervals"].get("precise_share_bias_corrected"),
-                     **{f"{k}": summaries[k]["precise_share"] for k in summaries if k != "dictionary"},
+                     **{k: summaries[k]["precise_share"] for k in summaries if k != "dictionary"},
                      **{f"{k}_interval": summaries[k]["intervals"].get("precise_share") for k in summaries
                         if k != "dictionary"}},
         "precise_share": d["precise_share"], "precise_share_random": rnd.get("precise_share"),
@@ -850,8 +849,8 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
         "detection": {"latents": len(det),
                       "mean_token": _mean([r["detection_token"] for r in det]),
                       "mean_image": _mean([r["detection_image"] for r in det])} if det else None,
-        "explained_by_concept": dict(sorted(named.items(), key=lambda kv: -kv[1])),
-        "precise_by_concept": dict(sorted(precise_named.items(), key=lambda kv: -kv[1])),
+        "explained_by_concept": dict(named.most_common()),
+        "precise_by_concept": dict(precise_named.most_common()),
         "concepts": concepts,
         "concepts_coarse": [c for c, s in zip(concepts, specific) if not s],
         "concepts_unscored": [c for i, c in enumerate(labels.concepts) if not scored[i]],

@@ -190,7 +190,6 @@ class LatentConceptStats:
                                                                          self.specific_C, allow_coarse=True)
         ap = average_precision(tp, fired, self.pos)
         self.ap_concept_F = torch.where(self.specific_C, ap, torch.full_like(ap, -1.0)).argmax(1)
-        self.train_pos, self.train_n = self.pos.clone(), self.n
         del self.hist, self.fired, tp, fired, ap
 
     def start_heldout(self, num_images: int) -> None:
