@@ -11,7 +11,7 @@ import torch
 
 import difflens as dl
 from difflens.cli import main as cli_main
-from test_dictionary_train import SITE, make_site_store, synthetic_acts
+from stores import SITE, make_site_store, synthetic_acts
 
 SMALL = dict(k=4, num_latents=64, batch_size=128, k_aux=8, dead_window_tokens=512, lr=3e-3, warmup_steps=5)
 

@@ -48,7 +48,7 @@ def test_evaluate_l0_dead_and_kinds():
 
 
 def test_analyze_cli_writes_json_and_plots(tmp_path):
-    from test_dictionary_train import make_site_store, synthetic_acts
+    from stores import make_site_store, synthetic_acts
 
     sites = {f"double.{i}.img.out": synthetic_acts(32, 8, i) * (i + 1) for i in range(2)}
     sites["double.0.txt.out"] = synthetic_acts(32, 8, 9)

@@ -19,7 +19,7 @@ from difflens.interpret.truth import (ProbeFeatures, RandomDirections, auroc, be
 from difflens.interpret.truth_stats import auroc_from_counts
 from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
 from difflens.world import ObjectSpec, Scene, render
-from difflens.world.scene import caption_for
+from stores import WORLD_DIM as DIM, make_world_store
 
 torch.set_num_threads(1)
 
@@ -204,60 +204,6 @@ def test_random_directions_are_unit_and_topk():
 
 # ---------------------------------------------------------------------------------------------------------------
 # end to end on a synthetic store whose activations encode "red" in dimension 0
-
-DIM = 64
-OTHER = ("green", "blue", "yellow", "purple", "orange")
-
-
-def _scenes(n: int) -> list[Scene]:
-    from difflens.world import POSITIONS, SHAPES
-
-    out = []
-    for i in range(n):
-        color = "red" if i % 2 == 0 else OTHER[i % len(OTHER)]
-        obj = ObjectSpec(SHAPES[i % 4], color, "small" if i % 4 == 3 else "large", POSITIONS[(3 * i) % 9])
-        out.append(Scene(("white", "black", "gray")[i % 3], (obj,)))
-    return out
-
-
-def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=False, split=False):
-    """Rendered scenes as 'generated' images; image-token activations: dim 0 = 4 on red tokens, noise elsewhere.
-    `split`: also dims 1-3 = 8 on the red tokens whose index is 0, 1, 2 mod 3 (red split three ways), dim 4 = 8 on
-    a random 5 % of tokens (noise), dim 5 = 8 on every object token (a coarse concept)."""
-    scenes = _scenes(n_images)
-    w = StoreWriter(root, dtype="float16")
-    w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": caption_for(s.background, s.objects), "seed": i}
-                                       for i, s in enumerate(scenes)])
-    rng = np.random.default_rng(0)
-    red = CONCEPTS.index("color:red")
-    n_chunks = n_images // per_chunk
-    for c in range(n_chunks):
-        ids = list(range(c * per_chunk, (c + 1) * per_chunk))
-        imgs = np.stack([render(scenes[i])[0] for i in ids])
-        acts = []
-        for img in imgs:
-            is_red = label_image(img, GRID)[0][:, red]
-            a = rng.normal(size=(256, DIM)).astype(np.float32)
-            a[:, 0] = 4.0 * is_red + 0.1 * rng.normal(size=256)
-            if split:
-                third = np.arange(256) % 3
-                for j in range(3):
-                    a[:, 1 + j] = 8.0 * (is_red & (third == j))
-                a[:, 4] = 8.0 * (rng.random(256) < 0.05)
-                a[:, 5] = 8.0 * label_image(img, GRID)[0][:, CONCEPTS.index("part:object")]
-            acts.append(a)
-        rows = {(SITE, 0): ChunkRows(torch.tensor(np.concatenate(acts)), np.repeat(ids, 256),
-                                     np.tile(np.arange(256), len(ids)))}
-        if text_site:
-            rows[("double.1.txt.out", 0)] = ChunkRows(torch.randn(4 * len(ids), DIM), np.repeat(ids, 4),
-                                                      np.tile(np.arange(4), len(ids)))
-        w.write_chunk(c, ids, imgs if images else None, rows)
-    entries = [EntrySpec(SITE, 0, DIM, "image", 256, GRID)]
-    if text_site:
-        entries.append(EntrySpec("double.1.txt.out", 0, DIM, "text", 4, None))
-    w.finalize(entries, n_chunks, {"model": "synthetic", "n_images": n_images, "prompts_hash": "h"}, holdout=0.25)
-    return ActivationStore.open(root)
-
 
 def _planted_dictionary():
     d = NeuronBasis(DIM, k=4)  # neuron 0 fires (is in the top 4) on red tokens only

@@ -144,7 +144,7 @@ def test_cards_for_an_image_site_and_a_text_site(planted, tmp_path):
 def test_openai_backend_end_to_end_records_failures_and_a_rerun_fills_the_gaps(planted, tmp_path, monkeypatch):
     """Against a local chat-completions server: explanations, judge scores, a failing latent recorded as failed
     (not as a low score), and a rerun that sends only the missing calls."""
-    from test_vlm import ChatServer
+    from chat_stub import ChatServer
 
     from difflens.interpret.vlm import VLMConfig
 

@@ -28,7 +28,7 @@ def server(tmp_path_factory):
     import uvicorn
 
     from difflens.browser.app import create_app
-    from test_browser import build_run
+    from runs import build_run
 
     run = build_run(tmp_path_factory.mktemp("ui") / "run")
     app = create_app(run)

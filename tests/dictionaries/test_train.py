@@ -10,76 +10,37 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from difflens.dictionaries import load_dictionary
 from difflens.cli import main as dict_main
-from difflens.store import ChunkRows, EntrySpec, StoreWriter
 
-GRID = (4, 4)
-SITE = "double.1.img.out"
-REPO = Path(__file__).resolve().parents[1]
+from stores import SITE, make_site_store, synthetic_acts
 
-
-def synthetic_acts(n_images: int, dim: int, site_seed: int, n_tok: int = 16) -> torch.Tensor:
-    """Anisotropic sparse-ish activations: a few huge directions plus sparse features."""
-    g = torch.Generator().manual_seed(site_seed)
-    feats = torch.randn(4 * dim, dim, generator=g)
-    feats /= feats.norm(dim=1, keepdim=True)
-    n = n_images * n_tok
-    codes = torch.zeros(n, 4 * dim)
-    idx = torch.randint(0, 4 * dim, (n, 3), generator=g)
-    codes.scatter_(1, idx, torch.rand(n, 3, generator=g) * 3)
-    big = torch.randn(n, 2, generator=g) * torch.tensor([40.0, 15.0])
-    return codes @ feats + big @ torch.randn(2, dim, generator=g) + 5.0
-
-
-def make_site_store(root: Path, sites: dict[str, torch.Tensor], steps=(0,), n_tok: int = 16) -> Path:
-    """Write ``sites`` (name -> (n_images·n_tok, dim) activations) into a real store."""
-    n_rows = next(iter(sites.values())).shape[0]
-    n_images = n_rows // n_tok
-    w = StoreWriter(root, dtype="float16")
-    w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": f"p{i}", "seed": i} for i in range(n_images)])
-    ids = list(range(n_images))
-    rows = {}
-    for site, acts in sites.items():
-        for st in steps:
-            rows[(site, st)] = ChunkRows(acts * (1 + st), np.repeat(ids, n_tok), np.tile(np.arange(n_tok), n_images))
-    w.write_chunk(0, ids, None, rows)
-    entries = [EntrySpec(site, st, acts.shape[1], "image" if ".img." in site else "text", n_tok, GRID if ".img." in site else None)
-               for site, acts in sites.items() for st in steps]
-    w.finalize(entries, 1, {"model": "synthetic", "n_images": n_images, "prompts_hash": "x"})
-    return root
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    return make_site_store(tmp_path_factory.mktemp("store"), {SITE: synthetic_acts(128, 16, 0)})
+REPO = Path(__file__).resolve().parents[2]
 
 
 SAE_ARGS = ["--site", SITE, "--method", "sae", "--num-latents", "64", "--k", "4", "--batch-size", "128",
             "--k-aux", "8", "--dead-window-tokens", "512", "--lr", "3e-3", "--warmup-steps", "5", "--quiet"]
 
 
-def test_train_eval_sae_itda_neurons_cli(store, tmp_path, capsys):
+def test_train_eval_sae_itda_neurons_cli(site_store, tmp_path, capsys):
     run = tmp_path / "run"
-    assert dict_main(["train", "--store", str(store), "--out", str(run), "--tokens", "20000", *SAE_ARGS]) == 0
+    assert dict_main(["train", "--store", str(site_store), "--out", str(run), "--tokens", "20000", *SAE_ARGS]) == 0
     sae = load_dictionary(run / SITE)
     assert sae.normalizer.kind == "pca" and sae.num_latents == 64
     cfg = json.loads((run / SITE / "cfg.json").read_text())
     assert cfg["difflens_meta"]["final"]["fvu"] < 0.5
-    assert cfg["difflens_meta"]["site"] == SITE and cfg["difflens_meta"]["store"]["path"] == str(store.resolve())
+    assert cfg["difflens_meta"]["site"] == SITE and cfg["difflens_meta"]["store"]["path"] == str(site_store.resolve())
     log = [json.loads(line) for line in (run / SITE / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 20000 // 128 + 1 and log[-1]["fvu"] == cfg["difflens_meta"]["final"]["fvu"]
     # ITDA and neurons on the same site, in sibling run folders, evaluated through one code path
-    assert dict_main(["train", "--store", str(store), "--site", SITE, "--method", "itda", "--out", str(tmp_path / "itda"),
+    assert dict_main(["train", "--store", str(site_store), "--site", SITE, "--method", "itda", "--out", str(tmp_path / "itda"),
                       "--k", "8", "--threshold", "0.3", "--tokens", "2048", "--batch-size", "256", "--quiet"]) == 0
-    assert dict_main(["train", "--store", str(store), "--site", SITE, "--method", "neurons", "--out", str(tmp_path / "nrn")]) == 0
+    assert dict_main(["train", "--store", str(site_store), "--site", SITE, "--method", "neurons", "--out", str(tmp_path / "nrn")]) == 0
     for folder in (run, tmp_path / "itda", tmp_path / "nrn"):
-        assert dict_main(["eval", "--store", str(store), "--run", str(folder), "--tokens", "1024"]) == 0
+        assert dict_main(["eval", "--store", str(site_store), "--run", str(folder), "--tokens", "1024"]) == 0
     res = json.loads((run / "metrics.json").read_text())["results"][0]
     assert res["fvu_residual"] < 0.5 and res["l0"] <= 4 and res["tokens"] == 1024
     assert res["split"] == "all" and res["in_sample"] is True  # this store is not split by image
@@ -92,13 +53,13 @@ def test_train_eval_sae_itda_neurons_cli(store, tmp_path, capsys):
     assert "fvu_residual" in out and "fvu_input_space" in out and "in-sample" in out
 
 
-def test_clear_errors(store, tmp_path, capsys):
-    assert dict_main(["train", "--store", str(store), "--site", "nope", "--out", str(tmp_path)]) == 2
+def test_clear_errors(site_store, tmp_path, capsys):
+    assert dict_main(["train", "--store", str(site_store), "--site", "nope", "--out", str(tmp_path)]) == 2
     assert "site 'nope' is not in store" in capsys.readouterr().err
     assert dict_main(["train", "--store", str(tmp_path / "missing"), "--site", SITE, "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
     other = make_site_store(tmp_path / "wide", {SITE: synthetic_acts(8, 24, 1)})
-    assert dict_main(["train", "--store", str(store), "--out", str(tmp_path / "r"), "--tokens", "256", *SAE_ARGS]) == 0
+    assert dict_main(["train", "--store", str(site_store), "--out", str(tmp_path / "r"), "--tokens", "256", *SAE_ARGS]) == 0
     assert dict_main(["eval", "--store", str(other), "--run", str(tmp_path / "r")]) == 2
     assert "width 24" in capsys.readouterr().err
 
@@ -114,8 +75,8 @@ def _cli(args, env_extra=None, nproc=None):
     return cmd, env
 
 
-def test_kill_and_resume_is_exact(store, tmp_path):
-    args = ["train", "--store", str(store), "--tokens", str(128 * 40), "--checkpoint-every", "5", "--seed", "3", *SAE_ARGS]
+def test_kill_and_resume_is_exact(site_store, tmp_path):
+    args = ["train", "--store", str(site_store), "--tokens", str(128 * 40), "--checkpoint-every", "5", "--seed", "3", *SAE_ARGS]
     cmd, env = _cli([*args, "--out", str(tmp_path / "ref")])
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     cmd, env = _cli([*args, "--out", str(tmp_path / "crash")], {"DIFFLENS_TRAIN_THROTTLE_S": "0.15"})
@@ -135,8 +96,8 @@ def test_kill_and_resume_is_exact(store, tmp_path):
         assert torch.equal(ref[key], got[key]), key
 
 
-def test_two_process_ddp_matches_one_process(store, tmp_path):
-    args = ["train", "--store", str(store), "--tokens", str(128 * 12), "--checkpoint-every", "0", *SAE_ARGS]
+def test_two_process_ddp_matches_one_process(site_store, tmp_path):
+    args = ["train", "--store", str(site_store), "--tokens", str(128 * 12), "--checkpoint-every", "0", *SAE_ARGS]
     for name, nproc in (("one", None), ("two", 2)):
         cmd, env = _cli([*args, "--out", str(tmp_path / name)], nproc=nproc)
         res = subprocess.run(cmd, env=env, capture_output=True, text=True)

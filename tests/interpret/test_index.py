@@ -12,7 +12,7 @@ import torch
 import difflens as dl
 from difflens.dictionaries import ITDA, ITDAConfig, NeuronBasis, SAEConfig, TopKSAE, load_dictionary, save_dictionary
 from difflens.interpret.index import FeatureIndex, IndexConfig, build_feature_index, example_keys
-from test_dictionary_train import make_site_store, synthetic_acts
+from stores import make_site_store, synthetic_acts
 
 SITE = "double.1.img.out"
 TEXT_SITE = "double.1.txt.out"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_truth import SITE, make_world_store
+from stores import SITE, make_world_store
 
 from difflens.interpret.study import run_study, study_tables
 
