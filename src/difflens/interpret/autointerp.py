@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from difflens.atomic import atomic_write_json
+from difflens.store.run_layout import RESULTS_FILE, autointerp_folder
 
 from .heatmap import enlarge, paint
 from .truth import auroc
@@ -318,8 +319,8 @@ class VLMBackend:
 def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None) -> dict:
     """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>)."""
     cfg = cfg or AutointerpConfig()
-    folder = Path(out) if out is not None else Path(index.path) / "autointerp" / cfg.backend
-    results_path = folder / "results.json"
+    folder = Path(out) if out is not None else autointerp_folder(index.path, cfg.backend)
+    results_path = folder / RESULTS_FILE
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     done = {int(k): v for k, v in previous.get("features", {}).items() if v.get("status") == "ok"}
     latents = select_features(index, cfg.features, cfg.seed)
