@@ -111,8 +111,11 @@ def test_a_moved_run_works_with_every_command(base_run, tmp_path, capsys):
     assert cfg["difflens_meta"]["store"]["relative"] == "../../store"
     header = json.loads((run / "dictionaries" / "sae" / "index" / run_layout.INDEX_HEADER).read_text())
     assert header["store_relative"] == "../../../store" and header["dictionary_relative"] == ".."
-    truth = json.loads((run / "dictionaries" / "sae" / run_layout.TRUTH_FILE).read_text())
-    assert absolute_strings(truth, tmp_path) == [] and truth["store"] == "../../store"
+    ok(["autointerp", "--index", str(run), "--features", "2", "--image-size", "64"], capsys)
+    for written in (run_layout.truth_path(run / "dictionaries" / "sae"),
+                    run_layout.autointerp_results(run / "dictionaries" / "sae" / "index", "oracle")):
+        assert absolute_strings(json.loads(written.read_text()), tmp_path) == [], written
+    assert json.loads(run_layout.truth_path(run / "dictionaries" / "sae").read_text())["store"] == "../../store"
 
     moved = Path(shutil.move(run, tmp_path / "elsewhere" / "moved"))
     assert not run.exists()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from difflens.atomic import atomic_write_json
-from difflens.store.run_layout import RESULTS_FILE, autointerp_folder
+from difflens.store.run_layout import RESULTS_FILE, autointerp_folder, relative_link
 
 from .heatmap import enlarge, paint
 from .truth import auroc
@@ -364,7 +364,9 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
             records[latent] = _record(latent, explain, tests, r.parsed, scores)
     summary = summarize(records, index, cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results_path, summary)
+    # the file names its dictionary relative to itself (a run folder can move); the returned summary, absolutely
+    link = {"dictionary": relative_link(index.dictionary_path, folder)} if index.dictionary_path else {}
+    atomic_write_json(results_path, {**summary, **link})
     return summary
 
 
