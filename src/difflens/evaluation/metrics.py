@@ -99,10 +99,7 @@ def evaluate(dictionary: Dictionary, source=None, *, site: str | None = None, st
     from difflens.store.sources import open_store
 
     if source is None:
-        path = (dictionary.store or {}).get("path")
-        if not path:
-            raise ValueError("this dictionary does not record its store: pass the activations to evaluate on")
-        source = path
+        source = dictionary.locate_store()
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         source = open_store(source)
     store = source if hasattr(source, "entries") else getattr(source, "store", None)

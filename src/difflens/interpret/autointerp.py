@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from difflens.atomic import atomic_write_json
+from difflens.store.run_layout import RESULTS_FILE, autointerp_folder, relative_link
 
 from .heatmap import enlarge, paint
 from .truth import auroc
@@ -318,8 +319,8 @@ class VLMBackend:
 def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None) -> dict:
     """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>)."""
     cfg = cfg or AutointerpConfig()
-    folder = Path(out) if out is not None else Path(index.path) / "autointerp" / cfg.backend
-    results_path = folder / "results.json"
+    folder = Path(out) if out is not None else autointerp_folder(index.path, cfg.backend)
+    results_path = folder / RESULTS_FILE
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     done = {int(k): v for k, v in previous.get("features", {}).items() if v.get("status") == "ok"}
     latents = select_features(index, cfg.features, cfg.seed)
@@ -363,7 +364,9 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
             records[latent] = _record(latent, explain, tests, r.parsed, scores)
     summary = summarize(records, index, cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results_path, summary)
+    # the file names its dictionary relative to itself (a run folder can move); the returned summary, absolutely
+    link = {"dictionary": relative_link(index.dictionary_path, folder)} if index.dictionary_path else {}
+    atomic_write_json(results_path, {**summary, **link})
     return summary
 
 

@@ -48,11 +48,11 @@ import torch
 from torch import Tensor
 
 from difflens.configs import differences
+from difflens.store import run_layout
 
 FORMAT = "difflens-feature-index"
 FORMAT_VERSION = 1
-TENSORS_FILE = "index.safetensors"
-HEADER_FILE = "index.json"
+TENSORS_FILE, HEADER_FILE = run_layout.INDEX_TENSORS, run_layout.INDEX_HEADER
 META_KEY = "difflens_index"
 CHECKPOINT_SECONDS = 60.0  # checkpoint cadence when IndexConfig.checkpoint_every is 0
 _SCRATCH_ELEMENTS = 1 << 25  # pre-activation elements (tokens × latents) per encode call
@@ -420,6 +420,8 @@ class FeatureIndex:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        self.header = {**self.header, **run_layout.relative_links(folder, store=self.store_path,
+                                                                   dictionary=self.dictionary_path)}
         blob = save({k: v.contiguous() for k, v in self.tensors.items()}, metadata={META_KEY: json.dumps(self.header)})
         atomic_write_bytes(folder / TENSORS_FILE, blob)
         atomic_write_json(folder / HEADER_FILE, {**self.header, "summary": self.summary()})
@@ -429,14 +431,16 @@ class FeatureIndex:
     # ---- provenance -----------------------------------------------------------------------------------------
     @property
     def store(self):
-        """The activation store the index was built on (opened from its recorded path on first use)."""
+        """The activation store the index was built on (opened on first use from its path recorded relative to
+        the index, else from the absolute one; checked)."""
         if self._store is None:
             from difflens.store import ActivationStore
 
             if not self.store_path:
                 raise ValueError("this feature index records no store path; pass store= to FeatureIndex.load")
-            self._store = ActivationStore.open(self.store_path)
-            self._check_store(self._store)
+            self._store = run_layout.open_link(self.path, self.header.get("store_relative"), self.store_path,
+                                               lambda p: self._check_store(ActivationStore.open(p)),
+                                               "the feature index's store")
         return self._store
 
     @store.setter
@@ -455,17 +459,24 @@ class FeatureIndex:
             diff.append(f"control: index {built!r}, store {control!r}")
         if diff:
             raise ValueError(f"store {store.root} is not the one this feature index was built on ({'; '.join(diff)})")
+        return store
 
     @property
     def dictionary(self):
-        """The indexed dictionary (loaded from its recorded path on first use, checked by fingerprint)."""
+        """The indexed dictionary (loaded on first use from its path recorded relative to the index, else from the
+        absolute one; checked by fingerprint)."""
         if self._dictionary is None:
             if not self.dictionary_path:
                 raise ValueError("this feature index records no dictionary path (it was built from an in-memory "
                                  "dictionary); pass dictionary= to FeatureIndex.load")
             from difflens.dictionaries.io import load_dictionary
 
-            self.dictionary = load_dictionary(self.dictionary_path)
+            def checked(path: Path):
+                self.dictionary = load_dictionary(path)  # the setter refuses another dictionary (ValueError)
+                return self._dictionary
+
+            run_layout.open_link(self.path, self.header.get("dictionary_relative"), self.dictionary_path, checked,
+                                 "the feature index's dictionary")
         return self._dictionary
 
     @dictionary.setter
@@ -670,10 +681,7 @@ def _open_source(dictionary, source):
     from difflens.store import ActivationStore
 
     if source is None:
-        store = dictionary.store
-        if not store or not store.get("path"):
-            raise ValueError("the dictionary records no store it was trained on: pass source= (a store folder)")
-        source = store["path"]
+        source = dictionary.locate_store()
     if isinstance(source, (str, Path)):
         return ActivationStore.open(source)
     if isinstance(source, ActivationStore):

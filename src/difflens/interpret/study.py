@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.store.run_layout import store_folder, summary_path, truth_path
+
 METHODS = ("sae_pca", "sae_none", "sae_pca_residual_loss", "itda", "neurons")
 SAE_VARIANTS = {"sae_pca": dict(normalization="pca"), "sae_none": dict(normalization="none"),
                 "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual")}
@@ -49,7 +51,7 @@ def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cf
 def _report(dictionary, folder: Path, labels) -> dict:
     from .truth import truth_report, write_truth
 
-    path = folder / "truth.json"
+    path = truth_path(folder)
     if path.exists():
         return json.loads(path.read_text())
     report = truth_report(dictionary, labels=labels, sparse_sizes=())
@@ -81,9 +83,9 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
     from .labels import token_labels
 
     run = Path(run)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(summary_path(run).read_text())
     cfg, site, main_step = summary["config"], summary["site"], int(summary["step"])
-    store = dl.open_store(run / "store")
+    store = dl.open_store(store_folder(run))
     width = store.reader(site, main_step, "train").dim
     recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * width, "sae_tokens": cfg["sae_tokens"],
               "itda_tokens": cfg["itda_tokens"], "itda_threshold": cfg["itda_threshold"]}

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from difflens.atomic import atomic_write_json
 from difflens.dictionaries.base import Dictionary, SparseCodes
+from difflens.store.run_layout import relative_link
 
 from .labels import TokenLabels, concept_kind, token_labels
 from .truth_stats import (BANDS, LEVELS, MIN_HELDOUT_FIRES, MIN_TRAIN_FIRES, NARROWER, PRECISE_LIFT,
@@ -147,7 +148,7 @@ def random_floor(dictionary: Dictionary, store=None, *, seed: int = 0, max_token
     if center_D is None:
         from difflens.store.sources import open_store
 
-        store = open_store(store or (dictionary.store or {}).get("path"))
+        store = open_store(store or dictionary.locate_store())
         reader = store.reader(dictionary.site, dictionary.step, "train")
         total, n = torch.zeros(reader.dim, dtype=torch.float64), 0
         for acts, _ in reader.iter_batches(8192, shuffle=False):
@@ -621,9 +622,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         dictionary = load_dictionary(dictionary)
     name = name or (Path(dictionary.path).name if getattr(dictionary, "path", None) else dictionary.kind)
     if store is None:
-        store = (dictionary.store or {}).get("path")
-        if not store:
-            raise ValueError("this dictionary does not record its store: pass store=")
+        store = dictionary.locate_store()
     if isinstance(store, (str, Path)):
         store = open_store(store)
     sparse_sizes = tuple(dict.fromkeys(int(n) for n in sparse_sizes))
@@ -874,10 +873,12 @@ def family_coverage(ratio_by_concept: dict[str, float | None], bar: float = FAMI
 
 
 def write_truth(report: dict, path: str | Path) -> Path:
-    """Write a report as JSON atomically (NaN becomes null); returns the path."""
+    """Write a report as JSON atomically (NaN becomes null), its store and dictionary relative to the file's folder
+    (a run folder can move); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, _clean(report))
+    links = {k: relative_link(report[k], path.parent) for k in ("store", "dictionary_path") if report.get(k)}
+    atomic_write_json(path, _clean({**report, **links}))
     return path
 
 

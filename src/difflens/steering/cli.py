@@ -13,7 +13,7 @@ class SteerCommand:
     """`difflens steer`: edit one latent of a dictionary while its model generates."""
 
     run: str
-    """dictionary folder (its site, step and feature index are used)"""
+    """dictionary folder (its site, step and feature index are used), or a run folder holding one dictionary"""
     latent: int
     """the latent to edit"""
     mode: Literal["add", "clamp", "scale", "ablate"] = "add"
@@ -64,12 +64,13 @@ def cmd_steer(args) -> int:
     import difflens as dl
     from difflens.atomic import atomic_write_json
     from difflens.evaluation.plots import image_grid
+    from difflens.store.run_layout import one_dictionary
 
     from .edits import Edit
     from .steer import steer
 
     cmd = config_from_args(SteerCommand, args)
-    dictionary = dl.load_dictionary(cmd.run)
+    dictionary = dl.load_dictionary(one_dictionary(cmd.run))
     model_name = cmd.model or (dictionary.store or {}).get("model") or "embedded"
     model = dl.load_model(model_name)
     prompts = _prompts(cmd.prompt)

@@ -53,9 +53,10 @@ def typical_activation(index, latent: int, step: int | None) -> float:
 def _load_index(dictionary, index):
     if index is None or isinstance(index, (str, Path)):
         from difflens.interpret.index import FeatureIndex
+        from difflens.store.run_layout import index_folder, is_index
 
-        path = Path(index) if index is not None else (Path(dictionary.path) / "index" if dictionary.path else None)
-        if path is None or not (path / "index.json").exists():
+        path = Path(index) if index is not None else (index_folder(dictionary.path) if dictionary.path else None)
+        if path is None or not is_index(path):
             raise ValueError("unit 'typical' needs the dictionary's feature index (strength in multiples of each "
                              "latent's typical activation): build it with `difflens features build --run "
                              f"{dictionary.path or 'DIR'}` or pass index=...; or use unit='norm' or 'raw'")

@@ -20,6 +20,7 @@ import torch
 from ...configs import differences
 from ...distributed import rank_and_world
 from ...progress import progress
+from ...store.run_layout import CFG_FILE, CHECKPOINT_DIR, NORMALIZER_FILE, TENSORBOARD_DIR, TRAIN_LOG, is_dictionary
 from ..checkpoint import load_latest, save_checkpoint
 from ..io import load_normalizer, save_dictionary, save_normalizer
 from ..normalization import Normalizer
@@ -75,7 +76,7 @@ class Job:
 
     @property
     def ckpt_dir(self) -> Path | None:
-        return self.folder / "checkpoint" if self.folder else None
+        return self.folder / CHECKPOINT_DIR if self.folder else None
 
     # ---- start ---------------------------------------------------------------------------
     def identity(self) -> dict:
@@ -84,7 +85,7 @@ class Job:
 
     def finished(self):
         """The folder's finished dictionary when it was made by this very job (resume only), else None."""
-        if self.folder is None or not self.run.resume or not (self.folder / "cfg.json").exists():
+        if self.folder is None or not self.run.resume or not is_dictionary(self.folder):
             return None
         from ..io import load_dictionary, read_cfg
 
@@ -115,9 +116,9 @@ class Job:
         return saved
 
     def _wipe(self) -> None:
-        for name in ("checkpoint", "tensorboard"):
+        for name in (CHECKPOINT_DIR, TENSORBOARD_DIR):
             shutil.rmtree(self.folder / name, ignore_errors=True)
-        for name in ("train_log.jsonl", "cfg.json"):
+        for name in (TRAIN_LOG, CFG_FILE):
             (self.folder / name).unlink(missing_ok=True)
 
     def _sync(self) -> None:
@@ -130,7 +131,7 @@ class Job:
             norm = load_normalizer(self.ckpt_dir, self.data["width"])
             want = restored[1].get("normalizer")
             if want is not None and normalizer_hash(norm) != want:
-                raise ValueError(f"{self.ckpt_dir / 'normalizer.safetensors'} does not match its checkpoint "
+                raise ValueError(f"{self.ckpt_dir / NORMALIZER_FILE} does not match its checkpoint "
                                  f"(hash {normalizer_hash(norm)} != {want}); use --no-resume to start over")
             return norm
         norm = fit()
@@ -169,7 +170,7 @@ class Job:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise ValueError("--logger tensorboard needs the tensorboard package (pip install tensorboard)") from err
-            self._backend = SummaryWriter(str(self.folder / "tensorboard"))
+            self._backend = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
 
     def log(self, step: int, stats: dict) -> None:
         if self.rank != 0:
@@ -181,7 +182,7 @@ class Job:
             return
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.folder / "train_log.jsonl", "a") as f:
+            with open(self.folder / TRAIN_LOG, "a") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
         if self._backend is not None and hasattr(self._backend, "add_scalar"):
             for k, v in stats.items():

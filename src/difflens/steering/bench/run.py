@@ -166,19 +166,13 @@ class Kept:
 
 def _dictionaries(run: str | None, names: list[str]) -> dict:
     from difflens.dictionaries.io import load_dictionary
+    from difflens.store.run_layout import find_dictionaries
 
     if run is None:
         if names:
             raise ValueError(f"methods {names} need --run (a run folder holding those dictionaries)")
         return {}
-    root = Path(run)
-    if (root / "cfg.json").exists():
-        found = {root.name: root}
-    else:
-        base = root / "dictionaries" if (root / "dictionaries").is_dir() else root
-        if not base.is_dir():
-            raise FileNotFoundError(f"run folder {run} does not exist")
-        found = {p.name: p for p in sorted(base.iterdir()) if (p / "cfg.json").exists()}
+    found = find_dictionaries(run)
     if names is None:
         names = list(found)
     missing = [n for n in names if n not in found]
