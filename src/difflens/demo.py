@@ -220,7 +220,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .interpret.autointerp import agreement, compare_methods, select_features
+    from .interpret.autointerp import agreement, choose_latents, compare_methods
     from .interpret.cards import feature_grid
     from .interpret.truth import HEADLINE_DEFINITION, random_floor, truth_report, write_truth
 
@@ -251,7 +251,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
                      "score_vs_precision_spearman": agree["spearman_precision"],
                      "score_vs_f1_spearman": agree["spearman"], "names_truth_concept": agree["named_share"]})
         if name == "sae_pca":  # the same latents in both styles: blue paint, and true colours where they fire
-            latents = select_features(index, str(cfg.card_latents), cfg.seed)
+            latents = choose_latents(index, str(cfg.card_latents), cfg.seed)
             feature_grid(index, latents, out / "plots" / "cards_sae_pca.png")
             feature_grid(index, latents, out / "plots" / "cards_sae_pca_spotlight.png", style="spotlight")
     # the floor of the autointerp histogram: random directions in sae_pca's whitened input space, indexed and
@@ -298,7 +298,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .evaluation.plots import image_grid
+    from .evaluation.plots import plot_image_grid
     from .world import world_prompts
 
     name = cfg.steer_dictionary
@@ -346,7 +346,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
             if steps is not None:
                 continue
             shown = min(4, len(prompts))
-            path = image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
+            path = plot_image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
                               ["unsteered"] + [f"add {c}" for c in columns], [""] * shown,
                               f"{name} latent {best['latent']} ({best['concept']}) added over "
                               f"{region or 'the whole image'} at every step",
@@ -364,14 +364,14 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
 def edit_bench(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     """A small editing benchmark (RIEBench's protocol, scored by the oracle): one category per attribute, the
     whitened SAE against its random-latent control and the prompt-swap upper bound."""
-    from .steering.bench.run import BenchConfig, format_table, run_edit_bench
+    from .steering.bench.run import BenchConfig, format_bench_table, run_edit_bench
 
     bench = BenchConfig(categories=list(cfg.edit_categories), n=cfg.edit_pairs, methods=["sae_pca", "random", "swap"],
                         ks=[32], strengths=[2.0], seed=cfg.seed, out=str(out / "edit_bench_demo" / "results.json"),
                         quiet=cfg.quiet)
     _say(f"editing benchmark: {', '.join(bench.categories)} x {bench.n} pairs, sae_pca vs random latents vs prompt swap")
     results = run_edit_bench(bench, model=model, dictionaries={"sae_pca": dictionaries["sae_pca"]})
-    table = format_table(results["rows"], reference="sae_pca")
+    table = format_bench_table(results["rows"], reference="sae_pca")
     print(table)
     return {"table": table, "results": bench.out}
 

@@ -81,7 +81,7 @@ class FeatureTable:
             self.precise = np.zeros(n, dtype=bool)
 
 
-class Dictionary:
+class RunDictionary:
     """One dictionary folder of the run, with what stages wrote beside it (loaded lazily, cached)."""
 
     def __init__(self, run: "Run", name: str, folder: Path):
@@ -297,7 +297,7 @@ class Dictionary:
                 self._directions = self.model().feature_directions().float().contiguous()
         return self._directions
 
-    def nearest(self, latent: int, other: "Dictionary", n: int = 6) -> list[tuple[int, float]]:
+    def nearest(self, latent: int, other: "RunDictionary", n: int = 6) -> list[tuple[int, float]]:
         """The ``n`` latents of ``other`` whose decoder direction is closest (cosine) to ``latent``'s here."""
         mine = self.directions()[latent]
         cos = other.directions() @ mine
@@ -401,9 +401,9 @@ class Run:
         self.root = root.resolve()
         summary = _read_json(self.root / "summary.json")
         self.summary = summary if isinstance(summary, dict) else {}
-        self.dictionaries: dict[str, Dictionary] = {}
+        self.dictionaries: dict[str, RunDictionary] = {}
         for name, folder in self._find_dictionaries():
-            self.dictionaries[name] = Dictionary(self, name, folder)
+            self.dictionaries[name] = RunDictionary(self, name, folder)
         if not self.dictionaries:
             raise FileNotFoundError(f"no dictionaries in {root}: expected {root}/dictionaries/<name>/cfg.json "
                                     f"(what `difflens demo` writes) or {root}/<name>/cfg.json")
@@ -432,13 +432,13 @@ class Run:
                     found.append((p.name, p))
         return found
 
-    def dictionary(self, name: str) -> Dictionary:
+    def dictionary(self, name: str) -> RunDictionary:
         d = self.dictionaries.get(name) if isinstance(name, str) else None
         if d is None:
             raise NotFound(f"no dictionary named {name!r} in this run")
         return d
 
-    def indexed(self) -> list[Dictionary]:
+    def indexed(self) -> list[RunDictionary]:
         return [d for d in self.dictionaries.values() if d.has_index]
 
     # ---- the store --------------------------------------------------------------------------------------------
@@ -546,7 +546,7 @@ class Run:
                 cache.popitem(last=False)
         return value
 
-    def activation_map(self, d: Dictionary, latent: int, image_id: int, step: int) -> np.ndarray:
+    def activation_map(self, d: RunDictionary, latent: int, image_id: int, step: int) -> np.ndarray:
         """One latent's token activations on one image at one step: (grid_h, grid_w) or (T,) for text sites; the
         same values as FeatureIndex.activation_map, read off the image's cached codes (one encode per image)."""
         index = d.index
@@ -563,7 +563,7 @@ class Run:
             out = out.reshape(index.grid)
         return out
 
-    def image_codes(self, d: Dictionary, image_id: int, step: int) -> dict:
+    def image_codes(self, d: RunDictionary, image_id: int, step: int) -> dict:
         """All codes of one image's tokens at one step, with the per-token relative reconstruction error."""
         index = d.index
         if index is None:
@@ -595,7 +595,7 @@ class Run:
         return self._cached(self._codes, (d.name, image_id, step), make, self.codes_cache_size)
 
 
-def check_latent(d: Dictionary, latent: int) -> None:
+def check_latent(d: RunDictionary, latent: int) -> None:
     index = d.index
     n = index.num_latents if index is not None else None
     if n is None or not 0 <= latent < n:
