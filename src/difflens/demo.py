@@ -82,6 +82,19 @@ class DemoConfig:
     quiet: bool = False
     """no progress bars"""
 
+    def __post_init__(self):
+        """Refuse settings the demo would only trip over minutes in, after the capture."""
+        recorded = [int(s) for s in self.steps_to_record]
+        for name in ("site_step", "early_step"):
+            if getattr(self, name) is not None and getattr(self, name) not in recorded:
+                raise ValueError(f"{name} {getattr(self, name)} is not among steps_to_record {recorded}")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1): the demo evaluates on held-out images, got {self.holdout}")
+        interpreted = ["sae_pca", "sae_none", "itda", "neurons"] + (
+            [] if self.early_step in (None, self.site_step) else [f"sae_pca_step{self.early_step}"])
+        if self.steer_dictionary not in interpreted:
+            raise ValueError(f"steer_dictionary {self.steer_dictionary!r} is not one the demo interprets: {interpreted}")
+
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
