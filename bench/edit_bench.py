@@ -23,7 +23,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from difflens.configs import add_config_arguments, config_from_args  # noqa: E402
-from difflens.steering.bench.run import BenchConfig, format_table, merge_results, run_edit_bench  # noqa: E402
+from difflens.steering.bench.run import BenchConfig, format_bench_table, merge_results, run_edit_bench  # noqa: E402
 
 DEFAULT_GROUPS = ["color,shape,size", "background,remove,add", "move"]
 DEFAULT_METHODS = ["sae_pca", "sae_none", "itda", "neurons", "dense", "random", "swap"]
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         print(f"no group results in {out}", file=sys.stderr)
         return 1
     merged = merge_results(found, out / "results.json")
-    print(format_table(merged["rows"], merged.get("random_reference")))
+    print(format_bench_table(merged["rows"], merged.get("random_reference")))
     print("pairs kept/tried: " + ", ".join(f"{c} {v['kept']}/{v['tried']}" for c, v in merged["pair_counts"].items()))
     print(f"wrote {out / 'results.json'} and {merged['plot']}")
     return 0

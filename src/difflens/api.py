@@ -153,7 +153,7 @@ def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None
 
 
 def load_index(path: str | Path):
-    """A feature index folder written by :func:`feature_index` or `difflens features build`."""
+    """A feature index folder written by :func:`feature_index` or `difflens features index`."""
     from difflens.interpret.index import FeatureIndex
 
     return FeatureIndex.load(path)

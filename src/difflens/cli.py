@@ -12,10 +12,10 @@ import sys
 # Areas that contribute subcommands, in the order `difflens --help` lists them.
 _AREAS = [
     "difflens.embedded.cli",  # world train, generate
-    "difflens.capture.cli",  # sites, cache, cache info
+    "difflens.capture.cli",  # sites, capture (alias cache), capture info|split
     "difflens.dictionaries.cli",  # train, export
     "difflens.evaluation.cli",  # eval, analyze
-    "difflens.interpret.cli",  # features build|show|truth, autointerp
+    "difflens.interpret.cli",  # features index (alias build)|show|truth, autointerp
     "difflens.browser.cli",  # browse
     "difflens.steering.cli",  # steer
     "difflens.steering.bench.cli",  # bench edits

@@ -84,6 +84,19 @@ class DemoConfig:
     quiet: bool = False
     """no progress bars"""
 
+    def __post_init__(self):
+        """Refuse settings the demo would only trip over minutes in, after the capture."""
+        recorded = [int(s) for s in self.steps_to_record]
+        for name in ("site_step", "early_step"):
+            if getattr(self, name) is not None and getattr(self, name) not in recorded:
+                raise ValueError(f"{name} {getattr(self, name)} is not among steps_to_record {recorded}")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1): the demo evaluates on held-out images, got {self.holdout}")
+        interpreted = ["sae_pca", "sae_none", "itda", "neurons"] + (
+            [] if self.early_step in (None, self.site_step) else [f"sae_pca_step{self.early_step}"])
+        if self.steer_dictionary not in interpreted:
+            raise ValueError(f"steer_dictionary {self.steer_dictionary!r} is not one the demo interprets: {interpreted}")
+
 
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
@@ -224,7 +237,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .interpret.autointerp import agreement, compare_methods, select_features
+    from .interpret.autointerp import agreement, choose_latents, compare_methods
     from .interpret.cards import feature_grid
     from .interpret.truth import HEADLINE_DEFINITION, random_floor, truth_report, write_truth
 
@@ -255,7 +268,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
                      "score_vs_precision_spearman": agree["spearman_precision"],
                      "score_vs_f1_spearman": agree["spearman"], "names_truth_concept": agree["named_share"]})
         if name == "sae_pca":  # the same latents in both styles: blue paint, and true colours where they fire
-            latents = select_features(index, str(cfg.card_latents), cfg.seed)
+            latents = choose_latents(index, str(cfg.card_latents), cfg.seed)
             feature_grid(index, latents, run_layout.plots_folder(out) / "cards_sae_pca.png")
             feature_grid(index, latents, run_layout.plots_folder(out) / "cards_sae_pca_spotlight.png",
                          style="spotlight")
@@ -303,7 +316,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .evaluation.plots import image_grid
+    from .evaluation.plots import plot_image_grid
     from .world import world_prompts
 
     name = cfg.steer_dictionary
@@ -351,7 +364,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
             if steps is not None:
                 continue
             shown = min(4, len(prompts))
-            path = image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
+            path = plot_image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
                               ["unsteered"] + [f"add {c}" for c in columns], [""] * shown,
                               f"{name} latent {best['latent']} ({best['concept']}) added over "
                               f"{region or 'the whole image'} at every step",
@@ -369,14 +382,14 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
 def edit_bench(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     """A small editing benchmark (RIEBench's protocol, scored by the oracle): one category per attribute, the
     whitened SAE against its random-latent control and the prompt-swap upper bound."""
-    from .steering.bench.run import BenchConfig, format_table, run_edit_bench
+    from .steering.bench.run import BenchConfig, format_bench_table, run_edit_bench
 
     bench = BenchConfig(categories=list(cfg.edit_categories), n=cfg.edit_pairs, methods=["sae_pca", "random", "swap"],
                         ks=[32], strengths=[2.0], seed=cfg.seed, out=str(out / run_layout.DEMO_EDIT_BENCH_DIR / run_layout.RESULTS_FILE),
                         quiet=cfg.quiet)
     _say(f"editing benchmark: {', '.join(bench.categories)} x {bench.n} pairs, sae_pca vs random latents vs prompt swap")
     results = run_edit_bench(bench, model=model, dictionaries={"sae_pca": dictionaries["sae_pca"]})
-    table = format_table(results["rows"], reference="sae_pca")
+    table = format_bench_table(results["rows"], reference="sae_pca")
     print(table)
     return {"table": table, "results": run_layout.run_relative(bench.out, out)}
 

@@ -257,14 +257,14 @@ def test_cli_flags_come_from_the_configs(monkeypatch, capsys):
     0 stays 0; old flag spellings still work."""
     from difflens.cli import build_parser
     from difflens.configs import config_from_args, field_docs
-    from difflens.embedded.cli import (GenerateCommand, QualityCommand, RenderCommand, ShipCommand, TrainCommand,
-                                       train_config_from_args)
+    from difflens.embedded.cli import (GenerateCommand, QualityCommand, RenderCommand, ShipCommand,
+                                       WorldTrainCommand, train_config_from_args)
 
     parser = build_parser()
     args = parser.parse_args(["world", "train"])
     assert train_config_from_args(args) == TrainConfig()
-    assert config_from_args(TrainCommand, args) == TrainCommand()
-    assert config_from_args(TrainCommand, parser.parse_args(["world", "train", "--until", "3"])).until == 3
+    assert config_from_args(WorldTrainCommand, args) == WorldTrainCommand()
+    assert config_from_args(WorldTrainCommand, parser.parse_args(["world", "train", "--until", "3"])).until == 3
     args = parser.parse_args(["world", "train", "--out", "checkpoints/x", "--steps", "7", "--autoencoder-noise", "0",
                               "--latent-channels", "0", "--caption-dropout", "0", "--threads", "2"])
     cfg = train_config_from_args(args)

@@ -67,7 +67,7 @@ def test_every_command_accepts_the_same_folders(base_run, tmp_path, kind, capsys
     latent = int(index.alive().nonzero()[0])
     ok(["features", "show", "--index", str(folder), "--feature", str(latent), "--images", "2"], capsys)
     assert run_layout.card_path(index.path, latent).is_file()
-    ok(["autointerp", "--index", str(folder), "--features", str(latent), "--image-size", "64"], capsys)
+    ok(["autointerp", "--index", str(folder), "--features", f"={latent}", "--image-size", "64"], capsys)
     assert set(run_layout.autointerp_backends(index.path)) == {"oracle"}
     ok(["features", "truth", "--run", str(folder), "--controls", "random", "--bootstrap", "0"], capsys)
     assert run_layout.truth_path(run_layout.find_dictionaries(folder)[name]).is_file()

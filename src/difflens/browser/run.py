@@ -76,7 +76,7 @@ class FeatureTable:
             self.precise = np.zeros(n, dtype=bool)
 
 
-class Dictionary:
+class RunDictionary:
     """One dictionary folder of the run, with what stages wrote beside it (loaded lazily, cached)."""
 
     def __init__(self, run: "Run", name: str, folder: Path):
@@ -290,7 +290,7 @@ class Dictionary:
                 self._directions = self.model().feature_directions().float().contiguous()
         return self._directions
 
-    def nearest(self, latent: int, other: "Dictionary", n: int = 6) -> list[tuple[int, float]]:
+    def nearest(self, latent: int, other: "RunDictionary", n: int = 6) -> list[tuple[int, float]]:
         """The ``n`` latents of ``other`` whose decoder direction is closest (cosine) to ``latent``'s here."""
         mine = self.directions()[latent]
         cos = other.directions() @ mine
@@ -394,8 +394,8 @@ class Run:
         self.root = root.resolve()
         summary = _read_json(run_layout.summary_path(self.root))
         self.summary = summary if isinstance(summary, dict) else {}
-        self.dictionaries: dict[str, Dictionary] = {
-            name: Dictionary(self, name, folder) for name, folder in run_layout.find_dictionaries(self.root).items()}
+        self.dictionaries: dict[str, RunDictionary] = {
+            name: RunDictionary(self, name, folder) for name, folder in run_layout.find_dictionaries(self.root).items()}
         for row in self.summary.get("metrics", []) if isinstance(self.summary.get("metrics"), list) else []:
             if isinstance(row, dict) and row.get("dictionary") in self.dictionaries:
                 self.dictionaries[row["dictionary"]].metrics = row
@@ -409,13 +409,13 @@ class Run:
         self.codes_cache_size = 512  # images' codes kept (an export raises it to every image of a dictionary)
         self._cache_lock = threading.Lock()
 
-    def dictionary(self, name: str) -> Dictionary:
+    def dictionary(self, name: str) -> RunDictionary:
         d = self.dictionaries.get(name) if isinstance(name, str) else None
         if d is None:
             raise NotFound(f"no dictionary named {name!r} in this run")
         return d
 
-    def indexed(self) -> list[Dictionary]:
+    def indexed(self) -> list[RunDictionary]:
         return [d for d in self.dictionaries.values() if d.has_index]
 
     # ---- the store --------------------------------------------------------------------------------------------
@@ -522,7 +522,7 @@ class Run:
                 cache.popitem(last=False)
         return value
 
-    def activation_map(self, d: Dictionary, latent: int, image_id: int, step: int) -> np.ndarray:
+    def activation_map(self, d: RunDictionary, latent: int, image_id: int, step: int) -> np.ndarray:
         """One latent's token activations on one image at one step: (grid_h, grid_w) or (T,) for text sites; the
         same values as FeatureIndex.activation_map, read off the image's cached codes (one encode per image)."""
         index = d.index
@@ -539,7 +539,7 @@ class Run:
             out = out.reshape(index.grid)
         return out
 
-    def image_codes(self, d: Dictionary, image_id: int, step: int) -> dict:
+    def image_codes(self, d: RunDictionary, image_id: int, step: int) -> dict:
         """All codes of one image's tokens at one step, with the per-token relative reconstruction error."""
         index = d.index
         if index is None:
@@ -571,7 +571,7 @@ class Run:
         return self._cached(self._codes, (d.name, image_id, step), make, self.codes_cache_size)
 
 
-def check_latent(d: Dictionary, latent: int) -> None:
+def check_latent(d: RunDictionary, latent: int) -> None:
     index = d.index
     n = index.num_latents if index is not None else None
     if n is None or not 0 <= latent < n:

@@ -24,7 +24,7 @@ MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len", "num_double
 
 
 @dataclass
-class TrainCommand:
+class WorldTrainCommand:
     """`difflens world train` options that are not training settings."""
 
     export: str | None = None
@@ -124,7 +124,7 @@ def train_config_from_args(args):
 def cmd_train(args) -> None:
     from .train import train
 
-    cmd = config_from_args(TrainCommand, args)
+    cmd = config_from_args(WorldTrainCommand, args)
     cfg = train_config_from_args(args)
     pipe = train(cfg, until=cmd.until)
     export = Path(cfg.out) / "final" if cmd.export is None else Path(cmd.export)
@@ -180,7 +180,7 @@ def register(sub) -> None:
     t = wsub.add_parser("train", help="train the embedded model (checkpoints, resumes after a kill)")
     add_config_arguments(t.add_argument_group("training"), TrainConfig, exclude={"model"})
     add_config_arguments(t.add_argument_group("model"), ShapesModelConfig, only=MODEL_FLAGS)
-    add_config_arguments(t.add_argument_group("export"), TrainCommand)
+    add_config_arguments(t.add_argument_group("export"), WorldTrainCommand)
     t.set_defaults(func=cmd_train)
 
     add_command(wsub, "render", "render ground-truth scenes to PNG files", cmd_render, RenderCommand)

@@ -1,4 +1,8 @@
-"""`difflens features build|show|truth` and `difflens autointerp`: flags from their configs, thin over the API."""
+"""`difflens features index|show|truth` and `difflens autointerp`: flags from their configs, thin over the API.
+
+`features index` builds what the API calls a feature index (`feature_index`); `features build` is its old name and
+still works.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from difflens.configs import add_command, add_config_arguments, config_from_args
 
 @dataclass
 class BuildCommand:
-    """`difflens features build`: index the latents of one dictionary (or every dictionary of a run folder)."""
+    """`difflens features index`: index the latents of one dictionary (or every dictionary of a run folder)."""
 
     run: str
     """dictionary folder, or a run folder holding several (a demo run, a `train --out` folder)"""
@@ -82,7 +86,9 @@ def register(subparsers) -> None:
 
     f = subparsers.add_parser("features", help="feature index, feature cards, ground-truth scores")
     fsub = f.add_subparsers(dest="features_command", required=True, metavar="ACTION")
-    b = fsub.add_parser("build", help="index every latent: frequency, max/mean, histogram, top and quantile images")
+    b = fsub.add_parser("index", aliases=["build"],
+                        help="index every latent: frequency, max/mean, histogram, top and quantile images (`build`: "
+                             "the old name)")
     add_config_arguments(b.add_argument_group("what"), BuildCommand)
     add_config_arguments(b.add_argument_group("index"), IndexConfig)
     b.set_defaults(func=cmd_build)
@@ -182,7 +188,7 @@ def cmd_autointerp(args) -> int:
 
     cmd = config_from_args(AutointerpCommand, args)
     if not cmd.index:
-        raise ValueError("--index is required (a feature index folder from `difflens features build`)")
+        raise ValueError("--index is required (a feature index folder from `difflens features index`)")
     cfg = config_from_args(AutointerpConfig, args)
     vlm = config_from_args(VLMConfig, args)
     if cfg.backend == "oracle" and given(args, VLMConfig):

@@ -63,7 +63,7 @@ def _prompts(values: list[str]) -> list[str]:
 def cmd_steer(args) -> int:
     import difflens as dl
     from difflens.atomic import atomic_write_json
-    from difflens.evaluation.plots import image_grid
+    from difflens.evaluation.plots import plot_image_grid
     from difflens.store.run_layout import one_dictionary
 
     from .edits import Edit
@@ -95,7 +95,7 @@ def cmd_steer(args) -> int:
         title, row_titles = f"{title}\n\"{prompts[0]}\", seed {result.seeds[0]}", [""]
     else:
         row_titles = [p if len(p) < 40 else p[:37] + "..." for p in prompts]
-    path = image_grid(images, titles, row_titles, title, cmd.output, outlines)
+    path = plot_image_grid(images, titles, row_titles, title, cmd.output, outlines)
     print(f"wrote {path}")
     if cmd.json:
         atomic_write_json(cmd.json, {"model": model.name, "dictionary": str(dictionary.path), "prompts": prompts,

@@ -58,7 +58,7 @@ def _load_index(dictionary, index):
         path = Path(index) if index is not None else (index_folder(dictionary.path) if dictionary.path else None)
         if path is None or not is_index(path):
             raise ValueError("unit 'typical' needs the dictionary's feature index (strength in multiples of each "
-                             "latent's typical activation): build it with `difflens features build --run "
+                             "latent's typical activation): build it with `difflens features index --run "
                              f"{dictionary.path or 'DIR'}` or pass index=...; or use unit='norm' or 'raw'")
         return FeatureIndex.load(path, dictionary=dictionary)
     return index

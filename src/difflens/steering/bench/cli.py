@@ -18,11 +18,11 @@ def register(subparsers) -> None:
 def cmd_edits(args) -> int:
     from difflens.configs import config_from_args
 
-    from .run import BenchConfig, format_table, run_edit_bench
+    from .run import BenchConfig, format_bench_table, run_edit_bench
 
     config = config_from_args(BenchConfig, args)
     results = run_edit_bench(config)
-    print(format_table(results["rows"], results.get("random_reference")))
+    print(format_bench_table(results["rows"], results.get("random_reference")))
     counts = ", ".join(f"{c} {v['kept']}/{v['tried']}" for c, v in results["pair_counts"].items())
     print(f"pairs kept/tried per category: {counts}")
     if config.out:

@@ -433,7 +433,7 @@ def best_rows(rows: list[dict], key: str = "clean") -> list[dict]:
     return [r for _v, r in best.values()]
 
 
-def format_table(rows: list[dict], reference: str | None = None) -> str:
+def format_bench_table(rows: list[dict], reference: str | None = None) -> str:
     """Per category x method (x site): the best setting's clean / success / preservation with intervals."""
     picked = best_rows([r for r in rows if r["method"] != "random"])
     if reference is not None:  # the control at its reference's best setting
