@@ -79,8 +79,10 @@ def train_sae(source, site: str | None = None, step: int | None = None, *, out: 
     """Train a TopK SAE on ``source`` (store folder, opened store, capture, reader or tensor ``(..., D)``).
 
     settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
-    RunConfig fields (resume, device, checkpoint_every, progress, ...). ``out`` None trains in memory; with
-    ``out`` the dictionary folder is written (and resumed). The SAE remembers its site, step and store.
+    RunConfig fields (resume, overwrite, device, checkpoint_every, progress, ...). ``out`` None trains in memory;
+    with ``out`` the dictionary folder is written (and resumed; locked against other writers meanwhile; a
+    dictionary of other settings there is refused unless overwrite=True or resume=False). The SAE remembers its
+    site, step and store.
     """
     from difflens.dictionaries.train import RunConfig, SAETrainConfig
     from difflens.dictionaries.train.sae import train_sae as _train
@@ -104,11 +106,12 @@ def train_itda(source, site: str | None = None, step: int | None = None, *, out:
 
 
 def neuron_baseline(source, site: str | None = None, step: int | None = None, *, k: int | None = None,
-                    out: str | Path | None = None, split: str = "auto"):
-    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary."""
+                    out: str | Path | None = None, split: str = "auto", overwrite: bool = False):
+    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary. ``out`` holding a
+    dictionary made by other settings is refused unless ``overwrite``."""
     from difflens.dictionaries.train.neurons import neuron_baseline as _neurons
 
-    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split)
+    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split, overwrite=overwrite)
 
 
 def load_dictionary(path: str | Path, device: str = "cpu"):
