@@ -26,8 +26,8 @@ _HELD: dict[Path, int] = {}  # locks this process holds -> nesting depth
 _READ_RETRIES = 20  # a lock file is created empty and filled right after: wait this many x 50 ms for its record
 
 
-class LockedError(RuntimeError):
-    """Another live process is writing the same output."""
+class LockedError(ValueError):
+    """Another live process is writing the same output (a ValueError: the CLI reports it as a user error)."""
 
 
 def lock_path(output: str | os.PathLike) -> Path:
@@ -163,3 +163,17 @@ def output_lock(output: str | os.PathLike | None):
         yield path
     finally:
         release(path)
+
+
+def locks_output(where):
+    """Decorator: hold the lock of the output ``where(*args, **kwargs)`` names (None: none) for each call of the
+    decorated stage function, so a stage locks its output without its body changing."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def locked(*args, **kwargs):
+            with output_lock(where(*args, **kwargs)):
+                return fn(*args, **kwargs)
+        return locked
+    return wrap

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 
 from difflens.atomic import atomic_write_json
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
 
 from .heatmap import enlarge, paint
 from .truth import auroc
@@ -315,12 +317,30 @@ class VLMBackend:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None) -> dict:
-    """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>)."""
+def results_folder(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, *_, **__) -> Path:
+    """Where :func:`run_autointerp` writes: ``out``, default <index>/autointerp/<backend>."""
+    return Path(out) if out is not None else Path(index.path) / "autointerp" / (cfg or AutointerpConfig()).backend
+
+
+def results_settings(summary: dict) -> dict:
+    """What makes two autointerp runs the same job (more latents may be added to a run's results)."""
+    return {"dictionary": Path(str(summary["dictionary"])).name, "site": summary["site"], "steps": summary["steps"],
+            "config": {k: v for k, v in summary["config"].items() if k not in ("features", "dry_run")}}
+
+
+@locks_output(results_folder)
+def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None,
+                   overwrite: bool = False) -> dict:
+    """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>).
+
+    Latents already explained there are kept; results of other settings are refused unless ``overwrite``."""
     cfg = cfg or AutointerpConfig()
-    folder = Path(out) if out is not None else Path(index.path) / "autointerp" / cfg.backend
+    folder = results_folder(index, cfg, out)
     results_path = folder / "results.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if not same_settings(folder, results_settings(previous) if previous else None,
+                         results_settings(summarize({}, index, cfg)), what="autointerp results", overwrite=overwrite):
+        previous = {}
     done = {int(k): v for k, v in previous.get("features", {}).items() if v.get("status") == "ok"}
     latents = select_features(index, cfg.features, cfg.seed)
     backend = OracleBackend(index) if cfg.backend == "oracle" else None  # refuses a model that is not the world first

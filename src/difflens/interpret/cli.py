@@ -26,6 +26,8 @@ class BuildCommand:
     """where encoding runs"""
     quiet: bool = False
     """no progress bar"""
+    overwrite: bool = False
+    """start over, replacing an index there (of other settings, or unfinished) instead of refusing or resuming it"""
 
 
 @dataclass
@@ -62,6 +64,8 @@ class TruthCommand:
     dimensions); off by default: on the demo's 768-latent SAE they add about 90 s to 42 s"""
     bootstrap: int = 200
     """bootstrap resamples of the held-out images for intervals (0: none)"""
+    overwrite: bool = False
+    """replace a truth.json of another dictionary or other controls instead of refusing it"""
 
 
 @dataclass
@@ -72,6 +76,8 @@ class AutointerpCommand:
     """feature index folder(s); several: also compare them (score histograms per method)"""
     out: str | None = None
     """comparison PNG when several indexes are given (default: autointerp_<backend>.png beside the first)"""
+    overwrite: bool = False
+    """replace results made with other settings instead of refusing them"""
 
 
 def register(subparsers) -> None:
@@ -116,7 +122,7 @@ def cmd_build(args) -> int:
         else:
             out = Path(cmd.out) / folder.name if len(folders) > 1 else Path(cmd.out)
         index = build_feature_index(load_dictionary(folder), cmd.store, steps=cmd.steps, out=out, config=cfg,
-                                    device=cmd.device, progress=not cmd.quiet)
+                                    device=cmd.device, progress=not cmd.quiet, resume=not cmd.overwrite)
         alive = int(index.alive().sum())
         print(f"{folder.name}: {alive} of {index.num_latents} latents active on {sum(index.tokens.values()):,} "
               f"tokens of {index.site} steps {index.steps} ({index.split}) -> {out}")
@@ -163,7 +169,7 @@ def cmd_truth(args) -> int:
     report = truth_report(dictionary, store, controls=tuple(cmd.controls), sparse_sizes=tuple(cmd.sparse_sizes),
                           bootstrap=cmd.bootstrap, autointerp=autointerp, index=index)
     out = Path(cmd.out) if cmd.out else Path(where) / "truth.json"
-    write_truth(report, out)
+    write_truth(report, out, overwrite=cmd.overwrite)
     print(json.dumps({k: report[k] for k in ("dictionary", "site", "step", "alive", "headline", "explained_share",
                                              "explained_share_random") if k in report}))
     print(f"wrote {out}")
@@ -185,7 +191,7 @@ def cmd_autointerp(args) -> int:
     summaries = {}
     for folder in cmd.index:
         index = FeatureIndex.load(folder)
-        summary = run_autointerp(index, cfg, vlm_config=vlm)
+        summary = run_autointerp(index, cfg, vlm_config=vlm, overwrite=cmd.overwrite)
         if cfg.dry_run:
             print(format_dry_run(summary["dry_run"]))
             print(f"then {summary['judge_calls']} judge calls (one image each)")
