@@ -2,7 +2,7 @@
 finished is replaced by a job with other settings unless asked.
 
 A stage records the settings that made an output inside it (a dictionary's ``difflens_meta.job``, an index's
-header, a checkpoint's info, a results file's ``settings``). Before writing it calls :func:`same_settings`
+header, a checkpoint's info, a results file's config). Before writing it calls :func:`same_settings`
 with what the output records and what it would write now:
 
 - nothing recorded: write;
@@ -10,7 +10,8 @@ with what the output records and what it would write now:
 - other settings: refused with every difference named (``configs.differences``), unless ``overwrite``,
   which replaces it and says so on stderr.
 
-:func:`claim` combines both rules for stages whose output is one folder or file: ``with claim(...) as same:``.
+Stage functions lock their output with ``locks.output_lock`` (or the ``locks.locks_output`` decorator) and run
+this check under the lock, so no other writer changes the output between the check and the write.
 """
 
 from __future__ import annotations
@@ -18,12 +19,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable
 
 from .configs import differences
-from .locks import output_lock
 
 OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace it, or choose another output"
 
@@ -55,25 +52,3 @@ def same_settings(where: str | os.PathLike, recorded: dict | None, wanted: dict,
 def _plain(settings: dict) -> dict:
     """JSON's view of the settings (tuples become lists, paths strings), as they read back from a file."""
     return json.loads(json.dumps(settings, default=str))
-
-
-def recorded_settings(path: str | os.PathLike) -> dict | None:
-    """The ``settings`` a results JSON file records; None when there is no such file, {} when it records none."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text()).get("settings") or {}
-    except (ValueError, AttributeError):
-        return {}
-
-
-@contextmanager
-def claim(output: str | os.PathLike, wanted: dict, *, what: str, overwrite: bool = False,
-          recorded: Callable[[], dict | None] | None = None):
-    """Lock ``output`` for the block and check what it holds: yields True when it holds this very job's output,
-    False when the caller writes anew. ``recorded()`` reads the existing output's settings (default: the
-    ``settings`` of the JSON file ``output``); it runs under the lock, so no other writer changes them meanwhile."""
-    with output_lock(output):
-        saved = (recorded or (lambda: recorded_settings(output)))()
-        yield same_settings(output, saved, wanted, what=what, overwrite=overwrite)
