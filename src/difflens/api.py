@@ -79,8 +79,10 @@ def train_sae(source, site: str | None = None, step: int | None = None, *, out: 
     """Train a TopK SAE on ``source`` (store folder, opened store, capture, reader or tensor ``(..., D)``).
 
     settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
-    RunConfig fields (resume, device, checkpoint_every, progress, ...). ``out`` None trains in memory; with
-    ``out`` the dictionary folder is written (and resumed). The SAE remembers its site, step and store.
+    RunConfig fields (resume, overwrite, device, checkpoint_every, progress, ...). ``out`` None trains in memory;
+    with ``out`` the dictionary folder is written (and resumed; locked against other writers meanwhile; a
+    dictionary of other settings there is refused unless overwrite=True or resume=False). The SAE remembers its
+    site, step and store.
     """
     from difflens.dictionaries.train import RunConfig, SAETrainConfig
     from difflens.dictionaries.train.sae import train_sae as _train
@@ -104,11 +106,12 @@ def train_itda(source, site: str | None = None, step: int | None = None, *, out:
 
 
 def neuron_baseline(source, site: str | None = None, step: int | None = None, *, k: int | None = None,
-                    out: str | Path | None = None, split: str = "auto"):
-    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary."""
+                    out: str | Path | None = None, split: str = "auto", overwrite: bool = False):
+    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary. ``out`` holding a
+    dictionary made by other settings is refused unless ``overwrite``."""
     from difflens.dictionaries.train.neurons import neuron_baseline as _neurons
 
-    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split)
+    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split, overwrite=overwrite)
 
 
 def load_dictionary(path: str | Path, device: str = "cpu"):
@@ -140,16 +143,18 @@ def evaluate_steps(dictionary, source=None, **options: Any) -> list[dict]:
     return across_steps(dictionary, source, **options)
 
 
-def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None = None, **settings: Any):
+def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None = None, overwrite: bool = False,
+                  **settings: Any):
     """Index every latent of ``dictionary`` on its site's rows (default: its own store and step): frequency per
     step, max/mean activation, histogram, top images, quantile samples. settings: IndexConfig fields
-    (top_n, samples, split, ...), plus device and progress. ``out`` writes (and resumes) an index folder."""
+    (top_n, samples, split, ...), plus device and progress. ``out`` writes (and resumes) an index folder; one
+    of other settings there is refused unless ``overwrite`` (which starts over)."""
     from difflens.interpret.index import IndexConfig, build_feature_index
 
     options = {k: settings.pop(k) for k in ("device", "progress") if k in settings}
     (cfg,) = _split_settings(settings, IndexConfig)
     return build_feature_index(dictionary, source, steps=steps, out=None if out is None else str(out),
-                               config=IndexConfig(**cfg), **{"progress": False, **options})
+                               config=IndexConfig(**cfg), resume=not overwrite, **{"progress": False, **options})
 
 
 def load_index(path: str | Path):
@@ -167,13 +172,14 @@ def feature_card(index, latent: int, out: str | Path | None = None, n_images: in
     return _card(index, latent, out, n_images, style)
 
 
-def autointerp(index, out: str | Path | None = None, vlm=None, **settings: Any) -> dict:
+def autointerp(index, out: str | Path | None = None, vlm=None, overwrite: bool = False, **settings: Any) -> dict:
     """Explain latents and score the explanations on held-out images. settings: AutointerpConfig fields
-    (backend "oracle" | "openai", features, explain_images, ...); ``vlm``: a VLMConfig for the openai backend."""
+    (backend "oracle" | "openai", features, explain_images, ...); ``vlm``: a VLMConfig for the openai backend.
+    Results of other settings in ``out`` are refused unless ``overwrite``."""
     from difflens.interpret.autointerp import AutointerpConfig, run_autointerp
 
     (cfg,) = _split_settings(settings, AutointerpConfig)
-    return run_autointerp(index, AutointerpConfig(**cfg), out, vlm)
+    return run_autointerp(index, AutointerpConfig(**cfg), out, vlm, overwrite=overwrite)
 
 
 def steer(model, dictionary, edits, prompts, seeds=0, **options: Any):

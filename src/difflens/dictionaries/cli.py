@@ -85,7 +85,8 @@ def train_from_args(args) -> object:
     else:
         from .train.neurons import neuron_baseline
 
-        dictionary = neuron_baseline(data, k=getattr(args, "k", None), out=folder)
+        dictionary = neuron_baseline(data, k=getattr(args, "k", None), out=folder,
+                                     overwrite=run.overwrite or not run.resume)
     return dictionary, folder
 
 

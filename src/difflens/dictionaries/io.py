@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import Tensor
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
-from difflens.atomic import atomic_write_bytes, atomic_write_json as _atomic_json
+from difflens.atomic import atomic_save_tensors, atomic_write_json
 from difflens.store.run_layout import ITDA_WEIGHTS, NORMALIZER_FILE, SAE_WEIGHTS, cfg_path, store_record
 
 from .base import Dictionary
@@ -34,17 +34,6 @@ from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
 from .neurons import NeuronBasis
 from .normalization import Normalizer
 from .topk_sae import SAEConfig, TopKSAE
-
-def atomic_save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically (creating its folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
-
-
-def atomic_write_json(obj: dict, path: Path) -> None:
-    """Write a JSON file atomically (creating its folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_json(path, obj)
 
 
 def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool = True) -> dict:
@@ -66,7 +55,7 @@ def save_normalizer(norm: Normalizer, folder: Path) -> None:
     tensors = {"mean": norm.mean, "scale": norm.scale, "variances": norm.variances}
     if norm.kind == "pca":
         tensors["rotation"] = norm.rotation
-    atomic_save_file(tensors, folder / NORMALIZER_FILE, metadata={"kind": norm.kind, "dim": str(norm.dim)})
+    atomic_save_tensors(folder / NORMALIZER_FILE, tensors, metadata={"kind": norm.kind, "dim": str(norm.dim)})
 
 
 def load_normalizer(folder: Path, dim: int) -> Normalizer:
@@ -88,9 +77,12 @@ def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | Non
     """Write ``dictionary`` into ``folder`` (see module docstring); ``meta`` (default: ``dictionary.meta``) lands
     in cfg.json as ``difflens_meta``, its store recorded relative to ``folder`` too (a run folder can move)."""
     folder = Path(folder)
-    meta = dict(dictionary.meta if meta is None else meta)
+    own = meta is None
+    meta = dict(dictionary.meta if own else meta)
     if meta.get("store"):
         meta["store"] = store_record(meta["store"], folder)
+        if own:  # the object in memory records what its file records
+            dictionary.meta["store"] = meta["store"]
     extra = {"difflens_kind": dictionary.kind, "difflens_meta": meta}
     if isinstance(dictionary, TopKSAE):
         cfg = {**_sparsify_cfg(dictionary.d_in, dictionary.num_latents, dictionary.k), **extra}
@@ -101,17 +93,17 @@ def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | Non
             "W_dec": dictionary.W_dec,
             "b_dec": dictionary.b_dec,
         }
-        atomic_save_file(tensors, folder / SAE_WEIGHTS)
+        atomic_save_tensors(folder / SAE_WEIGHTS, tensors)
     elif isinstance(dictionary, ITDA):
         cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, **dictionary.cfg.to_dict(), **extra}
         tensors = {"atoms": dictionary.atoms, **{f"provenance.{k}": v for k, v in dictionary.provenance.items()}}
-        atomic_save_file(tensors, folder / ITDA_WEIGHTS)
+        atomic_save_tensors(folder / ITDA_WEIGHTS, tensors)
     elif isinstance(dictionary, NeuronBasis):
         cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, "k": dictionary.k, **extra}
     else:
         raise ValueError(f"cannot save dictionary of type {type(dictionary).__name__}")
     save_normalizer(dictionary.normalizer, folder)
-    atomic_write_json(cfg, cfg_path(folder))
+    atomic_write_json(cfg_path(folder), cfg)
     dictionary.path = folder.resolve()  # where it now lives: a feature index built from it records this folder
     return folder
 
@@ -196,9 +188,9 @@ def export_folded(sae: TopKSAE, folder: str | Path) -> Path:
     decoder rows are no longer unit norm)."""
     folder = Path(folder)
     w = {k: v.float() for k, v in fold_normalizer(sae).items()}
-    atomic_save_file({"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]},
-                     folder / SAE_WEIGHTS)
+    atomic_save_tensors(folder / SAE_WEIGHTS,
+                        {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]})
     cfg = {**_sparsify_cfg(sae.d_in, sae.num_latents, sae.k, normalize_decoder=False), "difflens_kind": "sae"}
     cfg["difflens_meta"] = {"folded_from_normalization": sae.normalizer.kind}
-    atomic_write_json(cfg, cfg_path(folder))
+    atomic_write_json(cfg_path(folder), cfg)
     return folder

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from difflens.atomic import atomic_write_json
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
 from difflens.store.run_layout import RESULTS_FILE, autointerp_folder, relative_link
 
 from .heatmap import enlarge, paint
@@ -307,12 +310,34 @@ class VLMBackend:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None) -> dict:
-    """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>)."""
+def results_folder(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, *_, **__) -> Path:
+    """Where :func:`run_autointerp` writes: ``out``, default <index>/autointerp/<backend>."""
+    return Path(out) if out is not None else autointerp_folder(index.path, (cfg or AutointerpConfig()).backend)
+
+
+def results_settings(summary: dict, folder: str | Path | None = None) -> dict:
+    """What makes two autointerp runs the same job (more latents may be added to a run's results). A results file
+    names its dictionary relative to its ``folder``; a fresh summary, absolutely."""
+    dictionary = Path(str(summary["dictionary"]))
+    if folder is not None and not dictionary.is_absolute():
+        dictionary = Path(os.path.normpath(Path(folder).resolve() / dictionary))
+    return {"dictionary": dictionary.name, "site": summary["site"], "steps": summary["steps"],
+            "config": {k: v for k, v in summary["config"].items() if k not in ("features", "dry_run")}}
+
+
+@locks_output(results_folder)
+def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None,
+                   overwrite: bool = False) -> dict:
+    """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>).
+
+    Latents already explained there are kept; results of other settings are refused unless ``overwrite``."""
     cfg = cfg or AutointerpConfig()
-    folder = Path(out) if out is not None else autointerp_folder(index.path, cfg.backend)
+    folder = results_folder(index, cfg, out)
     results_path = folder / RESULTS_FILE
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if not same_settings(folder, results_settings(previous, folder) if previous else None,
+                         results_settings(summarize({}, index, cfg)), what="autointerp results", overwrite=overwrite):
+        previous = {}
     done = {int(k): v for k, v in previous.get("features", {}).items() if v.get("status") == "ok"}
     latents = choose_latents(index, cfg.features, cfg.seed)
     backend = OracleBackend(index) if cfg.backend == "oracle" else None  # refuses a model that is not the world first

@@ -30,6 +30,8 @@ class BuildCommand:
     """where encoding runs"""
     quiet: bool = False
     """no progress bar"""
+    overwrite: bool = False
+    """start over, replacing an index there (of other settings, or unfinished) instead of refusing or resuming it"""
 
 
 @dataclass
@@ -66,6 +68,8 @@ class TruthCommand:
     dimensions); off by default: on the demo's 768-latent SAE they add about 90 s to 42 s"""
     bootstrap: int = 200
     """bootstrap resamples of the held-out images for intervals (0: none)"""
+    overwrite: bool = False
+    """replace a truth.json of another dictionary or other controls instead of refusing it"""
 
 
 @dataclass
@@ -77,6 +81,8 @@ class AutointerpCommand:
     (score histograms per method)"""
     out: str | None = None
     """comparison PNG when several indexes are given (default: autointerp_<backend>.png beside the first)"""
+    overwrite: bool = False
+    """replace results made with other settings instead of refusing them"""
 
 
 def register(subparsers) -> None:
@@ -118,7 +124,7 @@ def cmd_build(args) -> int:
         else:
             out = Path(cmd.out) / name if len(folders) > 1 else Path(cmd.out)
         index = build_feature_index(load_dictionary(folder), cmd.store, steps=cmd.steps, out=out, config=cfg,
-                                    device=cmd.device, progress=not cmd.quiet)
+                                    device=cmd.device, progress=not cmd.quiet, resume=not cmd.overwrite)
         alive = int(index.alive().sum())
         print(f"{name}: {alive} of {index.num_latents} latents active on {sum(index.tokens.values()):,} "
               f"tokens of {index.site} steps {index.steps} ({index.split}) -> {out}")
@@ -172,7 +178,7 @@ def cmd_truth(args) -> int:
             out = truth_path(folder)
         else:
             out = truth_path(Path(cmd.out) / name) if len(targets) > 1 else Path(cmd.out)
-        write_truth(report, out)
+        write_truth(report, out, overwrite=cmd.overwrite)
         print(json.dumps({k: report[k] for k in ("dictionary", "site", "step", "alive", "headline",
                                                  "explained_share", "explained_share_random") if k in report}))
         print(f"wrote {out}")
@@ -197,7 +203,7 @@ def cmd_autointerp(args) -> int:
     folders = [index for given_folder in cmd.index for index in find_indexes(given_folder).values()]
     for folder in folders:
         index = FeatureIndex.load(folder)
-        summary = run_autointerp(index, cfg, vlm_config=vlm)
+        summary = run_autointerp(index, cfg, vlm_config=vlm, overwrite=cmd.overwrite)
         if cfg.dry_run:
             print(format_dry_run(summary["dry_run"]))
             print(f"then {summary['judge_calls']} judge calls (one image each)")

@@ -48,6 +48,8 @@ import torch
 from torch import Tensor
 
 from difflens.configs import differences
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
 from difflens.store import run_layout
 
 FORMAT = "difflens-feature-index"
@@ -711,6 +713,7 @@ def _resolve_steps(store, site: str, steps, dictionary) -> list[int]:
     return out
 
 
+@locks_output(lambda dictionary, source=None, *, out=None, **_: out)
 def build_feature_index(dictionary, source=None, *, steps=None, out=None, config: IndexConfig | None = None,
                         device="cpu", progress: bool = True, site: str | None = None, resume: bool = True,
                         max_batches: int | None = None) -> FeatureIndex:
@@ -762,12 +765,10 @@ def build_feature_index(dictionary, source=None, *, steps=None, out=None, config
     folder = Path(out) if out is not None else None
     if folder is not None:
         saved = FeatureIndex.read_header(folder)
-        if saved is not None and resume:
-            was = {**{k: saved.get(k) for k in identity}, "config": IndexConfig(**saved["config"]).identity()}
-            diff = differences(was, identity, "index")
-            if diff:
-                raise ValueError(f"{folder} holds a feature index of something else ({'; '.join(diff)}); use "
-                                 f"another out folder, or resume=False (--no-resume) to overwrite it")
+        was = None if saved is None else {**{k: saved.get(k) for k in identity},
+                                          "config": IndexConfig(**saved["config"]).identity()}
+        if same_settings(folder, was, identity, what="a feature index", label="index", overwrite=not resume,
+                         hint="use another out folder, or resume=False (--overwrite) to replace it") and resume:
             index = FeatureIndex.load(folder, dictionary=dictionary, store=store)
             if index.complete:
                 index.config.quantile_bins = cfg.quantile_bins

@@ -35,6 +35,7 @@ picked at random with `random_seed`). Every field of truth.json: docs/truth.md.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -45,6 +46,8 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from difflens.atomic import atomic_write_json
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
 from difflens.dictionaries.base import Dictionary, SparseCodes
 from difflens.store.run_layout import relative_link
 
@@ -872,11 +875,22 @@ def family_coverage(ratio_by_concept: dict[str, float | None], bar: float = FAMI
             for fam, rs in sorted(families.items())}
 
 
-def write_truth(report: dict, path: str | Path) -> Path:
+def truth_settings(report: dict) -> dict:
+    """What identifies a report (which dictionary, where, which controls), to refuse replacing another's."""
+    return {**{k: report.get(k) for k in ("dictionary", "kind", "num_latents", "k", "site", "step")},
+            "controls": sorted(report.get("summary", {}))}
+
+
+@locks_output(lambda report, path, **_: path)
+def write_truth(report: dict, path: str | Path, overwrite: bool = False) -> Path:
     """Write a report as JSON atomically (NaN becomes null), its store and dictionary relative to the file's folder
-    (a run folder can move); returns the path."""
+    (a run folder can move); returns the path. A report of another dictionary or other controls there is refused
+    unless ``overwrite``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.exists() else None
+    same_settings(path, truth_settings(previous) if previous else None, truth_settings(_clean(report)),
+                  what="a ground-truth report", overwrite=overwrite)
     links = {k: relative_link(report[k], path.parent) for k in ("store", "dictionary_path") if report.get(k)}
     atomic_write_json(path, _clean({**report, **links}))
     return path

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...locks import locks_output
+from ...outputs import same_settings
 from ..edits import parse_steps
 from ..regions import mask_to_grid
 from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
@@ -85,6 +87,8 @@ class BenchConfig:
     """results.json path (the curves PNG goes beside it)"""
     quiet: bool = False
     """no progress lines"""
+    overwrite: bool = False
+    """replace results at --out made with other settings (said on stderr) instead of refusing them"""
 
     def __post_init__(self):
         if self.n < 1:
@@ -191,12 +195,22 @@ class _Log:
             print(f"[{time.time() - self.t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
+def bench_settings(config: dict) -> dict:
+    """What makes two benchmark runs the same job: the config but where it writes and how it talks."""
+    return {k: v for k, v in config.items() if k not in ("out", "quiet", "overwrite")}
+
+
+@locks_output(lambda config, *_, **__: config.out or None)
 def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = None) -> dict:
-    """Run the benchmark; returns the results dict written to `config.out` (when set). `model`: an adapter
-    (default: `load_model(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
+    """Run the benchmark; returns the results dict written to `config.out` (when set; locked meanwhile; results
+    of other settings there are refused unless `config.overwrite`). `model`: an adapter (default:
+    `load_model(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
     from difflens.adapters.base import Capture
     from difflens.world.oracle import read_image
 
+    if config.out and Path(config.out).exists():
+        same_settings(config.out, bench_settings(load_results(config.out)["config"]), bench_settings(asdict(config)),
+                      what="editing-benchmark results", overwrite=config.overwrite)
     log = _Log(config.quiet)
     # ---- everything that can be wrong is checked before the first generation
     builtin = [m for m in (config.methods or BUILTIN_METHODS) if m in BUILTIN_METHODS]
