@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from difflens.capture.activations import capture  # noqa: F401 (dl.capture: it lives with its stage)
+from difflens.capture import activations as _capture
 
 
 def _split_settings(settings: dict[str, Any], *configs: type) -> list[dict[str, Any]]:
@@ -40,6 +40,9 @@ def load_model(name: str = "embedded", **options: Any):
 
     (load,) = _split_settings(options, LoadOptions)
     return load_adapter(name, LoadOptions(**load))
+
+
+capture = _capture.capture  # record sites into memory or a store; it lives with its stage (`capture/activations.py`)
 
 
 def open_store(path: str | Path):

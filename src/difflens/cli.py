@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from difflens.configs import CLIError, run_parser  # noqa: F401 (CLIError re-exported)
+from difflens.configs import run_parser
 
 # Areas that contribute subcommands, in the order `difflens --help` lists them.
 _AREAS = [
