@@ -60,7 +60,7 @@ def test_with_interval_writes_percentages():
 def test_the_metrics_table_has_every_column_evaluate_reports():
     """The demo prints format_table(rows, ["dictionary", *TABLE]); an evaluate() row fills every column."""
     from difflens.dictionaries import NeuronBasis
-    from difflens.evaluation.cli import TABLE
+    from difflens.evaluation.metrics import TABLE
     from difflens.evaluation.metrics import format_table
     from difflens.store.sources import TensorReader
 

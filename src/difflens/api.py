@@ -17,6 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from difflens.capture import activations as _capture
+
 
 def _split_settings(settings: dict[str, Any], *configs: type) -> list[dict[str, Any]]:
     """Route keyword settings to the config dataclasses that own them; unknown names are an error."""
@@ -40,31 +42,7 @@ def load_model(name: str = "embedded", **options: Any):
     return load_adapter(name, LoadOptions(**load))
 
 
-def capture(model, prompts: list[str] | None = None, *, n_images: int | None = None, sites: list[str] | None = None,
-            steps: list[int] | str | None = None, out: str | Path | None = None, **settings: Any):
-    """Record ``sites`` at denoising ``steps`` while ``model`` generates.
-
-    prompts: a list of prompts, or None for shapes-world captions (``n_images`` of them). ``out`` None keeps
-    everything in memory and returns a :class:`~difflens.capture.memory.CapturedActivations` (index it with
-    ``[site, step]`` for ``(images, tokens, width)`` tensors); with ``out`` the rows go to an activation store
-    (resumable) and the opened store is returned. settings: CaptureConfig fields (seed, batch_size, guidance,
-    num_steps, holdout, ...). ``control="random-init"`` (seed ``control_seed``) records a randomly initialised
-    copy of the denoiser fed the trained model's own inputs at every step, while the trained model draws the
-    images: a control for what dictionaries find.
-    """
-    from difflens.capture.memory import capture_in_memory
-    from difflens.capture.runner import CaptureConfig, run_capture
-    from difflens.store import ActivationStore
-
-    if isinstance(model, str):
-        model = load_model(model)
-    cfg = CaptureConfig(out=str(out) if out is not None else "", model=model.name, sites=sites, steps_to_record=steps,
-                        n_images=n_images, **settings)
-    if prompts is not None:
-        cfg.prompts = list(prompts)
-    if out is None:
-        return capture_in_memory(cfg, model)
-    return ActivationStore.open(run_capture(cfg, adapter=model))
+capture = _capture.capture  # record sites into memory or a store; it lives with its stage (`capture/activations.py`)
 
 
 def open_store(path: str | Path):

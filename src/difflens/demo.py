@@ -107,8 +107,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     import difflens as dl
 
     from .evaluation import analyses
-    from .evaluation.cli import TABLE
-    from .evaluation.metrics import format_table
+    from .evaluation.metrics import TABLE, format_table
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

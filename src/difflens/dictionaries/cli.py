@@ -116,7 +116,7 @@ def cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run these commands alone (without the other areas): ``python -m difflens.dictionaries.cli``."""
-    from difflens.cli import run_parser
+    from difflens.configs import run_parser
 
     parser = argparse.ArgumentParser(prog="difflens")
     register(parser.add_subparsers(dest="command", required=True))

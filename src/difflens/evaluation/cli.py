@@ -9,8 +9,6 @@ from typing import Literal
 
 from difflens.configs import add_command, config_from_args
 
-TABLE = ["site", "step", "split", "kind", "num_latents", "input_space", "loss_space", "fvu_residual",
-         "fvu_input_space", "l0", "dead_fraction", "tokens"]
 
 
 @dataclass
@@ -85,7 +83,7 @@ def cmd_eval(args) -> int:
     from difflens.store.run_layout import METRICS_FILE, find_dictionaries, is_dictionary
 
     from .analyses import across_steps
-    from .metrics import evaluate, format_table
+    from .metrics import TABLE, evaluate, format_table
 
     cmd = config_from_args(EvalCommand, args)
     run = Path(cmd.run)

@@ -23,6 +23,9 @@ from torch import Tensor
 
 from difflens.dictionaries.base import Dictionary, check_activations
 
+TABLE = ["site", "step", "split", "kind", "num_latents", "input_space", "loss_space", "fvu_residual",
+         "fvu_input_space", "l0", "dead_fraction", "tokens"]  # the columns `eval` and the demo print (`format_table`)
+
 
 def fvu(x_BD: Tensor, recon_BD: Tensor) -> float:
     """FVU of one batch (see module docstring)."""

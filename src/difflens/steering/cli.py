@@ -61,8 +61,9 @@ def _prompts(values: list[str]) -> list[str]:
 
 
 def cmd_steer(args) -> int:
-    import difflens as dl
+    from difflens.adapters import load_adapter
     from difflens.atomic import atomic_write_json
+    from difflens.dictionaries.io import load_dictionary
     from difflens.evaluation.plots import plot_image_grid
     from difflens.store.run_layout import one_dictionary
 
@@ -70,9 +71,9 @@ def cmd_steer(args) -> int:
     from .steer import steer
 
     cmd = config_from_args(SteerCommand, args)
-    dictionary = dl.load_dictionary(one_dictionary(cmd.run))
+    dictionary = load_dictionary(one_dictionary(cmd.run))
     model_name = cmd.model or (dictionary.store or {}).get("model") or "embedded"
-    model = dl.load_model(model_name)
+    model = load_adapter(model_name)
     prompts = _prompts(cmd.prompt)
     if not prompts:
         if not model.name.startswith("embedded"):

@@ -166,7 +166,9 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
     return result
 
 
-def reading_dict(reading, world: str = "classic") -> dict[str, Any]:
+def reading_dict(reading, world="classic") -> dict[str, Any]:
     """An oracle reading as JSON: background and each object's attributes (masks left out); in the rich world
-    also the background texture and each object's pattern."""
-    return reading.as_dict(rich=world == "rich")
+    also the background texture and each object's pattern (`World.describe`; `world` a name or a World)."""
+    from difflens.world.worlds import get_world
+
+    return get_world(world).describe(reading)

@@ -204,7 +204,7 @@ def bench_settings(config: dict) -> dict:
 def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = None) -> dict:
     """Run the benchmark; returns the results dict written to `config.out` (when set; locked meanwhile; results
     of other settings there are refused unless `config.overwrite`). `model`: an adapter (default:
-    `load_model(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
+    `load_adapter(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
     from difflens.adapters.base import Capture
     from difflens.world.oracle import read_image
 
@@ -222,9 +222,9 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
     else:
         dictionaries = {k: v for k, v in dictionaries.items() if not config.methods or k in config.methods}
     if model is None:
-        from difflens.api import load_model
+        from difflens.adapters import load_adapter
 
-        model = load_model(config.model)
+        model = load_adapter(config.model)
     world = model.world  # the shapes world the oracle reads and judges in
     pairs_path = Path(config.pairs) if config.pairs else pairs_file(world)
     pairs = read_pairs(pairs_path, vocabulary=model_vocabulary(model))
