@@ -74,7 +74,7 @@ class TrainConfig:
     """latent noise in autoencoder training (added to the latents, so the decoder learns to forgive)"""
     text_encoder_init: str | None = None
     """safetensors file of text-encoder weights to start from instead of a random init, e.g. an encoder pretrained
-    to parse captions (`bench/text_parse_pretrain.py --save`); fine-tuned with the transformer unless
+    to parse captions (`difflens world pretrain-text --save`); fine-tuned with the transformer unless
     `freeze_text_encoder`. Read at the start of a run only: a resumed run takes its weights from the checkpoint"""
     autoencoder_init: str | None = None
     """latent models: a model folder (`world ship` / `save_pretrained` layout) or its model.safetensors whose

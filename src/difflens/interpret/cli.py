@@ -1,4 +1,5 @@
-"""`difflens features index|show|truth` and `difflens autointerp`: flags from their configs, thin over the API.
+"""`difflens features index|show|truth|scan|extra-concepts|readability` and `difflens autointerp`: flags from their
+configs, thin over the API.
 
 `features index` builds what the API calls a feature index (`feature_index`); `features build` is its old name and
 still works.
@@ -73,6 +74,18 @@ class TruthCommand:
 
 
 @dataclass
+class ReadabilityCommand:
+    """`difflens features readability`: can a reader see a colour latent's colour on its card, per style?"""
+
+    run: str = "runs/demo"
+    """run folder or dictionary folder (dictionaries with truth.json and index/ are measured)"""
+    images: int = 6
+    """top images per latent (the demo grid's 6)"""
+    min_f1: float = 0.5
+    """held-out F1 a latent's colour concept needs for it to count as a colour latent"""
+
+
+@dataclass
 class AutointerpCommand:
     """`difflens autointerp`: which indexes to explain and where the results go."""
 
@@ -87,7 +100,9 @@ class AutointerpCommand:
 
 def register(subparsers) -> None:
     from .autointerp import AutointerpConfig
+    from .extra_concepts import ExtraConceptsConfig
     from .index import IndexConfig
+    from .scan import ScanConfig
     from .vlm import VLMConfig
 
     f = subparsers.add_parser("features", help="feature index, feature cards, ground-truth scores")
@@ -102,6 +117,12 @@ def register(subparsers) -> None:
                 ShowCommand)
     add_command(fsub, "truth", "match latents to the shapes world's concepts, beside a random floor", cmd_truth,
                 TruthCommand)
+    add_command(fsub, "scan", "ground truth of one small SAE per (site, step) of a store: where the concepts live",
+                cmd_scan, ScanConfig)
+    add_command(fsub, "extra-concepts", "one SAE's ground truth with extra candidate concept families (tone, edge, "
+                "bgpos) appended to the labels", cmd_extra_concepts, ExtraConceptsConfig)
+    add_command(fsub, "readability", "whether colour latents' cards show their colour, per heatmap style",
+                cmd_readability, ReadabilityCommand)
     a = subparsers.add_parser("autointerp", help="explain latents and score the explanations on held-out images")
     add_config_arguments(a.add_argument_group("what"), AutointerpCommand)
     add_config_arguments(a.add_argument_group("autointerp"), AutointerpConfig)
@@ -182,6 +203,43 @@ def cmd_truth(args) -> int:
         print(json.dumps({k: report[k] for k in ("dictionary", "site", "step", "alive", "headline",
                                                  "explained_share", "explained_share_random") if k in report}))
         print(f"wrote {out}")
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from .scan import SUMMARY_FILE, ScanConfig, scan_tables, truth_scan
+
+    cfg = config_from_args(ScanConfig, args)
+    summary = truth_scan(cfg, log=lambda m: print(f"[scan] {m}", flush=True))
+    print(scan_tables(summary))
+    print(f"reports in {cfg.out}/<site>@<step>.json, summary {Path(cfg.out) / SUMMARY_FILE}")
+    print(json.dumps(summary["rows"]))
+    return 0
+
+
+def cmd_extra_concepts(args) -> int:
+    from .extra_concepts import ExtraConceptsConfig, extra_concepts
+
+    result = extra_concepts(config_from_args(ExtraConceptsConfig, args), log=lambda m: print(m, flush=True))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_readability(args) -> int:
+    from difflens.store.run_layout import find_dictionaries, index_folder, truth_path
+
+    from .readability import card_readability, format_readability
+
+    cmd = config_from_args(ReadabilityCommand, args)
+    rows = []
+    for folder in find_dictionaries(cmd.run).values():
+        if truth_path(folder).exists() and index_folder(folder).exists():
+            rows.append(card_readability(folder, cmd.images, cmd.min_f1))
+            print(format_readability(rows[-1]))
+    if not rows:
+        raise ValueError(f"no dictionary of {cmd.run} has both truth.json and index/ (run `difflens features index` "
+                         "and `difflens features truth` first)")
+    print(json.dumps(rows))
     return 0
 
 

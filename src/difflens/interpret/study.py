@@ -31,14 +31,20 @@ SIZES = ((192, 4), (384, 8), (768, 16), (1536, 32))  # (latents, k) of the size 
 MEASURES = ("precise_share", "precise_share_coarse", "ap_share", "f1_share", "mean_union_f1", "mean_absorption")
 
 
+def sae_recipe(k: int, num_latents: int, num_tokens: int) -> dict:
+    """`train_sae` settings shared by every ground-truth experiment (the study, `truth_scan`, `extra_concepts`), so
+    dictionaries are compared at one fixed recipe: batch 4096, Adam lr 1e-3, AuxK with k_aux = 2k, a dead window of
+    a quarter of the tokens (at most 500k), the normaliser fitted on the whole train split."""
+    return dict(k=k, num_latents=num_latents, num_tokens=num_tokens, batch_size=4096, lr=1e-3, k_aux=2 * k,
+                dead_window_tokens=min(num_tokens // 4, 500_000), norm_fit_tokens=10**9)
+
+
 def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cfg: dict):
     import difflens as dl
 
     if method in SAE_VARIANTS:
-        return dl.train_sae(store, site, step, out=folder, seed=seed, k=cfg["k"], num_latents=cfg["num_latents"],
-                            num_tokens=cfg["sae_tokens"], batch_size=4096, lr=1e-3, k_aux=2 * cfg["k"],
-                            dead_window_tokens=min(cfg["sae_tokens"] // 4, 500_000), norm_fit_tokens=10**9,
-                            **SAE_VARIANTS[method])
+        return dl.train_sae(store, site, step, out=folder, seed=seed,
+                            **sae_recipe(cfg["k"], cfg["num_latents"], cfg["sae_tokens"]), **SAE_VARIANTS[method])
     if method == "itda":
         return dl.train_itda(store, site, step, out=folder, k=cfg["k"], threshold=cfg["itda_threshold"],
                              max_atoms=4 * cfg["num_latents"], num_tokens=cfg["itda_tokens"], seed=seed,

@@ -74,7 +74,7 @@ def shape_fits(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> dict[str, 
     """Best intersection-over-union of one blob with each ideal shape of `shapes`, fitted to its area and centroid.
 
     Matching whole templates, not a few corner pixels, is what makes the reading robust to the ragged edges
-    and softened corners of generations (bench/oracle_robustness.py measures it).
+    and softened corners of generations (`difflens world oracle-robustness` measures it).
     """
     rows, cols = np.nonzero(mask)
     area = len(rows)
