@@ -21,6 +21,7 @@ _AREAS = [
     "difflens.browser.cli",  # browse
     "difflens.steering.cli",  # steer
     "difflens.steering.bench.cli",  # bench edits
+    "difflens.studies.cli",  # study truth|scan|extra-concepts
     "difflens.demo",  # demo
 ]
 

@@ -1,4 +1,4 @@
-"""`difflens features index|show|truth|scan|extra-concepts|readability` and `difflens autointerp`: flags from their
+"""`difflens features index|show|truth|readability` and `difflens autointerp`: flags from their
 configs, thin over the API.
 
 `features index` builds what the API calls a feature index (`feature_index`); `features build` is its old name and
@@ -100,9 +100,7 @@ class AutointerpCommand:
 
 def register(subparsers) -> None:
     from .autointerp import AutointerpConfig
-    from .extra_concepts import ExtraConceptsConfig
     from .index import IndexConfig
-    from .scan import ScanConfig
     from .vlm import VLMConfig
 
     f = subparsers.add_parser("features", help="feature index, feature cards, ground-truth scores")
@@ -117,10 +115,6 @@ def register(subparsers) -> None:
                 ShowCommand)
     add_command(fsub, "truth", "match latents to the shapes world's concepts, beside a random floor", cmd_truth,
                 TruthCommand)
-    add_command(fsub, "scan", "ground truth of one small SAE per (site, step) of a store: where the concepts live",
-                cmd_scan, ScanConfig)
-    add_command(fsub, "extra-concepts", "one SAE's ground truth with extra candidate concept families (tone, edge, "
-                "bgpos) appended to the labels", cmd_extra_concepts, ExtraConceptsConfig)
     add_command(fsub, "readability", "whether colour latents' cards show their colour, per heatmap style",
                 cmd_readability, ReadabilityCommand)
     a = subparsers.add_parser("autointerp", help="explain latents and score the explanations on held-out images")
@@ -203,25 +197,6 @@ def cmd_truth(args) -> int:
         print(json.dumps({k: report[k] for k in ("dictionary", "site", "step", "alive", "headline",
                                                  "explained_share", "explained_share_random") if k in report}))
         print(f"wrote {out}")
-    return 0
-
-
-def cmd_scan(args) -> int:
-    from .scan import SUMMARY_FILE, ScanConfig, scan_tables, truth_scan
-
-    cfg = config_from_args(ScanConfig, args)
-    summary = truth_scan(cfg, log=lambda m: print(f"[scan] {m}", flush=True))
-    print(scan_tables(summary))
-    print(f"reports in {cfg.out}/<site>@<step>.json, summary {Path(cfg.out) / SUMMARY_FILE}")
-    print(json.dumps(summary["rows"]))
-    return 0
-
-
-def cmd_extra_concepts(args) -> int:
-    from .extra_concepts import ExtraConceptsConfig, extra_concepts
-
-    result = extra_concepts(config_from_args(ExtraConceptsConfig, args), log=lambda m: print(m, flush=True))
-    print(json.dumps(result))
     return 0
 
 

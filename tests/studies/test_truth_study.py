@@ -6,7 +6,7 @@ import json
 
 from stores import SITE, make_world_store
 
-from difflens.interpret.study import run_study, study_tables
+from difflens.studies.truth_study import run_study, study_tables
 
 
 def test_study_parts_tables_and_resume(tmp_path):

@@ -1,6 +1,6 @@
 """The ground-truth study: which dictionaries carry the world's concepts, where, and above which controls.
 
-    python -m difflens.interpret.study --run runs/demo [--seeds 0,1,2] [--steps 0,3,7] [--step-seeds 0]
+    difflens study truth --run runs/demo [--seeds 0,1,2] [--steps 0,3,7] [--step-seeds 0]
         [--sites double.3.img.out,double.1.img.out] [--sizes 192:4,384:8,768:16,1536:32]
 
 On a demo run (its store, site, step and recipe), three parts: (1) **dictionaries** — the FLUX paper's comparison
@@ -16,8 +16,8 @@ Every stage resumes: finished dictionaries reload, finished reports are read bac
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,7 @@ def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cf
 
 
 def _report(dictionary, folder: Path, labels) -> dict:
-    from .truth import truth_report, write_truth
+    from difflens.interpret.truth import truth_report, write_truth
 
     path = truth_path(folder)
     if path.exists():
@@ -86,7 +86,7 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
     (default: `seeds`); the whitened SAE at each (latents, k) of `sizes` at the demo's site and step (seed 0)."""
     import difflens as dl
 
-    from .labels import token_labels
+    from difflens.interpret.labels import token_labels
 
     run = Path(run)
     summary = json.loads(summary_path(run).read_text())
@@ -182,26 +182,39 @@ def study_tables(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default="runs/demo", help="a demo run folder")
-    p.add_argument("--out", default=None, help="study folder (default: RUN/truth_study)")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds, e.g. 0,1,2")
-    p.add_argument("--steps", default="0,3,7", help="steps of the random-model comparison")
-    p.add_argument("--step-seeds", default=None, help="seeds of the across-steps part (default: --seeds)")
-    p.add_argument("--methods", default=",".join(METHODS), help="dictionaries of the comparison")
-    p.add_argument("--no-random-model", action="store_true", help="skip the random-model control")
-    p.add_argument("--sites", default=None, help="sites of the across-steps part (default: the demo's)")
-    p.add_argument("--sizes", default=",".join(f"{n}:{k}" for n, k in SIZES), help="latents:k of the size part")
-    a = p.parse_args(argv)
-    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
-    result = run_study(a.run, a.out, ints(a.seeds), ints(a.steps), [m for m in a.methods.split(",") if m],
-                       not a.no_random_model, ints(a.step_seeds) if a.step_seeds else None,
-                       a.sites.split(",") if a.sites else None,
-                       [tuple(int(v) for v in x.split(":")) for x in a.sizes.split(",") if x])
-    print(result["table"])
-    return 0
+@dataclass
+class StudyConfig:
+    """`difflens study truth` settings (see `run_study`)."""
+
+    run: str = "runs/demo"
+    """a demo run folder"""
+    out: str | None = None
+    """study folder (default: RUN/truth_study)"""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """training seeds"""
+    steps: list[int] = field(default_factory=lambda: [0, 3, 7])
+    """steps of the random-model comparison"""
+    step_seeds: list[int] = field(default_factory=list)
+    """seeds of the across-steps part (empty: --seeds)"""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """dictionaries of the comparison"""
+    random_model: bool = True
+    """include the random-model control"""
+    sites: list[str] = field(default_factory=list)
+    """sites of the across-steps part (empty: the demo's)"""
+    sizes: list[str] = field(default_factory=lambda: [f"{n}:{k}" for n, k in SIZES])
+    """latents:k of the size part"""
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def study_from_config(cfg: StudyConfig) -> dict:
+    """`run_study` with a config's settings."""
+    sizes = []
+    for size in cfg.sizes:
+        latents, sep, k = size.partition(":")
+        if not sep or not latents.isdigit() or not k.isdigit():
+            raise ValueError(f"--sizes takes latents:k pairs such as 192:4, got {size!r}")
+        sizes.append((int(latents), int(k)))
+    return run_study(cfg.run, cfg.out, cfg.seeds, cfg.steps, cfg.methods, cfg.random_model, cfg.step_seeds or None,
+                     cfg.sites or None, sizes)
+
+

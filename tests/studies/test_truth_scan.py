@@ -8,7 +8,7 @@ import pytest
 from stores import SITE, make_world_store
 
 from difflens.cli import main as cli_main
-from difflens.interpret.scan import ScanConfig, group_means, scan_tables, truth_scan
+from difflens.studies.truth_scan import ScanConfig, group_means, scan_tables, truth_scan
 
 TINY = dict(num_latents=16, k=2, tokens=3_000, sparse_sizes=[], probe_tokens=2_048)
 
@@ -43,5 +43,5 @@ def test_group_means_skip_cells_that_are_not_numbers():
 
 
 def test_cli_scan_refuses_a_store_without_pairs(world_store, tmp_path, capsys):
-    assert cli_main(["features", "scan", "--store", str(world_store), "--steps", "9", "--out", str(tmp_path)]) == 2
+    assert cli_main(["study", "scan", "--store", str(world_store), "--steps", "9", "--out", str(tmp_path)]) == 2
     assert "no (site, step) pair" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from stores import SITE, make_world_store
 
-from difflens.interpret.extra_concepts import (ExtraConceptsConfig, bgpos_family, edge_family,
+from difflens.studies.extra_concepts import (ExtraConceptsConfig, bgpos_family, edge_family,
                                                extra_concepts, tone_family, with_extra)
 from difflens.interpret.labels import token_labels
 

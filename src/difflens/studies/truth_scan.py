@@ -1,6 +1,6 @@
 """Where in the model do the world's concepts live? A ground-truth scan over sites x denoising steps.
 
-    difflens features scan [--store runs/demo/store] [--sites S,...] [--steps 0,3,7] [--num-latents 384] [--k 8]
+    difflens study scan [--store runs/demo/store] [--sites S,...] [--steps 0,3,7] [--num-latents 384] [--k 8]
         [--tokens 1500000] [--normalization pca] [--sparse-sizes 1,4,16 | --sparse-sizes ''] [--out runs/truth_scan]
 
 For every (site, step) of an activation store (default: its image-stream residual sites ``*.img.out`` at every
@@ -41,7 +41,7 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass
 class ScanConfig:
-    """`difflens features scan`: one small SAE and its ground truth per (site, step) of a store."""
+    """`difflens study scan`: one small SAE and its ground truth per (site, step) of a store."""
 
     store: str = "runs/demo/store"
     """activation store with a held-out split and its generated images"""
@@ -117,9 +117,9 @@ def truth_scan(cfg: ScanConfig = ScanConfig(), log=print) -> dict:
 
     import difflens as dl
 
-    from .labels import store_world, token_labels
-    from .study import sae_recipe
-    from .truth import truth_report, write_truth
+    from difflens.interpret.labels import store_world, token_labels
+    from .truth_study import sae_recipe
+    from difflens.interpret.truth import truth_report, write_truth
 
     store = dl.open_store(cfg.store)
     if not store.holdout:

@@ -4,7 +4,7 @@ Most latents of an SAE on the embedded models reach no concept of `labels` at he
 explanation is that they follow something real that the labels do not name. This appends candidate concept
 families, computed from each stored generated image, to the store's labels, and reruns `truth_report` on one plain
 TopK SAE (the `study.sae_recipe`, no normalisation) with each family and with all of them
-(`difflens features extra-concepts`):
+(`difflens study extra-concepts`):
 
     tone   what the token's pixels look like: the palette colour (object colours, their pattern shades,
            background base and second tones) nearest to the mean of its pixel block, within 45 RGB units;
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .labels import SIDES, TokenLabels, neighbour_owner, token_owner
+from difflens.interpret.labels import SIDES, TokenLabels, neighbour_owner, token_owner
 
 TONE_RADIUS = 45.0  # RGB distance within which a token's mean colour counts as a palette tone
 MIN_TOKENS = 8  # positive tokens an extra concept needs to be kept
@@ -150,7 +150,7 @@ def rare_latent_spread(sae, store, site: str, step: int, rare_rate: float = RARE
 
 @dataclass
 class ExtraConceptsConfig:
-    """`difflens features extra-concepts`: one plain SAE scored with the shipped labels and with extra families."""
+    """`difflens study extra-concepts`: one plain SAE scored with the shipped labels and with extra families."""
 
     store: str = "runs/rich_id/store"
     """activation store with its generated images and a held-out split"""
@@ -176,9 +176,9 @@ def extra_concepts(cfg: ExtraConceptsConfig = ExtraConceptsConfig(), log=print) 
     concepts, explained, random, named_by_new_family, families_covered]}."""
     import difflens as dl
 
-    from .labels import token_labels
-    from .study import sae_recipe
-    from .truth import truth_report
+    from difflens.interpret.labels import token_labels
+    from .truth_study import sae_recipe
+    from difflens.interpret.truth import truth_report
 
     unknown = set(cfg.families) - set(FAMILIES)
     if unknown:
