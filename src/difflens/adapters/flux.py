@@ -106,10 +106,10 @@ def flux_defaults(transformer) -> FluxDefaults:
 def _nf4_config(dtype: torch.dtype):
     if not torch.cuda.is_available():
         raise ValueError("NF4 quantization needs a CUDA GPU (bitsandbytes 4-bit kernels); load without --quantization on CPU")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ValueError("NF4 quantization needs bitsandbytes: pip install bitsandbytes") from None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("NF4 quantization needs bitsandbytes: pip install bitsandbytes")
     from diffusers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
