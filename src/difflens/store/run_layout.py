@@ -159,13 +159,17 @@ def find_dictionaries(folder: str | Path) -> dict[str, Path]:
     return found
 
 
-def one_dictionary(folder: str | Path) -> Path:
-    """The dictionary of a folder that holds exactly one (ValueError naming the choices otherwise)."""
-    found = find_dictionaries(folder)
+def _the_only(found: dict[str, Path], folder: str | Path, what: str) -> Path:
+    """The one path of ``found`` (ValueError naming the choices when ``folder`` holds several ``what``)."""
     if len(found) > 1:
-        raise ValueError(f"{folder} holds {len(found)} dictionaries ({', '.join(found)}); pass one of them, e.g. "
+        raise ValueError(f"{folder} holds {len(found)} {what} ({', '.join(found)}); pass one of them, e.g. "
                          f"{next(iter(found.values()))}")
     return next(iter(found.values()))
+
+
+def one_dictionary(folder: str | Path) -> Path:
+    """The dictionary of a folder that holds exactly one (ValueError naming the choices otherwise)."""
+    return _the_only(find_dictionaries(folder), folder, "dictionaries")
 
 
 def find_indexes(folder: str | Path) -> dict[str, Path]:
@@ -176,17 +180,13 @@ def find_indexes(folder: str | Path) -> dict[str, Path]:
         return {owner.name: root}
     found = {name: index_folder(d) for name, d in find_dictionaries(root).items() if is_index(index_folder(d))}
     if not found:
-        raise FileNotFoundError(f"no feature index in {root} (build one with `difflens features build --run {root}`)")
+        raise FileNotFoundError(f"no feature index in {root} (build one with `difflens features index --run {root}`)")
     return found
 
 
 def one_index(folder: str | Path) -> Path:
     """The feature index of a folder that holds exactly one (ValueError naming the choices otherwise)."""
-    found = find_indexes(folder)
-    if len(found) > 1:
-        raise ValueError(f"{folder} holds {len(found)} feature indexes ({', '.join(found)}); pass one of them, e.g. "
-                         f"{next(iter(found.values()))}")
-    return next(iter(found.values()))
+    return _the_only(find_indexes(folder), folder, "feature indexes")
 
 
 # ---------------------------------------------------------------------------------------------------- links
