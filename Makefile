@@ -20,4 +20,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/world_quality.py
+	$(VENV)/bin/difflens world quality

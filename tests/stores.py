@@ -32,8 +32,9 @@ def synthetic_acts(n_images: int, dim: int, site_seed: int, n_tok: int = 16) -> 
     return codes @ feats + big @ torch.randn(2, dim, generator=g) + 5.0
 
 
-def make_site_store(root: Path, sites: dict[str, torch.Tensor], steps=(0,), n_tok: int = 16) -> Path:
-    """Write ``sites`` (name -> (n_images·n_tok, dim) activations) into a real store."""
+def make_site_store(root: Path, sites: dict[str, torch.Tensor], steps=(0,), n_tok: int = 16,
+                    prompts_hash: str = "x") -> Path:
+    """Write ``sites`` (name -> (n_images·n_tok, dim) activations) into a real store (``prompts_hash``: its identity)."""
     n_rows = next(iter(sites.values())).shape[0]
     n_images = n_rows // n_tok
     w = StoreWriter(root, dtype="float16")
@@ -46,7 +47,7 @@ def make_site_store(root: Path, sites: dict[str, torch.Tensor], steps=(0,), n_to
     w.write_chunk(0, ids, None, rows)
     entries = [EntrySpec(site, st, acts.shape[1], "image" if ".img." in site else "text", n_tok, GRID if ".img." in site else None)
                for site, acts in sites.items() for st in steps]
-    w.finalize(entries, 1, {"model": "synthetic", "n_images": n_images, "prompts_hash": "x"})
+    w.finalize(entries, 1, {"model": "synthetic", "n_images": n_images, "prompts_hash": prompts_hash})
     return root
 
 
@@ -105,3 +106,9 @@ def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=Fals
         entries.append(EntrySpec("double.1.txt.out", 0, DIM, "text", 4, None))
     w.finalize(entries, n_chunks, {"model": "synthetic", "n_images": n_images, "prompts_hash": "h"}, holdout=0.25)
     return ActivationStore.open(root)
+
+
+# the evaluation tests' run: two image sites of one store, a tiny SAE on each
+SHALLOW_SITE = "double.0.img.out"  # SITE is the deeper one
+TINY_SAE = dict(num_latents=32, k=4, batch_size=128, num_tokens=1024, lr=3e-3, k_aux=8, dead_window_tokens=512,
+                warmup_steps=2, normalization="standardise", checkpoint_every=0, progress=False)

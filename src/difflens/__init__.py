@@ -15,7 +15,7 @@ is a batch of images' activations at a site; ``codes_BK`` a batch of tokens' spa
 
 import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = ["load_model", "capture", "open_store", "train_sae", "train_itda", "neuron_baseline", "load_dictionary", "save_dictionary",
         "evaluate", "evaluate_steps", "feature_index", "load_index", "feature_card", "autointerp", "steer", "Edit"]

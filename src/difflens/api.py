@@ -17,6 +17,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from difflens.capture import activations as _capture
+
 
 def _split_settings(settings: dict[str, Any], *configs: type) -> list[dict[str, Any]]:
     """Route keyword settings to the config dataclasses that own them; unknown names are an error."""
@@ -40,31 +42,7 @@ def load_model(name: str = "embedded", **options: Any):
     return load_adapter(name, LoadOptions(**load))
 
 
-def capture(model, prompts: list[str] | None = None, *, n_images: int | None = None, sites: list[str] | None = None,
-            steps: list[int] | str | None = None, out: str | Path | None = None, **settings: Any):
-    """Record ``sites`` at denoising ``steps`` while ``model`` generates.
-
-    prompts: a list of prompts, or None for shapes-world captions (``n_images`` of them). ``out`` None keeps
-    everything in memory and returns a :class:`~difflens.capture.memory.CapturedActivations` (index it with
-    ``[site, step]`` for ``(images, tokens, width)`` tensors); with ``out`` the rows go to an activation store
-    (resumable) and the opened store is returned. settings: CaptureConfig fields (seed, batch_size, guidance,
-    num_steps, holdout, ...). ``control="random-init"`` (seed ``control_seed``) records a randomly initialised
-    copy of the denoiser fed the trained model's own inputs at every step, while the trained model draws the
-    images: a control for what dictionaries find.
-    """
-    from difflens.capture.memory import capture_in_memory
-    from difflens.capture.runner import CaptureConfig, run_capture
-    from difflens.store import ActivationStore
-
-    if isinstance(model, str):
-        model = load_model(model)
-    cfg = CaptureConfig(out=str(out) if out is not None else "", model=model.name, sites=sites, steps_to_record=steps,
-                        n_images=n_images, **settings)
-    if prompts is not None:
-        cfg.prompts = list(prompts)
-    if out is None:
-        return capture_in_memory(cfg, model)
-    return ActivationStore.open(run_capture(cfg, adapter=model))
+capture = _capture.capture  # record sites into memory or a store; it lives with its stage (`capture/activations.py`)
 
 
 def open_store(path: str | Path):
@@ -79,8 +57,10 @@ def train_sae(source, site: str | None = None, step: int | None = None, *, out: 
     """Train a TopK SAE on ``source`` (store folder, opened store, capture, reader or tensor ``(..., D)``).
 
     settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
-    RunConfig fields (resume, device, checkpoint_every, progress, ...). ``out`` None trains in memory; with
-    ``out`` the dictionary folder is written (and resumed). The SAE remembers its site, step and store.
+    RunConfig fields (resume, overwrite, device, checkpoint_every, progress, ...). ``out`` None trains in memory;
+    with ``out`` the dictionary folder is written (and resumed; locked against other writers meanwhile; a
+    dictionary of other settings there is refused unless overwrite=True or resume=False). The SAE remembers its
+    site, step and store.
     """
     from difflens.dictionaries.train import RunConfig, SAETrainConfig
     from difflens.dictionaries.train.sae import train_sae as _train
@@ -104,11 +84,12 @@ def train_itda(source, site: str | None = None, step: int | None = None, *, out:
 
 
 def neuron_baseline(source, site: str | None = None, step: int | None = None, *, k: int | None = None,
-                    out: str | Path | None = None, split: str = "auto"):
-    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary."""
+                    out: str | Path | None = None, split: str = "auto", overwrite: bool = False):
+    """The MLP-neuron baseline of an ``.mlp`` site: its hidden units as a (k-sparse) dictionary. ``out`` holding a
+    dictionary made by other settings is refused unless ``overwrite``."""
     from difflens.dictionaries.train.neurons import neuron_baseline as _neurons
 
-    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split)
+    return _neurons(source, site, step, k=k, out=None if out is None else str(out), split=split, overwrite=overwrite)
 
 
 def load_dictionary(path: str | Path, device: str = "cpu"):
@@ -140,20 +121,22 @@ def evaluate_steps(dictionary, source=None, **options: Any) -> list[dict]:
     return across_steps(dictionary, source, **options)
 
 
-def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None = None, **settings: Any):
+def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None = None, overwrite: bool = False,
+                  **settings: Any):
     """Index every latent of ``dictionary`` on its site's rows (default: its own store and step): frequency per
     step, max/mean activation, histogram, top images, quantile samples. settings: IndexConfig fields
-    (top_n, samples, split, ...), plus device and progress. ``out`` writes (and resumes) an index folder."""
+    (top_n, samples, split, ...), plus device and progress. ``out`` writes (and resumes) an index folder; one
+    of other settings there is refused unless ``overwrite`` (which starts over)."""
     from difflens.interpret.index import IndexConfig, build_feature_index
 
     options = {k: settings.pop(k) for k in ("device", "progress") if k in settings}
     (cfg,) = _split_settings(settings, IndexConfig)
     return build_feature_index(dictionary, source, steps=steps, out=None if out is None else str(out),
-                               config=IndexConfig(**cfg), **{"progress": False, **options})
+                               config=IndexConfig(**cfg), resume=not overwrite, **{"progress": False, **options})
 
 
 def load_index(path: str | Path):
-    """A feature index folder written by :func:`feature_index` or `difflens features build`."""
+    """A feature index folder written by :func:`feature_index` or `difflens features index`."""
     from difflens.interpret.index import FeatureIndex
 
     return FeatureIndex.load(path)
@@ -167,13 +150,14 @@ def feature_card(index, latent: int, out: str | Path | None = None, n_images: in
     return _card(index, latent, out, n_images, style)
 
 
-def autointerp(index, out: str | Path | None = None, vlm=None, **settings: Any) -> dict:
+def autointerp(index, out: str | Path | None = None, vlm=None, overwrite: bool = False, **settings: Any) -> dict:
     """Explain latents and score the explanations on held-out images. settings: AutointerpConfig fields
-    (backend "oracle" | "openai", features, explain_images, ...); ``vlm``: a VLMConfig for the openai backend."""
+    (backend "oracle" | "openai", features, explain_images, ...); ``vlm``: a VLMConfig for the openai backend.
+    Results of other settings in ``out`` are refused unless ``overwrite``."""
     from difflens.interpret.autointerp import AutointerpConfig, run_autointerp
 
     (cfg,) = _split_settings(settings, AutointerpConfig)
-    return run_autointerp(index, AutointerpConfig(**cfg), out, vlm)
+    return run_autointerp(index, AutointerpConfig(**cfg), out, vlm, overwrite=overwrite)
 
 
 def steer(model, dictionary, edits, prompts, seeds=0, **options: Any):

@@ -3,6 +3,9 @@
 A reader (or a resumed run) therefore sees either the old file or the complete new one,
 never a half-written file, whatever moment the writer is killed at. Leftover temporaries
 carry the `.tmp-` marker and are removed by `remove_temporaries`.
+
+Every writer here takes the target path first, then what to write, and creates the target's
+folder when it is missing; this module is the package's only atomic writer.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def atomic_file(path: str | os.PathLike, sync_dir: bool = True, fsync: bool = Tr
     """Open a temporary beside `path` for writing; on success flush it (fsync unless `fsync=False`,
     which leaves durability to the caller's one `os.sync()` before its commit point) and rename it."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         yield f
@@ -58,6 +62,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync_dir: bool = Tr
 
 def atomic_write_json(path: str | os.PathLike, obj, sync_dir: bool = True, fsync: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), sync_dir, fsync)
+
+
+def atomic_save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None,
+                        sync_dir: bool = True, fsync: bool = True) -> None:
+    """Save torch `tensors` as a safetensors file (detached, on the CPU, contiguous) atomically."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data, sync_dir, fsync)
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True, fsync: bool = True) -> None:

@@ -9,22 +9,20 @@ import argparse
 import importlib
 import sys
 
+from difflens.configs import run_parser
+
 # Areas that contribute subcommands, in the order `difflens --help` lists them.
 _AREAS = [
     "difflens.embedded.cli",  # world train, generate
-    "difflens.capture.cli",  # sites, cache, cache info
+    "difflens.capture.cli",  # sites, capture (alias cache), capture info|split
     "difflens.dictionaries.cli",  # train, export
     "difflens.evaluation.cli",  # eval, analyze
-    "difflens.interpret.cli",  # features build|show|truth, autointerp
+    "difflens.interpret.cli",  # features index (alias build)|show|truth, autointerp
     "difflens.browser.cli",  # browse
     "difflens.steering.cli",  # steer
     "difflens.steering.bench.cli",  # bench edits
     "difflens.demo",  # demo
 ]
-
-
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,18 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     return run_parser(build_parser(), argv)
-
-
-def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; user errors print one line and return 2."""
-    args = parser.parse_args(argv)
-    try:
-        result = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, KeyError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"difflens {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    return int(result or 0)
 
 
 if __name__ == "__main__":

@@ -186,6 +186,25 @@ def add_command(subparsers, name: str, help: str, func, *configs: type, **parser
     return parser
 
 
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; user errors print one line and return 2. Here, below every area,
+    so an area's `cli.py` can run its own commands alone without importing the `difflens` dispatcher."""
+    import sys
+
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (CLIError, ValueError, FileNotFoundError, KeyError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"difflens {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
 def differences(saved: dict, now: dict, label: str = "saved", prefix: str = "") -> list[str]:
     """'key: <label> old, now new' for every setting that differs between a recorded job and this one (nested
     dicts compared key by key), so a refused resume names exactly what changed."""

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from difflens.configs import add_config_arguments, config_from_args
+from difflens.store import run_layout
+from difflens.store.layout import CAPTURE_CONFIG
 
 
 @dataclass
@@ -81,6 +83,19 @@ class DemoConfig:
     """training device"""
     quiet: bool = False
     """no progress bars"""
+
+    def __post_init__(self):
+        """Refuse settings the demo would only trip over minutes in, after the capture."""
+        recorded = [int(s) for s in self.steps_to_record]
+        for name in ("site_step", "early_step"):
+            if getattr(self, name) is not None and getattr(self, name) not in recorded:
+                raise ValueError(f"{name} {getattr(self, name)} is not among steps_to_record {recorded}")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1): the demo evaluates on held-out images, got {self.holdout}")
+        interpreted = ["sae_pca", "sae_none", "itda", "neurons"] + (
+            [] if self.early_step in (None, self.site_step) else [f"sae_pca_step{self.early_step}"])
+        if self.steer_dictionary not in interpreted:
+            raise ValueError(f"steer_dictionary {self.steer_dictionary!r} is not one the demo interprets: {interpreted}")
 
 
 def _say(msg: str) -> None:
@@ -148,9 +163,9 @@ def _capture(model, sites: _Sites, out: Path, cfg: DemoConfig):
 
     residual_sites, mlp_site = sites.residual, sites.mlp
     _say(f"capturing {len(residual_sites) + 1} sites x steps {cfg.steps_to_record} from {cfg.n_images} images "
-         f"({cfg.holdout:.0%} held out) -> {out / 'store'}")
+         f"({cfg.holdout:.0%} held out) -> {run_layout.store_folder(out)}")
     return dl.capture(model, n_images=cfg.n_images, sites=residual_sites + [mlp_site],
-                      steps=list(cfg.steps_to_record), out=out / "store", seed=cfg.seed,
+                      steps=list(cfg.steps_to_record), out=run_layout.store_folder(out), seed=cfg.seed,
                       holdout=cfg.holdout, progress=not cfg.quiet)
 
 
@@ -175,20 +190,20 @@ def _train_dictionaries(store, sites: _Sites, common: dict, out: Path, cfg: Demo
         _say(f"training TopK SAE {name} ({size} latents, k {cfg.k}, {cfg.sae_tokens:,} tokens) on {site} "
              f"step {cfg.site_step}")
         dictionaries[name] = timed(f"train_{name}", lambda: dl.train_sae(
-            store, site, cfg.site_step, out=out / "dictionaries" / name, **common, **extra))
+            store, site, cfg.site_step, out=run_layout.dictionary_folder(out, name), **common, **extra))
     if cfg.early_step is not None and cfg.early_step != cfg.site_step:
         name = f"sae_pca_step{cfg.early_step}"
         _say(f"training TopK SAE {name} ({size} latents, k {cfg.k}) on {site} step {cfg.early_step}, where the "
              f"concepts are the model's own rather than its input's")
         dictionaries[name] = timed(f"train_{name}", lambda: dl.train_sae(
-            store, site, cfg.early_step, out=out / "dictionaries" / name, **common, normalization="pca"))
+            store, site, cfg.early_step, out=run_layout.dictionary_folder(out, name), **common, normalization="pca"))
     _say(f"training ITDA (threshold {cfg.itda_threshold}, k {cfg.k}) on {site}")
     dictionaries["itda"] = timed("train_itda", lambda: dl.train_itda(
-        store, site, cfg.site_step, out=out / "dictionaries" / "itda", k=cfg.k, threshold=cfg.itda_threshold,
+        store, site, cfg.site_step, out=run_layout.dictionary_folder(out, "itda"), k=cfg.k, threshold=cfg.itda_threshold,
         max_atoms=4 * size, num_tokens=cfg.itda_tokens, seed=cfg.seed, norm_fit_tokens=10**9,
         progress=not cfg.quiet))
     dictionaries["neurons"] = dl.neuron_baseline(store, sites.mlp, cfg.site_step, k=cfg.k,
-                                                 out=out / "dictionaries" / "neurons")
+                                                 out=run_layout.dictionary_folder(out, "neurons"))
     return dictionaries
 
 
@@ -196,8 +211,7 @@ def _evaluate(dictionaries: dict, cfg: DemoConfig) -> dict:
     """Every dictionary on the held-out images: {"rows", "table"} (printed)."""
     import difflens as dl
 
-    from .evaluation.cli import TABLE
-    from .evaluation.metrics import format_table
+    from .evaluation.metrics import TABLE, format_table
 
     _say("evaluating on the held-out images")
     rows = [{"dictionary": name, **dl.evaluate(d, max_tokens=cfg.eval_tokens, device=cfg.device)}
@@ -217,7 +231,7 @@ def _across_steps(sae_pca, store, model, sites: _Sites, out: Path, cfg: DemoConf
     other_blocks = [s for s in sites.residual if s.endswith(".img.out") and s != site and model.site(s).dim == width]
     _say(f"does sae_pca (trained at step {cfg.site_step}) transfer to steps {cfg.steps_to_record} and to {other_blocks}?")
     steps_rows = analyses.across_steps(sae_pca, store, sites=other_blocks,
-                                       max_tokens=cfg.eval_tokens, out_dir=out / "plots")
+                                       max_tokens=cfg.eval_tokens, out_dir=run_layout.plots_folder(out))
     steps_table = format_table(steps_rows, ["site", "step", "split", "fvu_residual", "fvu_input_space", "l0",
                                             "dead_fraction"])
     print(steps_table)
@@ -233,7 +247,7 @@ def _analyses(store, sites: _Sites, common: dict, out: Path, cfg: DemoConfig, ti
 
     site, width = sites.main, sites.width
     _say("analyses: residual norms by layer x step, PCA spectrum, k/size sweep at the same token budget")
-    plots_dir = out / "plots"
+    plots_dir = run_layout.plots_folder(out)
     reader = store.reader(site, cfg.site_step, split="train")
     report = {
         "residual_norms": analyses.residual_norms(store, max_tokens=4096, out_dir=plots_dir),
@@ -241,7 +255,7 @@ def _analyses(store, sites: _Sites, common: dict, out: Path, cfg: DemoConfig, ti
     }
     sweep_cfg = SAETrainConfig(**{k: v for k, v in common.items() if k in SAETrainConfig.__dataclass_fields__})
     sweep_rows = timed("sweep", lambda: analyses.sweep_k_size(
-        store, list(cfg.sweep_ks), [e * width for e in cfg.sweep_expansions], sweep_cfg, out / "sweep",
+        store, list(cfg.sweep_ks), [e * width for e in cfg.sweep_expansions], sweep_cfg, out / run_layout.SWEEP_DIR,
         site=site, step=cfg.site_step, eval_tokens=cfg.eval_tokens,
         run=RunConfig(progress=False, checkpoint_every=0, norm_fit_tokens=10**9, device=cfg.device)))
     report["sweep"] = sweep_rows
@@ -253,7 +267,7 @@ def _analyses(store, sites: _Sites, common: dict, out: Path, cfg: DemoConfig, ti
 def _write_summary(out: Path, cfg: DemoConfig, site: str, evaluation: dict, steps_table: str, report: dict,
                    sweep_table: str, interpretation: dict, steering: dict, timings: dict) -> dict:
     """summary.json and metrics.txt (the printed tables), then where to look next."""
-    plots_dir = out / "plots"
+    plots_dir = run_layout.plots_folder(out)
     table = evaluation["table"]
     summary = {
         "config": asdict(cfg),
@@ -267,16 +281,18 @@ def _write_summary(out: Path, cfg: DemoConfig, site: str, evaluation: dict, step
         "interpretation": interpretation,
         "steering": steering,
         "timings_s": timings,
-        "plots": sorted(str(p) for folder in (plots_dir, out / "sweep") for p in folder.glob("*.png")),
+        "plots": sorted(run_layout.run_relative(p, out) for folder in (plots_dir, out / run_layout.SWEEP_DIR)
+                        for p in folder.glob("*.png")),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "metrics.txt").write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
+    run_layout.summary_path(out).write_text(json.dumps(summary, indent=2))
+    (out / run_layout.METRICS_TABLE).write_text(f"held-out evaluation\n{table}\n\nacross steps and blocks (sae_pca)\n"
                                      f"{steps_table}\n\nk/size sweep ({cfg.sae_tokens:,} tokens each)\n{sweep_table}\n"
                                      f"\ninterpretation (ground truth: {interpretation['headline_definition']})\n"
                                      f"{interpretation['table']}\n"
                                      f"\nsteering: oracle reads the concept / clean edit\n{steering['table']}\n"
                                      f"\nediting benchmark\n{steering['edit_bench']['table']}\n")
-    _say(f"done: {out / 'summary.json'}, tables {out / 'metrics.txt'}, plots in {plots_dir} and {out / 'sweep'}")
+    _say(f"done: {run_layout.summary_path(out)}, tables {out / run_layout.METRICS_TABLE}, plots in {plots_dir} and "
+         f"{out / run_layout.SWEEP_DIR}")
     exe = sys.argv[0] if Path(sys.argv[0]).name == "difflens" else "difflens"
     _say(f"explore the features in your web browser: {exe} browse {out}   (then open http://127.0.0.1:8000/)")
     return summary
@@ -284,7 +300,7 @@ def _write_summary(out: Path, cfg: DemoConfig, site: str, evaluation: dict, step
 
 def _check_previous_run(out: Path, cfg: DemoConfig) -> None:
     """A run folder holds one model's demo: say so plainly, not deep inside the capture's settings check."""
-    capture = out / "store" / "capture.json"
+    capture = run_layout.store_folder(out) / CAPTURE_CONFIG
     previous = json.loads(capture.read_text()).get("model") if capture.exists() else None
     if previous and previous != cfg.model:
         raise ValueError(f"{out} holds a demo of model {previous!r}, not of {cfg.model!r} (the demo's default model "
@@ -297,7 +313,7 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .interpret.autointerp import agreement, compare_methods, select_features
+    from .interpret.autointerp import agreement, choose_latents, compare_methods
     from .interpret.cards import feature_grid
     from .interpret.truth import HEADLINE_DEFINITION, random_floor, truth_report, write_truth
 
@@ -305,16 +321,16 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     for name, dictionary in dictionaries.items():
         if name == "sae_pca_residual_loss":
             continue
-        folder = out / "dictionaries" / name
+        folder = run_layout.dictionary_folder(out, name)
         _say(f"interpreting {name}: feature index, oracle autointerp on {cfg.autointerp_latents} latents, ground truth")
         # at the step the dictionary was trained at: pooled over every recorded step, the top images came from
         # step 0 (86 % of them on embedded-rich), where a step-7 dictionary does not even reconstruct (FVU 2.0)
-        index = dl.feature_index(dictionary, out=folder / "index", seed=cfg.seed)
+        index = dl.feature_index(dictionary, out=run_layout.index_folder(folder), seed=cfg.seed)
         summary = dl.autointerp(index, features=str(cfg.autointerp_latents), seed=cfg.seed)
         summaries[name] = summary
         truth = truth_report(dictionary, sparse_sizes=tuple(cfg.truth_sparse_sizes), autointerp=summary, index=index,
                              random_seed=cfg.seed)
-        write_truth(truth, folder / "truth.json")
+        write_truth(truth, run_layout.truth_path(folder))
         agree = agreement(summary, truth)
         head, controls = truth["headline"], truth["summary"]
         rows.append({"dictionary": name, "alive": int(index.alive().sum()), "latents": index.num_latents,
@@ -328,19 +344,20 @@ def interpret(dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
                      "score_vs_precision_spearman": agree["spearman_precision"],
                      "score_vs_f1_spearman": agree["spearman"], "names_truth_concept": agree["named_share"]})
         if name == "sae_pca":  # the same latents in both styles: blue paint, and true colours where they fire
-            latents = select_features(index, str(cfg.card_latents), cfg.seed)
-            feature_grid(index, latents, out / "plots" / "cards_sae_pca.png")
-            feature_grid(index, latents, out / "plots" / "cards_sae_pca_spotlight.png", style="spotlight")
+            latents = choose_latents(index, str(cfg.card_latents), cfg.seed)
+            feature_grid(index, latents, run_layout.plots_folder(out) / "cards_sae_pca.png")
+            feature_grid(index, latents, run_layout.plots_folder(out) / "cards_sae_pca_spotlight.png",
+                         style="spotlight")
     # the floor of the autointerp histogram: random directions in sae_pca's whitened input space, indexed and
     # explained exactly as the dictionaries are
     floor = random_floor(dictionaries["sae_pca"], seed=cfg.seed)
     floor_index = dl.feature_index(floor, seed=cfg.seed)
-    summaries["random directions"] = dl.autointerp(floor_index, out=out / "dictionaries" / "sae_pca" / "random_floor",
+    summaries["random directions"] = dl.autointerp(floor_index, out=run_layout.dictionary_folder(out, "sae_pca") / run_layout.RANDOM_FLOOR_DIR,
                                                    features=str(cfg.autointerp_latents), seed=cfg.seed)
     rows.append({"dictionary": "random directions", "latents": floor.num_latents,
                  "alive": int(floor_index.alive().sum()),
                  "autointerp_mean": summaries["random directions"]["mean_score"]})
-    compare_methods(summaries, out / "plots" / "autointerp_oracle.png")
+    compare_methods(summaries, run_layout.plots_folder(out) / "autointerp_oracle.png")
     table = format_table(rows, ["dictionary", "latents", "alive", "precise_share", "precise_random",
                                 "precise_untrained", "union_f1", "autointerp_mean", "perfect_judge", "f1_share",
                                 "f1_share_random", "score_vs_precision_spearman", "score_vs_f1_spearman",
@@ -375,12 +392,12 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
     import difflens as dl
 
     from .evaluation.metrics import format_table
-    from .evaluation.plots import image_grid
+    from .evaluation.plots import plot_image_grid
     from .world import world_prompts
 
     name = cfg.steer_dictionary
     dictionary = dictionaries[name]
-    truth = json.loads((out / "dictionaries" / name / "truth.json").read_text())
+    truth = json.loads(run_layout.truth_path(run_layout.dictionary_folder(out, name)).read_text())
     strengths = list(cfg.steer_strengths)
     columns = [f"+{s:g}" for s in strengths]
     prompts_pool = world_prompts(200, seed=cfg.seed + 7, world=model.world)
@@ -423,13 +440,13 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
             if steps is not None:
                 continue
             shown = min(4, len(prompts))
-            path = image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
+            path = plot_image_grid([[result.baseline[b]] + [batch[b] for batch in result.images] for b in range(shown)],
                               ["unsteered"] + [f"add {c}" for c in columns], [""] * shown,
                               f"{name} latent {best['latent']} ({best['concept']}) added over "
                               f"{region or 'the whole image'} at every step",
-                              out / "plots" / f"steer_{family}.png",
+                              run_layout.plots_folder(out) / f"steer_{family}.png",
                               [[None] + [None if r is None else r[b] for r in result.regions] for b in range(shown)])
-            grids.append(str(path))
+            grids.append(run_layout.run_relative(path, out))
     table = format_table(rows, ["latent", "concept", "f1", "steps", "unsteered", *columns])
     print("share of images where the oracle reads the concept / and everything else unchanged (clean edit)")
     print(table)
@@ -441,16 +458,16 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
 def edit_bench(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     """A small editing benchmark (RIEBench's protocol, scored by the oracle): one category per attribute, the
     whitened SAE against its random-latent control and the prompt-swap upper bound."""
-    from .steering.bench.run import BenchConfig, format_table, run_edit_bench
+    from .steering.bench.run import BenchConfig, format_bench_table, run_edit_bench
 
     bench = BenchConfig(categories=list(cfg.edit_categories), n=cfg.edit_pairs, methods=["sae_pca", "random", "swap"],
-                        ks=[32], strengths=[2.0], seed=cfg.seed, out=str(out / "edit_bench_demo" / "results.json"),
+                        ks=[32], strengths=[2.0], seed=cfg.seed, out=str(out / run_layout.DEMO_EDIT_BENCH_DIR / run_layout.RESULTS_FILE),
                         quiet=cfg.quiet)
     _say(f"editing benchmark: {', '.join(bench.categories)} x {bench.n} pairs, sae_pca vs random latents vs prompt swap")
     results = run_edit_bench(bench, model=model, dictionaries={"sae_pca": dictionaries["sae_pca"]})
-    table = format_table(results["rows"], reference="sae_pca")
+    table = format_bench_table(results["rows"], reference="sae_pca")
     print(table)
-    return {"table": table, "results": bench.out}
+    return {"table": table, "results": run_layout.run_relative(bench.out, out)}
 
 
 def register(sub) -> None:

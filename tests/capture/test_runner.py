@@ -90,7 +90,7 @@ def test_prompt_file_cycles_and_cli(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n\na blue square on the left\n")
     out = tmp_path / "s"
-    args = ["cache", "--model", "embedded-tiny", "--sites", "double.0.*.out", "--steps-to-record", "all",
+    args = ["capture", "--model", "embedded-tiny", "--sites", "double.0.*.out", "--steps-to-record", "all",
             "--num-steps", "2", "--prompts", str(prompts), "--n-images", "3", "--seed", "10", "--out", str(out), "--quiet"]
     assert cli_main(args) == 0
     store = ActivationStore.open(out)
@@ -104,7 +104,7 @@ def test_prompt_file_cycles_and_cli(tmp_path, capsys):
     assert "double.0.txt.out" in info
     assert "split      train 2 images / held-out 1 images (fraction 0.1, seed 0)" in info  # --holdout 0.1 by default
     # re-split the finished store: a new fraction and seed, recorded in store.json
-    assert cli_main(["cache", "split", str(out), "--holdout", "0.5", "--seed", "3"]) == 0
+    assert cli_main(["capture", "split", str(out), "--holdout", "0.5", "--seed", "3"]) == 0
     assert "held out 2 of 3 images" in capsys.readouterr().out
     assert ActivationStore.open(out).holdout == choose_holdout(3, 0.5, 3)
     assert ActivationStore.open(out).reader("double.0.img.out", 1, split="held-out").image_ids().tolist() == [1, 2]
@@ -122,7 +122,7 @@ def test_prompt_file_cycles_and_cli(tmp_path, capsys):
         ("cache", "info", str(tmp_path / "missing")): "not a directory",
         ("cache", "--model", "embedded-tiny", "--n-images", "4", "--out", str(out)): "different settings",
         ("cache", "split", str(out), "--holdout", "1"): "holdout fraction must be in [0, 1)",
-        ("cache", "split"): "usage: difflens cache split DIR --holdout F",
+        ("cache", "split"): "usage: difflens capture split DIR --holdout F",
         ("cache", "split", str(tmp_path / "missing")): "not a directory",
         ("cache", "--model", "embedded-tiny", "--holdout", "-0.5", "--out", str(tmp_path / "w")): "in [0, 1)",
     }
@@ -187,12 +187,12 @@ def test_cache_help_is_the_field_docstrings(capsys):
 
 def test_cache_refuses_flags_of_another_action(capsys):
     bad = {
-        ("cache", "info", "runs/store", "--n-images", "3"): "--n-images do(es) not apply to `difflens cache info`",
-        ("cache", "split", "runs/store", "--verify"): "--verify do(es) not apply to `difflens cache split`",
+        ("cache", "info", "runs/store", "--n-images", "3"): "--n-images do(es) not apply to `difflens capture info`",
+        ("capture", "split", "runs/store", "--verify"): "--verify do(es) not apply to `difflens capture split`",
         ("cache", "info", "runs/store", "--out", "x"): "--out do(es) not apply",
-        ("cache", "--out", "x", "--verify"): "--verify applies to `difflens cache info DIR`",
+        ("capture", "--out", "x", "--verify"): "--verify applies to `difflens capture info DIR`",
         ("cache", "--out", "x", "--steps-to-record", "al"): "comma-separated step numbers or 'all', got 'al'",
-        ("cache", "info"): "usage: difflens cache info DIR",
+        ("cache", "info"): "usage: difflens capture info DIR",
     }
     for argv, message in bad.items():
         assert cli_main(list(argv)) == 2

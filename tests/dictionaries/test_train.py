@@ -109,3 +109,28 @@ def test_two_process_ddp_matches_one_process(site_store, tmp_path):
     n1 = load_file(str(tmp_path / "one" / SITE / "normalizer.safetensors"))
     n2 = load_file(str(tmp_path / "two" / SITE / "normalizer.safetensors"))
     torch.testing.assert_close(n2["scale"], n1["scale"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_finished_dictionary_is_never_replaced_silently(site_store, tmp_path, capsys):
+    """Other settings are refused by name; the same job is reported done; --overwrite replaces, saying so; a
+    folder locked by a live writer is refused naming it."""
+    import socket
+
+    from difflens.locks import lock_path
+
+    base = ["train", "--store", str(site_store), "--out", str(tmp_path), "--tokens", "512",
+            *[a for a in SAE_ARGS if a not in ("--k", "4")]]
+    assert dict_main([*base, "--k", "4"]) == 0
+    assert dict_main([*base, "--k", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished dictionary of a different job (settings.k: finished 4, now 8)" in err
+    assert load_dictionary(tmp_path / SITE).k == 4
+    assert dict_main([*base, "--k", "4"]) == 0
+    assert "already holds this job's finished dictionary" in capsys.readouterr().err
+    assert dict_main([*base, "--k", "8", "--overwrite"]) == 0
+    assert "replacing a finished dictionary" in capsys.readouterr().err and load_dictionary(tmp_path / SITE).k == 8
+    lock_path(tmp_path / SITE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(),
+                                                      "command": "difflens train --k 16", "started": 0}))
+    assert dict_main([*base, "--k", "16", "--no-resume"]) == 2
+    assert f"being written by another process (pid {os.getppid()}" in capsys.readouterr().err
+    assert load_dictionary(tmp_path / SITE).k == 8

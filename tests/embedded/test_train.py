@@ -81,7 +81,7 @@ def test_checkpoint_survives_a_kill_between_its_two_files_and_never_unpickles(tm
     and resuming from it (with pickle and torch.load booby-trapped) matches an uninterrupted run."""
     import pickle
 
-    from difflens.embedded import checkpoint as ckpt_mod
+    from difflens import checkpoint as ckpt_mod
 
     def cfg(out):
         return TrainConfig(out=str(out), steps=3, batch_size=2, warmup_steps=1, model=ShapesModelConfig.tiny())
@@ -199,7 +199,7 @@ def test_resume_ignores_a_changed_guidance_default(tmp_path):
     train(TrainConfig(out=str(tmp_path), steps=2, batch_size=2, model=model), progress=False)
     assert saved_step(tmp_path / CHECKPOINT) == 2
     model.head_dim, model.axes_dims_rope = 8, (2, 2, 4)
-    with pytest.raises(ValueError, match="different model config"):
+    with pytest.raises(ValueError, match="different job.*model.head_dim: checkpoint 16, now 8"):
         train(TrainConfig(out=str(tmp_path), steps=3, batch_size=2, model=model), progress=False)
 
 
@@ -257,14 +257,14 @@ def test_cli_flags_come_from_the_configs(monkeypatch, capsys):
     0 stays 0; old flag spellings still work."""
     from difflens.cli import build_parser
     from difflens.configs import config_from_args, field_docs
-    from difflens.embedded.cli import (GenerateCommand, QualityCommand, RenderCommand, ShipCommand, TrainCommand,
-                                       train_config_from_args)
+    from difflens.embedded.cli import (GenerateCommand, QualityCommand, RenderCommand, ShipCommand,
+                                       WorldTrainCommand, train_config_from_args)
 
     parser = build_parser()
     args = parser.parse_args(["world", "train"])
     assert train_config_from_args(args) == TrainConfig()
-    assert config_from_args(TrainCommand, args) == TrainCommand()
-    assert config_from_args(TrainCommand, parser.parse_args(["world", "train", "--until", "3"])).until == 3
+    assert config_from_args(WorldTrainCommand, args) == WorldTrainCommand()
+    assert config_from_args(WorldTrainCommand, parser.parse_args(["world", "train", "--until", "3"])).until == 3
     args = parser.parse_args(["world", "train", "--out", "checkpoints/x", "--steps", "7", "--autoencoder-noise", "0",
                               "--latent-channels", "0", "--caption-dropout", "0", "--threads", "2"])
     cfg = train_config_from_args(args)
@@ -427,7 +427,7 @@ def test_autoencoder_init_reuses_a_saved_models_autoencoder_and_skips_its_traini
 def test_a_frozen_text_encoder_stays_put_while_the_transformer_learns(tmp_path):
     """freeze_text_encoder keeps the encoder's weights (live and EMA) exactly while the transformer moves; a run
     resumed with the other setting is refused by name."""
-    from difflens.embedded.checkpoint import load_checkpoint
+    from difflens.checkpoint import load_checkpoint
     from difflens.embedded.train import CHECKPOINT
 
     base = dict(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=1, model=ShapesModelConfig.tiny())
@@ -439,5 +439,5 @@ def test_a_frozen_text_encoder_stays_put_while_the_transformer_learns(tmp_path):
     assert live and all(torch.equal(v, before[k.removeprefix("model.text_encoder.")]) for k, v in live.items())
     moved = pipe.transformer.state_dict()
     assert any(not torch.equal(moved[k], v) for k, v in init.transformer.state_dict().items())
-    with pytest.raises(ValueError, match="freeze_text_encoder=True"):
+    with pytest.raises(ValueError, match="freeze_text_encoder: checkpoint True, now False"):
         train(TrainConfig(out=str(tmp_path / "run"), **{**base, "steps": 3}), progress=False)

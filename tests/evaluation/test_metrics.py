@@ -1,13 +1,16 @@
-"""Evaluation: the one FVU definition, streamed metrics, analyses CLI (JSON + PNG plots)."""
+"""Evaluation metrics: the one FVU definition, streamed metrics, L0 and dead latents, the evaluation split."""
 
-import json
-
+import pytest
 import torch
 
+import difflens as dl
 from difflens.dictionaries import NeuronBasis, SAEConfig, TopKSAE
-from difflens.cli import main as dict_main
-from difflens.store.sources import TensorReader
+from difflens.dictionaries.base import Dictionary, SparseCodes
+from difflens.dictionaries.io import load_dictionary
+from difflens.dictionaries.normalization import Normalizer
 from difflens.evaluation import MetricAccumulator, evaluate, fvu
+from difflens.evaluation.metrics import eval_split, format_table, loss_space
+from difflens.store.sources import TensorReader
 
 
 def test_fvu_definition():
@@ -47,35 +50,77 @@ def test_evaluate_l0_dead_and_kinds():
     assert res["input_space"] == res["loss_space"] == "residual"
 
 
-def test_analyze_cli_writes_json_and_plots(tmp_path):
-    from stores import make_site_store, synthetic_acts
+def test_accumulator_counts_l0_and_dead_latents_on_planted_codes():
+    """6 tokens, 4 latents, k 2: a zero value is an inactive slot (it neither counts in L0 nor keeps a latent
+    alive); latent 3 only ever appears with value 0, so it is dead."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
+    indices = torch.tensor([[0, 1], [0, 3], [1, 2], [2, 3], [0, 1], [0, 3]])
+    values = torch.tensor([[1.0, 2.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.0], [0.0, 0.0], [3.0, 0.0]])
+    acc = MetricAccumulator(3, 4)
+    acc.update(x[:4], x[:4], indices[:4], values[:4])
+    acc.update(x[4:], x[4:], indices[4:], values[4:])
+    res = acc.result()
+    assert res["l0"] == 7 / 6 and res["dead_fraction"] == 0.25 and res["tokens"] == 6 and res["fvu"] == 0
 
-    sites = {f"double.{i}.img.out": synthetic_acts(32, 8, i) * (i + 1) for i in range(2)}
-    sites["double.0.txt.out"] = synthetic_acts(32, 8, 9)
-    store = make_site_store(tmp_path / "store", sites, steps=(0, 1))
-    out = tmp_path / "analysis"
-    rc = dict_main(["analyze", "--store", str(store), "--out", str(out), "--what", "norms,pca,sweep",
-                    "--site", "double.1.img.out", "--step", "0", "--ks", "2,4", "--sizes", "16,32",
-                    "--tokens", "512", "--batch-size", "128"])
-    assert rc == 0
-    report = json.loads((out / "analysis.json").read_text())
-    img = report["residual_norms"]["img"]
-    assert img["sites"] == ["double.0.img.out", "double.1.img.out"] and img["steps"] == [0, 1]
-    norms = torch.tensor(img["mean_norm"])
-    assert (norms[1] > norms[0]).all() and (norms[:, 1] > norms[:, 0]).all()  # scaled by layer and step
-    assert "txt" in report["residual_norms"]
-    assert report["pca_spectrum"]["top1_fraction"] > 0.5
-    assert len(report["sweep"]) == 4
-    for png in ("residual_norms_image.png", "residual_norms_text.png", "pca_spectrum_double.1.img.out.png",
-                "sweep_fvu_vs_k.png", "sweep_fvu_vs_size.png", "sweep_dead_fraction.png"):
-        assert (out / png).stat().st_size > 1000, png
-    # across layers: one dictionary per site in a run folder
-    run = tmp_path / "run"
-    for site in ("double.0.img.out", "double.1.img.out"):
-        assert dict_main(["train", "--store", str(store), "--site", site, "--step", "0", "--out", str(run), "--num-latents", "16",
-                          "--k", "2", "--tokens", "256", "--batch-size", "128", "--quiet"]) == 0
-    assert dict_main(["analyze", "--store", str(store), "--out", str(out / "layers"), "--what", "layers", "--run", str(run),
-                      "--step", "0"]) == 0
-    rows = json.loads((out / "layers" / "analysis.json").read_text())["layers"]
-    assert [r["site"] for r in rows] == ["double.0.img.out", "double.1.img.out"]
-    assert (out / "layers" / "layers_fvu_residual.png").exists() and (out / "layers" / "layers_fvu_input_space.png").exists()
+
+class _Silent(Dictionary):
+    """Never fires: its reconstruction is the normaliser's mean."""
+
+    kind = "silent"
+
+    def __init__(self, normalizer: Normalizer):
+        super().__init__(normalizer.dim, normalizer)
+
+    @property
+    def num_latents(self) -> int:
+        return 5
+
+    def encode_normalized(self, z_BD):
+        return SparseCodes(z_BD.new_zeros(z_BD.shape[0], 1), torch.zeros(z_BD.shape[0], 1, dtype=torch.long))
+
+    def decode_normalized(self, codes):
+        return codes.values.new_zeros(codes.values.shape[0], self.d_in)
+
+
+def test_evaluate_gives_fvu_0_for_a_lossless_dictionary_and_1_for_the_mean():
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(4)) * torch.arange(1, 7) + 3
+    exact = evaluate(NeuronBasis(6), TensorReader(x))
+    assert exact["fvu_residual"] < 1e-10 and exact["fvu_input_space"] < 1e-10 and exact["variance_explained"] > 1 - 1e-10
+    assert exact["l0"] == 6 and exact["dead_fraction"] == 0 and exact["tokens"] == 400
+    mean = evaluate(_Silent(Normalizer.fit([x], 6, "standardise")), TensorReader(x))
+    assert mean["fvu_residual"] == pytest.approx(1, abs=1e-6) and mean["fvu_input_space"] == pytest.approx(1, abs=1e-6)
+    assert mean["l0"] == 0 and mean["dead_fraction"] == 1
+    assert mean["input_space"] == mean["loss_space"] == "standardised"
+
+
+def test_evaluate_refuses_other_widths_and_a_dictionary_without_a_store():
+    with pytest.raises(ValueError, match="width 6 but the dictionary expects width 4"):
+        evaluate(NeuronBasis(4), TensorReader(torch.ones(10, 6)))
+    with pytest.raises(ValueError, match="store of dictionary .* is not recorded"):
+        evaluate(NeuronBasis(4))
+
+
+def test_auto_split_is_the_held_out_rows_of_the_training_store_and_all_rows_of_another(split_store, eval_run, tmp_path):
+    from stores import SITE, make_site_store, synthetic_acts
+
+    sae = load_dictionary(eval_run / "a_deep")
+    own = evaluate(sae, max_tokens=10_000)
+    assert (own["split"], own["in_sample"]) == ("held-out", False) and own["tokens"] == 16 * 16  # 16 held-out images
+    seen = evaluate(sae, split="all", max_tokens=10_000)
+    assert (seen["split"], seen["in_sample"]) == ("all", True) and seen["tokens"] == 64 * 16
+    assert seen["fvu_residual"] < own["fvu_residual"] < 1  # trained rows reconstruct better than unseen ones
+    other = make_site_store(tmp_path / "other", {SITE: synthetic_acts(8, 16, 7)}, prompts_hash="other prompts")
+    elsewhere = evaluate(sae, other)
+    assert (elsewhere["split"], elsewhere["in_sample"]) == ("all", False)
+    assert eval_split(sae, dl.open_store(split_store), "train") == "train"  # an explicit split is kept
+
+
+def test_loss_space_and_table():
+    sae = TopKSAE(4, SAEConfig(num_latents=8, k=2, normalization="pca"))
+    assert loss_space(sae) == "pca-whitened"
+    sae.meta["train"] = {"loss_space": "residual"}
+    assert loss_space(sae) == "residual"
+    table = format_table([{"name": "a", "fvu": 0.123456, "n": 12}, {"name": "longer", "fvu": None}],
+                         ["name", "fvu", "n"])
+    assert table.splitlines() == ["name    fvu     n ", "a       0.1235  12", "longer  None      "]
+    assert format_table([], ["a", "bb"]) == "a  bb"

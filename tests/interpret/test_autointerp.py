@@ -87,7 +87,7 @@ def test_oracle_backend_refuses_other_models_and_openai_dry_run_sends_nothing(pl
     index.store.meta["model"] = "flux-schnell"
     try:
         with pytest.raises(ValueError, match="oracle backend reads the shapes world"):
-            run_autointerp(index, AutointerpConfig(features="0"), tmp_path / "x")
+            run_autointerp(index, AutointerpConfig(features="1"), tmp_path / "x")
     finally:
         index.store.meta["model"] = "embedded"
     from difflens.interpret.vlm import VLMConfig

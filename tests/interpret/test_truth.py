@@ -454,3 +454,19 @@ def test_ground_truth_refuses_a_store_of_another_world(tmp_path):
     for call in (lambda: token_labels(flux), lambda: truth_report(_planted_dictionary(), flux)):
         with pytest.raises(ValueError, match=r"'a cat on a mat'.*--backend openai.*RIEBench"):
             call()
+
+
+def test_write_truth_refuses_another_dictionarys_report_unless_overwrite(tmp_path, capsys):
+    import pytest
+
+    from difflens.interpret.truth import write_truth
+
+    report = {"dictionary": "sae_pca", "kind": "sae", "num_latents": 8, "k": 2, "site": "s", "step": 0,
+              "summary": {"dictionary": {}, "random": {}}, "value": 1.0}
+    path = write_truth(report, tmp_path / "truth.json")
+    write_truth({**report, "value": 2.0}, path)  # the same dictionary and controls: rewritten
+    with pytest.raises(ValueError, match="ground-truth report of a different job \\(dictionary: saved 'sae_pca', now 'itda'"):
+        write_truth({**report, "dictionary": "itda"}, path)
+    write_truth({**report, "dictionary": "itda"}, path, overwrite=True)
+    assert "replacing a ground-truth report" in capsys.readouterr().err
+    assert json.loads(path.read_text())["dictionary"] == "itda"

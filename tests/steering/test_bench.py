@@ -15,7 +15,7 @@ from tiny_models import adapter
 from difflens.steering.bench import pairs as P
 from difflens.steering.bench.methods import TokenDeltas, token_deltas
 from difflens.steering.bench.scoring import PSNR_CAP, bootstrap_ci, facts, judge, psnr_outside, summarise
-from difflens.steering.bench.selection import feature_scores, random_like, select_features, transfer_delta
+from difflens.steering.bench.selection import feature_scores, random_like, top_and_bottom_features, transfer_delta
 from difflens.world.oracle import ObjectReading, SceneReading
 
 
@@ -31,16 +31,16 @@ def test_selection_picks_the_planted_latents():
     source[10:30, [150]] += 2.0  # planted: on in the source only
     target[40:60, [5]] += 9.0  # outside the mask: must not count
     scores = feature_scores(source, target, mask)
-    top, bottom = select_features(scores, 2)
+    top, bottom = top_and_bottom_features(scores, 2)
     assert set(top.tolist()) == {3, 77}
     assert bottom[0].item() == 150
-    top1, bottom1 = select_features(scores, 1)
+    top1, bottom1 = top_and_bottom_features(scores, 1)
     assert len(top1) == 1 and top1.item() in (3, 77) and bottom1.tolist() == [150]
 
 
 def test_selection_keeps_only_signed_latents():
     scores = torch.tensor([0.5, 0.0, -0.2, 0.0])
-    top, bottom = select_features(scores, 3)
+    top, bottom = top_and_bottom_features(scores, 3)
     assert top.tolist() == [0] and bottom.tolist() == [2]
 
 
@@ -440,7 +440,7 @@ def test_bad_settings_fail_before_generation(tmp_path, monkeypatch):
 
 
 def test_group_results_merge(tmp_path):
-    from difflens.steering.bench.run import BenchConfig, format_table, merge_results, run_edit_bench
+    from difflens.steering.bench.run import BenchConfig, format_bench_table, merge_results, run_edit_bench
 
     a = adapter("embedded-tiny")
     run = _tiny_dictionary(a, tmp_path)
@@ -455,7 +455,7 @@ def test_group_results_merge(tmp_path):
     assert set(merged["pair_counts"]) == {"size", "move"}
     assert {r["category"] for r in merged["rows"]} == {"size", "move"}
     assert json.loads((tmp_path / "all" / "results.json").read_text())["rows"] == merged["rows"]
-    assert "random" in format_table(merged["rows"], merged["random_reference"])
+    assert "random" in format_bench_table(merged["rows"], merged["random_reference"])
     with pytest.raises(ValueError, match="share categories"):
         merge_results([files[0], files[0]], tmp_path / "x.json")
     rich = json.loads(files[1].read_text())
@@ -484,11 +484,11 @@ def test_riebench_pairs_on_a_flux_model_report_pixel_preservation_only(tmp_path)
 
 
 def test_a_run_that_keeps_no_pair_still_writes_its_table_and_curves(tmp_path):
-    from difflens.steering.bench.run import BenchConfig, curves, format_table
+    from difflens.steering.bench.run import BenchConfig, curves, format_bench_table
 
     path = curves([], tmp_path / "curves.png")  # every category kept 0 pairs (e.g. no faithful source)
     assert path.read_bytes().startswith(b"\x89PNG")
-    assert "clean %" in format_table([])
+    assert "clean %" in format_bench_table([])
     with pytest.raises(ValueError, match="n_boot must be >= 1"):
         BenchConfig(n_boot=0)
 

@@ -224,7 +224,7 @@ def test_split_readers_partition_rows_by_image(tmp_path):
     make_store(tmp_path)
     store = ActivationStore.open(tmp_path)
     for split in ("train", "held-out"):
-        with pytest.raises(ValueError, match=f"no held-out split.*difflens cache split {tmp_path} --holdout 0.1"):
+        with pytest.raises(ValueError, match=f"no held-out split.*difflens capture split {tmp_path} --holdout 0.1"):
             store.reader(SITE, 0, split=split)
     with pytest.raises(ValueError, match="split must be one of 'all', 'train', 'held-out'; got 'test'"):
         store.reader(SITE, 0, split="test")

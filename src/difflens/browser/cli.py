@@ -23,7 +23,8 @@ class BrowseCommand:
     export: str | None = None
     """write a static site to this folder instead of serving (steering disabled; serve it with any file server)"""
     export_features: str = "all"
-    """latents per dictionary in an export: all (alive), N (the N most frequent), or a list such as 1,5,9"""
+    """latents per dictionary in an export: all (every alive latent), N (N alive latents drawn at random, seeded) or
+    a list such as 1,5,9 (=7: latent 7), as autointerp's --features"""
 
 
 def register(subparsers) -> None:

@@ -19,31 +19,19 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.interpret.latent_spec import latents_from_spec
+
 from .pages import HERE, Links, dictionary_context, feature_context, overlay_png, render, run_context
 from .run import Run
 from .steering import _jsonable
 
 
 def _choose(d, spec: str) -> list[int]:
-    """The latents of ``d`` that --export-features names: all (alive), N (the N most frequent) or a list 1,5,9."""
+    """The latents of ``d`` that --export-features names: all, N (drawn at random) or 1,5,9 (the one meaning of
+    :mod:`difflens.interpret.latent_spec`, as autointerp's --features)."""
     t = d.table
-    alive = np.flatnonzero(t.frequency > 0)
-    spec = str(spec).strip()
-    if spec == "all":
-        return alive.tolist()
-    usage = f"--export-features takes all, N (at least 1) or a list such as 1,5,9; got {spec!r}"
-    try:
-        values = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(usage) from None
-    if "," in spec:
-        bad = [i for i in values if not 0 <= i < len(t.latent)]
-        if bad:
-            raise ValueError(f"latents {bad} do not exist in {d.name} (0..{len(t.latent) - 1})")
-        return sorted(set(values))
-    if len(values) != 1 or values[0] < 1:
-        raise ValueError(usage)
-    return alive[np.argsort(-t.frequency[alive], kind="stable")][: values[0]].tolist()
+    alive = np.flatnonzero(t.frequency > 0).tolist()
+    return latents_from_spec(spec, alive, len(t.latent), option="--export-features")
 
 
 def _write(path: Path, data: str | bytes) -> None:

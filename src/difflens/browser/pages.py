@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 
-from .run import SORT_KEYS, BadRequest, Dictionary, FeatureQuery, Run, check_latent
+from .run import SORT_KEYS, BadRequest, FeatureQuery, Run, RunDictionary, check_latent
 
 HERE = Path(__file__).parent
 N_TOP = 12  # top images on a feature page
@@ -237,7 +237,7 @@ def png_bytes(image_HWC: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def overlay_png(run: Run, d: Dictionary, latent: int, image_id: int, step: int) -> bytes:
+def overlay_png(run: Run, d: RunDictionary, latent: int, image_id: int, step: int) -> bytes:
     """The stored image with the latent's activation painted in blue (interpret.heatmap.paint, the cards' scale)."""
     from difflens.interpret.heatmap import paint
 
@@ -248,7 +248,7 @@ def overlay_png(run: Run, d: Dictionary, latent: int, image_id: int, step: int) 
     return png_bytes(paint(image, amap, float(d.table.max[latent])))
 
 
-def error_png(run: Run, d: Dictionary, image_id: int, step: int) -> tuple[bytes, dict]:
+def error_png(run: Run, d: RunDictionary, image_id: int, step: int) -> tuple[bytes, dict]:
     """The dictionary's per-token relative reconstruction error painted over the image (scale: the image's max)."""
     from difflens.interpret.heatmap import paint
 
@@ -295,7 +295,7 @@ def run_context(run: Run) -> dict:
             "fvu_definition": run.summary.get("fvu_definition")}
 
 
-def dictionary_header(d: Dictionary) -> dict:
+def dictionary_header(d: RunDictionary) -> dict:
     index = d.index
     return {"name": d.name, "kind": index.dictionary_kind if index else d.kind, "site": d.site,
             "steps": index.steps if index else None, "latents": index.num_latents if index else None,
@@ -306,7 +306,7 @@ def _nan_none(x) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def table_rows(d: Dictionary, ids) -> list[dict]:
+def table_rows(d: RunDictionary, ids) -> list[dict]:
     t = d.table
     return [{"latent": int(i), "frequency": float(t.frequency[i]), "max": float(t.max[i]), "mean": float(t.mean[i]),
              "score": _nan_none(t.score[i]), "explanation": t.explanation[i],
@@ -315,7 +315,7 @@ def table_rows(d: Dictionary, ids) -> list[dict]:
              "upper_precision": _nan_none(t.upper_precision[i])} for i in ids]
 
 
-def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links, exported=None) -> dict:
+def dictionary_context(d: RunDictionary, q: FeatureQuery | None, links: Links, exported=None) -> dict:
     ctx = {"d": dictionary_header(d), "indexed": d.index is not None, "q": q, "headline": truth_headline(d.truth),
            "has_precise": False}
     if d.index is None:
@@ -339,7 +339,7 @@ def dictionary_context(d: Dictionary, q: FeatureQuery | None, links: Links, expo
     return ctx
 
 
-def _histogram(d: Dictionary, latent: int) -> dict | None:
+def _histogram(d: RunDictionary, latent: int) -> dict | None:
     edges, counts = d.index.histogram(latent)
     counts = counts.numpy().astype(np.float64)
     nz = np.flatnonzero(counts > 0)
@@ -355,14 +355,14 @@ def _histogram(d: Dictionary, latent: int) -> dict | None:
     return {"bars": bars, "lo": float(e[0]), "hi": float(e[-1]), "top": int(top), "total": int(counts.sum())}
 
 
-def _steps_chart(d: Dictionary, latent: int) -> list[dict]:
+def _steps_chart(d: RunDictionary, latent: int) -> list[dict]:
     stats = d.index.step_stats(latent)
     top = max((s["frequency"] for s in stats.values()), default=0.0) or 1.0
     return [{"step": step, "frequency": s["frequency"], "h": 100.0 * s["frequency"] / top, "max": s["max"],
              "mean": s["mean"], "images": s["images"]} for step, s in stats.items()]
 
 
-def _example(run: Run, d: Dictionary, latent: int, e: dict, links: Links) -> dict:
+def _example(run: Run, d: RunDictionary, latent: int, e: dict, links: Links) -> dict:
     info = run.image_info(e["image_id"]) if run.store is not None else {"prompt": "", "seed": None}
     return {"image_id": int(e["image_id"]), "step": int(e["step"]), "score": float(e["score"]),
             "prompt": info["prompt"], "seed": info.get("seed"), "quantile": e.get("quantile"),
@@ -371,7 +371,7 @@ def _example(run: Run, d: Dictionary, latent: int, e: dict, links: Links) -> dic
             "page": links.image(e["image_id"], e["step"])}
 
 
-def text_tokens(run: Run, d: Dictionary, latent: int, examples: list[dict]) -> list[dict]:
+def text_tokens(run: Run, d: RunDictionary, latent: int, examples: list[dict]) -> list[dict]:
     """Text sites: each example prompt's words with the latent's activation on them (words as the embedded
     model's word-level encoder sees them; padding positions left out unless active)."""
     from difflens.interpret.cards import prompt_words
@@ -387,7 +387,7 @@ def text_tokens(run: Run, d: Dictionary, latent: int, examples: list[dict]) -> l
     return rows
 
 
-def feature_context(run: Run, d: Dictionary, latent: int, links: Links, nearest: bool = True) -> dict:
+def feature_context(run: Run, d: RunDictionary, latent: int, links: Links, nearest: bool = True) -> dict:
     check_latent(d, latent)
     index, table = d.index, d.table
     top = [_example(run, d, latent, e, links) for e in index.top_images(latent)[:N_TOP]]

@@ -2,14 +2,9 @@
 the run's metrics and the store's images. Everything here is read from files stages wrote; the only computations
 are light ones on request (one image's codes, nearest latents by decoder cosine), cached.
 
-A run folder is what `difflens demo` writes::
-
-    RUN/summary.json                          metrics per dictionary (optional)
-    RUN/dictionaries/<name>/cfg.json ...      dictionaries (or RUN/<name>/, or RUN itself is one dictionary)
-    RUN/dictionaries/<name>/index/            feature index (difflens features build)
-    RUN/dictionaries/<name>/index/autointerp/<backend>/results.json
-    RUN/dictionaries/<name>/truth.json        ground truth (difflens features truth)
-    RUN/store/                                the activation store with its images
+A run folder is what `difflens demo` writes (or a `train --out` folder, or one dictionary folder); its layout,
+and how its dictionaries are found, is `difflens.store.run_layout`'s: summary.json (optional), dictionaries with
+their feature index, autointerp results and truth.json, and the store with its images.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+from difflens.store import run_layout
 SORT_KEYS = ("latent", "frequency", "max", "mean", "score", "upper_precision", "auroc", "f1")
 
 
@@ -81,12 +76,12 @@ class FeatureTable:
             self.precise = np.zeros(n, dtype=bool)
 
 
-class Dictionary:
+class RunDictionary:
     """One dictionary folder of the run, with what stages wrote beside it (loaded lazily, cached)."""
 
     def __init__(self, run: "Run", name: str, folder: Path):
         self.run, self.name, self.folder = run, name, folder
-        self.cfg = _read_json(folder / "cfg.json") or {}
+        self.cfg = _read_json(run_layout.cfg_path(folder)) or {}
         meta = self.cfg.get("difflens_meta", {})
         self.kind = self.cfg.get("difflens_kind", "sae")
         self.site = meta.get("site")
@@ -105,11 +100,11 @@ class Dictionary:
     # ---- files ------------------------------------------------------------------------------------------------
     @property
     def index_folder(self) -> Path:
-        return self.folder / "index"
+        return run_layout.index_folder(self.folder)
 
     @property
     def has_index(self) -> bool:
-        return (self.index_folder / "index.safetensors").is_file()
+        return run_layout.is_index(self.index_folder)
 
     @property
     def index(self):
@@ -149,12 +144,10 @@ class Dictionary:
         with self._lock:
             if self._autointerp is None:
                 out = {}
-                base = self.index_folder / "autointerp"
-                if base.is_dir():
-                    for path in sorted(base.glob("*/results.json")):
-                        data = _read_json(path)
-                        if isinstance(data, dict) and isinstance(data.get("features"), dict):
-                            out[path.parent.name] = data
+                for backend, path in run_layout.autointerp_backends(self.index_folder).items():
+                    data = _read_json(path)
+                    if isinstance(data, dict) and isinstance(data.get("features"), dict):
+                        out[backend] = data
                 self._autointerp = out
         return self._autointerp
 
@@ -164,7 +157,7 @@ class Dictionary:
         with self._lock:
             if self._truth is None:
                 data = None
-                for path in (self.folder / "truth.json", self.index_folder / "truth.json"):
+                for path in (run_layout.truth_path(self.folder), run_layout.truth_path(self.index_folder)):
                     data = _read_json(path) if path.is_file() else None
                     if isinstance(data, dict):
                         break
@@ -297,7 +290,7 @@ class Dictionary:
                 self._directions = self.model().feature_directions().float().contiguous()
         return self._directions
 
-    def nearest(self, latent: int, other: "Dictionary", n: int = 6) -> list[tuple[int, float]]:
+    def nearest(self, latent: int, other: "RunDictionary", n: int = 6) -> list[tuple[int, float]]:
         """The ``n`` latents of ``other`` whose decoder direction is closest (cosine) to ``latent``'s here."""
         mine = self.directions()[latent]
         cos = other.directions() @ mine
@@ -399,14 +392,10 @@ class Run:
         if not root.is_dir():
             raise FileNotFoundError(f"run folder {root} does not exist")
         self.root = root.resolve()
-        summary = _read_json(self.root / "summary.json")
+        summary = _read_json(run_layout.summary_path(self.root))
         self.summary = summary if isinstance(summary, dict) else {}
-        self.dictionaries: dict[str, Dictionary] = {}
-        for name, folder in self._find_dictionaries():
-            self.dictionaries[name] = Dictionary(self, name, folder)
-        if not self.dictionaries:
-            raise FileNotFoundError(f"no dictionaries in {root}: expected {root}/dictionaries/<name>/cfg.json "
-                                    f"(what `difflens demo` writes) or {root}/<name>/cfg.json")
+        self.dictionaries: dict[str, RunDictionary] = {
+            name: RunDictionary(self, name, folder) for name, folder in run_layout.find_dictionaries(self.root).items()}
         for row in self.summary.get("metrics", []) if isinstance(self.summary.get("metrics"), list) else []:
             if isinstance(row, dict) and row.get("dictionary") in self.dictionaries:
                 self.dictionaries[row["dictionary"]].metrics = row
@@ -420,43 +409,32 @@ class Run:
         self.codes_cache_size = 512  # images' codes kept (an export raises it to every image of a dictionary)
         self._cache_lock = threading.Lock()
 
-    def _find_dictionaries(self) -> list[tuple[str, Path]]:
-        if (self.root / "cfg.json").is_file():
-            return [(self.root.name if NAME_RE.match(self.root.name) else "dictionary", self.root)]
-        found = []
-        for base in (self.root / "dictionaries", self.root):
-            if not base.is_dir():
-                continue
-            for p in sorted(base.iterdir()):
-                if p.is_dir() and (p / "cfg.json").is_file() and NAME_RE.match(p.name) and p.name not in dict(found):
-                    found.append((p.name, p))
-        return found
-
-    def dictionary(self, name: str) -> Dictionary:
+    def dictionary(self, name: str) -> RunDictionary:
         d = self.dictionaries.get(name) if isinstance(name, str) else None
         if d is None:
             raise NotFound(f"no dictionary named {name!r} in this run")
         return d
 
-    def indexed(self) -> list[Dictionary]:
+    def indexed(self) -> list[RunDictionary]:
         return [d for d in self.dictionaries.values() if d.has_index]
 
     # ---- the store --------------------------------------------------------------------------------------------
     @property
     def store(self):
-        """The run's activation store: RUN/store, else the store the first index or dictionary records."""
+        """The run's activation store: RUN/store, else the store the first index or dictionary records (relative
+        to itself first, then at the absolute path it keeps as a hint)."""
         with self._store_lock:
             if self._store is None:
                 from difflens.store import ActivationStore
 
-                candidates = [self.root / "store"]
+                candidates = [run_layout.store_folder(self.root)]
                 for d in self.dictionaries.values():
-                    header = _read_json(d.index_folder / "index.json") or {}
-                    if header.get("store_path"):
-                        candidates.append(Path(header["store_path"]))
+                    header = _read_json(d.index_folder / run_layout.INDEX_HEADER) or {}
+                    candidates += run_layout.link_candidates(d.index_folder, header.get("store_relative"),
+                                                             header.get("store_path"))
                     store = (d.cfg.get("difflens_meta") or {}).get("store")
-                    if isinstance(store, dict) and store.get("path"):
-                        candidates.append(Path(store["path"]))
+                    if isinstance(store, dict):
+                        candidates += run_layout.link_candidates(d.folder, store.get("relative"), store.get("path"))
                 for c in candidates:
                     try:
                         self._store = ActivationStore.open(c)
@@ -516,21 +494,19 @@ class Run:
         return real
 
     def plots(self) -> list[str]:
-        """The run's plot PNGs (relative paths), as summary.json lists them."""
+        """The run's plot PNGs (paths relative to the run), as summary.json lists them: relative to the run (what
+        the demo writes), or, in older summaries, a path through the run's former place whose tail is in the run."""
         out = []
         for p in self.summary.get("plots", []) if isinstance(self.summary.get("plots"), list) else []:
-            try:
-                rel = Path(str(p))
-                real = (rel if rel.is_absolute() else Path.cwd() / rel).resolve()
-                if not real.is_relative_to(self.root):
-                    real = (self.root / rel).resolve()
-                    if not real.is_relative_to(self.root):
-                        continue
-                rel_path = real.relative_to(self.root).as_posix()
-                self.safe_file(rel_path, (".png",))
+            parts = Path(str(p)).parts
+            for i in range(len(parts)):  # the whole path first, then ever shorter tails
+                rel_path = Path(*parts[i:]).as_posix()
+                try:
+                    self.safe_file(rel_path, (".png",))
+                except NotFound:
+                    continue
                 out.append(rel_path)
-            except (NotFound, ValueError, OSError):
-                continue
+                break
         return out
 
     # ---- light computations on request (cached) ---------------------------------------------------------------
@@ -546,7 +522,7 @@ class Run:
                 cache.popitem(last=False)
         return value
 
-    def activation_map(self, d: Dictionary, latent: int, image_id: int, step: int) -> np.ndarray:
+    def activation_map(self, d: RunDictionary, latent: int, image_id: int, step: int) -> np.ndarray:
         """One latent's token activations on one image at one step: (grid_h, grid_w) or (T,) for text sites; the
         same values as FeatureIndex.activation_map, read off the image's cached codes (one encode per image)."""
         index = d.index
@@ -563,7 +539,7 @@ class Run:
             out = out.reshape(index.grid)
         return out
 
-    def image_codes(self, d: Dictionary, image_id: int, step: int) -> dict:
+    def image_codes(self, d: RunDictionary, image_id: int, step: int) -> dict:
         """All codes of one image's tokens at one step, with the per-token relative reconstruction error."""
         index = d.index
         if index is None:
@@ -595,7 +571,7 @@ class Run:
         return self._cached(self._codes, (d.name, image_id, step), make, self.codes_cache_size)
 
 
-def check_latent(d: Dictionary, latent: int) -> None:
+def check_latent(d: RunDictionary, latent: int) -> None:
     index = d.index
     n = index.num_latents if index is not None else None
     if n is None or not 0 <= latent < n:

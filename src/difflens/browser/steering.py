@@ -153,7 +153,9 @@ def _png_data_url(image_HWC: np.ndarray) -> str:
 
 
 @dataclass
-class Job:
+class SteeringJob:
+    """One live-steering request in the browser's queue (not a training job: dictionaries.train.job.Job)."""
+
     id: str
     settings: dict
     status: str = "queued"  # queued | running | done | error
@@ -173,7 +175,7 @@ class SteeringService:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: list[str] = []
-        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._jobs: OrderedDict[str, SteeringJob] = OrderedDict()
         self._ids = itertools.count(1)
         self._running: str | None = None
         self._thread: threading.Thread | None = None
@@ -204,7 +206,7 @@ class SteeringService:
         return {"num_steps": min(steps, self.limits.max_steps), "resolution": meta.get("resolution")}
 
     # ---- queue -------------------------------------------------------------------------------------------------
-    def submit(self, body: Any) -> Job:
+    def submit(self, body: Any) -> SteeringJob:
         """Check and enqueue a request; Refused with the reason when it is outside the limits."""
         if not self.available:
             raise Refused(self.reason)
@@ -214,7 +216,7 @@ class SteeringService:
             waiting = len(self._queue)
             if waiting >= self.limits.max_queue:
                 raise Refused(f"the steering queue is full ({waiting} requests waiting); try again shortly")
-            job = Job(id=str(next(self._ids)), settings=settings, created=time.time())
+            job = SteeringJob(id=str(next(self._ids)), settings=settings, created=time.time())
             self._jobs[job.id] = job
             while len(self._jobs) > 64:  # forget old finished jobs
                 old = next(iter(self._jobs))

@@ -1,7 +1,8 @@
 """Activation capture: run a model over prompts and record sites into an activation store (or memory).
 
-This package is also ``dl.capture``, the API function: calling the module runs :func:`difflens.api.capture`
-(a package and a function cannot share the name ``difflens.capture`` otherwise).
+This package is also ``dl.capture``, the API function: calling the module runs
+:func:`difflens.capture.activations.capture` (a package and a function cannot share the name ``difflens.capture``
+otherwise).
 """
 
 import importlib
@@ -20,7 +21,7 @@ def __getattr__(name):
 
 class _CallablePackage(types.ModuleType):
     def __call__(self, *args, **kwargs):
-        from difflens.api import capture
+        from .activations import capture
 
         return capture(*args, **kwargs)
 

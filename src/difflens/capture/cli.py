@@ -1,4 +1,5 @@
-"""`difflens sites`, `difflens cache`, `difflens cache info`, `difflens cache split` -- thin over the capture and store APIs.
+"""`difflens sites`, `difflens capture`, `difflens capture info`, `difflens capture split` -- thin over the capture and
+store APIs (`cache` is the old spelling of `capture` and still works).
 
 The flags come from the dataclasses: a capture's from `CaptureConfig` (model loading from `LoadOptions`), the
 rest from the small command dataclasses below, so the CLI and the Python API share defaults and help texts.
@@ -30,8 +31,8 @@ class SitesCommand:
 
 
 @dataclass
-class CacheCommand:
-    """`difflens cache` options of a capture that are not `CaptureConfig` settings."""
+class CaptureCommand:
+    """`difflens capture` options of a capture that are not `CaptureConfig` settings."""
 
     out: str | None = None
     """store folder to capture into (required for a capture); rerun the same command to resume"""
@@ -41,7 +42,7 @@ class CacheCommand:
 
 @dataclass
 class StoreCommand:
-    """`difflens cache info DIR [--verify]` and `difflens cache split DIR --holdout F [--seed S]`."""
+    """`difflens capture info DIR [--verify]` and `difflens capture split DIR --holdout F [--seed S]`."""
 
     action: Literal["info", "split"]
     """'info DIR' prints what a store holds; 'split DIR' re-chooses its held-out images"""
@@ -69,24 +70,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_sites)
 
     p = subparsers.add_parser(
-        "cache", help="capture activations into a store (`cache info DIR` describes one, `cache split DIR` re-splits it)",
-        description="Capture activations: difflens cache --model M --sites S --out DIR. "
-                    "Describe a store: difflens cache info DIR [--verify]. "
-                    "Choose its held-out images anew: difflens cache split DIR --holdout F [--seed S]. "
-                    "Multi-process: torchrun --nproc_per_node N --no-python difflens cache ...")
+        "capture", aliases=["cache"],
+        help="capture activations into a store (`capture info DIR` describes one, `capture split DIR` re-splits it; "
+             "`cache` is the old spelling)",
+        description="Capture activations: difflens capture --model M --sites S --out DIR. "
+                    "Describe a store: difflens capture info DIR [--verify]. "
+                    "Choose its held-out images anew: difflens capture split DIR --holdout F [--seed S]. "
+                    "Multi-process: torchrun --nproc_per_node N --no-python difflens capture ... "
+                    "(`difflens cache` is the old name of this command and still works.)")
     p.add_argument("action", nargs="?", choices=list(_STORE_FLAGS), help=_doc(StoreCommand, "action"))
     p.add_argument("dir", nargs="?", help=f"{_doc(StoreCommand, 'dir')} (with 'info' or 'split')")
     capture = p.add_argument_group("capture (settings of CaptureConfig; --holdout and --seed also serve 'split')")
-    add_config_arguments(capture, CacheCommand, only={"out"})
+    add_config_arguments(capture, CaptureCommand, only={"out"})
     add_config_arguments(capture, CaptureConfig, StoreCommand,
                          exclude={"out", "load", "progress", "action", "dir", "verify"})
-    add_config_arguments(capture, CacheCommand, exclude={"out"})
+    add_config_arguments(capture, CaptureCommand, exclude={"out"})
     add_config_arguments(p.add_argument_group("model loading"), LoadOptions)
     add_config_arguments(p.add_argument_group(
         "info and split", "info DIR [--verify]; split DIR [--holdout F] [--seed S]: with split, --holdout and "
                           "--seed (above) are the fraction held out and the seed that chooses them"),
         StoreCommand, only={"verify"})
-    p.set_defaults(func=cmd_cache)
+    p.set_defaults(func=cmd_capture)
 
 
 def _doc(cls: type, name: str) -> str:
@@ -113,31 +117,31 @@ def cmd_sites(args) -> int:
 
 
 def _given_flags(args) -> set[str]:
-    """Every option of `difflens cache` the user gave (field names)."""
+    """Every option of `difflens capture` the user gave (field names)."""
     found: set[str] = set()
-    for cls in (CaptureConfig, LoadOptions, CacheCommand, StoreCommand):
+    for cls in (CaptureConfig, LoadOptions, CaptureCommand, StoreCommand):
         found |= set(given(args, cls))
     return found - {"action", "dir"}
 
 
 def store_command(args) -> StoreCommand:
-    """`cache info DIR` / `cache split DIR` from the flags given (refuses capture flags)."""
+    """`capture info DIR` / `capture split DIR` from the flags given (refuses capture flags)."""
     if not args.dir:
-        raise ValueError(f"usage: difflens cache {args.action} DIR" + (" --holdout F [--seed S]" if args.action == "split" else ""))
+        raise ValueError(f"usage: difflens capture {args.action} DIR" + (" --holdout F [--seed S]" if args.action == "split" else ""))
     stray = _given_flags(args) - _STORE_FLAGS[args.action]
     if stray:
-        raise ValueError(f"{_flags(stray)} do(es) not apply to `difflens cache {args.action}`")
+        raise ValueError(f"{_flags(stray)} do(es) not apply to `difflens capture {args.action}`")
     return config_from_args(StoreCommand, args)
 
 
 def capture_config(args) -> CaptureConfig:
-    """The CaptureConfig of `difflens cache --out DIR ...`: flags given, dataclass defaults for the rest."""
+    """The CaptureConfig of `difflens capture --out DIR ...`: flags given, dataclass defaults for the rest."""
     if args.dir:
         raise ValueError(f"unexpected argument {args.dir!r}: the store folder is given with --out")
     stray = _given_flags(args) & {"verify"}
     if stray:
-        raise ValueError(f"{_flags(stray)} applies to `difflens cache info DIR`, not to a capture")
-    cmd = config_from_args(CacheCommand, args)
+        raise ValueError(f"{_flags(stray)} applies to `difflens capture info DIR`, not to a capture")
+    cmd = config_from_args(CaptureCommand, args)
     if cmd.out is None:
         raise ValueError("--out DIR is required (the store folder)")
     cfg = config_from_args(CaptureConfig, args, out=cmd.out, load=config_from_args(LoadOptions, args),
@@ -147,7 +151,7 @@ def capture_config(args) -> CaptureConfig:
     return cfg
 
 
-def cmd_cache(args) -> int:
+def cmd_capture(args) -> int:
     from difflens.store import ActivationStore
 
     if args.action is not None:

@@ -62,7 +62,7 @@ class CaptureConfig:
     """save the generated images in the store"""
     holdout: float = 0.1
     """fraction of images held out of training, chosen by image (0: no split); recorded in store.json at
-    finalize with split seed 0, so not a capture setting: a rerun may change it, and `difflens cache split`
+    finalize with split seed 0, so not a capture setting: a rerun may change it, and `difflens capture split`
     re-splits a finished store"""
     control: Literal["none", "random-init"] = "none"
     """none, or random-init: record a randomly initialised copy of the denoiser fed the trained model's own inputs

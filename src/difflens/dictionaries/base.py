@@ -93,9 +93,21 @@ class Dictionary(torch.nn.Module):
 
     @property
     def store(self) -> dict | None:
-        """The training store's identity: {"path", "model", "weights", "prompts_hash", "n_images"} (None: not a store)."""
+        """The training store's identity: {"path" (absolute, a hint), "relative" (to the dictionary's folder, when
+        saved), "model", "weights", "prompts_hash", "n_images"} (None: not a store); its folder: `locate_store`."""
         store = self.meta.get("store")
         return {"path": store} if isinstance(store, str) else store
+
+    def locate_store(self) -> str:
+        """Where the training store is now: recorded relative to the dictionary's folder (tried first: the run
+        moved as a whole), else at the recorded absolute path; what is found must be the recorded capture
+        (ValueError names the differences; FileNotFoundError the places tried). The found path becomes the hint."""
+        from difflens.store.run_layout import find_store
+
+        found = str(find_store(self.path, self.store, f"the store of dictionary {self.path or '(in memory)'}"))
+        if isinstance(self.meta.get("store"), dict):
+            self.meta["store"] = {**self.meta["store"], "path": found}
+        return found
 
     # ---- residual space (shared; inspection only: no autograd history) ----
     @torch.no_grad()

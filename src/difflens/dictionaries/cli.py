@@ -85,7 +85,8 @@ def train_from_args(args) -> object:
     else:
         from .train.neurons import neuron_baseline
 
-        dictionary = neuron_baseline(data, k=getattr(args, "k", None), out=folder)
+        dictionary = neuron_baseline(data, k=getattr(args, "k", None), out=folder,
+                                     overwrite=run.overwrite or not run.resume)
     return dictionary, folder
 
 
@@ -115,7 +116,7 @@ def cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run these commands alone (without the other areas): ``python -m difflens.dictionaries.cli``."""
-    from difflens.cli import run_parser
+    from difflens.configs import run_parser
 
     parser = argparse.ArgumentParser(prog="difflens")
     register(parser.add_subparsers(dest="command", required=True))

@@ -24,29 +24,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import Tensor
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
-from difflens.atomic import atomic_write_bytes, atomic_write_json as _atomic_json
+from difflens.atomic import atomic_save_tensors, atomic_write_json
+from difflens.store.run_layout import ITDA_WEIGHTS, NORMALIZER_FILE, SAE_WEIGHTS, cfg_path, store_record
 
 from .base import Dictionary
 from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
 from .neurons import NeuronBasis
 from .normalization import Normalizer
 from .topk_sae import SAEConfig, TopKSAE
-
-NORMALIZER_FILE = "normalizer.safetensors"
-
-
-def atomic_save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """Write a safetensors file atomically (creating its folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata))
-
-
-def atomic_write_json(obj: dict, path: Path) -> None:
-    """Write a JSON file atomically (creating its folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_json(path, obj)
 
 
 def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool = True) -> dict:
@@ -68,7 +55,7 @@ def save_normalizer(norm: Normalizer, folder: Path) -> None:
     tensors = {"mean": norm.mean, "scale": norm.scale, "variances": norm.variances}
     if norm.kind == "pca":
         tensors["rotation"] = norm.rotation
-    atomic_save_file(tensors, folder / NORMALIZER_FILE, metadata={"kind": norm.kind, "dim": str(norm.dim)})
+    atomic_save_tensors(folder / NORMALIZER_FILE, tensors, metadata={"kind": norm.kind, "dim": str(norm.dim)})
 
 
 def load_normalizer(folder: Path, dim: int) -> Normalizer:
@@ -88,9 +75,15 @@ def load_normalizer(folder: Path, dim: int) -> Normalizer:
 # ---- dictionaries ----
 def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | None = None) -> Path:
     """Write ``dictionary`` into ``folder`` (see module docstring); ``meta`` (default: ``dictionary.meta``) lands
-    in cfg.json as ``difflens_meta``."""
+    in cfg.json as ``difflens_meta``, its store recorded relative to ``folder`` too (a run folder can move)."""
     folder = Path(folder)
-    extra = {"difflens_kind": dictionary.kind, "difflens_meta": dictionary.meta if meta is None else meta}
+    own = meta is None
+    meta = dict(dictionary.meta if own else meta)
+    if meta.get("store"):
+        meta["store"] = store_record(meta["store"], folder)
+        if own:  # the object in memory records what its file records
+            dictionary.meta["store"] = meta["store"]
+    extra = {"difflens_kind": dictionary.kind, "difflens_meta": meta}
     if isinstance(dictionary, TopKSAE):
         cfg = {**_sparsify_cfg(dictionary.d_in, dictionary.num_latents, dictionary.k), **extra}
         cfg["difflens_normalization"] = dictionary.normalizer.kind
@@ -100,23 +93,23 @@ def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | Non
             "W_dec": dictionary.W_dec,
             "b_dec": dictionary.b_dec,
         }
-        atomic_save_file(tensors, folder / "sae.safetensors")
+        atomic_save_tensors(folder / SAE_WEIGHTS, tensors)
     elif isinstance(dictionary, ITDA):
         cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, **dictionary.cfg.to_dict(), **extra}
         tensors = {"atoms": dictionary.atoms, **{f"provenance.{k}": v for k, v in dictionary.provenance.items()}}
-        atomic_save_file(tensors, folder / "itda.safetensors")
+        atomic_save_tensors(folder / ITDA_WEIGHTS, tensors)
     elif isinstance(dictionary, NeuronBasis):
         cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, "k": dictionary.k, **extra}
     else:
         raise ValueError(f"cannot save dictionary of type {type(dictionary).__name__}")
     save_normalizer(dictionary.normalizer, folder)
-    atomic_write_json(cfg, folder / "cfg.json")
+    atomic_write_json(cfg_path(folder), cfg)
     dictionary.path = folder.resolve()  # where it now lives: a feature index built from it records this folder
     return folder
 
 
 def read_cfg(folder: str | Path) -> dict:
-    path = Path(folder) / "cfg.json"
+    path = cfg_path(folder)
     if not path.exists():
         raise FileNotFoundError(f"no dictionary at {folder}: {path} is missing")
     try:
@@ -146,7 +139,7 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
     if kind == "sae":
         if cfg.get("activation", "topk") != "topk" or cfg.get("skip_connection") or cfg.get("transcode"):
             raise ValueError(f"{folder}: only plain TopK SAEs are supported (no groupmax/skip/transcoder)")
-        path = folder / "sae.safetensors"
+        path = folder / SAE_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing")
         tensors = load_file(str(path))
@@ -159,7 +152,7 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
                 getattr(sae, ours).copy_(tensors[theirs])
         return sae
     if kind == "itda":
-        tensors = load_file(str(folder / "itda.safetensors"))
+        tensors = load_file(str(folder / ITDA_WEIGHTS))
         fields = {k: cfg[k] for k in ITDAConfig.__dataclass_fields__ if k in cfg}
         itda = ITDA(d_in, ITDAConfig(**fields), normalizer=norm)
         itda.load_atoms(tensors["atoms"], {k: tensors[f"provenance.{k}"] for k in PROVENANCE_KEYS})
@@ -195,9 +188,9 @@ def export_folded(sae: TopKSAE, folder: str | Path) -> Path:
     decoder rows are no longer unit norm)."""
     folder = Path(folder)
     w = {k: v.float() for k, v in fold_normalizer(sae).items()}
-    atomic_save_file({"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]},
-                     folder / "sae.safetensors")
+    atomic_save_tensors(folder / SAE_WEIGHTS,
+                        {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_dec"]})
     cfg = {**_sparsify_cfg(sae.d_in, sae.num_latents, sae.k, normalize_decoder=False), "difflens_kind": "sae"}
     cfg["difflens_meta"] = {"folded_from_normalization": sae.normalizer.kind}
-    atomic_write_json(cfg, folder / "cfg.json")
+    atomic_write_json(cfg_path(folder), cfg)
     return folder

@@ -20,9 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 
-from ..atomic import atomic_write_bytes, atomic_write_json
+from ..atomic import atomic_save_tensors, atomic_write_json
 from .io import fold_normalizer
 from .topk_sae import TopKSAE
 
@@ -82,6 +81,6 @@ def export_saelens(sae: TopKSAE, out_dir: str | Path, *, hook_name: str | None =
     }
     tensors = {name: t.to(torch.float32).contiguous() for name, t in tensors.items()}
     # Weights first: a cfg.json beside them marks a complete export.
-    atomic_write_bytes(out_dir / WEIGHTS_FILE, safetensors_bytes(tensors))
+    atomic_save_tensors(out_dir / WEIGHTS_FILE, tensors)
     atomic_write_json(out_dir / CFG_FILE, cfg)
     return out_dir

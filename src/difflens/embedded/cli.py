@@ -1,4 +1,5 @@
-"""`difflens world train|render|quality|ship` and `difflens generate`: flags built from their configs.
+"""`difflens world train|render|quality|ship|pretrain-text|binding|samples|oracle-robustness` and `difflens generate`:
+flags built from their configs.
 
 `world train` takes its flags from `TrainConfig` (and those of `MODEL_FLAGS` from its nested `ShapesModelConfig`);
 the other commands from the small command dataclasses below. Field docstrings are the --help text and flags
@@ -24,7 +25,7 @@ MODEL_FLAGS = frozenset({"latent_channels", "world", "max_text_len", "num_double
 
 
 @dataclass
-class TrainCommand:
+class WorldTrainCommand:
     """`difflens world train` options that are not training settings."""
 
     export: str | None = None
@@ -62,6 +63,51 @@ class QualityCommand:
     """model folder, or a `world train` folder (its latest EMA checkpoint); None: the shipped weights"""
     guidance: float | None = None
     """classifier-free guidance scale; None: the model's default; <= 1: no guidance"""
+    objects: list[int] = field(default_factory=lambda: [1])
+    """object counts to score, e.g. 1,2,3 (1: the model card's single-object measure; 2 and 3: every object
+    matched by grid cell, with count_acc and bound_acc); one JSON line per count"""
+    world: Literal["classic", "rich"] | None = None
+    """world of the prompts; None: the model's"""
+
+
+@dataclass
+class BindingCommand:
+    """`difflens world binding`: does a model's text encoder bind each object's words to their phrase?"""
+
+    weights: str | None = None
+    """model folder, or a `world train` folder (its latest EMA checkpoint); None: the shipped rich weights"""
+    captions: int = 4000
+    """captions sampled for the probe (75 % train it, the rest score it)"""
+    world: Literal["classic", "rich"] | None = None
+    """world of the captions; None: the model's"""
+    seed: int = 0
+    """caption seed"""
+
+
+@dataclass
+class SamplesCommand:
+    """`difflens world samples`: a 4 x 4 grid of a rich model's samples with the oracle's verdicts."""
+
+    weights: str | None = None
+    """model folder, or a `world train` folder (its latest EMA checkpoint); None: the shipped rich weights"""
+    guidance: float | None = None
+    """classifier-free guidance scale; None: the model's default"""
+    steps: int = DEFAULT_STEPS
+    """Euler sampling steps"""
+    out: str = "docs/rich_model_samples.png"
+    """PNG to write"""
+
+
+@dataclass
+class RobustnessCommand:
+    """`difflens world oracle-robustness`: the oracle's accuracy on renders damaged like generations."""
+
+    n: int = 800
+    """scenes per world"""
+    world: Literal["classic", "rich", "both"] = "both"
+    """which oracle: classic (one-object scenes), rich (one to three objects), or both"""
+    seed: int = 5
+    """scene seed"""
 
 
 @dataclass
@@ -105,11 +151,11 @@ def _save_png(image_HWC: np.ndarray, path: str | Path) -> None:
     Image.fromarray(image_HWC).save(path)
 
 
-def _load_pipe(weights: str | None):
-    from .pipeline import WEIGHTS_DIR
+def _load_pipe(weights: str | None, default_world: str = "classic"):
+    from .pipeline import SHIPPED_WEIGHTS
     from .train import load_trained
 
-    return load_trained(WEIGHTS_DIR if weights is None else weights)
+    return load_trained(SHIPPED_WEIGHTS[default_world] if weights is None else weights)
 
 
 def train_config_from_args(args):
@@ -124,7 +170,7 @@ def train_config_from_args(args):
 def cmd_train(args) -> None:
     from .train import train
 
-    cmd = config_from_args(TrainCommand, args)
+    cmd = config_from_args(WorldTrainCommand, args)
     cfg = train_config_from_args(args)
     pipe = train(cfg, until=cmd.until)
     export = Path(cfg.out) / "final" if cmd.export is None else Path(cmd.export)
@@ -146,7 +192,54 @@ def cmd_quality(args) -> None:
 
     cmd = config_from_args(QualityCommand, args)
     pipe = _load_pipe(cmd.weights).use_guidance(cmd.guidance)
-    print(json.dumps(measure_quality(pipe, n=cmd.n, num_steps=cmd.steps)))
+    for n_objects in cmd.objects:
+        print(json.dumps(measure_quality(pipe, n=cmd.n, num_steps=cmd.steps, n_objects=n_objects, world=cmd.world)),
+              flush=True)
+
+
+def cmd_pretrain_text(args) -> None:
+    from .binding import format_binding
+    from .text_pretrain import TextPretrainConfig, pretrain_text_encoder
+
+    _, result = pretrain_text_encoder(config_from_args(TextPretrainConfig, args), log=lambda m: print(m, flush=True))
+    print(format_binding(result))
+    print(f"mean cosine between background colour words' states: {result['background_word_cosine']}")
+    print(json.dumps(result))
+
+
+def cmd_binding(args) -> None:
+    from .binding import format_binding, measure_binding
+
+    cmd = config_from_args(BindingCommand, args)
+    pipe = _load_pipe(cmd.weights, default_world="rich")
+    world = cmd.world or pipe.config.world
+    result = {"weights": cmd.weights, "world": world,
+              **measure_binding(pipe.text_encoder, pipe.tokenizer, world, cmd.captions, cmd.seed)}
+    print(format_binding(result))
+    print(json.dumps(result))
+
+
+def cmd_samples(args) -> None:
+    from .samples import sample_grid
+
+    cmd = config_from_args(SamplesCommand, args)
+    pipe = _load_pipe(cmd.weights, default_world="rich").use_guidance(cmd.guidance)
+    title = Path(cmd.weights).name if cmd.weights else "embedded-rich"
+    rows = sample_grid(pipe, cmd.out, num_steps=cmd.steps, title=title)
+    print(json.dumps({"out": cmd.out, "images": rows}))
+    print(f"wrote {cmd.out}")
+
+
+def cmd_oracle_robustness(args) -> None:
+    from ..world.robustness import format_robustness, oracle_robustness
+
+    cmd = config_from_args(RobustnessCommand, args)
+    out: dict = {"n": cmd.n}
+    for world in (("classic", "rich") if cmd.world == "both" else (cmd.world,)):
+        out[world] = oracle_robustness(world, n=cmd.n, seed=cmd.seed)
+        print(f"\n{world} world, {cmd.n} scenes" + (" (1-3 objects)" if world == "rich" else " (one object)"))
+        print(format_robustness(world, out[world]), flush=True)
+    print(json.dumps(out))
 
 
 def cmd_ship(args) -> None:
@@ -172,6 +265,7 @@ def cmd_generate(args) -> None:
 
 def register(sub) -> None:
     from .config import ShapesModelConfig
+    from .text_pretrain import TextPretrainConfig
     from .train import TrainConfig
 
     world = sub.add_parser("world", help="the shapes world and its embedded model")
@@ -180,11 +274,19 @@ def register(sub) -> None:
     t = wsub.add_parser("train", help="train the embedded model (checkpoints, resumes after a kill)")
     add_config_arguments(t.add_argument_group("training"), TrainConfig, exclude={"model"})
     add_config_arguments(t.add_argument_group("model"), ShapesModelConfig, only=MODEL_FLAGS)
-    add_config_arguments(t.add_argument_group("export"), TrainCommand)
+    add_config_arguments(t.add_argument_group("export"), WorldTrainCommand)
     t.set_defaults(func=cmd_train)
 
     add_command(wsub, "render", "render ground-truth scenes to PNG files", cmd_render, RenderCommand)
     add_command(wsub, "quality", "score generations from held-out prompts with the oracle", cmd_quality, QualityCommand)
+    add_command(wsub, "pretrain-text", "pretrain a text encoder to parse captions (step 1 of the rich model's "
+                "recipe) and probe its binding", cmd_pretrain_text, TextPretrainConfig)
+    add_command(wsub, "binding", "probe whether a model's text encoder binds words to their phrase", cmd_binding,
+                BindingCommand)
+    add_command(wsub, "samples", "a grid of a rich model's samples with the oracle's verdicts", cmd_samples,
+                SamplesCommand)
+    add_command(wsub, "oracle-robustness", "the oracle's accuracy on renders damaged like generations",
+                cmd_oracle_robustness, RobustnessCommand)
 
     s = wsub.add_parser("ship", help="export a training run's EMA weights with a model card (measures quality)")
     s.add_argument("train_dir", help=field_docs(ShipCommand)["train_dir"])

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from diffusers import FluxTransformer2DModel
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_save_tensors, atomic_write_bytes
 from .autoencoder import ShapesAutoencoder
 from .config import ShapesModelConfig, check_guidance_scale
 from .text_encoder import TextEncoder, WordTokenizer
@@ -138,8 +137,7 @@ class ShapesPipeline:
         """Write config.json + model.safetensors (weights cast to `dtype` to keep the package small)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(path / WEIGHTS_FILE, safetensors_bytes(sd))
+        atomic_save_tensors(path / WEIGHTS_FILE, {k: v.to(dtype) for k, v in self.state_dict().items()})
         atomic_write_bytes(path / CONFIG_FILE, self.config.to_json().encode())
 
     def to(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> "ShapesPipeline":

@@ -2,7 +2,9 @@
 
 Every step's data and noise are a pure function of (seed, step), so a run resumed from a checkpoint
 continues exactly as if it had never stopped. Checkpoints are safetensors + JSON written atomically
-(see `checkpoint.py`); nothing is pickled.
+(see `difflens.checkpoint`); nothing is pickled. The training folder is locked against other writers while a
+run trains into it, and a checkpoint (finished or not) made with other settings is refused, differences named,
+unless `overwrite`; one of the same settings is resumed (a finished one is just loaded).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..progress import progress as progress_bar
 from ..atomic import atomic_write_json
+from ..checkpoint import (checkpoint_info, load_checkpoint, load_optimizer_tensors, optimizer_tensors, restore_rng,
+                          save_checkpoint, strip, with_prefix)
+from ..locks import output_lock
+from ..outputs import note, same_settings
+from ..progress import progress as progress_bar
 from ..world import render, sample_scene
-from .checkpoint import (load_checkpoint, load_optimizer_tensors, optimizer_tensors, restore_rng, save_checkpoint,
-                         strip, with_prefix)
 from .config import ShapesModelConfig
 from .pipeline import MIN_T_FOR_X_PREDICTION, WEIGHTS_FILE, ShapesPipeline, patchify, uint8_to_pixels
 
@@ -29,6 +33,8 @@ from .pipeline import MIN_T_FOR_X_PREDICTION, WEIGHTS_FILE, ShapesPipeline, patc
 CHECKPOINT = "checkpoint.json"
 AUTOENCODER_CHECKPOINT = "autoencoder.json"
 LEGACY_CHECKPOINTS = ("checkpoint.pt", "autoencoder.pt")  # pickled, from older versions; never read
+# settings that do not change what a run computes: a resume may change them
+OPERATIONAL = frozenset({"out", "threads", "checkpoint_every", "overwrite"})
 
 
 @dataclass
@@ -68,7 +74,7 @@ class TrainConfig:
     """latent noise in autoencoder training (added to the latents, so the decoder learns to forgive)"""
     text_encoder_init: str | None = None
     """safetensors file of text-encoder weights to start from instead of a random init, e.g. an encoder pretrained
-    to parse captions (`bench/text_parse_pretrain.py --save`); fine-tuned with the transformer unless
+    to parse captions (`difflens world pretrain-text --save`); fine-tuned with the transformer unless
     `freeze_text_encoder`. Read at the start of a run only: a resumed run takes its weights from the checkpoint"""
     autoencoder_init: str | None = None
     """latent models: a model folder (`world ship` / `save_pretrained` layout) or its model.safetensors whose
@@ -83,6 +89,8 @@ class TrainConfig:
     """seed of the training scenes"""
     checkpoint_every: int = 200
     """steps between checkpoints"""
+    overwrite: bool = False
+    """replace a checkpoint in `out` made with other settings (said on stderr) instead of refusing it"""
     threads: int | None = None
     """torch CPU threads (None or 0: torch's choice)"""
     model: ShapesModelConfig = field(default_factory=ShapesModelConfig)
@@ -157,7 +165,7 @@ def train_autoencoder(pipe: ShapesPipeline, cfg: TrainConfig, progress: bool = T
             bar.update(1)
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.autoencoder_steps:
                 save_checkpoint(path, step + 1, {**with_prefix(ae.state_dict(), "model."), **optimizer_tensors(opt)},
-                                {"kind": "autoencoder"})
+                                {"kind": "autoencoder", "config": asdict(cfg)})
     ae.eval().requires_grad_(False)
 
 
@@ -257,8 +265,48 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     """Train (or resume) into `cfg.out`; returns the pipeline carrying the EMA weights.
 
     `until` stops after that step (checkpointed) without changing the schedule: a time-boxed run
-    that a later call resumes exactly.
+    that a later call resumes exactly. `cfg.out` is locked for the run; a checkpoint there made with other
+    settings is refused (or, with `cfg.overwrite`, replaced), see :func:`check_previous_run`.
     """
+    with output_lock(cfg.out):
+        check_previous_run(cfg)
+        return _train(cfg, progress, until)
+
+
+def run_settings(config: dict) -> dict:
+    """What a checkpoint's run must share with a resume: its config but the operational fields, completed
+    with today's defaults (a checkpoint written before a field existed ran with its default); of the model,
+    its architecture (sampling defaults may change)."""
+    defaults = asdict(TrainConfig())
+    model = {**defaults["model"], **(config.get("model") or {})}
+    model = ShapesModelConfig(**{k: v for k, v in model.items() if k in ShapesModelConfig.__dataclass_fields__})
+    merged = {**defaults, **config, "model": model.architecture()}
+    return {k: v for k, v in merged.items() if k not in OPERATIONAL}
+
+
+def check_previous_run(cfg: TrainConfig) -> None:
+    """Refuse a checkpoint in `cfg.out` made with other settings (naming each difference), or with
+    `cfg.overwrite` delete it, saying so; say when the run there is already finished."""
+    out = Path(cfg.out)
+    pointers = [p for p in (out / CHECKPOINT, out / AUTOENCODER_CHECKPOINT) if _has_checkpoint(p)]
+    if not pointers:
+        return
+    info = checkpoint_info(pointers[0])
+    recorded = run_settings(info.get("config") or {})
+    if same_settings(out, recorded, run_settings(asdict(cfg)), what="a training checkpoint", label="checkpoint",
+                     overwrite=cfg.overwrite):
+        if pointers[0].name == CHECKPOINT and info.get("step") == cfg.steps:
+            note(f"{out} already holds this run, finished at step {cfg.steps}: loaded, not retrained")
+        return
+    for stem in (CHECKPOINT, AUTOENCODER_CHECKPOINT):
+        (out / stem).unlink(missing_ok=True)
+        for tensors in out.glob(f"{Path(stem).stem}-*.safetensors*"):
+            tensors.unlink()
+    for name in ("loss.jsonl", "train_config.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _train(cfg: TrainConfig, progress: bool, until: int | None) -> ShapesPipeline:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -279,14 +327,7 @@ def train(cfg: TrainConfig, progress: bool = True, until: int | None = None) -> 
     start = 0
     ckpt_path = out / CHECKPOINT
     if _has_checkpoint(ckpt_path):
-        tensors, info = load_checkpoint(ckpt_path)
-        saved_model = ShapesModelConfig(**info["config"]["model"])
-        if saved_model.architecture() != cfg.model.architecture():
-            raise ValueError(f"checkpoint {ckpt_path} was trained with a different model config")
-        saved_frozen = bool(info["config"].get("freeze_text_encoder", False))
-        if saved_frozen != cfg.freeze_text_encoder:
-            raise ValueError(f"checkpoint {ckpt_path} was trained with freeze_text_encoder={saved_frozen}; resume it "
-                             f"with the same setting, or start over in another --out")
+        tensors, info = load_checkpoint(ckpt_path)  # made with these settings: check_previous_run
         pipe.load_state_dict(strip(tensors, "model."))
         ema.load_state_dict(strip(tensors, "ema."))
         load_optimizer_tensors(opt, tensors)
@@ -346,7 +387,7 @@ def _checkpoint_pointer(out: str | Path) -> Path:
 
 def checkpoint_step(out: str | Path) -> int:
     """The step of a training folder's latest checkpoint."""
-    return int(json.loads(_checkpoint_pointer(out).read_text())["step"])
+    return int(checkpoint_info(_checkpoint_pointer(out))["step"])
 
 
 def load_checkpoint_ema(out: str | Path) -> ShapesPipeline:

@@ -12,6 +12,7 @@ from difflens.dictionaries.io import load_dictionary
 from difflens.dictionaries.normalization import Normalizer
 from difflens.dictionaries.train import RunConfig, SAETrainConfig, train_sae
 from difflens.dictionaries.train.data import resolve_data
+from difflens.store.run_layout import find_dictionaries
 
 from . import plots
 from .metrics import INPUT_SPACE, evaluate
@@ -129,9 +130,9 @@ def across_layers(store_path, run_dir: Path, step: int | None, eval_tokens: int,
     """Evaluate every dictionary in ``run_dir`` on its site (held-out rows of its own store, as `evaluate`) and plot
     FVU / dead fraction by depth (figure 8)."""
     rows = []
-    for folder in sorted(p for p in Path(run_dir).iterdir() if (p / "cfg.json").exists()):
+    for name, folder in find_dictionaries(run_dir).items():
         d = load_dictionary(folder)
-        rows.append(evaluate(d, store_path, site=d.site or folder.name, step=step, max_tokens=eval_tokens))
+        rows.append(evaluate(d, store_path, site=d.site or name, step=step, max_tokens=eval_tokens))
     rows.sort(key=lambda r: layer_key(r["site"]))
     for metric in ("fvu_residual", "fvu_input_space", "dead_fraction"):
         by_kind: dict[str, tuple[list, list]] = {}
@@ -149,9 +150,7 @@ def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sit
     dictionary trained at one denoising step transfer to the others? Plots FVU by step, one line per site."""
     from difflens.store.sources import open_store
 
-    path = source if source is not None else (dictionary.store or {}).get("path")
-    if path is None:
-        raise ValueError("this dictionary does not record its store: pass the store to evaluate on")
+    path = source if source is not None else dictionary.locate_store()
     store = open_store(path) if isinstance(path, (str, Path)) else path
     rows = []
     for site in [dictionary.site, *(s for s in sites or [] if s != dictionary.site)]:

@@ -9,8 +9,6 @@ from typing import Literal
 
 from difflens.configs import add_command, config_from_args
 
-TABLE = ["site", "step", "split", "kind", "num_latents", "input_space", "loss_space", "fvu_residual",
-         "fvu_input_space", "l0", "dead_fraction", "tokens"]
 
 
 @dataclass
@@ -18,7 +16,7 @@ class EvalCommand:
     """`difflens eval`: metrics of trained dictionaries on held-out activations."""
 
     run: str
-    """run folder (<run>/<site>/ dictionaries) or one dictionary folder"""
+    """run folder (a demo run, a `train --out` folder) or one dictionary folder"""
     store: str | None = None
     """activation store to evaluate on (default: the store each dictionary was trained on)"""
     split: Literal["auto", "held-out", "all", "train"] = "auto"
@@ -70,7 +68,7 @@ class AnalyzeCommand:
     loss_space: Literal["input", "residual"] = "input"
     """sweep: where the SAE's loss is measured"""
     run: str | None = None
-    """layers: run folder with one dictionary per site"""
+    """layers: run folder with one dictionary per site (a demo run, a `train --out` folder)"""
 
 
 def register(subparsers) -> None:
@@ -80,37 +78,26 @@ def register(subparsers) -> None:
                 cmd_analyze, AnalyzeCommand)
 
 
-def dictionary_folders(run: Path) -> list[Path]:
-    """One dictionary folder, or every <run>/<name>/ holding a cfg.json."""
-    if (run / "cfg.json").exists():
-        return [run]
-    if not run.is_dir():
-        raise FileNotFoundError(f"run folder {run} does not exist")
-    found = sorted(p for p in run.iterdir() if (p / "cfg.json").exists())
-    if not found:
-        raise FileNotFoundError(f"no dictionaries (folders with cfg.json) in {run}")
-    return found
-
-
 def cmd_eval(args) -> int:
     from difflens.dictionaries.io import load_dictionary
+    from difflens.store.run_layout import METRICS_FILE, find_dictionaries, is_dictionary
 
     from .analyses import across_steps
-    from .metrics import evaluate, format_table
+    from .metrics import TABLE, evaluate, format_table
 
     cmd = config_from_args(EvalCommand, args)
     run = Path(cmd.run)
-    out = Path(cmd.out) if cmd.out else (run.parent if (run / "cfg.json").exists() else run) / "metrics.json"
+    out = Path(cmd.out) if cmd.out else (run.parent if is_dictionary(run) else run) / METRICS_FILE
     rows = []
-    for folder in dictionary_folders(run):
+    for name, folder in find_dictionaries(run).items():
         d = load_dictionary(folder)
         if cmd.steps is not None:
             found = across_steps(d, cmd.store, steps=cmd.steps, sites=cmd.sites, split=cmd.split,
-                                 max_tokens=cmd.tokens, out_dir=out.parent / f"steps_{folder.name}")
+                                 max_tokens=cmd.tokens, out_dir=out.parent / f"steps_{name}")
         else:
             found = [evaluate(d, cmd.store, step=cmd.step, split=cmd.split, max_tokens=cmd.tokens,
                               batch_size=cmd.batch_size, device=cmd.device)]
-        rows += [{"name": folder.name, "dictionary": str(folder), **r} for r in found]
+        rows += [{"name": name, "dictionary": str(folder), **r} for r in found]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"fvu_definition": "sum|x-xhat|^2 / sum|x-mean(x)|^2 over the evaluated tokens; "
                                                  "fvu_residual in the captured activations' space, fvu_input_space "

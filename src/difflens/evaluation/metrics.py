@@ -23,6 +23,9 @@ from torch import Tensor
 
 from difflens.dictionaries.base import Dictionary, check_activations
 
+TABLE = ["site", "step", "split", "kind", "num_latents", "input_space", "loss_space", "fvu_residual",
+         "fvu_input_space", "l0", "dead_fraction", "tokens"]  # the columns `eval` and the demo print (`format_table`)
+
 
 def fvu(x_BD: Tensor, recon_BD: Tensor) -> float:
     """FVU of one batch (see module docstring)."""
@@ -99,10 +102,7 @@ def evaluate(dictionary: Dictionary, source=None, *, site: str | None = None, st
     from difflens.store.sources import open_store
 
     if source is None:
-        path = (dictionary.store or {}).get("path")
-        if not path:
-            raise ValueError("this dictionary does not record its store: pass the activations to evaluate on")
-        source = path
+        source = dictionary.locate_store()
     if isinstance(source, (str, Path)) and Path(source).is_dir():
         source = open_store(source)
     store = source if hasattr(source, "entries") else getattr(source, "store", None)

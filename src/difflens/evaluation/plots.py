@@ -85,7 +85,7 @@ def histograms(series: dict[str, list[float]], xlabel: str, ylabel: str, title: 
     return _save(fig, path)
 
 
-def image_grid(images_RC: list[list[np.ndarray]], col_titles: list[str], row_titles: list[str], title: str,
+def plot_image_grid(images_RC: list[list[np.ndarray]], col_titles: list[str], row_titles: list[str], title: str,
                path: Path, outlines_RC: list[list[np.ndarray | None]] | None = None) -> Path:
     """Images uint8 (H, W, 3) in rows x columns, titled; ``outlines_RC`` optional (h, w) weights per image whose
     > 0 region is outlined (e.g. an edit's token region), at any resolution (stretched over the image)."""
@@ -112,3 +112,6 @@ def image_grid(images_RC: list[list[np.ndarray]], col_titles: list[str], row_tit
                 ax.set_ylabel(row_titles[r], fontsize=7, wrap=True)
     fig.suptitle(title, fontsize=9)
     return _save(fig, Path(path))
+
+
+image_grid = plot_image_grid  # the old name (interpret.labels.image_grid is a token grid's shape, not a plot)

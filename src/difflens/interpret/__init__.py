@@ -8,5 +8,6 @@
     labels.py      token-level ground truth of the embedded world, read by the oracle from stored images
     truth.py       per-latent concept matching against the labels, with a random floor and a probe ceiling
     autointerp.py  explainer and held-out scorer (oracle or VLM backend), SAE vs ITDA vs neurons
-    cli.py         `difflens features build|show|truth`, `difflens autointerp`
+    latent_spec.py which latents a spec names (all | N at random | 1,5,9): autointerp, browse --export, demo
+    cli.py         `difflens features index|show|truth`, `difflens autointerp`
 """

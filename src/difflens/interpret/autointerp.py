@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,8 +31,12 @@ import numpy as np
 import torch
 
 from difflens.atomic import atomic_write_json
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
+from difflens.store.run_layout import RESULTS_FILE, autointerp_folder, relative_link
 
 from .heatmap import enlarge, paint
+from .latent_spec import latents_from_spec
 from .truth import auroc
 
 ORACLE_NOTE = "oracle backend: a perfect vision model of the shapes world (reads ground truth), not a VLM"
@@ -44,7 +49,8 @@ class AutointerpConfig:
     backend: Literal["oracle", "openai"] = "oracle"
     """who explains and judges: oracle (embedded world, offline) or openai (any OpenAI-compatible vision endpoint)"""
     features: str = "64"
-    """latents to explain: N (N alive latents drawn at random, seeded), all, or a list such as 1,5,9"""
+    """latents to explain: all (every alive latent), N (N alive latents drawn at random, seeded) or a list such as
+    1,5,9 (=7: latent 7)"""
     explain_images: int = 5
     """top images the explainer sees"""
     explain_quantiles: int = 0
@@ -72,24 +78,13 @@ class Example:
     positive: bool
 
 
-def select_features(index, spec: str, seed: int = 0) -> list[int]:
-    """'all' (alive latents), 'N' (N alive latents drawn at random), or '1,5,9' (exactly these)."""
+def choose_latents(index, spec: str, seed: int = 0) -> list[int]:
+    """The latents of ``index`` that a feature spec names: all, N (drawn at random) or 1,5,9 (:mod:`.latent_spec`)."""
     alive = torch.nonzero(index.alive()).squeeze(1).tolist()
-    spec = str(spec).strip()
-    if spec == "all":
-        return alive
-    if "," in spec or spec.startswith("="):
-        chosen = [int(v) for v in spec.lstrip("=").split(",") if v.strip()]
-        bad = [c for c in chosen if not 0 <= c < index.num_latents]
-        if bad:
-            raise ValueError(f"latents {bad} do not exist: this dictionary has latents 0..{index.num_latents - 1}")
-        return chosen
-    try:
-        n = int(spec)
-    except ValueError:
-        raise ValueError(f"--features takes N, all, or a comma list such as 1,5,9; got {spec!r}") from None
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(alive, size=min(n, len(alive)), replace=False).tolist()) if alive else []
+    return latents_from_spec(spec, alive, index.num_latents, seed)
+
+
+select_features = choose_latents  # the old name (steering's top-k selection is top_and_bottom_features)
 
 
 def _silent(index, latent: int, image_id: int, step: int) -> bool:
@@ -315,14 +310,36 @@ class VLMBackend:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None) -> dict:
-    """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>)."""
+def results_folder(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, *_, **__) -> Path:
+    """Where :func:`run_autointerp` writes: ``out``, default <index>/autointerp/<backend>."""
+    return Path(out) if out is not None else autointerp_folder(index.path, (cfg or AutointerpConfig()).backend)
+
+
+def results_settings(summary: dict, folder: str | Path | None = None) -> dict:
+    """What makes two autointerp runs the same job (more latents may be added to a run's results). A results file
+    names its dictionary relative to its ``folder``; a fresh summary, absolutely."""
+    dictionary = Path(str(summary["dictionary"]))
+    if folder is not None and not dictionary.is_absolute():
+        dictionary = Path(os.path.normpath(Path(folder).resolve() / dictionary))
+    return {"dictionary": dictionary.name, "site": summary["site"], "steps": summary["steps"],
+            "config": {k: v for k, v in summary["config"].items() if k not in ("features", "dry_run")}}
+
+
+@locks_output(results_folder)
+def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path | None = None, vlm_config=None,
+                   overwrite: bool = False) -> dict:
+    """Explain and score the chosen latents of ``index``; results in ``out`` (default <index>/autointerp/<backend>).
+
+    Latents already explained there are kept; results of other settings are refused unless ``overwrite``."""
     cfg = cfg or AutointerpConfig()
-    folder = Path(out) if out is not None else Path(index.path) / "autointerp" / cfg.backend
-    results_path = folder / "results.json"
+    folder = results_folder(index, cfg, out)
+    results_path = folder / RESULTS_FILE
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if not same_settings(folder, results_settings(previous, folder) if previous else None,
+                         results_settings(summarize({}, index, cfg)), what="autointerp results", overwrite=overwrite):
+        previous = {}
     done = {int(k): v for k, v in previous.get("features", {}).items() if v.get("status") == "ok"}
-    latents = select_features(index, cfg.features, cfg.seed)
+    latents = choose_latents(index, cfg.features, cfg.seed)
     backend = OracleBackend(index) if cfg.backend == "oracle" else None  # refuses a model that is not the world first
     rng_for = {latent: np.random.default_rng([cfg.seed, latent]) for latent in latents}
     pool = image_pool(index)
@@ -363,7 +380,9 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
             records[latent] = _record(latent, explain, tests, r.parsed, scores)
     summary = summarize(records, index, cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(results_path, summary)
+    # the file names its dictionary relative to itself (a run folder can move); the returned summary, absolutely
+    link = {"dictionary": relative_link(index.dictionary_path, folder)} if index.dictionary_path else {}
+    atomic_write_json(results_path, {**summary, **link})
     return summary
 
 

@@ -1,4 +1,9 @@
-"""`difflens features build|show|truth` and `difflens autointerp`: flags from their configs, thin over the API."""
+"""`difflens features index|show|truth|scan|extra-concepts|readability` and `difflens autointerp`: flags from their
+configs, thin over the API.
+
+`features index` builds what the API calls a feature index (`feature_index`); `features build` is its old name and
+still works.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,10 @@ from difflens.configs import add_command, add_config_arguments, config_from_args
 
 @dataclass
 class BuildCommand:
-    """`difflens features build`: index the latents of one dictionary (or every dictionary of a run folder)."""
+    """`difflens features index`: index the latents of one dictionary (or every dictionary of a run folder)."""
 
     run: str
-    """dictionary folder, or a run folder holding several"""
+    """dictionary folder, or a run folder holding several (a demo run, a `train --out` folder)"""
     store: str | None = None
     """store to index (default: the store each dictionary was trained on)"""
     steps: list[int] | str | None = None
@@ -26,6 +31,8 @@ class BuildCommand:
     """where encoding runs"""
     quiet: bool = False
     """no progress bar"""
+    overwrite: bool = False
+    """start over, replacing an index there (of other settings, or unfinished) instead of refusing or resuming it"""
 
 
 @dataclass
@@ -33,7 +40,7 @@ class ShowCommand:
     """`difflens features show`: a feature card, or a grid of many latents."""
 
     index: str
-    """feature index folder"""
+    """feature index folder, or a dictionary or run folder holding one index"""
     feature: list[int] = field(default_factory=list, metadata={"aliases": ["--features"]})
     """latent(s): one gives a card, several a grid"""
     output: str | None = field(default=None, metadata={"aliases": ["-o"]})
@@ -50,11 +57,11 @@ class TruthCommand:
     """`difflens features truth`: match every latent to the shapes world's concepts (embedded model only)."""
 
     index: str | None = None
-    """feature index folder (its dictionary and store are used)"""
+    """feature index folder (its dictionary and store are used), or a run folder: every index it holds"""
     run: str | None = None
-    """or a dictionary folder"""
+    """or a dictionary folder, or a run folder: every dictionary it holds"""
     out: str | None = None
-    """truth.json path (default: beside the index or dictionary)"""
+    """truth.json path (default: beside the index or dictionary); with several, <out>/<name>/truth.json"""
     controls: list[str] = field(default_factory=lambda: ["random", "init"])
     """controls measured with the same rules: random (random directions), init (the SAE before training)"""
     sparse_sizes: list[int] = field(default_factory=list)
@@ -62,6 +69,20 @@ class TruthCommand:
     dimensions); off by default: on the demo's 768-latent SAE they add about 90 s to 42 s"""
     bootstrap: int = 200
     """bootstrap resamples of the held-out images for intervals (0: none)"""
+    overwrite: bool = False
+    """replace a truth.json of another dictionary or other controls instead of refusing it"""
+
+
+@dataclass
+class ReadabilityCommand:
+    """`difflens features readability`: can a reader see a colour latent's colour on its card, per style?"""
+
+    run: str = "runs/demo"
+    """run folder or dictionary folder (dictionaries with truth.json and index/ are measured)"""
+    images: int = 6
+    """top images per latent (the demo grid's 6)"""
+    min_f1: float = 0.5
+    """held-out F1 a latent's colour concept needs for it to count as a colour latent"""
 
 
 @dataclass
@@ -69,19 +90,26 @@ class AutointerpCommand:
     """`difflens autointerp`: which indexes to explain and where the results go."""
 
     index: list[str] = field(default_factory=list)
-    """feature index folder(s); several: also compare them (score histograms per method)"""
+    """feature index folder(s), or dictionary / run folders (every index they hold); several: also compare them
+    (score histograms per method)"""
     out: str | None = None
     """comparison PNG when several indexes are given (default: autointerp_<backend>.png beside the first)"""
+    overwrite: bool = False
+    """replace results made with other settings instead of refusing them"""
 
 
 def register(subparsers) -> None:
     from .autointerp import AutointerpConfig
+    from .extra_concepts import ExtraConceptsConfig
     from .index import IndexConfig
+    from .scan import ScanConfig
     from .vlm import VLMConfig
 
     f = subparsers.add_parser("features", help="feature index, feature cards, ground-truth scores")
     fsub = f.add_subparsers(dest="features_command", required=True, metavar="ACTION")
-    b = fsub.add_parser("build", help="index every latent: frequency, max/mean, histogram, top and quantile images")
+    b = fsub.add_parser("index", aliases=["build"],
+                        help="index every latent: frequency, max/mean, histogram, top and quantile images (`build`: "
+                             "the old name)")
     add_config_arguments(b.add_argument_group("what"), BuildCommand)
     add_config_arguments(b.add_argument_group("index"), IndexConfig)
     b.set_defaults(func=cmd_build)
@@ -89,6 +117,12 @@ def register(subparsers) -> None:
                 ShowCommand)
     add_command(fsub, "truth", "match latents to the shapes world's concepts, beside a random floor", cmd_truth,
                 TruthCommand)
+    add_command(fsub, "scan", "ground truth of one small SAE per (site, step) of a store: where the concepts live",
+                cmd_scan, ScanConfig)
+    add_command(fsub, "extra-concepts", "one SAE's ground truth with extra candidate concept families (tone, edge, "
+                "bgpos) appended to the labels", cmd_extra_concepts, ExtraConceptsConfig)
+    add_command(fsub, "readability", "whether colour latents' cards show their colour, per heatmap style",
+                cmd_readability, ReadabilityCommand)
     a = subparsers.add_parser("autointerp", help="explain latents and score the explanations on held-out images")
     add_config_arguments(a.add_argument_group("what"), AutointerpCommand)
     add_config_arguments(a.add_argument_group("autointerp"), AutointerpConfig)
@@ -96,46 +130,43 @@ def register(subparsers) -> None:
     a.set_defaults(func=cmd_autointerp)
 
 
-def _dictionaries(run: Path) -> list[Path]:
-    from difflens.evaluation.cli import dictionary_folders
-
-    return dictionary_folders(run)
-
-
 def cmd_build(args) -> int:
     from difflens.dictionaries.io import load_dictionary
+    from difflens.store.run_layout import find_dictionaries, index_folder
 
     from .index import IndexConfig, build_feature_index
 
     cmd = config_from_args(BuildCommand, args)
     cfg = config_from_args(IndexConfig, args)
-    folders = _dictionaries(Path(cmd.run))
-    for folder in folders:
+    folders = find_dictionaries(cmd.run)
+    for name, folder in folders.items():
         if cmd.out is None:
-            out = folder / "index"
+            out = index_folder(folder)
         else:
-            out = Path(cmd.out) / folder.name if len(folders) > 1 else Path(cmd.out)
+            out = Path(cmd.out) / name if len(folders) > 1 else Path(cmd.out)
         index = build_feature_index(load_dictionary(folder), cmd.store, steps=cmd.steps, out=out, config=cfg,
-                                    device=cmd.device, progress=not cmd.quiet)
+                                    device=cmd.device, progress=not cmd.quiet, resume=not cmd.overwrite)
         alive = int(index.alive().sum())
-        print(f"{folder.name}: {alive} of {index.num_latents} latents active on {sum(index.tokens.values()):,} "
+        print(f"{name}: {alive} of {index.num_latents} latents active on {sum(index.tokens.values()):,} "
               f"tokens of {index.site} steps {index.steps} ({index.split}) -> {out}")
     return 0
 
 
 def cmd_show(args) -> int:
+    from difflens.store.run_layout import card_path, one_index
+
     from .cards import feature_card, feature_grid
     from .index import FeatureIndex
 
     cmd = config_from_args(ShowCommand, args)
     if not cmd.feature:
         raise ValueError("--feature is required: one latent (a card) or several (a grid), e.g. --feature 17")
-    index = FeatureIndex.load(cmd.index)
+    index = FeatureIndex.load(one_index(cmd.index))
     if len(cmd.feature) == 1:
-        out = cmd.output or index.path / "cards" / f"latent-{cmd.feature[0]}.png"
+        out = cmd.output or card_path(index.path, cmd.feature[0])
         path = feature_card(index, cmd.feature[0], out, n_images=cmd.images, style=cmd.style)
     else:
-        out = cmd.output or index.path / "cards" / "grid.png"
+        out = cmd.output or card_path(index.path)
         path = feature_grid(index, cmd.feature, out, n_images=min(cmd.images, 8), style=cmd.style)
     print(f"wrote {path}")
     return 0
@@ -143,6 +174,7 @@ def cmd_show(args) -> int:
 
 def cmd_truth(args) -> int:
     from difflens.dictionaries.io import load_dictionary
+    from difflens.store.run_layout import autointerp_results, find_dictionaries, find_indexes, truth_path
 
     from .index import FeatureIndex
     from .truth import truth_report, write_truth
@@ -150,42 +182,86 @@ def cmd_truth(args) -> int:
     cmd = config_from_args(TruthCommand, args)
     if (cmd.index is None) == (cmd.run is None):
         raise ValueError("give --index DIR or --run DICTIONARY_DIR")
-    index = autointerp = None
-    if cmd.index is not None:
-        index = FeatureIndex.load(cmd.index)
-        dictionary, store, where = index.dictionary, index.store, index.path
-        # oracle autointerp results beside the index: a perfect judge scores the same test examples
-        results = Path(cmd.index) / "autointerp" / "oracle" / "results.json"
-        autointerp = json.loads(results.read_text()) if results.exists() else None
-    else:
-        dictionary = load_dictionary(cmd.run)
-        store, where = None, Path(cmd.run)
-    report = truth_report(dictionary, store, controls=tuple(cmd.controls), sparse_sizes=tuple(cmd.sparse_sizes),
-                          bootstrap=cmd.bootstrap, autointerp=autointerp, index=index)
-    out = Path(cmd.out) if cmd.out else Path(where) / "truth.json"
-    write_truth(report, out)
-    print(json.dumps({k: report[k] for k in ("dictionary", "site", "step", "alive", "headline", "explained_share",
-                                             "explained_share_random") if k in report}))
-    print(f"wrote {out}")
+    targets = find_indexes(cmd.index) if cmd.index is not None else find_dictionaries(cmd.run)
+    for name, folder in targets.items():
+        index = autointerp = None
+        if cmd.index is not None:
+            index = FeatureIndex.load(folder)
+            dictionary, store = index.dictionary, index.store
+            # oracle autointerp results beside the index: a perfect judge scores the same test examples
+            results = autointerp_results(folder, "oracle")
+            autointerp = json.loads(results.read_text()) if results.exists() else None
+        else:
+            dictionary, store = load_dictionary(folder), None
+        report = truth_report(dictionary, store, controls=tuple(cmd.controls), sparse_sizes=tuple(cmd.sparse_sizes),
+                              bootstrap=cmd.bootstrap, autointerp=autointerp, index=index)
+        if cmd.out is None:
+            out = truth_path(folder)
+        else:
+            out = truth_path(Path(cmd.out) / name) if len(targets) > 1 else Path(cmd.out)
+        write_truth(report, out, overwrite=cmd.overwrite)
+        print(json.dumps({k: report[k] for k in ("dictionary", "site", "step", "alive", "headline",
+                                                 "explained_share", "explained_share_random") if k in report}))
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_scan(args) -> int:
+    from .scan import SUMMARY_FILE, ScanConfig, scan_tables, truth_scan
+
+    cfg = config_from_args(ScanConfig, args)
+    summary = truth_scan(cfg, log=lambda m: print(f"[scan] {m}", flush=True))
+    print(scan_tables(summary))
+    print(f"reports in {cfg.out}/<site>@<step>.json, summary {Path(cfg.out) / SUMMARY_FILE}")
+    print(json.dumps(summary["rows"]))
+    return 0
+
+
+def cmd_extra_concepts(args) -> int:
+    from .extra_concepts import ExtraConceptsConfig, extra_concepts
+
+    result = extra_concepts(config_from_args(ExtraConceptsConfig, args), log=lambda m: print(m, flush=True))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_readability(args) -> int:
+    from difflens.store.run_layout import find_dictionaries, index_folder, truth_path
+
+    from .readability import card_readability, format_readability
+
+    cmd = config_from_args(ReadabilityCommand, args)
+    rows = []
+    for folder in find_dictionaries(cmd.run).values():
+        if truth_path(folder).exists() and index_folder(folder).exists():
+            rows.append(card_readability(folder, cmd.images, cmd.min_f1))
+            print(format_readability(rows[-1]))
+    if not rows:
+        raise ValueError(f"no dictionary of {cmd.run} has both truth.json and index/ (run `difflens features index` "
+                         "and `difflens features truth` first)")
+    print(json.dumps(rows))
     return 0
 
 
 def cmd_autointerp(args) -> int:
+    from difflens.store.run_layout import find_indexes
+
     from .autointerp import AutointerpConfig, compare_methods, run_autointerp
     from .index import FeatureIndex
     from .vlm import VLMConfig, format_dry_run
 
     cmd = config_from_args(AutointerpCommand, args)
     if not cmd.index:
-        raise ValueError("--index is required (a feature index folder from `difflens features build`)")
+        raise ValueError("--index is required (a feature index folder from `difflens features index`)")
     cfg = config_from_args(AutointerpConfig, args)
     vlm = config_from_args(VLMConfig, args)
     if cfg.backend == "oracle" and given(args, VLMConfig):
         raise ValueError("VLM flags (--base-url, --model, ...) apply to --backend openai only")
     summaries = {}
-    for folder in cmd.index:
+    folders = [index for given_folder in cmd.index for index in find_indexes(given_folder).values()]
+    for folder in folders:
         index = FeatureIndex.load(folder)
-        summary = run_autointerp(index, cfg, vlm_config=vlm)
+        summary = run_autointerp(index, cfg, vlm_config=vlm, overwrite=cmd.overwrite)
         if cfg.dry_run:
             print(format_dry_run(summary["dry_run"]))
             print(f"then {summary['judge_calls']} judge calls (one image each)")
@@ -195,7 +271,7 @@ def cmd_autointerp(args) -> int:
         print(f"{name}: {summary['explained']} latents explained, {len(summary['failed'])} failed, "
               f"mean score {summary['mean_score']}  ({summary['note']})")
     if len(summaries) > 1:
-        out = Path(cmd.out) if cmd.out else Path(cmd.index[0]).parent / f"autointerp_{cfg.backend}.png"
+        out = Path(cmd.out) if cmd.out else Path(folders[0]).parent / f"autointerp_{cfg.backend}.png"
         table = compare_methods(summaries, out)
         print(json.dumps(table, indent=1))
         print(f"wrote {out}")

@@ -51,9 +51,11 @@ Concepts are **coarse** or **specific** (`concept_kind`): the five coarse ones s
 (part:object, part:background, part:edge, part:interior, part:boundary); every other concept names an attribute,
 a place or a conjunction. Ground-truth headlines count a latent as explained only by a specific concept.
 
-Which oracle reads a store's images (`world`): "rich" when any of its prompts is a rich-world caption (it names
-a texture, pattern, composite shape, "huge", a rich background colour or three objects), else "classic" (so
-classic stores keep exactly their labels). The prompts only choose the reader; every label comes from pixels.
+Which oracle reads a store's images (`world`, a `difflens.world.World`): the narrowest world that holds every
+prompt, so "rich" when any of its prompts is a rich-world caption (it names a texture, pattern, composite shape,
+"huge", a rich background colour or three objects), else "classic" (so classic stores keep exactly their labels).
+The prompts only choose the reader; every label comes from pixels. The rich concepts above are those of a world
+whose oracle reads details (`World.reads_details`: textures, patterns, parts).
 
 `token_labels(store)` reads every image once and caches the result in ``<store>/labels/labels-<h>x<w>.safetensors``
 (written atomically; bit-packed labels plus the concept names, the grid and each image's reading in its metadata).
@@ -68,9 +70,10 @@ from pathlib import Path
 import numpy as np
 
 from difflens.atomic import atomic_write_bytes
-from difflens.world.oracle import SceneReading, read_image
-from difflens.world.palette import COMPOSITES, PATTERNS, RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES, TEXTURES
-from difflens.world.scene import BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES
+from difflens.world.oracle import SceneReading
+from difflens.world.palette import COMPOSITES
+from difflens.world.scene import COLORS, POSITIONS
+from difflens.world.worlds import CLASSIC, DEFAULT_WORLD, RICH, WORLDS, World, get_world
 
 LABELS_VERSION = 2  # bump when the rule or the concept list changes: cached labels of another version are rebuilt
 MIN_POSITIVE_TOKENS = 8  # a concept with fewer positive tokens in the whole store is dropped
@@ -87,8 +90,9 @@ def _cell_name(position: str) -> str:
     return position.replace(" ", "-")
 
 
-def _concepts(backgrounds, shapes, sizes) -> list[str]:
-    """The classic concept families over the given attribute values."""
+def _concepts(world: World) -> list[str]:
+    """The classic concept families over a world's attribute values."""
+    backgrounds, shapes, sizes = world.backgrounds, world.shapes, world.sizes
     names = [f"bg:{b}" for b in backgrounds]
     names += ["part:background", "part:object", "part:edge", "part:interior"]
     names += [f"color:{c}" for c in COLORS] + [f"shape:{s}" for s in shapes] + [f"size:{s}" for s in sizes]
@@ -106,12 +110,13 @@ def _concepts(backgrounds, shapes, sizes) -> list[str]:
 
 def rich_concepts() -> list[str]:
     """The concepts only rich-world readings carry, in a fixed order (see the module docstring)."""
-    classic = set(_concepts(BACKGROUNDS, SHAPES, SIZES))
-    names = [n for n in _concepts(RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES) if n not in classic]
-    names += [f"texture:{t}" for t in TEXTURES] + [f"bg:{b}&{t}" for b in RICH_BACKGROUNDS for t in TEXTURES]
-    names += [f"pattern:{p}" for p in PATTERNS]
+    classic = set(_concepts(CLASSIC))
+    names = [n for n in _concepts(RICH) if n not in classic]
+    names += [f"texture:{t}" for t in RICH.textures] + [f"bg:{b}&{t}" for b in RICH.backgrounds for t in RICH.textures]
+    names += [f"pattern:{p}" for p in RICH.patterns]
     names += [f"part:{s}-{part}" for s, parts in COMPOSITES.items() for part in parts] + ["part:boundary"]
-    names += [f"pair:{c}&{p}" for c in COLORS for p in PATTERNS] + [f"pair:{s}&{p}" for s in RICH_SHAPES for p in PATTERNS]
+    names += [f"pair:{c}&{p}" for c in COLORS for p in RICH.patterns]
+    names += [f"pair:{s}&{p}" for s in RICH.shapes for p in RICH.patterns]
     return names
 
 
@@ -124,7 +129,7 @@ COARSE_CONCEPTS = ("part:object", "part:background", "part:edge", "part:interior
 def place_concepts() -> list[str]:
     """The place-within-object family (both worlds), in a fixed order."""
     names = [f"place:{p}" for p in PLACES]
-    for values in (COLORS, RICH_SHAPES, PATTERNS):
+    for values in (COLORS, RICH.shapes, RICH.patterns):
         names += [f"place:{p}&{v}" for p in PLACES for v in values]
     return names
 
@@ -132,7 +137,7 @@ def place_concepts() -> list[str]:
 def all_concepts() -> list[str]:
     """Every concept the labeller knows, in a fixed order: the classic ones (general ones first, conjunctions last),
     then the rich world's, then the place family."""
-    return _concepts(BACKGROUNDS, SHAPES, SIZES) + rich_concepts() + place_concepts()
+    return _concepts(CLASSIC) + rich_concepts() + place_concepts()
 
 
 def concept_kind(concept: str) -> str:
@@ -184,9 +189,11 @@ def neighbour_owner(owner: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return out
 
 
-def reading_token_labels(reading: SceneReading, grid: tuple[int, int], world: str = "classic") -> np.ndarray:
+def reading_token_labels(reading: SceneReading, grid: tuple[int, int], world: str | World = "classic") -> np.ndarray:
     """Labels of one read image: bool (T, C_all) over `all_concepts()`, T = gh·gw in row-major token order.
-    `world="rich"` adds the rich concepts (texture, pattern, parts, boundary, ...)."""
+    A world whose oracle reads details (`world="rich"`) adds the rich concepts (texture, pattern, parts, boundary,
+    ...)."""
+    details = get_world(world).reads_details
     gh, gw = grid
     owner = token_owner(reading, grid)
     labels = np.zeros((gh, gw, len(_ALL)), dtype=bool)
@@ -205,8 +212,8 @@ def reading_token_labels(reading: SceneReading, grid: tuple[int, int], world: st
             near = background & (n == i)
             labels[near, _INDEX[f"side:{side}"]] = True
             labels[near, _INDEX[f"near:{side}:{obj.color}"]] = True
-    _place_token_labels(reading, owner, labels, rich=world != "classic")
-    if world != "classic":
+    _place_token_labels(reading, owner, labels, rich=details)
+    if details:
         _rich_token_labels(reading, grid, owner, labels)
     return labels.reshape(gh * gw, len(_ALL))
 
@@ -253,25 +260,31 @@ def _rich_token_labels(reading: SceneReading, grid: tuple[int, int], owner: np.n
     labels[straddle, _INDEX["part:boundary"]] = True
 
 
-def label_image(image: np.ndarray, grid: tuple[int, int], world: str = "classic") -> tuple[np.ndarray, SceneReading]:
+def label_image(image: np.ndarray, grid: tuple[int, int],
+                world: str | World = "classic") -> tuple[np.ndarray, SceneReading]:
     """(labels bool (T, C_all) over `all_concepts()`, the oracle's reading) of one RGB uint8 image (H, W, 3),
     read by the `world`'s oracle."""
-    reading = read_image(image, world=world)
+    world = get_world(world)
+    reading = world.read(image)
     return reading_token_labels(reading, grid, world=world), reading
 
 
 def store_world(store) -> str:
-    """"rich" when any of the store's prompts is a rich-world caption, else "classic" (prompts that are no
-    shapes-world caption at all count as classic). It picks the oracle; labels still come from the pixels."""
+    """The name of the narrowest world that holds every prompt of the store: "rich" when any is a rich-world
+    caption, else "classic" (prompts that are no shapes-world caption at all count as classic). It picks the
+    oracle; labels still come from the pixels."""
     from difflens.world.caption import caption_world
 
+    order = list(WORLDS)
+    widest = 0
     for entry in store.prompts():
         try:
-            if caption_world(entry["prompt"]) == "rich":
-                return "rich"
+            widest = max(widest, order.index(caption_world(entry["prompt"])))
         except ValueError:
             continue
-    return "classic"
+        if widest == len(order) - 1:
+            break
+    return order[widest]
 
 
 def require_world_store(store) -> None:
@@ -306,7 +319,7 @@ class TokenLabels:
     grid: tuple[int, int]
     packed: np.ndarray
     readings: list[dict]  # the oracle's reading of each image: {"background", "objects": [{color, shape, ...}]}
-    world: str = "classic"  # the oracle that read the images
+    world: str = DEFAULT_WORLD.name  # the world whose oracle read the images
 
     @property
     def num_images(self) -> int:
@@ -365,8 +378,9 @@ def concept_of_tokens(labels: TokenLabels, image_id: int) -> dict[str, np.ndarra
     return {name: img[:, c].copy() for c, name in enumerate(labels.concepts) if img[:, c].any()}
 
 
-def labels_path(store, grid: tuple[int, int], world: str = "classic") -> Path:
-    suffix = "" if world == "classic" else f"-{world}"
+def labels_path(store, grid: tuple[int, int], world: str | World = "classic") -> Path:
+    world = get_world(world)
+    suffix = "" if world is DEFAULT_WORLD else f"-{world.name}"  # the default's files predate worlds
     return Path(store.root) / LABELS_DIR / f"labels-{grid[0]}x{grid[1]}{suffix}.safetensors"
 
 
@@ -394,11 +408,11 @@ def image_grid(store, site: str | None = None) -> tuple[int, int]:
     return grids.pop()
 
 
-def _cache_meta(store, grid, world: str = "classic") -> dict:
+def _cache_meta(store, grid, world: World = DEFAULT_WORLD) -> dict:
     meta = {"version": str(LABELS_VERSION), "grid": json.dumps(list(grid)),
             "n_images": str(store.meta.get("n_images")), "prompts_hash": str(store.meta.get("prompts_hash"))}
-    if world != "classic":  # classic caches written before worlds existed stay valid
-        meta["world"] = world
+    if world is not DEFAULT_WORLD:  # caches of the default world written before worlds existed stay valid
+        meta["world"] = world.name
     return meta
 
 
@@ -408,30 +422,28 @@ def _load_cached(path: Path, want: dict) -> TokenLabels | None:
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
-            if any(meta.get(k) != v for k, v in want.items()) or meta.get("world", "classic") != want.get(
-                    "world", "classic"):
+            default = DEFAULT_WORLD.name
+            if any(meta.get(k) != v for k, v in want.items()) or meta.get("world", default) != want.get("world", default):
                 return None
             packed = f.get_tensor("packed")
     except Exception:  # unreadable or foreign file: rebuild it
         return None
     return TokenLabels(json.loads(meta["concepts"]), tuple(json.loads(meta["grid"])), packed, json.loads(meta["readings"]),
-                       meta.get("world", "classic"))
+                       meta.get("world", DEFAULT_WORLD.name))
 
 
 def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = True,
                  world: str | None = None) -> TokenLabels:
     """Labels of every token of every image of `store` (a folder or an opened store), from the oracle's reading of
     each generated image; built once and cached in ``<store>/labels/`` (rebuilt when the cache does not match).
-    `world`: which oracle reads the images ("classic" | "rich"); default `store_world(store)`."""
+    `world`: whose oracle reads the images (a name, "classic" | "rich", or a `World`); default `store_world(store)`."""
     from difflens.store.sources import open_store
 
     if isinstance(store, (str, Path)):
         store = open_store(store)
     require_world_store(store)
     grid = tuple(int(g) for g in grid) if grid is not None else image_grid(store)
-    world = world or store_world(store)
-    if world not in ("classic", "rich"):
-        raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
+    world = get_world(world or store_world(store))
     path = labels_path(store, grid, world)
     want = _cache_meta(store, grid, world)
     if cache and path.exists():
@@ -447,11 +459,11 @@ def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = Tr
     readings = []
     for image_id in range(n_images):
         full[image_id], reading = label_image(store.load_image(image_id), grid, world)
-        readings.append(reading.as_dict(rich=world == "rich", geometry=True))
+        readings.append(world.describe(reading, geometry=True))
     keep = full.sum(axis=(0, 1)) >= MIN_POSITIVE_TOKENS
     concepts = [name for name, k in zip(_ALL, keep) if k]
     packed = np.packbits(full[:, :, keep], axis=-1, bitorder="little")
-    labels = TokenLabels(concepts, grid, packed, readings, world)
+    labels = TokenLabels(concepts, grid, packed, readings, world.name)
     if cache:
         from safetensors.numpy import save
 

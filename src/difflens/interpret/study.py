@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.store.run_layout import store_folder, summary_path, truth_path
+
 METHODS = ("sae_pca", "sae_none", "sae_pca_residual_loss", "itda", "neurons")
 SAE_VARIANTS = {"sae_pca": dict(normalization="pca"), "sae_none": dict(normalization="none"),
                 "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual")}
@@ -29,14 +31,20 @@ SIZES = ((192, 4), (384, 8), (768, 16), (1536, 32))  # (latents, k) of the size 
 MEASURES = ("precise_share", "precise_share_coarse", "ap_share", "f1_share", "mean_union_f1", "mean_absorption")
 
 
+def sae_recipe(k: int, num_latents: int, num_tokens: int) -> dict:
+    """`train_sae` settings shared by every ground-truth experiment (the study, `truth_scan`, `extra_concepts`), so
+    dictionaries are compared at one fixed recipe: batch 4096, Adam lr 1e-3, AuxK with k_aux = 2k, a dead window of
+    a quarter of the tokens (at most 500k), the normaliser fitted on the whole train split."""
+    return dict(k=k, num_latents=num_latents, num_tokens=num_tokens, batch_size=4096, lr=1e-3, k_aux=2 * k,
+                dead_window_tokens=min(num_tokens // 4, 500_000), norm_fit_tokens=10**9)
+
+
 def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cfg: dict):
     import difflens as dl
 
     if method in SAE_VARIANTS:
-        return dl.train_sae(store, site, step, out=folder, seed=seed, k=cfg["k"], num_latents=cfg["num_latents"],
-                            num_tokens=cfg["sae_tokens"], batch_size=4096, lr=1e-3, k_aux=2 * cfg["k"],
-                            dead_window_tokens=min(cfg["sae_tokens"] // 4, 500_000), norm_fit_tokens=10**9,
-                            **SAE_VARIANTS[method])
+        return dl.train_sae(store, site, step, out=folder, seed=seed,
+                            **sae_recipe(cfg["k"], cfg["num_latents"], cfg["sae_tokens"]), **SAE_VARIANTS[method])
     if method == "itda":
         return dl.train_itda(store, site, step, out=folder, k=cfg["k"], threshold=cfg["itda_threshold"],
                              max_atoms=4 * cfg["num_latents"], num_tokens=cfg["itda_tokens"], seed=seed,
@@ -49,7 +57,7 @@ def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cf
 def _report(dictionary, folder: Path, labels) -> dict:
     from .truth import truth_report, write_truth
 
-    path = folder / "truth.json"
+    path = truth_path(folder)
     if path.exists():
         return json.loads(path.read_text())
     report = truth_report(dictionary, labels=labels, sparse_sizes=())
@@ -81,9 +89,9 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
     from .labels import token_labels
 
     run = Path(run)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads(summary_path(run).read_text())
     cfg, site, main_step = summary["config"], summary["site"], int(summary["step"])
-    store = dl.open_store(run / "store")
+    store = dl.open_store(store_folder(run))
     width = store.reader(site, main_step, "train").dim
     recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * width, "sae_tokens": cfg["sae_tokens"],
               "itda_tokens": cfg["itda_tokens"], "itda_threshold": cfg["itda_threshold"]}

@@ -35,6 +35,7 @@ picked at random with `random_seed`). Every field of truth.json: docs/truth.md.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -45,7 +46,10 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from difflens.atomic import atomic_write_json
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
 from difflens.dictionaries.base import Dictionary, SparseCodes
+from difflens.store.run_layout import relative_link
 
 from .labels import TokenLabels, concept_kind, token_labels
 from .truth_stats import (BANDS, LEVELS, MIN_HELDOUT_FIRES, MIN_TRAIN_FIRES, NARROWER, PRECISE_LIFT,
@@ -147,7 +151,7 @@ def random_floor(dictionary: Dictionary, store=None, *, seed: int = 0, max_token
     if center_D is None:
         from difflens.store.sources import open_store
 
-        store = open_store(store or (dictionary.store or {}).get("path"))
+        store = open_store(store or dictionary.locate_store())
         reader = store.reader(dictionary.site, dictionary.step, "train")
         total, n = torch.zeros(reader.dim, dtype=torch.float64), 0
         for acts, _ in reader.iter_batches(8192, shuffle=False):
@@ -652,9 +656,7 @@ def _open_inputs(dictionary, store) -> tuple[str, Dictionary, object]:
         dictionary = load_dictionary(dictionary)
     name = name or (Path(dictionary.path).name if getattr(dictionary, "path", None) else dictionary.kind)
     if store is None:
-        store = (dictionary.store or {}).get("path")
-        if not store:
-            raise ValueError("this dictionary does not record its store: pass store=")
+        store = dictionary.locate_store()
     if isinstance(store, (str, Path)):
         store = open_store(store)
     return name, dictionary, store
@@ -981,11 +983,24 @@ def family_coverage(ratio_by_concept: dict[str, float | None], bar: float = FAMI
             for fam, rs in sorted(families.items())}
 
 
-def write_truth(report: dict, path: str | Path) -> Path:
-    """Write a report as JSON atomically (NaN becomes null); returns the path."""
+def truth_settings(report: dict) -> dict:
+    """What identifies a report (which dictionary, where, which controls), to refuse replacing another's."""
+    return {**{k: report.get(k) for k in ("dictionary", "kind", "num_latents", "k", "site", "step")},
+            "controls": sorted(report.get("summary", {}))}
+
+
+@locks_output(lambda report, path, **_: path)
+def write_truth(report: dict, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a report as JSON atomically (NaN becomes null), its store and dictionary relative to the file's folder
+    (a run folder can move); returns the path. A report of another dictionary or other controls there is refused
+    unless ``overwrite``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, _clean(report))
+    previous = json.loads(path.read_text()) if path.exists() else None
+    same_settings(path, truth_settings(previous) if previous else None, truth_settings(_clean(report)),
+                  what="a ground-truth report", overwrite=overwrite)
+    links = {k: relative_link(report[k], path.parent) for k in ("store", "dictionary_path") if report.get(k)}
+    atomic_write_json(path, _clean({**report, **links}))
     return path
 
 

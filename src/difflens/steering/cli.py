@@ -13,7 +13,7 @@ class SteerCommand:
     """`difflens steer`: edit one latent of a dictionary while its model generates."""
 
     run: str
-    """dictionary folder (its site, step and feature index are used)"""
+    """dictionary folder (its site, step and feature index are used), or a run folder holding one dictionary"""
     latent: int
     """the latent to edit"""
     mode: Literal["add", "clamp", "scale", "ablate"] = "add"
@@ -61,17 +61,19 @@ def _prompts(values: list[str]) -> list[str]:
 
 
 def cmd_steer(args) -> int:
-    import difflens as dl
+    from difflens.adapters import load_adapter
     from difflens.atomic import atomic_write_json
-    from difflens.evaluation.plots import image_grid
+    from difflens.dictionaries.io import load_dictionary
+    from difflens.evaluation.plots import plot_image_grid
+    from difflens.store.run_layout import one_dictionary
 
     from .edits import Edit
     from .steer import steer
 
     cmd = config_from_args(SteerCommand, args)
-    dictionary = dl.load_dictionary(cmd.run)
+    dictionary = load_dictionary(one_dictionary(cmd.run))
     model_name = cmd.model or (dictionary.store or {}).get("model") or "embedded"
-    model = dl.load_model(model_name)
+    model = load_adapter(model_name)
     prompts = _prompts(cmd.prompt)
     if not prompts:
         if not model.name.startswith("embedded"):
@@ -94,7 +96,7 @@ def cmd_steer(args) -> int:
         title, row_titles = f"{title}\n\"{prompts[0]}\", seed {result.seeds[0]}", [""]
     else:
         row_titles = [p if len(p) < 40 else p[:37] + "..." for p in prompts]
-    path = image_grid(images, titles, row_titles, title, cmd.output, outlines)
+    path = plot_image_grid(images, titles, row_titles, title, cmd.output, outlines)
     print(f"wrote {path}")
     if cmd.json:
         atomic_write_json(cmd.json, {"model": model.name, "dictionary": str(dictionary.path), "prompts": prompts,

@@ -53,11 +53,12 @@ def typical_activation(index, latent: int, step: int | None) -> float:
 def _load_index(dictionary, index):
     if index is None or isinstance(index, (str, Path)):
         from difflens.interpret.index import FeatureIndex
+        from difflens.store.run_layout import index_folder, is_index
 
-        path = Path(index) if index is not None else (Path(dictionary.path) / "index" if dictionary.path else None)
-        if path is None or not (path / "index.json").exists():
+        path = Path(index) if index is not None else (index_folder(dictionary.path) if dictionary.path else None)
+        if path is None or not is_index(path):
             raise ValueError("unit 'typical' needs the dictionary's feature index (strength in multiples of each "
-                             "latent's typical activation): build it with `difflens features build --run "
+                             "latent's typical activation): build it with `difflens features index --run "
                              f"{dictionary.path or 'DIR'}` or pass index=...; or use unit='norm' or 'raw'")
         return FeatureIndex.load(path, dictionary=dictionary)
     return index
@@ -188,7 +189,9 @@ class _Resolver:
         return iv, weights, record
 
 
-def reading_dict(reading, world: str = "classic") -> dict[str, Any]:
+def reading_dict(reading, world="classic") -> dict[str, Any]:
     """An oracle reading as JSON: background and each object's attributes (masks left out); in the rich world
-    also the background texture and each object's pattern."""
-    return reading.as_dict(rich=world == "rich")
+    also the background texture and each object's pattern (`World.describe`; `world` a name or a World)."""
+    from difflens.world.worlds import get_world
+
+    return get_world(world).describe(reading)

@@ -122,7 +122,7 @@ class SiteReader:
         holdout = self.store.holdout
         if holdout is None:
             raise ValueError(f"store {self.store.root} has no held-out split, so it has no {self.split!r} rows; "
-                             f"make one with `difflens cache split {self.store.root} --holdout 0.1`")
+                             f"make one with `difflens capture split {self.store.root} --holdout 0.1`")
         held = np.asarray(sorted(holdout["image_ids"]), dtype=np.int64)
         want_held = self.split == "held-out"
         select: list[torch.Tensor | None] = []
@@ -306,7 +306,7 @@ class ActivationStore:
         manifest = root / layout.STORE_MANIFEST
         if not manifest.exists():
             hint = (
-                "the capture has not finished: rerun the same `difflens cache` command to complete it"
+                "the capture has not finished: rerun the same `difflens capture` command to complete it"
                 if (root / layout.CAPTURE_CONFIG).exists()
                 else "not a difflens activation store"
             )
@@ -390,7 +390,7 @@ class ActivationStore:
             self.reader(site, step).verify()
 
     def describe(self) -> str:
-        """Human-readable summary (what `difflens cache info` prints)."""
+        """Human-readable summary (what `difflens capture info` prints)."""
         m = self.meta
         lines = [
             f"store      {self.root}",

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from difflens import __version__
+from difflens._version import __version__
 from difflens.store import layout
 from difflens.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, remove_temporaries
 from difflens.store.split import choose_holdout

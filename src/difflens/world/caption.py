@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 
 from .palette import COMPOSITES, PATTERNS, RICH_BACKGROUNDS, RICH_SHAPES, RICH_SIZES, TEXTURES
-from .scene import BACKGROUNDS, COLORS, POSITION_PHRASES, SHAPES, SIZES, ObjectSpec, Scene, vocabulary
+from .scene import COLORS, POSITION_PHRASES, ObjectSpec, Scene
+from .worlds import RICH, WORLDS
 
 _PHRASE_POSITION = {tuple(phrase.split()): pos for pos, phrase in POSITION_PHRASES.items()}
 
@@ -78,7 +79,7 @@ def _background(words: list[str], text: str) -> tuple[str, str]:
 def parse_caption(text: str) -> Scene:
     """The scene a caption describes (offsets 0, `caption` = the text). Raises ValueError on unknown words or forms."""
     words = caption_words(text)
-    known = set(vocabulary("rich"))
+    known = set(RICH.vocabulary())
     unknown = [w for w in words if w not in known]
     if unknown:
         raise ValueError(f"unknown word(s) {unknown} in caption {text!r}; the shapes world knows: {' '.join(sorted(known))}")
@@ -102,16 +103,15 @@ def parse_caption(text: str) -> Scene:
 
 
 def caption_world(text: str) -> str:
-    """"classic" when the caption parses to a classic-world scene (plain classic background, one or two solid
-    classic objects of classic sizes), else "rich"."""
+    """The name of the narrowest world whose scenes the caption describes: "classic" for a plain classic background
+    with one or two solid classic objects of classic sizes, else "rich"."""
     return scene_world(parse_caption(text))
 
 
 def scene_world(scene: Scene) -> str:
-    """"classic" when every attribute of the scene is one the classic world has, else "rich"."""
-    classic = (scene.texture == "plain" and scene.background in BACKGROUNDS and len(scene.objects) in (1, 2)
-               and all(o.pattern == "solid" and o.shape in SHAPES and o.size in SIZES for o in scene.objects))
-    return "classic" if classic else "rich"
+    """The name of the narrowest world that holds every attribute of the scene (`World.holds`; the widest when none
+    does)."""
+    return next((w for w in WORLDS.values() if w.holds(scene)), RICH).name
 
 
 __all__ = ["COMPOSITES", "caption_words", "caption_world", "parse_caption", "scene_world"]

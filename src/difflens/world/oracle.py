@@ -3,8 +3,9 @@
 It recovers the background colour and, for each object, colour, shape, size and grid position.
 It judges generations, edits and features, so it only looks at pixels, never at a caption.
 Robust to mild generation noise: colours are snapped to the palette, specks are dropped.
-`read_image(image, world="rich")` reads rich-world images (`rich_oracle.py`: textures, patterns, parts too);
-the default reads the classic world exactly as it always has.
+`read_image(image, world="rich")` reads with that world's oracle (`worlds.World.read`; the rich one,
+`rich_oracle.py`, reads textures, patterns and parts too); the default reads the classic world exactly as it
+always has (`read_classic_image`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def shape_fits(mask: np.ndarray, shapes: tuple[str, ...] = SHAPES) -> dict[str, 
     """Best intersection-over-union of one blob with each ideal shape of `shapes`, fitted to its area and centroid.
 
     Matching whole templates, not a few corner pixels, is what makes the reading robust to the ragged edges
-    and softened corners of generations (bench/oracle_robustness.py measures it).
+    and softened corners of generations (`difflens world oracle-robustness` measures it).
     """
     rows, cols = np.nonzero(mask)
     area = len(rows)
@@ -116,16 +117,18 @@ def foreground_blobs(foreground_HW: np.ndarray) -> tuple[np.ndarray, list[np.nda
     return kept, [m for m in masks if m.sum() >= MIN_AREA_FRACTION * m.size]
 
 
-def read_image(image: np.ndarray, world: str = "classic") -> SceneReading:
-    """Read an RGB uint8 image (H, W, 3) of the shapes world. Objects are sorted by grid cell."""
+def read_image(image: np.ndarray, world="classic") -> SceneReading:
+    """Read an RGB uint8 image (H, W, 3) of `world` (a name or a `worlds.World`) with its oracle. Objects are sorted
+    by grid cell."""
+    from .worlds import get_world
+
+    return get_world(world).read(image)
+
+
+def read_classic_image(image: np.ndarray) -> SceneReading:
+    """Read an RGB uint8 image (H, W, 3) of the classic world. Objects are sorted by grid cell."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"oracle expects an RGB image of shape (H, W, 3), got {image.shape}")
-    if world != "classic":
-        if world != "rich":
-            raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
-        from .rich_oracle import read_rich_image
-
-        return read_rich_image(image)
     img = image.astype(np.float32)
     size = img.shape[0]
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])

@@ -7,7 +7,8 @@ generation can be scored against its prompt by the oracle.
 Two worlds share these types. The *classic* world (the default everywhere) is the one above and never
 changes: the shipped model, stores and tests depend on its exact scenes and captions. The *rich* world
 (`rich.py`, `world="rich"`) is a superset: textured backgrounds, patterned and composite objects, up to
-three larger objects; a classic scene is a valid rich scene that renders identically.
+three larger objects; a classic scene is a valid rich scene that renders identically. `worlds.py` holds both
+worlds as objects (`World`: sampler, captions, vocabulary, oracle); this module is the classic world's parts.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PAIR_TEMPLATES = (
     "a {obj} and a {obj2} on a {bg} background",
     "{bg} background with a {obj} and a {obj2}",
 )
+PAIR_PROBABILITY = 0.3  # share of two-object scenes in the training split
 HELDOUT_FRACTION = 0.1  # share of (colour, shape, position) combinations never seen in training
 
 
@@ -128,13 +130,10 @@ def caption_for(background: str, objects: tuple[ObjectSpec, ...], template: int 
     return t.format(obj=objects[0].phrase(), obj2=objects[-1].phrase(), bg=background)
 
 
-def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None,
-                 pair_probability: float = 0.3, world: str = "classic") -> Scene:
-    """One random scene. `split="heldout"` draws single objects from the held-out combinations only.
-
-    `world="rich"`: a rich-world scene (`rich.sample_rich_scene`; `pair_probability` does not apply)."""
-    if world != "classic":
-        return _rich(world).sample_rich_scene(rng, split=split, n_objects=n_objects)
+def sample_classic_scene(rng: np.random.Generator, split: str = "train", n_objects: int | None = None,
+                         pair_probability: float = PAIR_PROBABILITY) -> Scene:
+    """One random classic scene. `split="heldout"` draws single objects from the held-out combinations only.
+    (`worlds.sample_scene` picks the world by name.)"""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if n_objects is None:
@@ -154,35 +153,19 @@ def sample_scene(rng: np.random.Generator, split: str = "train", n_objects: int 
     return Scene(background=background, objects=objects, caption=caption_for(background, objects, template))
 
 
-def sample_scenes(n: int, seed: int = 0, split: str = "train", n_objects: int | None = None,
-                  world: str = "classic") -> list[Scene]:
-    """`n` scenes, a pure function of (n, seed, split, n_objects, world)."""
-    rng = np.random.default_rng(seed)
-    return [sample_scene(rng, split=split, n_objects=n_objects, world=world) for _ in range(n)]
-
-
-def world_prompts(n: int, seed: int = 0, split: str = "train", world: str = "classic") -> list[str]:
-    """Captions of `n` seeded scenes: the default prompt set for capture."""
-    return [s.caption for s in sample_scenes(n, seed=seed, split=split, world=world)]
-
-
-def vocabulary(world: str = "classic") -> list[str]:
-    """Every word a caption can contain, sorted: the embedded model's tokenizer vocabulary.
-
-    The classic list is what the shipped model was trained with (its config stores it); `world="rich"` adds
-    the rich world's words."""
+def classic_words() -> set[str]:
+    """Every word a classic caption can contain: what the shipped model was trained with (its config stores it)."""
     words: set[str] = set()
     for text in (*SINGLE_TEMPLATES, *PAIR_TEMPLATES, *POSITION_PHRASES.values()):
         words.update(w for w in text.split() if not w.startswith("{"))
     words.update(SHAPES, COLORS, BACKGROUNDS, SIZES)
-    if world != "classic":
-        words.update(_rich(world).rich_words())
-    return sorted(words)
+    return words
 
 
-def _rich(world: str):
-    if world != "rich":
-        raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
-    from . import rich
+def __getattr__(name):
+    """The by-name functions moved to `worlds.py` (which imports this module); old imports from here still work."""
+    if name in ("sample_scene", "sample_scenes", "world_prompts", "vocabulary"):
+        from . import worlds
 
-    return rich
+        return getattr(worlds, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

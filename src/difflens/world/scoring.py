@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .oracle import read_image
 from .scene import Scene
+from .worlds import CLASSIC, World, get_world
 
 ATTRIBUTES = ("color", "shape", "size", "position")
 
@@ -24,7 +24,7 @@ def score_images(scenes: list[Scene], images_BHWC: np.ndarray) -> dict[str, floa
     hits = {f"{a}_acc": 0 for a in ATTRIBUTES}
     hits.update(background_acc=0, one_object_acc=0)
     for scene, image in zip(scenes, images_BHWC):
-        reading = read_image(image)
+        reading = CLASSIC.read(image)
         hits["background_acc"] += reading.background == scene.background
         hits["one_object_acc"] += len(reading.objects) == 1
         if not reading.objects:
@@ -35,32 +35,30 @@ def score_images(scenes: list[Scene], images_BHWC: np.ndarray) -> dict[str, floa
     return {k: v / len(scenes) for k, v in hits.items()}
 
 
-RICH_ATTRIBUTES = ("color", "pattern", "shape", "size")
-
-
-def score_scene_images(scenes: list[Scene], images_BHWC: np.ndarray, world: str = "rich",
+def score_scene_images(scenes: list[Scene], images_BHWC: np.ndarray, world: str | World = "rich",
                        part_masks: list[list[dict[str, np.ndarray]]] | None = None) -> dict[str, float]:
     """Per-attribute accuracy of images of scenes with any number of objects, read with `world`'s oracle.
 
     Each of a scene's objects is matched to the object the oracle finds in its grid cell; `position_acc` is the
     share of objects so found, and each object attribute counts as wrong for an object not found; `bound_acc` is
-    the share of objects found with every named attribute right (attributes bound to the right object). Per
-    image: `background_acc`, `count_acc` (exactly as many objects as the scene has) and, in the rich world,
-    `texture_acc`. With `part_masks` (per scene, per object, {part: bool (H, W)}, as `render_parts` gives),
+    the share of objects found with every named attribute right (attributes bound to the right object); the object
+    attributes are those the world's oracle reads (`World.object_fields`). Per image: `count_acc` (exactly as
+    many objects as the scene has) and each scene field the oracle reads (`background_acc`; in the rich world
+    `texture_acc` too). With `part_masks` (per scene, per object, {part: bool (H, W)}, as `render_parts` gives),
     `part_iou` is the mean IoU of each composite object's rendered parts with the parts read, over composite
     objects whose shape was read right.
     """
     if len(scenes) != len(images_BHWC):
         raise ValueError(f"{len(scenes)} scenes but {len(images_BHWC)} images")
-    attributes = RICH_ATTRIBUTES if world == "rich" else ATTRIBUTES[:3]
+    world = get_world(world)
+    attributes = world.object_fields
     hits = {f"{a}_acc": 0 for a in (*attributes, "position", "bound")}
-    per_image = {"background_acc": 0, "count_acc": 0, **({"texture_acc": 0} if world == "rich" else {})}
+    per_image = dict.fromkeys(["background_acc", "count_acc", *(f"{f}_acc" for f in world.scene_fields)], 0)
     n_objects, ious = 0, []
     for i, (scene, image) in enumerate(zip(scenes, images_BHWC)):
-        reading = read_image(image, world=world)
-        per_image["background_acc"] += reading.background == scene.background
-        if world == "rich":
-            per_image["texture_acc"] += reading.texture == scene.texture
+        reading = world.read(image)
+        for f in world.scene_fields:
+            per_image[f"{f}_acc"] += getattr(reading, f) == getattr(scene, f)
         per_image["count_acc"] += len(reading.objects) == len(scene.objects)
         by_cell = {}
         for o in reading.objects:  # the largest object read in a cell stands for it
@@ -92,3 +90,13 @@ def score_rich_images(scenes: list[Scene], images_BHWC: np.ndarray,
                       part_masks: list[list[dict[str, np.ndarray]]] | None = None) -> dict[str, float]:
     """`score_scene_images` in the rich world."""
     return score_scene_images(scenes, images_BHWC, "rich", part_masks)
+
+
+def score_generations(scenes: list[Scene], images_BHWC: np.ndarray, world: str | World) -> dict[str, float]:
+    """Oracle scores of a model's images of `scenes`, the way `world` scores them: single-object scenes of a world
+    scored on the largest object read (`World.largest_object_score`: the classic model card's measure) by
+    `score_images`, everything else by `score_scene_images`, with part IoU where the world's oracle reads parts."""
+    world = get_world(world)
+    if world.largest_object_score and all(len(s.objects) == 1 for s in scenes):
+        return score_images(scenes, images_BHWC)
+    return score_scene_images(scenes, images_BHWC, world, world.part_masks(scenes))

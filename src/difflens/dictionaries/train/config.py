@@ -95,7 +95,11 @@ class RunConfig:
     out: str | None = None
     """dictionary folder (cfg.json, weights, checkpoint/, train_log.jsonl); none: train in memory, write nothing"""
     resume: bool = True
-    """continue from the folder's checkpoint (refused if it was made by different settings or data)"""
+    """continue from the folder's checkpoint, or load its finished dictionary, when they were made by the same
+    settings and data (other ones are refused, differences named); --no-resume: start over, replacing them"""
+    overwrite: bool = False
+    """replace a finished dictionary or checkpoint made by other settings or data (said on stderr) instead of
+    refusing; one made by the same job is still reused"""
     norm_fit_tokens: int = 1_000_000
     """tokens streamed into the normalisation fit"""
     min_tokens_per_dim: float = 10.0
@@ -113,7 +117,7 @@ class RunConfig:
 
 
 # Settings that may change between a checkpoint and its resume without changing the job's result.
-OPERATIONAL = {"out", "resume", "checkpoint_every", "log_every", "device", "logger", "progress", "num_tokens"}
+OPERATIONAL = {"out", "resume", "overwrite", "checkpoint_every", "log_every", "device", "logger", "progress", "num_tokens"}
 
 
 def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:

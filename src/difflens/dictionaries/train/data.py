@@ -2,7 +2,7 @@
 
 A source is a store folder (or ``.safetensors`` file with an ``acts`` tensor), an opened store, an
 in-memory capture, a reader, or a tensor of activations ``(..., D)``. Stores split by image (see
-``difflens cache split``): training reads the ``train`` split, evaluation the ``held-out`` one.
+``difflens capture split``): training reads the ``train`` split, evaluation the ``held-out`` one.
 """
 
 from __future__ import annotations

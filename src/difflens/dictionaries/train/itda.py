@@ -13,9 +13,10 @@ from typing import Callable
 
 import torch
 
+from ...checkpoint import restore_rng
 from ...distributed import launched_world_size, pick_device
+from ...locks import output_lock
 from ..base import check_activations
-from ..checkpoint import set_rng_state
 from ..itda import ITDA, PROVENANCE_KEYS, relative_loss
 from .config import ITDATrainConfig, RunConfig
 from .data import batch_stream, resolve_data
@@ -26,12 +27,18 @@ StepCallback = Callable[[int, ITDA, dict], "bool | None"]
 
 def train_itda(source, cfg: ITDATrainConfig | None = None, run: RunConfig | None = None, *, site: str | None = None,
                step: int | None = None, split: str = "auto", on_step: StepCallback | None = None) -> ITDA:
-    """Grow an ITDA dictionary over ``source``; writes ``run.out`` when given. ``on_step`` as for train_sae."""
+    """Grow an ITDA dictionary over ``source``; writes ``run.out`` (locked for the run) when given. ``on_step`` as
+    for train_sae."""
     cfg, run = cfg or ITDATrainConfig(), run or RunConfig()
     cfg.validate()
     if launched_world_size() > 1:
         raise ValueError("ITDA training is sequential; run it in one process (not under torchrun)")
     data = resolve_data(source, site, step, split)
+    with output_lock(run.out):
+        return _grow(cfg, run, data, on_step)
+
+
+def _grow(cfg: ITDATrainConfig, run: RunConfig, data, on_step) -> ITDA:
     reader = data.reader
     device = pick_device(run.device)
     arch = cfg.architecture()
@@ -46,7 +53,7 @@ def train_itda(source, cfg: ITDATrainConfig | None = None, run: RunConfig | None
     if restored is not None:
         tensors, info = restored
         itda.load_atoms(tensors["atoms"].to(device), {k: tensors[f"provenance.{k}"] for k in PROVENANCE_KEYS})
-        set_rng_state(tensors)
+        restore_rng(tensors)
         done, epoch, batch_idx = info["step"], info["epoch"], info["next_batch"]
     meta = {**data.origin(), "method": "itda", "train": asdict(cfg), "job": job.identity()}
     itda.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store

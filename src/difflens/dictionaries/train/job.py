@@ -1,9 +1,20 @@
-"""A training job's folder: checkpoints bound to the job's settings and data, the log, the final files.
+"""A training job's folder: what it already holds, checkpoints bound to the job's settings and data, the log,
+the final files.
 
-A checkpoint records the job's settings (method, config, normalisation fit), the data it reads (site,
-step, split, the store's model, weights and prompts hash, rows) and a hash of the fitted normaliser.
-Resuming under anything else is refused with the differences named; ``resume=False`` wipes the folder's
-checkpoint and log first, so the run starts truly fresh.
+A checkpoint, and a finished dictionary's ``difflens_meta.job``, record the job's settings (method, config,
+normalisation fit), the data it reads (site, step, split, the store's model, weights and prompts hash, rows)
+and, for checkpoints, a hash of the fitted normaliser. Opening a folder (:meth:`Job.open`, one comparison for
+both: ``outputs.same_settings``):
+
+- a finished dictionary of this very job is loaded, not retrained ("already done");
+- a checkpoint of this very job is resumed;
+- either of another job is refused with the differences named, unless ``overwrite=True`` (``--overwrite``),
+  which replaces it, saying so on stderr;
+- ``resume=False`` (``--no-resume``) starts over whatever the folder holds, saying so when it held something.
+
+Replacing wipes the folder's dictionary config, checkpoint and log first, so the run starts truly fresh and
+a kill mid-way never leaves the old dictionary's config beside the new job's checkpoint. The folder is
+locked (``locks``) by the training functions for the whole run.
 """
 
 from __future__ import annotations
@@ -17,14 +28,19 @@ from typing import Callable
 
 import torch
 
-from ...configs import differences
+from ...checkpoint import load_latest, save_checkpoint
 from ...distributed import rank_and_world
+from ...outputs import note, same_settings
 from ...progress import progress
-from ..checkpoint import load_latest, save_checkpoint
-from ..io import load_normalizer, save_dictionary, save_normalizer
+from ...store.run_layout import CFG_FILE, CHECKPOINT_DIR, NORMALIZER_FILE, TENSORBOARD_DIR, TRAIN_LOG
+from ..io import load_dictionary, load_normalizer, read_cfg, save_dictionary, save_normalizer
 from ..normalization import Normalizer
 from .config import RunConfig, job_settings
 from .data import TrainingData, fit_normalizer
+
+REPLACE_HINT = ("rerun with the original settings to resume or reuse it, pass --overwrite (overwrite=True) or "
+                "--no-resume (resume=False) to replace it, or choose another --out")
+CHECKPOINT_POINTER = "latest.json"
 
 STORE_KEYS = ("model", "weights", "prompts_hash", "n_images")
 
@@ -50,10 +66,9 @@ def start_job(method: str, cfg, run: RunConfig, data: TrainingData, total_steps:
     The normaliser is the resumed job's, or a fresh fit on the training data (saved beside the checkpoints).
     """
     job = Job(job_settings(method, cfg, run), run, data, total_steps)
-    finished = job.finished()
+    finished, restored = job.open()
     if finished is not None:
         return job, finished, None, finished.normalizer
-    restored = job.restore()
     normalizer = job.normalizer(restored, lambda: fit_normalizer(data.reader, normalization, run.norm_fit_tokens,
                                                                  run.min_tokens_per_dim, seed))
     return job, None, restored, normalizer
@@ -75,49 +90,58 @@ class Job:
 
     @property
     def ckpt_dir(self) -> Path | None:
-        return self.folder / "checkpoint" if self.folder else None
+        return self.folder / CHECKPOINT_DIR if self.folder else None
 
     # ---- start ---------------------------------------------------------------------------
     def identity(self) -> dict:
         """Recorded in the finished dictionary's meta: a rerun of the same job just loads it."""
         return {"settings": self.settings, "data": self.data, "total_steps": self.total_steps}
 
-    def finished(self):
-        """The folder's finished dictionary when it was made by this very job (resume only), else None."""
-        if self.folder is None or not self.run.resume or not (self.folder / "cfg.json").exists():
-            return None
-        from ..io import load_dictionary, read_cfg
-
-        meta = read_cfg(self.folder).get("difflens_meta", {})
-        if meta.get("job") != json.loads(json.dumps(self.identity())) or meta.get("steps") != self.total_steps:
-            return None  # another job's, or stopped early
-        return load_dictionary(self.folder)
-
-    def restore(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The latest checkpoint's (tensors, info) when resuming the same job; None for a fresh start."""
+    def open(self) -> tuple[object | None, tuple[dict[str, torch.Tensor], dict] | None]:
+        """(the finished dictionary of this job or None, the checkpoint to resume or None); see the module
+        docstring. Every rank decides from the same files; then rank 0 wipes what is replaced."""
         if self.folder is None:
-            return None
-        if not self.run.resume:
+            return None, None
+        finished, restored, replace = self._decide()
+        if replace:
+            self._sync()  # every rank has read the folder before rank 0 wipes it
             if self.rank == 0:
                 self._wipe()
             self._sync()
-            return None
-        saved = load_latest(self.ckpt_dir)
+        return finished, restored
+
+    def _decide(self):
+        talk = self.rank == 0
+        if not self.run.resume:
+            if talk and ((self.folder / CFG_FILE).exists() or (self.ckpt_dir / CHECKPOINT_POINTER).exists()):
+                note(f"--no-resume: starting over in {self.folder}, replacing what it holds")
+            return None, None, True
+        saved = load_latest(self.ckpt_dir / CHECKPOINT_POINTER)
+        if (self.folder / CFG_FILE).exists():
+            meta = read_cfg(self.folder).get("difflens_meta", {})
+            recorded = meta.get("job") or {}
+            finished = meta.get("steps") == recorded.get("total_steps")
+            if finished or saved is None:  # a dictionary stopped early (on_step) defers to its checkpoint
+                what, label = ("a finished dictionary", "finished") if finished else ("a stopped dictionary", "saved")
+                if not same_settings(self.folder, recorded, self.identity(), what=what, overwrite=self.run.overwrite,
+                                     label=label, hint=REPLACE_HINT):
+                    return None, None, True
+                if finished:
+                    if talk:
+                        note(f"{self.folder} already holds this job's finished dictionary: loaded, not retrained")
+                    return load_dictionary(self.folder), None, False
         if saved is None:
-            return None
-        info = saved[1]
-        diff = (differences(info.get("settings", {}), self.settings, "checkpoint")
-                + differences(info.get("data", {}), self.data, "checkpoint"))
-        if diff:
-            raise ValueError(f"{self.folder} holds a checkpoint of a different job ({'; '.join(diff)}); "
-                             f"rerun with the original settings to resume, use --no-resume (resume=False) to "
-                             f"start over, or choose another --out")
-        return saved
+            return None, None, False
+        recorded = {"settings": saved[1].get("settings", {}), "data": saved[1].get("data", {})}
+        if not same_settings(self.folder, recorded, {"settings": self.settings, "data": self.data}, what="a checkpoint",
+                             overwrite=self.run.overwrite, label="checkpoint", hint=REPLACE_HINT):
+            return None, None, True
+        return None, saved, False
 
     def _wipe(self) -> None:
-        for name in ("checkpoint", "tensorboard"):
+        for name in (CHECKPOINT_DIR, TENSORBOARD_DIR):
             shutil.rmtree(self.folder / name, ignore_errors=True)
-        for name in ("train_log.jsonl", "cfg.json"):
+        for name in (TRAIN_LOG, CFG_FILE):
             (self.folder / name).unlink(missing_ok=True)
 
     def _sync(self) -> None:
@@ -130,7 +154,7 @@ class Job:
             norm = load_normalizer(self.ckpt_dir, self.data["width"])
             want = restored[1].get("normalizer")
             if want is not None and normalizer_hash(norm) != want:
-                raise ValueError(f"{self.ckpt_dir / 'normalizer.safetensors'} does not match its checkpoint "
+                raise ValueError(f"{self.ckpt_dir / NORMALIZER_FILE} does not match its checkpoint "
                                  f"(hash {normalizer_hash(norm)} != {want}); use --no-resume to start over")
             return norm
         norm = fit()
@@ -147,7 +171,7 @@ class Job:
         if step % self.run.checkpoint_every or step >= self.total_steps:
             return
         info = {**position, "settings": self.settings, "data": self.data, "normalizer": normalizer_hash(norm)}
-        save_checkpoint(self.ckpt_dir, step, tensors(), info)
+        save_checkpoint(self.ckpt_dir / CHECKPOINT_POINTER, step, tensors(), info)
 
     def open_log(self, initial: int, desc: str, config: dict) -> None:
         active = self.rank == 0
@@ -169,7 +193,7 @@ class Job:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
                 raise ValueError("--logger tensorboard needs the tensorboard package (pip install tensorboard)") from err
-            self._backend = SummaryWriter(str(self.folder / "tensorboard"))
+            self._backend = SummaryWriter(str(self.folder / TENSORBOARD_DIR))
 
     def log(self, step: int, stats: dict) -> None:
         if self.rank != 0:
@@ -181,7 +205,7 @@ class Job:
             return
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            with open(self.folder / "train_log.jsonl", "a") as f:
+            with open(self.folder / TRAIN_LOG, "a") as f:
                 f.write(json.dumps({"step": step, **stats}) + "\n")
         if self._backend is not None and hasattr(self._backend, "add_scalar"):
             for k, v in stats.items():

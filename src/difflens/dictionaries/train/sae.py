@@ -26,9 +26,10 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from ...checkpoint import load_optimizer_tensors, optimizer_tensors, restore_rng
 from ...distributed import init_from_env, pick_device, rank_and_world
+from ...locks import output_lock
 from ..base import check_activations
-from ..checkpoint import load_optimizer_tensors, optimizer_tensors, set_rng_state
 from ..sparse_ops import sparse_decode
 from ..topk_sae import TopKSAE
 from .config import RunConfig, SAETrainConfig
@@ -46,7 +47,8 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
     """Train a TopK SAE on ``source`` (see :func:`~.data.resolve_data`); writes ``run.out`` when given.
 
     ``on_step(step, sae, stats)`` runs after every optimiser step (rank 0); returning True stops training.
-    The returned SAE carries ``meta`` (site, step, store identity, split, config).
+    The returned SAE carries ``meta`` (site, step, store identity, split, config). ``run.out`` is locked against
+    other writers for the run (rank 0 holds the lock); what it already holds is reused or refused (see ``job``).
     """
     cfg, run = cfg or SAETrainConfig(), run or RunConfig()
     cfg.validate()
@@ -54,7 +56,8 @@ def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None =
     device = pick_device(run.device)
     ctx = init_from_env(str(device), backend="nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, run, data, device, on_step)
+        with output_lock(run.out if rank_and_world()[0] == 0 else None):
+            return _train(cfg, run, data, device, on_step)
     finally:
         ctx.close()  # a torchrun rank that exits with gloo still joined can abort ("terminate called ...")
 
@@ -77,7 +80,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
     if restored is not None:
         tensors, info = restored
         state.load_tensors({k: v.to(device) if not k.startswith("rng.") else v for k, v in tensors.items()})
-        set_rng_state(tensors)
+        restore_rng(tensors)
         state.step, epoch, batch_idx = info["step"], info["epoch"], info["next_batch"]
     meta = {**data.origin(), "method": "sae", "sae": arch.to_dict(), "train": asdict(cfg), "job": job.identity()}
     sae.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from difflens.configs import differences
+from difflens.locks import locks_output
+from difflens.outputs import same_settings
 
 from .accumulate import Accumulator, empty_tensors, encode_rows
 from .config import IndexConfig
@@ -28,6 +29,7 @@ from .rows import IndexedRows
 CHECKPOINT_SECONDS = 60.0  # checkpoint cadence when IndexConfig.checkpoint_every is 0
 
 
+@locks_output(lambda dictionary, source=None, *, out=None, **_: out)
 def build_feature_index(dictionary, source=None, *, steps=None, out=None, config: IndexConfig | None = None,
                         device="cpu", progress: bool = True, site: str | None = None, resume: bool = True,
                         max_batches: int | None = None) -> FeatureIndex:
@@ -86,16 +88,15 @@ def _header(dictionary, rows: IndexedRows, cfg: IndexConfig, identity: dict) -> 
 
 def _same_job(folder: Path, identity: dict, dictionary, store, resume: bool) -> FeatureIndex | None:
     """The index ``folder`` holds of this job, finished or not; None when it holds none or ``resume`` is off.
-    An index of another job is refused (ValueError naming the differences)."""
+    An index of another job is refused (ValueError naming the differences) unless ``resume`` is off, which
+    replaces it (``outputs.same_settings``)."""
     saved = FeatureIndex.read_header(folder)
-    if saved is None or not resume:
-        return None
-    was = {**{k: saved.get(k) for k in identity}, "config": IndexConfig(**saved["config"]).identity()}
-    diff = differences(was, identity, "index")
-    if diff:
-        raise ValueError(f"{folder} holds a feature index of something else ({'; '.join(diff)}); use "
-                         f"another out folder, or resume=False (--no-resume) to overwrite it")
-    return FeatureIndex.load(folder, dictionary=dictionary, store=store)
+    was = None if saved is None else {**{k: saved.get(k) for k in identity},
+                                      "config": IndexConfig(**saved["config"]).identity()}
+    if same_settings(folder, was, identity, what="a feature index", label="index", overwrite=not resume,
+                     hint="use another out folder, or resume=False (--overwrite) to replace it") and resume:
+        return FeatureIndex.load(folder, dictionary=dictionary, store=store)
+    return None
 
 
 def _fresh_tensors(num_latents: int, rows: IndexedRows, cfg: IndexConfig) -> dict[str, Tensor]:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from torch import Tensor
 
+from difflens.store import run_layout
+
 FORMAT = "difflens-feature-index"
 FORMAT_VERSION = 1
-TENSORS_FILE = "index.safetensors"
-HEADER_FILE = "index.json"
+TENSORS_FILE, HEADER_FILE = run_layout.INDEX_TENSORS, run_layout.INDEX_HEADER
 META_KEY = "difflens_index"
 
 

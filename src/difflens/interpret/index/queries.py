@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from difflens.configs import differences
+from difflens.store import run_layout
 
 from .accumulate import encode_rows
 from .config import IndexConfig
@@ -77,6 +78,8 @@ class FeatureIndex:
     def save(self, folder: str | Path) -> Path:
         """Write index.safetensors (the tensors, the header in its metadata) then index.json, each atomically."""
         folder = Path(folder)
+        self.header = {**self.header, **run_layout.relative_links(folder, store=self.store_path,
+                                                                   dictionary=self.dictionary_path)}
         write_index(folder, self.header, self.tensors, self.summary())
         self.path = folder.resolve()
         return folder
@@ -84,14 +87,16 @@ class FeatureIndex:
     # ---- provenance -----------------------------------------------------------------------------------------
     @property
     def store(self):
-        """The activation store the index was built on (opened from its recorded path on first use)."""
+        """The activation store the index was built on (opened on first use from its path recorded relative to
+        the index, else from the absolute one; checked)."""
         if self._store is None:
             from difflens.store import ActivationStore
 
             if not self.store_path:
                 raise ValueError("this feature index records no store path; pass store= to FeatureIndex.load")
-            self._store = ActivationStore.open(self.store_path)
-            self._check_store(self._store)
+            self._store = run_layout.open_link(self.path, self.header.get("store_relative"), self.store_path,
+                                               lambda p: self._check_store(ActivationStore.open(p)),
+                                               "the feature index's store")
         return self._store
 
     @store.setter
@@ -99,7 +104,7 @@ class FeatureIndex:
         self._check_store(store)
         self._store, self._readers = store, {}
 
-    def _check_store(self, store) -> None:
+    def _check_store(self, store):
         ident = {k: v for k, v in store.identity().items() if k not in ("path", "control")}
         saved = {k: v for k, v in self.header["store"].items() if k in ident}
         diff = differences(saved, ident, "index")
@@ -110,17 +115,24 @@ class FeatureIndex:
             diff.append(f"control: index {built!r}, store {control!r}")
         if diff:
             raise ValueError(f"store {store.root} is not the one this feature index was built on ({'; '.join(diff)})")
+        return store
 
     @property
     def dictionary(self):
-        """The indexed dictionary (loaded from its recorded path on first use, checked by fingerprint)."""
+        """The indexed dictionary (loaded on first use from its path recorded relative to the index, else from the
+        absolute one; checked by fingerprint)."""
         if self._dictionary is None:
             if not self.dictionary_path:
                 raise ValueError("this feature index records no dictionary path (it was built from an in-memory "
                                  "dictionary); pass dictionary= to FeatureIndex.load")
             from difflens.dictionaries.io import load_dictionary
 
-            self.dictionary = load_dictionary(self.dictionary_path)
+            def checked(path: Path):
+                self.dictionary = load_dictionary(path)  # the setter refuses another dictionary (ValueError)
+                return self._dictionary
+
+            run_layout.open_link(self.path, self.header.get("dictionary_relative"), self.dictionary_path, checked,
+                                 "the feature index's dictionary")
         return self._dictionary
 
     @dictionary.setter

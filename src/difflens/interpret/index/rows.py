@@ -58,10 +58,7 @@ def _open_source(dictionary, source):
     from difflens.store import ActivationStore
 
     if source is None:
-        store = dictionary.store
-        if not store or not store.get("path"):
-            raise ValueError("the dictionary records no store it was trained on: pass source= (a store folder)")
-        source = store["path"]
+        source = dictionary.locate_store()
     if isinstance(source, (str, Path)):
         return ActivationStore.open(source)
     if isinstance(source, ActivationStore):

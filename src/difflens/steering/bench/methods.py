@@ -19,7 +19,7 @@ import torch
 
 from difflens.adapters.base import Intervention, per_image
 
-from .selection import dense_codes, feature_scores, random_like, select_features, transfer_delta
+from .selection import dense_codes, feature_scores, random_like, top_and_bottom_features, transfer_delta
 
 BUILTIN_METHODS = ("dense", "random", "swap")
 
@@ -68,7 +68,7 @@ class FeatureMethod:
         return both[0], both[1]
 
     def selection(self, src_STF, tgt_STF, mask_T, select_index: int, k: int):
-        return select_features(feature_scores(src_STF[select_index], tgt_STF[select_index], mask_T), k)
+        return top_and_bottom_features(feature_scores(src_STF[select_index], tgt_STF[select_index], mask_T), k)
 
     def deltas(self, src_STF, tgt_STF, mask_T, select_index: int | None, k: int,
                m1: float) -> tuple[torch.Tensor, list]:

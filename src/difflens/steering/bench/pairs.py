@@ -123,9 +123,9 @@ class _ClassicWorld:
         return 2 if rng.random() < TWO_OBJECT_SHARE else 1
 
     def sample(self, rng: np.random.Generator, n_objects: int):
-        from difflens.world.scene import sample_scene
+        from difflens.world.worlds import CLASSIC
 
-        return sample_scene(rng, split="train", n_objects=n_objects)
+        return CLASSIC.sample_scene(rng, split="train", n_objects=n_objects)
 
     def allowed(self, obj) -> bool:
         """Whether an object is a training combination (its (colour, shape, position) is not held out)."""
@@ -170,9 +170,9 @@ class _RichWorld(_ClassicWorld):
         return int(rng.choice(counts, p=p / p.sum()))
 
     def sample(self, rng: np.random.Generator, n_objects: int):
-        from difflens.world.scene import sample_scene
+        from difflens.world.worlds import RICH
 
-        return sample_scene(rng, split="train", n_objects=n_objects, world="rich")
+        return RICH.sample_scene(rng, split="train", n_objects=n_objects)
 
     def allowed(self, obj) -> bool:
         """Whether an object is a training combination (its (colour, pattern, shape) is not held out)."""

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...locks import locks_output
+from ...outputs import same_settings
 from ..edits import parse_steps
 from ..regions import mask_to_grid
 from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
@@ -85,6 +87,8 @@ class BenchConfig:
     """results.json path (the curves PNG goes beside it)"""
     quiet: bool = False
     """no progress lines"""
+    overwrite: bool = False
+    """replace results at --out made with other settings (said on stderr) instead of refusing them"""
 
     def __post_init__(self):
         if self.n < 1:
@@ -166,19 +170,13 @@ class Kept:
 
 def _dictionaries(run: str | None, names: list[str]) -> dict:
     from difflens.dictionaries.io import load_dictionary
+    from difflens.store.run_layout import find_dictionaries
 
     if run is None:
         if names:
             raise ValueError(f"methods {names} need --run (a run folder holding those dictionaries)")
         return {}
-    root = Path(run)
-    if (root / "cfg.json").exists():
-        found = {root.name: root}
-    else:
-        base = root / "dictionaries" if (root / "dictionaries").is_dir() else root
-        if not base.is_dir():
-            raise FileNotFoundError(f"run folder {run} does not exist")
-        found = {p.name: p for p in sorted(base.iterdir()) if (p / "cfg.json").exists()}
+    found = find_dictionaries(run)
     if names is None:
         names = list(found)
     missing = [n for n in names if n not in found]
@@ -197,9 +195,19 @@ class _Log:
             print(f"[{time.time() - self.t0:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
 
+def bench_settings(config: dict) -> dict:
+    """What makes two benchmark runs the same job: the config but where it writes and how it talks."""
+    return {k: v for k, v in config.items() if k not in ("out", "quiet", "overwrite")}
+
+
+@locks_output(lambda config, *_, **__: config.out or None)
 def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = None) -> dict:
-    """Run the benchmark; returns the results dict written to `config.out` (when set). `model`: an adapter
-    (default: `load_model(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
+    """Run the benchmark; returns the results dict written to `config.out` (when set; locked meanwhile; results
+    of other settings there are refused unless `config.overwrite`). `model`: an adapter (default:
+    `load_adapter(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
+    if config.out and Path(config.out).exists():
+        same_settings(config.out, bench_settings(load_results(config.out)["config"]), bench_settings(asdict(config)),
+                      what="editing-benchmark results", overwrite=config.overwrite)
     log = _Log(config.quiet)
     plan = _Plan.check(config, model, dictionaries)  # everything that can be wrong, before the first generation
     bench = _Bench(plan, config)
@@ -234,9 +242,9 @@ class _Plan:
         builtin = [m for m in (config.methods or BUILTIN_METHODS) if m in BUILTIN_METHODS]
         dictionaries = _chosen_dictionaries(config, dictionaries)
         if model is None:
-            from difflens.api import load_model
+            from difflens.adapters import load_adapter
 
-            model = load_model(config.model)
+            model = load_adapter(config.model)
         world = model.world
         pairs_path, pairs, categories = _chosen_pairs(config, model)
         num_steps = config.num_steps or model.default_num_steps
@@ -538,7 +546,7 @@ def best_rows(rows: list[dict], key: str = "clean") -> list[dict]:
     return [r for _v, r in best.values()]
 
 
-def format_table(rows: list[dict], reference: str | None = None) -> str:
+def format_bench_table(rows: list[dict], reference: str | None = None) -> str:
     """Per category x method (x site): the best setting's clean / success / preservation with intervals."""
     picked = best_rows([r for r in rows if r["method"] != "random"])
     if reference is not None:  # the control at its reference's best setting

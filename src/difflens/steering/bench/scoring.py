@@ -3,8 +3,9 @@ edit mask (PSNR against the unedited source image), and bootstrap intervals over
 
 A scene is compared as *facts*: the background, the number of objects, and for each of the 9 grid cells
 whether an object is there and its colour, shape and size (the largest object read in the cell; oracle readings
-and scene dicts give the same facts). In the rich world (`world="rich"`) the facts also hold the background's
-texture and each cell's object pattern; classic facts are exactly as they always were. The edited image should
+and scene dicts give the same facts). The facts are what the world's oracle reads (`World.scene_fields`,
+`World.object_fields`): in the rich world also the background's texture and each cell's object pattern; classic
+facts are exactly as they always were. The edited image should
 read as the target scene:
 
 * success      the edited facts hold: the object's new colour / shape / size / pattern, the new background
@@ -22,37 +23,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from difflens.world.worlds import WORLDS, World, get_world
+
 from .pairs import ATTRIBUTE_DEFAULTS, SCENE_ATTRIBUTES
 
-OBJECT_FIELDS = ("color", "shape", "size")  # what the classic oracle reads of an object
-RICH_OBJECT_FIELDS = (*OBJECT_FIELDS, "pattern")  # the rich oracle reads its pattern too
+ANY_OBJECT_FIELDS = tuple(dict.fromkeys(f for w in WORLDS.values() for f in w.object_fields))  # in either world
 PSNR_CAP = 60.0  # dB reported for pixel-identical regions (an unbounded mean otherwise)
 
 
-def object_fields(world: str = "classic") -> tuple[str, ...]:
+def object_fields(world: str | World = "classic") -> tuple[str, ...]:
     """The object attributes the facts of a world hold."""
-    if world not in ("classic", "rich"):
-        raise ValueError(f"world must be 'classic' or 'rich', got {world!r}")
-    return RICH_OBJECT_FIELDS if world == "rich" else OBJECT_FIELDS
+    return get_world(world).object_fields
 
 
-def facts(scene, world: str = "classic") -> dict:
+def facts(scene, world: str | World = "classic") -> dict:
     """Facts of a scene dict ({"background", ["texture"], "objects": [{color, shape, size, position, [pattern]}]})
     or an oracle `SceneReading`: {("background",): ..., ("count",): n, (cell, "present"|"color"|"shape"|"size"):
     ...}; `world="rich"` adds ("texture",) and (cell, "pattern") (absent from a dict: plain, solid)."""
     from difflens.world.scene import POSITIONS
 
-    fields = object_fields(world)
+    world = get_world(world)
+    fields = world.object_fields
     if isinstance(scene, dict):
-        background, texture = scene["background"], scene.get("texture", ATTRIBUTE_DEFAULTS["texture"])
+        whole = {f: scene[f] if f in scene else ATTRIBUTE_DEFAULTS[f] for f in world.scene_fields}
         objects = [(o["position"], {f: o.get(f, ATTRIBUTE_DEFAULTS.get(f)) for f in fields}, 0)
                    for o in scene["objects"]]
     else:
-        background, texture = scene.background, scene.texture
+        whole = {f: getattr(scene, f) for f in world.scene_fields}
         objects = [(o.position, {f: getattr(o, f) for f in fields}, o.area) for o in scene.objects]
-    out: dict = {("background",): background, ("count",): len(objects)}
-    if world == "rich":
-        out[("texture",)] = texture
+    out: dict = {**{(f,): v for f, v in whole.items()}, ("count",): len(objects)}
     largest: dict = {}
     for cell, obj, area in objects:
         if cell not in largest or area > largest[cell][1]:
@@ -67,7 +66,7 @@ def facts(scene, world: str = "classic") -> dict:
 
 def _cell_keys(cell: str) -> list:
     """Every fact of one cell in either world (keys a world's facts lack are simply never compared)."""
-    return [(cell, f) for f in ("present", *RICH_OBJECT_FIELDS)]
+    return [(cell, f) for f in ("present", *ANY_OBJECT_FIELDS)]
 
 
 def edit_keys(pair) -> tuple[list, list]:
@@ -88,7 +87,7 @@ def edit_keys(pair) -> tuple[list, list]:
     return [(cell, cat)], [(cell, cat)]
 
 
-def judge(pair, reading, world: str = "classic") -> dict:
+def judge(pair, reading, world: str | World = "classic") -> dict:
     """{"success", "preservation", "clean"} (bools) of an edited image's oracle reading against the pair, with the
     facts of `world` (the model's world: a rich model is also judged on patterns and textures)."""
     want, got = facts(pair.target_scene, world), facts(reading, world)
@@ -105,7 +104,7 @@ def judge(pair, reading, world: str = "classic") -> dict:
     return {"success": bool(success), "preservation": bool(preservation), "clean": bool(clean)}
 
 
-def faithful(scene: dict, reading, world: str = "classic") -> bool:
+def faithful(scene: dict, reading, world: str | World = "classic") -> bool:
     """The oracle reads the image as exactly this scene (a generation that draws its prompt), in `world`'s facts."""
     return facts(scene, world) == facts(reading, world)
 

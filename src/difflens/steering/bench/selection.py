@@ -37,17 +37,17 @@ def masked_mean(codes_TF: Tensor, mask_T: Tensor) -> Tensor:
     return (m[:, None] * codes_TF).sum(0) / m.sum().clamp_min(1)
 
 
-def normalised(m_F: Tensor) -> Tensor:
+def normalized(m_F: Tensor) -> Tensor:
     """m / sum |m| (all zeros stays zeros)."""
     return m_F / m_F.abs().sum().clamp_min(1e-12)
 
 
 def feature_scores(source_TF: Tensor, target_TF: Tensor, mask_T: Tensor) -> Tensor:
     """(F,) p(target) - p(source) of the normalised masked mean activations."""
-    return normalised(masked_mean(target_TF, mask_T)) - normalised(masked_mean(source_TF, mask_T))
+    return normalized(masked_mean(target_TF, mask_T)) - normalized(masked_mean(source_TF, mask_T))
 
 
-def select_features(scores_F: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def top_and_bottom_features(scores_F: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """(top, bottom): up to k latents with the largest positive scores, up to k with the most negative ones."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

@@ -1,12 +1,10 @@
 """Can a reader see a colour latent's colour on its feature card? Blue paint against the spotlight style.
 
-    .venv/bin/python bench/card_readability.py [--run runs/demo] [--images 6] [--min-f1 0.5]
-
-For every image-site dictionary of a demo-style run (folders with `truth.json` and `index/`), the latents whose
-best ground-truth concept is one colour (`color:<c>`: object colour; `bg:<c>`: background colour) at held-out
-F1 >= --min-f1 are the colour latents. Each of their top card images is drawn as the card draws it
-(`interpret.heatmap.draw_activation`, at the image's own resolution) in each style, and also left plain (the
-ceiling: what the raw image shows). Two readings per drawn image:
+For every image-site dictionary with a `truth.json` and an `index/`, the latents whose best ground-truth concept is
+one colour (`color:<c>`: object colour; `bg:<c>`: background colour) at held-out F1 >= `min_f1` are the colour
+latents. Each of their top card images is drawn as the card draws it (`heatmap.draw_activation`, at the image's
+own resolution) in each style, and also left plain (the ceiling: what the raw image shows). Two readings per drawn
+image (`difflens features readability --run RUN`):
 
   colour   the pixels of the latent's hottest token, each named by its nearest colour of the world's palette
            (object colours and their pattern shades, background base and second tones, the paint's blue); the
@@ -17,30 +15,32 @@ ceiling: what the raw image shows). Two readings per drawn image:
            token's pixels): blue paints firing tokens, so its share is over tokens at >= half the latent's max;
            the spotlight fades silent tokens, so its share is over tokens where the latent is silent. Light
            pixels sit close to the spotlight's grey, so this is where the spotlight can fail.
-
-Printed per dictionary: colour latents, card images, and the shares per style; the last line is JSON.
 """
 
-import argparse
+from __future__ import annotations
+
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from difflens.interpret.cards import site_grid
-from difflens.interpret.heatmap import BLUE, STYLES, draw_activation, upsample_map
-from difflens.interpret.index import FeatureIndex
-from difflens.world.palette import palette_tones
+from difflens.store.run_layout import index_folder, truth_path
+
+from .heatmap import BLUE, STYLES, draw_activation, upsample_map
+
+VISIBLE = 40.0  # mean RGB distance over a token's pixels that a reader sees as marked
 
 
 def palette() -> tuple[list[str], np.ndarray]:
     """(names, (P, 3) RGB): every colour a reader could name on a card, shades under their colour's name."""
+    from difflens.world.palette import palette_tones
+
     entries = [(name, rgb) for name, _kind, rgb in palette_tones()] + [("paint-blue", tuple(BLUE))]
     return [n for n, _ in entries], np.asarray([rgb for _, rgb in entries], dtype=np.float32)
 
 
-def hottest_token_colour(drawn_HWC: np.ndarray, amap_hw: np.ndarray, names, rgb_P3) -> str:
+def hottest_token_colour(drawn_HWC: np.ndarray, amap_hw: np.ndarray, names: list[str], rgb_P3: np.ndarray) -> str:
     """The most common palette name among the pixels of the map's hottest token in the drawn image."""
     amap = np.asarray(amap_hw, dtype=np.float32)
     pixels = upsample_map(amap, *drawn_HWC.shape[:2])
@@ -49,10 +49,8 @@ def hottest_token_colour(drawn_HWC: np.ndarray, amap_hw: np.ndarray, names, rgb_
     return Counter(names[i] for i in nearest).most_common(1)[0][0]
 
 
-VISIBLE = 40.0  # mean RGB distance over a token's pixels that a reader sees as marked
-
-
-def marked_share(drawn_HWC: np.ndarray, image_HWC: np.ndarray, amap_hw: np.ndarray, top: float, style: str):
+def marked_share(drawn_HWC: np.ndarray, image_HWC: np.ndarray, amap_hw: np.ndarray, top: float,
+                 style: str) -> tuple[int, int]:
     """(tokens the style visibly marks, tokens it should mark): firing at >= top / 2 for blue, silent for the
     spotlight."""
     amap = np.asarray(amap_hw, dtype=np.float32)
@@ -74,9 +72,16 @@ def colour_latents(truth: dict, min_f1: float) -> list[tuple[int, str]]:
     return out
 
 
-def measure(folder: Path, n_images: int, min_f1: float) -> dict:
-    truth = json.loads((folder / "truth.json").read_text())
-    index = FeatureIndex.load(folder / "index")
+def card_readability(folder: str | Path, n_images: int = 6, min_f1: float = 0.5) -> dict:
+    """The readings of one dictionary folder (with truth.json and index/): {"dictionary", "colour_latents",
+    "card_images", "shows_colour_<plain|style>": share, "marked_<style>": share}, or {"dictionary", "skipped"} for a
+    text-stream site."""
+    from .cards import site_grid
+    from .index import FeatureIndex
+
+    folder = Path(folder)
+    truth = json.loads(truth_path(folder).read_text())
+    index = FeatureIndex.load(index_folder(folder))
     if site_grid(index) is None:
         return {"dictionary": folder.name, "skipped": f"{index.site} is a text-stream site"}
     names, rgb = palette()
@@ -102,27 +107,15 @@ def measure(folder: Path, n_images: int, min_f1: float) -> dict:
             **{f"marked_{s}": hit / of if of else None for s, (hit, of) in marked.items()}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default="runs/demo")
-    ap.add_argument("--images", type=int, default=6, help="top images per latent (the demo grid's 6)")
-    ap.add_argument("--min-f1", type=float, default=0.5)
-    args = ap.parse_args()
-    rows = []
-    for folder in sorted(Path(args.run, "dictionaries").iterdir()):
-        if (folder / "truth.json").exists() and (folder / "index").exists():
-            row = measure(folder, args.images, args.min_f1)
-            rows.append(row)
-            if "skipped" in row:
-                print(f"{row['dictionary']:<24} skipped: {row['skipped']}")
-                continue
-            pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
-            colour = "  ".join(f"{s} {pct(row[f'shows_colour_{s}'])}" for s in ("plain", *STYLES))
-            marks = "  ".join(f"{s} {pct(row[f'marked_{s}'])}" for s in STYLES)
-            print(f"{row['dictionary']:<14} colour latents {row['colour_latents']:>3}  card images "
-                  f"{row['card_images']:>4}  show the colour: {colour}  |  visibly marked: {marks}")
-    print(json.dumps(rows))
+def format_readability(row: dict) -> str:
+    """One line per dictionary: colour latents, card images, the shares per style."""
+    if "skipped" in row:
+        return f"{row['dictionary']:<24} skipped: {row['skipped']}"
 
+    def pct(v):
+        return "-" if v is None else f"{v:.0%}"
 
-if __name__ == "__main__":
-    main()
+    colour = "  ".join(f"{s} {pct(row[f'shows_colour_{s}'])}" for s in ("plain", *STYLES))
+    marks = "  ".join(f"{s} {pct(row[f'marked_{s}'])}" for s in STYLES)
+    return (f"{row['dictionary']:<14} colour latents {row['colour_latents']:>3}  card images {row['card_images']:>4}  "
+            f"show the colour: {colour}  |  visibly marked: {marks}")

@@ -1,54 +1,41 @@
 """Would SAE latents count as explained if the ground truth named other kinds of concepts? A hypothesis test.
 
-    nice -n 10 .venv/bin/python bench/truth_extra_concepts.py [--store runs/rich_id/store]
-        [--site double.3.img.out] [--step 7] [--families tone edge bgpos] [--num-latents 384] [--k 8]
-
-Most latents of an SAE on the embedded models reach no concept of `difflens.interpret.labels` at held-out F1
->= 0.5. One explanation is that they follow something real that the labels do not name. This bench appends
-candidate concept families, computed from each stored generated image, to the store's labels, and reruns
-`truth_report` on one plain TopK SAE (trained as `bench/truth_scan.py` trains it) with each family and with all
-of them:
+Most latents of an SAE on the embedded models reach no concept of `labels` at held-out F1 >= 0.5. One
+explanation is that they follow something real that the labels do not name. This appends candidate concept
+families, computed from each stored generated image, to the store's labels, and reruns `truth_report` on one plain
+TopK SAE (the `study.sae_recipe`, no normalisation) with each family and with all of them
+(`difflens features extra-concepts`):
 
     tone   what the token's pixels look like: the palette colour (object colours, their pattern shades,
-           background base and second tones) nearest to the mean of its 4x4 pixel block, within 45 RGB units;
-           motif:bg / motif:object = the token is on a background's or an object's second tone (a dot, stripe
-           or check)
+           background base and second tones) nearest to the mean of its pixel block, within 45 RGB units;
+           motif:bg / motif:object = the token is on a background's second tone or an object's pattern shade
     edge   which side of its object a token sits on: edge:<above|below|left|right> = object token whose
            neighbour on that side is not the object; corner:<a>-<b> = two adjacent such sides; edge:tip =
            three or four; and each of those with the object's shape (edge:above&triangle, ...)
     bgpos  where a background token sits: bgpos:<top|middle|bottom>-row, bgpos:<left|center|right>-col (thirds
            of the grid), and each with the background colour (bgpos:top-row&bg:cyan, ...)
 
-Printed first: how the SAE's rare latents (firing on < 0.2 % of train tokens) spread: median firings, distinct
-images and distinct grid positions (a latent that memorised a few images would sit in one or two). Then per
-family: the explained share (random floor), families reaching 0.7 x the probe ceiling, and how many explained
-latents the new family names. The last printed line is JSON with the rows.
+Also measured: how the SAE's rare latents (firing on < 0.2 % of train tokens) spread: median firings, distinct
+images and distinct grid positions (a latent that memorised a few images would sit in one or two).
 """
 
-import os
+from __future__ import annotations
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "2")
+from dataclasses import dataclass, field
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import difflens as dl  # noqa: E402
-from difflens.interpret.labels import SIDES, TokenLabels, neighbour_owner, token_labels, token_owner  # noqa: E402
-from difflens.interpret.truth import truth_report  # noqa: E402
-from difflens.world.oracle import read_image  # noqa: E402
-from difflens.world.palette import RICH_SHAPES, palette_tones  # noqa: E402
+from .labels import SIDES, TokenLabels, neighbour_owner, token_owner
 
 TONE_RADIUS = 45.0  # RGB distance within which a token's mean colour counts as a palette tone
+MIN_TOKENS = 8  # positive tokens an extra concept needs to be kept
+RARE_RATE = 0.002  # a latent firing on fewer train tokens than this share (and at least once) is rare
 
 
 def tone_family(store, base: TokenLabels) -> tuple[list[str], np.ndarray]:
     """(names, bool (n_images, T, C')) of the pixel-tone concepts."""
+    from difflens.world.palette import palette_tones
+
     name_of = {"object": "tone:{}", "shade": "tone:{}-shade", "background": "tone:bg-{}", "second": "tone:bg-{}-second"}
     tones = palette_tones()
     names = [name_of[kind].format(name) for name, kind, _ in tones]
@@ -71,6 +58,9 @@ def tone_family(store, base: TokenLabels) -> tuple[list[str], np.ndarray]:
 
 def edge_family(store, base: TokenLabels) -> tuple[list[str], np.ndarray]:
     """(names, bool (n_images, T, C')) of the object-geometry concepts, from the oracle's masks."""
+    from difflens.world.oracle import read_image
+    from difflens.world.palette import RICH_SHAPES
+
     sides = list(SIDES)
     corners = [("above", "left"), ("above", "right"), ("below", "left"), ("below", "right")]
     names = ([f"edge:{s}" for s in sides] + [f"corner:{a}-{b}" for a, b in corners] + ["edge:tip"]
@@ -120,11 +110,25 @@ def bgpos_family(store, base: TokenLabels) -> tuple[list[str], np.ndarray]:
     return names, np.stack(cols, -1)
 
 
-def rare_latent_spread(sae, store, site: str, step: int, rare_rate: float = 0.002) -> dict:
+FAMILIES = {"tone": tone_family, "edge": edge_family, "bgpos": bgpos_family}
+PREFIXES = {"tone": ("tone:", "motif:"), "edge": ("edge:", "corner:"), "bgpos": ("bgpos:",)}
+
+
+def with_extra(base: TokenLabels, names: list[str], extra_ITC: np.ndarray, min_tokens: int = MIN_TOKENS) -> TokenLabels:
+    """`base` with the extra concepts that have at least `min_tokens` positive tokens appended."""
+    keep = [j for j in range(len(names)) if extra_ITC[..., j].sum() >= min_tokens]
+    dense = np.concatenate([base.dense(), extra_ITC[..., keep]], axis=2)
+    return TokenLabels(concepts=base.concepts + [names[j] for j in keep], grid=base.grid,
+                       packed=np.packbits(dense, axis=-1, bitorder="little"), readings=base.readings, world=base.world)
+
+
+def rare_latent_spread(sae, store, site: str, step: int, rare_rate: float = RARE_RATE) -> dict:
     """Median firings, distinct images and distinct token positions of the latents firing on fewer than
     `rare_rate` of the train tokens (and at least once)."""
     reader = store.reader(site, step, "train")
-    images, tokens, n = [[] for _ in range(sae.num_latents)], [[] for _ in range(sae.num_latents)], 0
+    images: list[list[int]] = [[] for _ in range(sae.num_latents)]
+    tokens: list[list[int]] = [[] for _ in range(sae.num_latents)]
+    n = 0
     for acts, ids in reader.iter_batches(4096, shuffle=False):
         trace = reader.trace(ids)
         codes = sae.encode(acts.float())
@@ -134,69 +138,74 @@ def rare_latent_spread(sae, store, site: str, step: int, rare_rate: float = 0.00
             tokens[latent].append(trace["token_index"][row])
         n += len(ids)
     rare = [f for f in range(sae.num_latents) if 0 < len(images[f]) < rare_rate * n]
-    med = lambda xs: float(np.median(xs)) if xs else None
+
+    def median(xs):
+        return float(np.median(xs)) if xs else None
+
     return {"train_tokens": n, "rare_latents": len(rare), "alive_latents": sum(bool(x) for x in images),
-            "median_firings": med([len(images[f]) for f in rare]),
-            "median_distinct_images": med([len(set(images[f])) for f in rare]),
-            "median_distinct_positions": med([len(set(tokens[f])) for f in rare])}
+            "median_firings": median([len(images[f]) for f in rare]),
+            "median_distinct_images": median([len(set(images[f])) for f in rare]),
+            "median_distinct_positions": median([len(set(tokens[f])) for f in rare])}
 
 
-FAMILIES = {"tone": tone_family, "edge": edge_family, "bgpos": bgpos_family}
+@dataclass
+class ExtraConceptsConfig:
+    """`difflens features extra-concepts`: one plain SAE scored with the shipped labels and with extra families."""
+
+    store: str = "runs/rich_id/store"
+    """activation store with its generated images and a held-out split"""
+    site: str = "double.3.img.out"
+    """image-stream site"""
+    step: int = 7
+    """denoising step"""
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    """families to add: tone, edge, bgpos ('': the shipped labels and the rare-latent spread only)"""
+    num_latents: int = 384
+    """SAE latents"""
+    k: int = 8
+    """active latents per token"""
+    tokens: int = 1_000_000
+    """SAE training tokens"""
+    seed: int = 0
+    """SAE and random-direction seed"""
 
 
-def with_extra(base: TokenLabels, names: list[str], extra_ITC: np.ndarray, min_tokens: int = 8) -> TokenLabels:
-    """`base` with the extra concepts that have at least `min_tokens` positive tokens appended."""
-    keep = [j for j in range(len(names)) if extra_ITC[..., j].sum() >= min_tokens]
-    dense = np.concatenate([base.dense(), extra_ITC[..., keep]], axis=2)
-    return TokenLabels(concepts=base.concepts + [names[j] for j in keep], grid=base.grid,
-                       packed=np.packbits(dense, axis=-1, bitorder="little"), readings=base.readings, world=base.world)
+def extra_concepts(cfg: ExtraConceptsConfig = ExtraConceptsConfig(), log=print) -> dict:
+    """Train the SAE, measure its rare latents' spread, and report it against the labels as shipped, with each
+    family and (several families) with all; returns {settings..., "rare_latent_spread", "rows": [per labelling:
+    concepts, explained, random, named_by_new_family, families_covered]}."""
+    import difflens as dl
 
+    from .labels import token_labels
+    from .study import sae_recipe
+    from .truth import truth_report
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--store", default="runs/rich_id/store", help="activation store with its generated images")
-    ap.add_argument("--site", default="double.3.img.out")
-    ap.add_argument("--step", type=int, default=7)
-    ap.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES),
-                    help="families to add (none: the shipped labels and the rare-latent spread only)")
-    ap.add_argument("--num-latents", type=int, default=384)
-    ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=1_000_000)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    if not (Path(args.store) / "store.json").exists():
-        sys.exit(f"truth_extra_concepts: no activation store at {args.store} (store.json missing)")
-    torch.set_num_threads(2)
-    store = dl.open_store(args.store)
-    grid = tuple(store.reader(args.site, args.step, "train").grid)
-    base = token_labels(store, grid=grid)
-    extras = {f: FAMILIES[f](store, base) for f in args.families}
-    sae = dl.train_sae(store, args.site, args.step, k=args.k, num_latents=args.num_latents, num_tokens=args.tokens,
-                       batch_size=4096, lr=1e-3, k_aux=2 * args.k, dead_window_tokens=min(args.tokens // 4, 500_000),
-                       normalization="none", seed=args.seed, device="cpu", norm_fit_tokens=10**9)
-    spread = rare_latent_spread(sae, store, args.site, args.step)
-    print(f"[truth_extra_concepts] rare latents (< 0.2 % of train tokens): {spread}", flush=True)
-    runs = {"labels as shipped": base, **{f"+ {f}": with_extra(base, *extras[f]) for f in args.families}}
-    if len(args.families) > 1:
-        names = [n for f in args.families for n in extras[f][0]]
-        runs["+ all"] = with_extra(base, names, np.concatenate([extras[f][1] for f in args.families], axis=2))
-    prefixes = {"tone": ("tone:", "motif:"), "edge": ("edge:", "corner:"), "bgpos": ("bgpos:",)}
-    new_prefixes = tuple(p for f in args.families for p in prefixes[f])
+    unknown = set(cfg.families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown concept families {sorted(unknown)}: choose from {', '.join(FAMILIES)}")
+    store = dl.open_store(cfg.store)
+    base = token_labels(store, grid=tuple(store.reader(cfg.site, cfg.step, "train").grid))
+    extras = {f: FAMILIES[f](store, base) for f in cfg.families}
+    sae = dl.train_sae(store, cfg.site, cfg.step, **sae_recipe(cfg.k, cfg.num_latents, cfg.tokens),
+                       normalization="none", seed=cfg.seed, device="cpu", progress=False)
+    spread = rare_latent_spread(sae, store, cfg.site, cfg.step)
+    log(f"rare latents (< {RARE_RATE:.1%} of train tokens): {spread}")
+    labellings = {"labels as shipped": base, **{f"+ {f}": with_extra(base, *extras[f]) for f in cfg.families}}
+    if len(cfg.families) > 1:
+        names = [n for f in cfg.families for n in extras[f][0]]
+        labellings["+ all"] = with_extra(base, names, np.concatenate([extras[f][1] for f in cfg.families], axis=2))
+    new_prefixes = tuple(p for f in cfg.families for p in PREFIXES[f])
     rows = []
-    for name, labels in runs.items():
-        r = truth_report(sae, store, site=args.site, step=args.step, labels=labels, sparse_sizes=(),
-                         random_seed=args.seed)
+    for name, labels in labellings.items():
+        r = truth_report(sae, store, site=cfg.site, step=cfg.step, labels=labels, sparse_sizes=(),
+                         random_seed=cfg.seed)
         named_new = sum(n for c, n in r["explained_by_concept"].items() if c.startswith(new_prefixes))
         covered = sorted(f for f, v in r["family_coverage"].items() if v["covered"])
         rows.append({"labels": name, "concepts": len(r["concepts"]), "explained": round(r["explained_share"], 4),
                      "random": round(r["explained_share_random"], 4), "named_by_new_family": named_new,
                      "families_covered": ",".join(covered)})
-        print(f"[truth_extra_concepts] {name}: {len(r['concepts'])} concepts, explained {r['explained_share']:.3f} "
-              f"(random {r['explained_share_random']:.3f}), {named_new} explained latents named by a new family; "
-              f"families at 0.7 x ceiling: {', '.join(covered)}", flush=True)
-    print(json.dumps({"store": args.store, "site": args.site, "step": args.step, "num_latents": args.num_latents,
-                      "k": args.k, "rare_latent_spread": spread, "rows": rows}))
-
-
-if __name__ == "__main__":
-    main()
+        log(f"{name}: {len(r['concepts'])} concepts, explained {r['explained_share']:.3f} (random "
+            f"{r['explained_share_random']:.3f}), {named_new} explained latents named by a new family; families at "
+            f"0.7 x ceiling: {', '.join(covered)}")
+    return {"store": cfg.store, "site": cfg.site, "step": cfg.step, "num_latents": cfg.num_latents, "k": cfg.k,
+            "tokens": cfg.tokens, "rare_latent_spread": spread, "rows": rows}
