@@ -106,34 +106,82 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage into ``cfg.out``; returns the summary (also written to summary.json)."""
     import difflens as dl
 
-    from .evaluation import analyses
-    from .evaluation.metrics import TABLE, format_table
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn):
-        start = time.time()
-        result = fn()
-        timings[name] = round(time.time() - start, 1)
-        return result
-
+    timed = _Timer()
     _check_previous_run(out, cfg)
     model = dl.load_model(cfg.model)
-    site = cfg.site or model.default_sites[0]
-    mlp_site = site.rsplit(".", 1)[0] + ".mlp"
-    residual_sites = [s.name for s in model.sites() if s.name.endswith(".img.out") or s.name.endswith(".txt.out")]
+    sites = _Sites.of(model, cfg)
+    store = timed("capture", lambda: _capture(model, sites, out, cfg))
+    common = _sae_settings(cfg, sites.size)
+    dictionaries = _train_dictionaries(store, sites, common, out, cfg, timed)
+    evaluation = _evaluate(dictionaries, cfg)
+    transfer = _across_steps(dictionaries["sae_pca"], store, model, sites, out, cfg)
+    report, sweep_table = _analyses(store, sites, common, out, cfg, timed)
+    report["across_steps"] = transfer["rows"]
+    interpretation = timed("interpret", lambda: interpret(dictionaries, out, cfg))
+    steering = timed("steer", lambda: steer_showcase(model, dictionaries, out, cfg))
+    steering["edit_bench"] = timed("edit_bench", lambda: edit_bench(model, dictionaries, out, cfg))
+    return _write_summary(out, cfg, sites.main, evaluation, transfer["table"], report, sweep_table, interpretation,
+                          steering, timed.timings)
+
+
+class _Timer:
+    """``timed(name, fn)`` runs fn and records its wall time in seconds under name (summary.json's timings_s)."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, fn):
+        start = time.time()
+        result = fn()
+        self.timings[name] = round(time.time() - start, 1)
+        return result
+
+
+@dataclass
+class _Sites:
+    """The sites the demo captures and trains on."""
+
+    main: str  # the dictionaries' site
+    mlp: str  # the MLP output of the main site's block (the neuron baseline)
+    residual: list[str]  # every block's image- and text-stream output
+    width: int  # of the main site
+    size: int  # latents of the main dictionaries
+
+    @classmethod
+    def of(cls, model, cfg: DemoConfig) -> "_Sites":
+        site = cfg.site or model.default_sites[0]
+        residual = [s.name for s in model.sites() if s.name.endswith(".img.out") or s.name.endswith(".txt.out")]
+        width = model.site(site).dim
+        return cls(site, site.rsplit(".", 1)[0] + ".mlp", residual, width, cfg.expansion_factor * width)
+
+
+def _capture(model, sites: _Sites, out: Path, cfg: DemoConfig):
+    """The store: every residual site and the main block's MLP at the recorded steps, some images held out."""
+    import difflens as dl
+
+    residual_sites, mlp_site = sites.residual, sites.mlp
     _say(f"capturing {len(residual_sites) + 1} sites x steps {cfg.steps_to_record} from {cfg.n_images} images "
          f"({cfg.holdout:.0%} held out) -> {run_layout.store_folder(out)}")
-    store = timed("capture", lambda: dl.capture(model, n_images=cfg.n_images, sites=residual_sites + [mlp_site],
-                                                steps=list(cfg.steps_to_record), out=run_layout.store_folder(out), seed=cfg.seed,
-                                                holdout=cfg.holdout, progress=not cfg.quiet))
-    width = model.site(site).dim
-    size = cfg.expansion_factor * width
-    common = dict(k=cfg.k, num_latents=size, num_tokens=cfg.sae_tokens, batch_size=4096, lr=1e-3, k_aux=2 * cfg.k,
-                  dead_window_tokens=min(cfg.sae_tokens // 4, 500_000), seed=cfg.seed, device=cfg.device,
-                  norm_fit_tokens=10**9, progress=not cfg.quiet)
+    return dl.capture(model, n_images=cfg.n_images, sites=residual_sites + [mlp_site],
+                      steps=list(cfg.steps_to_record), out=run_layout.store_folder(out), seed=cfg.seed,
+                      holdout=cfg.holdout, progress=not cfg.quiet)
+
+
+def _sae_settings(cfg: DemoConfig, size: int) -> dict:
+    """Training settings every SAE of the demo shares (the sweep's included)."""
+    return dict(k=cfg.k, num_latents=size, num_tokens=cfg.sae_tokens, batch_size=4096, lr=1e-3, k_aux=2 * cfg.k,
+                dead_window_tokens=min(cfg.sae_tokens // 4, 500_000), seed=cfg.seed, device=cfg.device,
+                norm_fit_tokens=10**9, progress=not cfg.quiet)
+
+
+def _train_dictionaries(store, sites: _Sites, common: dict, out: Path, cfg: DemoConfig, timed: _Timer) -> dict:
+    """On the main site: TopK SAEs with plain inputs, whitened inputs (whitened and residual loss), a whitened one
+    at the early step, ITDA, and the MLP-neuron baseline, all at the same k."""
+    import difflens as dl
+
+    site, size = sites.main, sites.size
     variants = {"sae_pca": dict(normalization="pca"),
                 "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual"),
                 "sae_none": dict(normalization="none")}
@@ -154,27 +202,52 @@ def run_demo(cfg: DemoConfig) -> dict:
         store, site, cfg.site_step, out=run_layout.dictionary_folder(out, "itda"), k=cfg.k, threshold=cfg.itda_threshold,
         max_atoms=4 * size, num_tokens=cfg.itda_tokens, seed=cfg.seed, norm_fit_tokens=10**9,
         progress=not cfg.quiet))
-    dictionaries["neurons"] = dl.neuron_baseline(store, mlp_site, cfg.site_step, k=cfg.k,
+    dictionaries["neurons"] = dl.neuron_baseline(store, sites.mlp, cfg.site_step, k=cfg.k,
                                                  out=run_layout.dictionary_folder(out, "neurons"))
+    return dictionaries
+
+
+def _evaluate(dictionaries: dict, cfg: DemoConfig) -> dict:
+    """Every dictionary on the held-out images: {"rows", "table"} (printed)."""
+    import difflens as dl
+
+    from .evaluation.metrics import TABLE, format_table
 
     _say("evaluating on the held-out images")
     rows = [{"dictionary": name, **dl.evaluate(d, max_tokens=cfg.eval_tokens, device=cfg.device)}
             for name, d in dictionaries.items()]
     table = format_table(rows, ["dictionary", *TABLE])
     print(table)
+    return {"rows": rows, "table": table}
 
-    other_blocks = [s for s in residual_sites if s.endswith(".img.out") and s != site and model.site(s).dim == width]
+
+def _across_steps(sae_pca, store, model, sites: _Sites, out: Path, cfg: DemoConfig) -> dict:
+    """Does the whitened SAE transfer to the other recorded steps and to the other blocks of its width?
+    {"rows", "table"} (printed)."""
+    from .evaluation import analyses
+    from .evaluation.metrics import format_table
+
+    site, width = sites.main, sites.width
+    other_blocks = [s for s in sites.residual if s.endswith(".img.out") and s != site and model.site(s).dim == width]
     _say(f"does sae_pca (trained at step {cfg.site_step}) transfer to steps {cfg.steps_to_record} and to {other_blocks}?")
-    steps_rows = analyses.across_steps(dictionaries["sae_pca"], store, sites=other_blocks,
+    steps_rows = analyses.across_steps(sae_pca, store, sites=other_blocks,
                                        max_tokens=cfg.eval_tokens, out_dir=run_layout.plots_folder(out))
     steps_table = format_table(steps_rows, ["site", "step", "split", "fvu_residual", "fvu_input_space", "l0",
                                             "dead_fraction"])
     print(steps_table)
+    return {"rows": steps_rows, "table": steps_table}
 
+
+def _analyses(store, sites: _Sites, common: dict, out: Path, cfg: DemoConfig, timed: _Timer) -> tuple[dict, str]:
+    """(residual norms, PCA spectrum and the k/size sweep at the main run's token budget; the sweep's table,
+    printed)."""
+    from .dictionaries.train import RunConfig, SAETrainConfig
+    from .evaluation import analyses
+    from .evaluation.metrics import format_table
+
+    site, width = sites.main, sites.width
     _say("analyses: residual norms by layer x step, PCA spectrum, k/size sweep at the same token budget")
     plots_dir = run_layout.plots_folder(out)
-    from .dictionaries.train import RunConfig, SAETrainConfig
-
     reader = store.reader(site, cfg.site_step, split="train")
     report = {
         "residual_norms": analyses.residual_norms(store, max_tokens=4096, out_dir=plots_dir),
@@ -186,12 +259,16 @@ def run_demo(cfg: DemoConfig) -> dict:
         site=site, step=cfg.site_step, eval_tokens=cfg.eval_tokens,
         run=RunConfig(progress=False, checkpoint_every=0, norm_fit_tokens=10**9, device=cfg.device)))
     report["sweep"] = sweep_rows
-    report["across_steps"] = steps_rows
     sweep_table = format_table(sweep_rows, ["num_latents", "k", "fvu_input_space", "fvu_residual", "dead_fraction"])
     print(sweep_table)
-    interpretation = timed("interpret", lambda: interpret(dictionaries, out, cfg))
-    steering = timed("steer", lambda: steer_showcase(model, dictionaries, out, cfg))
-    steering["edit_bench"] = timed("edit_bench", lambda: edit_bench(model, dictionaries, out, cfg))
+    return report, sweep_table
+
+
+def _write_summary(out: Path, cfg: DemoConfig, site: str, evaluation: dict, steps_table: str, report: dict,
+                   sweep_table: str, interpretation: dict, steering: dict, timings: dict) -> dict:
+    """summary.json and metrics.txt (the printed tables), then where to look next."""
+    plots_dir = run_layout.plots_folder(out)
+    table = evaluation["table"]
     summary = {
         "config": asdict(cfg),
         "site": site,
@@ -199,7 +276,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "fvu_definition": "sum |x - x_hat|^2 / sum |x - mean(x)|^2 over held-out tokens (per-dimension mean); "
                           "fvu_residual: in the captured activations' space; fvu_input_space: in the dictionary's "
                           "normalised input space",
-        "metrics": rows,
+        "metrics": evaluation["rows"],
         "analyses": report,
         "interpretation": interpretation,
         "steering": steering,

@@ -342,12 +342,12 @@ def test_unknown_things_are_404_pages_and_malformed_queries_400(client, run_dir)
 
 
 def test_an_internal_error_is_a_500_page_without_a_traceback(run_dir, monkeypatch):
-    from difflens.browser import app as app_module
+    from difflens.browser import routes as routes_module
 
     def boom(*a, **k):
         raise RuntimeError("secret internals /etc/passwd")
 
-    monkeypatch.setattr(app_module, "run_context", boom)
+    monkeypatch.setattr(routes_module, "run_context", boom)
     with TestClient(create_app(run_dir), raise_server_exceptions=False) as c:
         r = c.get("/")
     assert r.status_code == 500 and "secret internals" not in r.text
@@ -384,7 +384,7 @@ def test_steering_body_must_be_json(client):
     assert r.status_code == 415 and "application/json" in r.json()["error"]
     assert client.get("/api/steer/12345").status_code == 404
     # bodies beyond the size limit are refused before they are parsed, declared or streamed (chunked)
-    from difflens.browser.app import MAX_BODY_BYTES
+    from difflens.browser.routes import MAX_BODY_BYTES
 
     big = json.dumps({**steer_body(), "prompt": "x" * (2 * MAX_BODY_BYTES)}).encode()
     r = client.post("/api/steer", content=big, headers={"content-type": "application/json"})

@@ -3,7 +3,8 @@ steering on http://127.0.0.1:8000/; `--export DIR` writes the same pages as a st
 
     run.py       what the browser reads from a run folder (files stages wrote), with light cached look-ups
     pages.py     page contexts and Jinja2 rendering shared by the app and the export
-    app.py       the Starlette app (routes, 404/400 pages, JSON endpoints)
+    app.py       the Starlette app and `serve`
+    routes.py    the routes, grouped by page (HTML pages, images, JSON endpoints), 404/400 pages
     steering.py  live steering: request limits, one generation at a time through difflens.steering
     export.py    the static site
     cli.py       `difflens browse`

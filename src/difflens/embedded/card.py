@@ -40,19 +40,9 @@ def _stopped_at(step: int | None, train_config: dict) -> str:
     return f" at step {step:,} of a {total:,}-step schedule (`world train --until {step}`)"
 
 
-def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
-         num_steps: int | None = None, notes: str = "", step: int | None = None) -> dict:
-    """Write fp16 weights, measure held-out quality on what was written, and write the model card.
-
-    `dest` defaults to the package's shipped-weights folder of the model's world. Quality is measured on
-    single-object prompts and, in the rich world, also on 2- and 3-object prompts (then the returned dict has
-    one entry per object count). `notes` (markdown: training history, known limitations) are appended to the
-    generated card, so a re-ship does not lose what a person wrote. `step`: the training step the weights are from,
-    stated on the card beside the schedule's length when it stopped early."""
-    world = pipe.config.world
-    dest = Path(dest or SHIPPED_WEIGHTS[world])
-    pipe.save_pretrained(dest)
-    shipped = ShapesPipeline.from_pretrained(dest)  # measure the fp16 weights actually shipped
+def _measured_quality(shipped: ShapesPipeline, world: str, n: int, num_steps: int | None) -> tuple:
+    """(quality, its markdown table rows, how it was measured, a footnote) of the shipped weights: single-object
+    prompts, and in the rich world also 2- and 3-object prompts (one entry per object count)."""
     kwargs = {} if num_steps is None else {"num_steps": num_steps}
     if world == "classic":
         quality = measure_quality(shipped, n=n, **kwargs)
@@ -78,11 +68,12 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         footnote = ("`count` is the share of images with exactly the prompt's number of objects; `bound` the share of "
                     "objects with every named attribute\n(colour, pattern, shape, size) right; `background` and "
                     "`texture` are per image; part IoU is over composite objects read with the right shape.")
-    (dest / QUALITY_FILE).write_text(json.dumps(quality, indent=2))
+    return quality, table, measured, footnote
+
+
+def _tokens_line(shipped: ShapesPipeline, train_config: dict) -> str:
+    """The card's line on how an image becomes tokens (through the autoencoder of a latent model, or patches)."""
     cfg = shipped.config
-    params = sum(p.numel() for p in shipped.transformer.parameters())
-    text_params = sum(p.numel() for p in shipped.text_encoder.parameters())
-    size_mb = (dest / WEIGHTS_FILE).stat().st_size / 2**20
     if cfg.latent_channels:
         ae_params = sum(p.numel() for p in shipped.autoencoder.parameters())
         tokens = (f"- image {cfg.image_size}x{cfg.image_size} RGB -> convolutional autoencoder (x4 downsampling, "
@@ -93,6 +84,29 @@ def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = Non
         tokens = (f"- image {cfg.image_size}x{cfg.image_size} RGB, {cfg.patch_size}x{cfg.patch_size} patches -> "
                   f"{cfg.grid_size}x{cfg.grid_size} = {cfg.grid_size**2} image tokens of {cfg.patch_channels} "
                   f"channels (row-major)")
+    return tokens
+
+
+def ship(pipe: ShapesPipeline, train_config: dict, dest: str | Path | None = None, n: int = 512,
+         num_steps: int | None = None, notes: str = "", step: int | None = None) -> dict:
+    """Write fp16 weights, measure held-out quality on what was written, and write the model card.
+
+    `dest` defaults to the package's shipped-weights folder of the model's world. Quality is measured on
+    single-object prompts and, in the rich world, also on 2- and 3-object prompts (then the returned dict has
+    one entry per object count). `notes` (markdown: training history, known limitations) are appended to the
+    generated card, so a re-ship does not lose what a person wrote. `step`: the training step the weights are from,
+    stated on the card beside the schedule's length when it stopped early."""
+    world = pipe.config.world
+    dest = Path(dest or SHIPPED_WEIGHTS[world])
+    pipe.save_pretrained(dest)
+    shipped = ShapesPipeline.from_pretrained(dest)  # measure the fp16 weights actually shipped
+    quality, table, measured, footnote = _measured_quality(shipped, world, n, num_steps)
+    (dest / QUALITY_FILE).write_text(json.dumps(quality, indent=2))
+    cfg = shipped.config
+    params = sum(p.numel() for p in shipped.transformer.parameters())
+    text_params = sum(p.numel() for p in shipped.text_encoder.parameters())
+    size_mb = (dest / WEIGHTS_FILE).stat().st_size / 2**20
+    tokens = _tokens_line(shipped, train_config)
     lines = [
         "# Embedded shapes-world model" + ("" if world == "classic" else f" ({world} world)"),
         "",

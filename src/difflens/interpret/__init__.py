@@ -1,6 +1,6 @@
 """Interpretation: what do a dictionary's latents mean?
 
-    index.py       feature index: one streaming pass per (site, steps) -> per-latent frequency, max/mean activation,
+    index/         feature index: one streaming pass per (site, steps) -> per-latent frequency, max/mean activation,
                    histogram, top images, activation-quantile samples (safetensors + JSON, resumable)
     heatmap.py     token activation maps painted over images (blue, alpha ∝ √ normalised activation)
     cards.py       feature cards: top images with heatmaps, prompts, histogram, per-step frequency

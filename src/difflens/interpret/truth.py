@@ -616,6 +616,37 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     the held-out images, for the dictionary and for each control in `controls` ("random": random directions,
     "init": the dictionary before training). With an `autointerp` summary and its `index`, the scored latents
     also get a perfect judge's detection score. Every field is described in docs/truth.md."""
+    name, dictionary, store = _open_inputs(dictionary, store)
+    sparse_sizes = _check_options(sparse_sizes, controls)
+    data = _Data.open(dictionary, store, site, step, labels, batch_size)
+    dictionary = dictionary.to(device).eval()
+    data.choose_images(max_train_images, max_probe_tokens, random_seed)
+    # pass 0 (train): mean of the inputs (centres the random directions), the probe's train tokens
+    center, n_train, Xt, Yt = data.train_mean_and_probe_tokens(dictionary, device)
+    encoders = _encoders(dictionary, controls, center, random_seed, device)
+    # pass A (train): each latent's max, the probe tokens' codes; then the held-out probe tokens and their codes
+    max_F, train_codes = _train_maxima(encoders, data, sparse_sizes, device)
+    Xh, Yh, held_codes = _held_probe_tokens(encoders, data, sparse_sizes, device)
+    img_pos = data.image_positives()
+    # probes: the ceiling (its directions for absorption and alignment) and sparse probes on the raw dimensions
+    ceiling, raw_sparse = _baselines(data, Xt, Yt, Xh, Yh, sparse_sizes)
+    # passes B and C per encoder: train choices, held-out measures, the union and absorption
+    results, unions = _measure(encoders, data, max_F, img_pos, torch.from_numpy(ceiling["direction"]).float(), device)
+    sparse = {k: _sparse_probing(train_codes[k], held_codes[k], enc.num_latents, Yt, Yh, sparse_sizes)
+              for k, enc in (encoders.items() if sparse_sizes else ())}
+    sparse["raw"] = raw_sparse
+    coverage, coverage_latent = _coverage(results, len(data.concepts))
+    detection = _detection(results["dictionary"], data, autointerp, index)
+    summaries = {k: _shares(results[k], unions[k], data.specific) for k in encoders}
+    for k in encoders:
+        summaries[k]["intervals"] = bootstrap_shares(results[k], img_pos, data.T, bootstrap, random_seed)
+    return _assemble(name, dictionary, data, results, unions, summaries, coverage, coverage_latent, ceiling, sparse,
+                     sparse_sizes, detection, {"train": int(Xt.shape[0]), "held_out": int(Xh.shape[0])}, n_train,
+                     int(img_pos.shape[0] * data.T))
+
+
+def _open_inputs(dictionary, store) -> tuple[str, Dictionary, object]:
+    """(name, dictionary, opened store): a dictionary folder is loaded; the store defaults to the dictionary's."""
     from difflens.dictionaries.io import load_dictionary
     from difflens.store.sources import open_store
 
@@ -628,155 +659,214 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
         store = dictionary.locate_store()
     if isinstance(store, (str, Path)):
         store = open_store(store)
+    return name, dictionary, store
+
+
+def _check_options(sparse_sizes, controls) -> tuple[int, ...]:
+    """The sparse-probe sizes (deduplicated, positive); unknown controls are refused."""
     sparse_sizes = tuple(dict.fromkeys(int(n) for n in sparse_sizes))
     if any(n < 1 for n in sparse_sizes):
         raise ValueError(f"sparse probe sizes must be positive feature counts, got {list(sparse_sizes)}")
     unknown = set(controls) - {"random", "init"}
     if unknown:
         raise ValueError(f"unknown controls {sorted(unknown)}: choose from 'random', 'init'")
-    site = site if site is not None else dictionary.site
-    step = step if step is not None else dictionary.step
-    if site is None or step is None:
-        raise ValueError("pass site= and step= (the dictionary does not record them)")
-    train_r = store.reader(site, step, "train")
-    if train_r.stream != "image" or not train_r.grid:
-        raise ValueError(f"site {site!r} is a {train_r.stream}-stream site: ground-truth labels exist only for image tokens")
-    held_r = store.reader(site, step, "held-out")
-    if train_r.dim != dictionary.d_in:
-        raise ValueError(f"the activations have width {train_r.dim} but the dictionary expects width {dictionary.d_in}")
-    labels = labels if labels is not None else token_labels(store, grid=train_r.grid)
-    if tuple(labels.grid) != tuple(train_r.grid):
-        raise ValueError(f"labels are for a {labels.grid} token grid but {site} has {train_r.grid}")
-    dictionary = dictionary.to(device).eval()
-    T = train_r.grid[0] * train_r.grid[1]
+    return sparse_sizes
 
-    train_images = train_r.image_ids()
-    if max_train_images is not None:
-        train_images = train_images[: int(max_train_images)]
-    held_images = held_r.image_ids()
-    pos_train, pos_held = labels.counts(train_images), labels.counts(held_images)
-    scored = (pos_train >= MIN_SCORED_POSITIVES) & (pos_held >= MIN_SCORED_POSITIVES)
-    cols = np.flatnonzero(scored)
-    if not len(cols):
-        raise ValueError("no concept has enough positive tokens in both the train and the held-out images")
-    concepts = [labels.concepts[i] for i in cols]
-    C = len(cols)
-    specific = np.array([concept_kind(c) == "specific" for c in concepts])
-    specific_C = torch.from_numpy(specific)
-    probe_train_imgs = _pick_images(train_images, T, max_probe_tokens, random_seed)
-    probe_held_imgs = _pick_images(held_images, T, max_probe_tokens, random_seed + 1)
-    train_rows = lambda: _rows(train_r, labels, cols, train_images, batch_size)  # noqa: E731
 
-    def held_rows():
-        for acts, lab, img in _rows(held_r, labels, cols, held_images, batch_size):
-            yield acts, lab, torch.from_numpy(np.searchsorted(held_images, img))
+class _Data:
+    """The store's train and held-out rows of one (site, step), with their token labels restricted to the scored
+    concepts: what every pass of the report reads."""
 
-    # pass 0 (train): mean of the inputs (centres the random directions), the probe's train tokens
-    sum_D, n_train = torch.zeros(train_r.dim, dtype=torch.float64), 0
-    probe_X, probe_Y = [], []
-    for acts, lab, img in train_rows():
-        sum_D += acts.double().sum(0)
-        n_train += acts.shape[0]
-        keep = torch.from_numpy(np.isin(img, probe_train_imgs))
-        probe_X.append(acts[keep])
-        probe_Y.append(lab[keep])
-    center = dictionary.normalizer.normalize((sum_D / max(n_train, 1)).float()[None].to(device))[0].cpu()
+    def __init__(self, store, site: str, step: int, train_r, held_r, labels: TokenLabels, batch_size: int):
+        self.store, self.site, self.step, self.labels, self.batch_size = store, site, step, labels, batch_size
+        self.train_r, self.held_r = train_r, held_r
+        self.T = train_r.grid[0] * train_r.grid[1]
+
+    @classmethod
+    def open(cls, dictionary, store, site, step, labels, batch_size) -> "_Data":
+        """Readers of the dictionary's (or the given) site and step, checked: an image stream of the dictionary's
+        width, labels (computed and cached if not given) on its token grid."""
+        site = site if site is not None else dictionary.site
+        step = step if step is not None else dictionary.step
+        if site is None or step is None:
+            raise ValueError("pass site= and step= (the dictionary does not record them)")
+        train_r = store.reader(site, step, "train")
+        if train_r.stream != "image" or not train_r.grid:
+            raise ValueError(f"site {site!r} is a {train_r.stream}-stream site: ground-truth labels exist only for image tokens")
+        held_r = store.reader(site, step, "held-out")
+        if train_r.dim != dictionary.d_in:
+            raise ValueError(f"the activations have width {train_r.dim} but the dictionary expects width {dictionary.d_in}")
+        labels = labels if labels is not None else token_labels(store, grid=train_r.grid)
+        if tuple(labels.grid) != tuple(train_r.grid):
+            raise ValueError(f"labels are for a {labels.grid} token grid but {site} has {train_r.grid}")
+        return cls(store, site, step, train_r, held_r, labels, batch_size)
+
+    def choose_images(self, max_train_images: int | None, max_probe_tokens: int, seed: int) -> None:
+        """The train and held-out images, the concepts scored on them (enough positives in both) and the images
+        whose tokens the probes see (at random, whole images)."""
+        labels = self.labels
+        train_images = self.train_r.image_ids()
+        if max_train_images is not None:
+            train_images = train_images[: int(max_train_images)]
+        self.train_images, self.held_images = train_images, self.held_r.image_ids()
+        pos_train, pos_held = labels.counts(self.train_images), labels.counts(self.held_images)
+        self.scored = (pos_train >= MIN_SCORED_POSITIVES) & (pos_held >= MIN_SCORED_POSITIVES)
+        self.cols = np.flatnonzero(self.scored)
+        if not len(self.cols):
+            raise ValueError("no concept has enough positive tokens in both the train and the held-out images")
+        self.concepts = [labels.concepts[i] for i in self.cols]
+        self.specific = np.array([concept_kind(c) == "specific" for c in self.concepts])
+        self.probe_train_imgs = _pick_images(self.train_images, self.T, max_probe_tokens, seed)
+        self.probe_held_imgs = _pick_images(self.held_images, self.T, max_probe_tokens, seed + 1)
+
+    def train_rows(self):
+        """(acts_BD, labels_BC, image_id_B) of the train images' rows."""
+        return _rows(self.train_r, self.labels, self.cols, self.train_images, self.batch_size)
+
+    def held_rows(self):
+        """(acts_BD, labels_BC, image_id_B) of the held-out images' rows."""
+        return _rows(self.held_r, self.labels, self.cols, self.held_images, self.batch_size)
+
+    def held_rows_by_position(self):
+        """As :meth:`held_rows`, each row's image as its position among the held-out images."""
+        for acts, lab, img in self.held_rows():
+            yield acts, lab, torch.from_numpy(np.searchsorted(self.held_images, img))
+
+    @property
+    def big(self) -> bool:
+        """Whether a split has more rows than the exact statistics' int32 counters allow (`truth_stats`)."""
+        return max(self.train_r.num_rows, self.held_r.num_rows) > 2**24
+
+    def train_mean_and_probe_tokens(self, dictionary, device) -> tuple[Tensor, int, Tensor, Tensor]:
+        """(the train inputs' mean in the dictionary's normalised space, train tokens, the probe's train tokens
+        X (N, D) and labels Y (N, C))."""
+        sum_D, n_train = torch.zeros(self.train_r.dim, dtype=torch.float64), 0
+        probe_X, probe_Y = [], []
+        for acts, lab, img in self.train_rows():
+            sum_D += acts.double().sum(0)
+            n_train += acts.shape[0]
+            keep = torch.from_numpy(np.isin(img, self.probe_train_imgs))
+            probe_X.append(acts[keep])
+            probe_Y.append(lab[keep])
+        center = dictionary.normalizer.normalize((sum_D / max(n_train, 1)).float()[None].to(device))[0].cpu()
+        return center, n_train, torch.cat(probe_X), torch.cat(probe_Y)
+
+    def image_positives(self) -> np.ndarray:
+        """(I, C) float64: positive tokens of each scored concept in each held-out image."""
+        held, cols = self.held_images, self.cols
+        return np.concatenate([self.labels.dense(held[i: i + 256])[:, :, cols].sum(1)
+                               for i in range(0, len(held), 256)]).astype(np.float64)
+
+
+def _encoders(dictionary, controls, center: Tensor, seed: int, device) -> dict[str, Dictionary]:
+    """The dictionary and its controls: random directions centred on the train mean, the untrained dictionary."""
     encoders = {"dictionary": dictionary}
     if "random" in controls:
-        encoders["random"] = random_floor(dictionary, seed=random_seed, center_D=center).to(device)
+        encoders["random"] = random_floor(dictionary, seed=seed, center_D=center).to(device)
     init = initial_dictionary(dictionary, center) if "init" in controls else None
     if init is not None:
         encoders["init"] = init.to(device)
-    big = max(train_r.num_rows, held_r.num_rows) > 2**24
+    return encoders
 
-    # pass A (train): each latent's max; the probe tokens' codes
+
+def _train_maxima(encoders: dict, data: _Data, sparse_sizes, device) -> tuple[dict, dict]:
+    """({encoder: (F,) max activation over the train tokens}, {encoder: codes of the probe's train tokens, in
+    parts}; the codes only with sparse probes)."""
     max_F = {k: torch.zeros(e.num_latents) for k, e in encoders.items()}
     probe_codes: dict[str, list] = {k: [] for k in encoders}
-    for acts, lab, img in train_rows():
-        keep = torch.from_numpy(np.isin(img, probe_train_imgs))
+    for acts, lab, img in data.train_rows():
+        keep = torch.from_numpy(np.isin(img, data.probe_train_imgs))
         for k, enc in encoders.items():
             codes = _encode(enc, acts, device)
             v = codes.values.reshape(-1).clamp_min(0)
             max_F[k].scatter_reduce_(0, codes.indices.reshape(-1).long(), v, "amax")
             if sparse_sizes:
                 probe_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
+    return max_F, probe_codes
+
+
+def _held_probe_tokens(encoders: dict, data: _Data, sparse_sizes, device) -> tuple[Tensor, Tensor, dict]:
+    """(the probe's held-out tokens X (N, D), their labels Y (N, C), {encoder: their codes, in parts}; the codes
+    only with sparse probes)."""
     held_X, held_Y = [], []
     held_codes: dict[str, list] = {k: [] for k in encoders}
-    for acts, lab, img in _rows(held_r, labels, cols, held_images, batch_size):
-        keep = torch.from_numpy(np.isin(img, probe_held_imgs))
+    for acts, lab, img in data.held_rows():
+        keep = torch.from_numpy(np.isin(img, data.probe_held_imgs))
         held_X.append(acts[keep])
         held_Y.append(lab[keep])
         for k, enc in encoders.items() if sparse_sizes else ():
             codes = _encode(enc, acts, device)
             held_codes[k].append(SparseCodes(codes.values[keep], codes.indices[keep]))
-    img_pos = np.concatenate([labels.dense(held_images[i: i + 256])[:, :, cols].sum(1)
-                              for i in range(0, len(held_images), 256)]).astype(np.float64)
-    # probes: the ceiling (its directions for absorption and alignment) and sparse probes
-    Xt, Yt = torch.cat(probe_X), torch.cat(probe_Y)
-    Xh, Yh = torch.cat(held_X), torch.cat(held_Y)
-    # the ceiling and the raw-dimension sparse probes do not depend on the dictionary: computed once per
-    # (store, site, step, probe images, concepts, sizes) in a process
-    key = (str(Path(store.root).resolve()), site, int(step), probe_train_imgs.tobytes(), probe_held_imgs.tobytes(),
-           tuple(concepts), tuple(sparse_sizes))
+    return torch.cat(held_X), torch.cat(held_Y), held_codes
+
+
+def _baselines(data: _Data, Xt: Tensor, Yt: Tensor, Xh: Tensor, Yh: Tensor, sparse_sizes) -> tuple[dict, dict]:
+    """(the probe ceiling, the raw-dimension sparse probes): they do not depend on the dictionary, so they are
+    computed once per (store, site, step, probe images, concepts, sizes) in a process."""
+    key = (str(Path(data.store.root).resolve()), data.site, int(data.step), data.probe_train_imgs.tobytes(),
+           data.probe_held_imgs.tobytes(), tuple(data.concepts), tuple(sparse_sizes))
     if key not in _BASELINES:
         raw_t, raw_h = ProbeFeatures(dense_ND=Xt), ProbeFeatures(dense_ND=Xh)
         _BASELINES[key] = (probe_ceiling(Xt, Yt, Xh, Yh),
                            sparse_probes(raw_t, raw_h, Yt, Yh, sparse_sizes))
         while len(_BASELINES) > 4:
             _BASELINES.pop(next(iter(_BASELINES)))
-    ceiling, raw_sparse = _BASELINES[key]
-    probe_dir_CD = torch.from_numpy(ceiling["direction"]).float()
+    return _BASELINES[key]
 
-    # passes B and C per encoder (latent range by range): train choices, held-out measures; the held-out codes,
-    # encoded once, also serve the union and absorption pass
+
+def _measure(encoders: dict, data: _Data, max_F: dict, img_pos: np.ndarray, probe_dir_CD: Tensor,
+             device) -> tuple[dict, dict]:
+    """Per encoder, latent range by range: train choices and held-out measures, then the union and absorption
+    (the held-out codes, encoded once, serve both)."""
+    specific_C = torch.from_numpy(data.specific)
     results, unions = {}, {}
     for k, enc in encoders.items():
-        held_batches = _cache_if_small(_coded(enc, held_rows, device))
-        results[k] = _latent_results(max_F[k], specific_C, _coded(enc, train_rows, device), held_batches,
-                                     len(held_images), img_pos, big)
+        held_batches = _cache_if_small(_coded(enc, data.held_rows_by_position, device))
+        results[k] = _latent_results(max_F[k], specific_C, _coded(enc, data.train_rows, device), held_batches,
+                                     len(data.held_images), img_pos, data.big)
         results[k]["image_auroc"] = auroc(results[k]["images"]["max"][0], img_pos[:, results[k]["concept"]] > 0)
         unions[k] = _union_and_absorption(enc, results[k], probe_dir_CD, held_batches)
-    sparse = {}
-    for k, enc in encoders.items() if sparse_sizes else ():
-        cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))  # noqa: E731
-        ft = ProbeFeatures(codes=cat(probe_codes[k]), num_features=enc.num_latents)
-        fh = ProbeFeatures(codes=cat(held_codes[k]), num_features=enc.num_latents)
-        sparse[k] = sparse_probes(ft, fh, Yt, Yh, sparse_sizes)
-    sparse["raw"] = raw_sparse
+    return results, unions
 
-    # per concept: the best single latent by train F1
+
+def _sparse_probing(train_parts: list, held_parts: list, num_latents: int, Yt: Tensor, Yh: Tensor,
+                    sparse_sizes) -> dict:
+    """One encoder's sparse probes, on the codes of the probe tokens."""
+    cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))  # noqa: E731
+    ft = ProbeFeatures(codes=cat(train_parts), num_features=num_latents)
+    fh = ProbeFeatures(codes=cat(held_parts), num_features=num_latents)
+    return sparse_probes(ft, fh, Yt, Yh, sparse_sizes)
+
+
+def _coverage(results: dict, C: int) -> tuple[dict, dict]:
+    """Per encoder and concept: the held-out F1 of the single alive latent of best train F1, and that latent."""
     coverage, coverage_latent = {}, {}
     for k, r in results.items():
         train_f1 = np.where(r["alive"][:, None], r["train_f1_FC"], -1.0)
         best_F = train_f1.argmax(0)
         coverage[k] = r["f1_FC"][best_F, np.arange(C)]
         coverage_latent[k] = best_F
-    detection = {}
-    if autointerp is not None and index is not None:
-        from .autointerp import truth_detection
-
-        res = results["dictionary"]
-        wanted = {int(f): concepts[int(res["precise_concept"][int(f)])] for f, rec in autointerp.get("features", {}).items()
-                  if rec.get("status") == "ok" and res["alive"][int(f)]}
-        detection = truth_detection(index, autointerp, wanted, labels=labels)
-    summaries = {k: _shares(results[k], unions[k], specific) for k in encoders}
-    for k in encoders:
-        summaries[k]["intervals"] = bootstrap_shares(results[k], img_pos, T, bootstrap, random_seed)
-    return _assemble(name, dictionary, store, site, step, concepts, labels, scored, results, unions, summaries,
-                     coverage, coverage_latent, ceiling, sparse, sparse_sizes, detection,
-                     {"train": int(len(train_images)), "held_out": int(len(held_images))},
-                     {"train": int(Xt.shape[0]), "held_out": int(Xh.shape[0])}, n_train, int(img_pos.shape[0] * T))
+    return coverage, coverage_latent
 
 
-def _assemble(name, dictionary, store, site, step, concepts, labels, scored, results, unions, summaries, coverage,
-              coverage_latent, ceiling, sparse, sparse_sizes, detection, images, probe_tokens, n_train, n_held) -> dict:
-    """truth.json's layout (docs/truth.md)."""
-    res = results["dictionary"]
-    alive = res["alive"].astype(bool)
-    specific = np.array([concept_kind(c) == "specific" for c in concepts])
+def _detection(res: dict, data: _Data, autointerp: dict | None, index) -> dict:
+    """A perfect judge's detection scores of the latents autointerp scored (alive ones), given its summary and
+    index; {} without them."""
+    if autointerp is None or index is None:
+        return {}
+    from .autointerp import truth_detection
+
+    concepts = data.concepts
+    wanted = {int(f): concepts[int(res["precise_concept"][int(f)])] for f, rec in autointerp.get("features", {}).items()
+              if rec.get("status") == "ok" and res["alive"][int(f)]}
+    return truth_detection(index, autointerp, wanted, labels=data.labels)
+
+
+def _latent_rows(res: dict, concepts: list[str], detection: dict) -> list[dict]:
+    """truth.json's "latents": one row per alive latent of the dictionary."""
     r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
     latents = []
-    for f in np.flatnonzero(alive):
+    for f in np.flatnonzero(res["alive"].astype(bool)):
         c, cp, ca, cc = (concepts[int(res[k][f])] for k in ("concept", "precise_concept", "ap_concept",
                                                             "precise_any_concept"))
         row = {
@@ -798,17 +888,42 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
         if int(f) in detection:
             row.update(detection[int(f)])
         latents.append(row)
+    return latents
+
+
+def _union_coverage(concepts: list[str], unions: dict, coverage: dict, ceiling: dict) -> dict:
+    """truth.json's "union_coverage": per concept, the OR of the dictionary's latents precise for it, beside the
+    single best latent and the probe ceiling."""
+    r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
+    u = unions["dictionary"]
+    return {c: {"latents": int(u["latents"][i]), "recall": r4(u["recall"][i]),
+                "precision": r4(u["precision"][i]), "f1": r4(u["f1"][i]),
+                "single_f1": r4(coverage["dictionary"][i]), "probe_f1": r4(ceiling["f1"][i]),
+                "absorption": r4(u["absorption"][i]), "missed": r4(u["missed"][i]),
+                "probe_alignment": r4(u["probe_alignment"][i]),
+                "probe_alignment_random": r4(unions["random"]["probe_alignment"][i])
+                if "random" in unions else None}
+            for i, c in enumerate(concepts)}
+
+
+def _assemble(name, dictionary, data: _Data, results, unions, summaries, coverage, coverage_latent, ceiling, sparse,
+              sparse_sizes, detection, probe_tokens, n_train, n_held) -> dict:
+    """truth.json's layout (docs/truth.md): one literal in the file's order, so it stays one function."""
+    res = results["dictionary"]
+    alive = res["alive"].astype(bool)
+    concepts, labels, scored, specific = data.concepts, data.labels, data.scored, data.specific
+    r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
+    latents = _latent_rows(res, concepts, detection)
     d, rnd = summaries["dictionary"], summaries.get("random", {})
     ratio = {c: (float(coverage["dictionary"][i] / ceiling["f1"][i]) if ceiling["f1"][i] > 0 else None)
              for i, c in enumerate(concepts)}
     per_concept = lambda a: {c: r4(a[i]) for i, c in enumerate(concepts)}  # noqa: E731
     named = Counter(concepts[int(res["concept"][f])] for f in np.flatnonzero(alive & (res["f1"] >= EXPLAINED_F1)))
     precise_named = Counter(concepts[int(res["precise_concept"][f])] for f in np.flatnonzero(res["precise"]))
-    u = unions["dictionary"]
     det = [r for r in latents if "detection_token" in r]
     return {
         "dictionary": name, "kind": dictionary.kind, "dictionary_path": str(dictionary.path) if dictionary.path else None,
-        "site": site, "step": int(step), "store": str(store.root),
+        "site": data.site, "step": int(data.step), "store": str(data.store.root),
         "num_latents": int(dictionary.num_latents), "k": sparsity_k(dictionary),
         "headline": {"name": "precise_share", "definition": HEADLINE_DEFINITION, "value": d["precise_share"],
                      "interval": d["intervals"].get("precise_share"),
@@ -829,14 +944,7 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
         "coverage": per_concept(coverage["dictionary"]),
         "coverage_latent": {c: int(coverage_latent["dictionary"][i]) for i, c in enumerate(concepts)},
         "coverage_random": per_concept(coverage["random"]) if "random" in coverage else {},
-        "union_coverage": {c: {"latents": int(u["latents"][i]), "recall": r4(u["recall"][i]),
-                               "precision": r4(u["precision"][i]), "f1": r4(u["f1"][i]),
-                               "single_f1": r4(coverage["dictionary"][i]), "probe_f1": r4(ceiling["f1"][i]),
-                               "absorption": r4(u["absorption"][i]), "missed": r4(u["missed"][i]),
-                               "probe_alignment": r4(u["probe_alignment"][i]),
-                               "probe_alignment_random": r4(unions["random"]["probe_alignment"][i])
-                               if "random" in unions else None}
-                           for i, c in enumerate(concepts)},
+        "union_coverage": _union_coverage(concepts, unions, coverage, ceiling),
         "probe_ceiling": per_concept(ceiling["f1"]),
         "probe_ceiling_auroc": per_concept(ceiling["auroc"]),
         "coverage_ratio": {c: (None if v is None else round(v, 4)) for c, v in ratio.items()},
@@ -857,7 +965,7 @@ def _assemble(name, dictionary, store, site, step, concepts, labels, scored, res
         "concepts_coarse": [c for c, s in zip(concepts, specific) if not s],
         "concepts_unscored": [c for i, c in enumerate(labels.concepts) if not scored[i]],
         "tokens": {"train": int(n_train), "held_out": int(n_held)},
-        "images": images,
+        "images": {"train": int(len(data.train_images)), "held_out": int(len(data.held_images))},
         "probe_tokens": probe_tokens,
         "rules": RULES,
         "latents": latents,

@@ -85,18 +85,7 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
     seeds = [seeds + i for i in range(len(prompts))] if isinstance(seeds, int) else [int(s) for s in seeds]
     groups = _groups(edits)
     num_steps = model.default_num_steps if num_steps is None else int(num_steps)
-    default_site = dictionary.site
-    plans = []  # (edit, site info, steps, static region) per edit, all checked before generating
-    for group in groups:
-        for edit in group:
-            edit.check(dictionary.num_latents)
-            site = edit.site or default_site
-            if site is None:
-                raise ValueError("the dictionary does not record its site: give the edit a site")
-            info = model.site(site, resolution)
-            if info.dim != dictionary.d_in:
-                raise ValueError(f"site {site} has width {info.dim}, the dictionary has width {dictionary.d_in}")
-            plans.append((edit, info, parse_steps(edit.steps, num_steps), parse_region(edit.region, info.grid)))
+    plans = _plans(groups, dictionary, model, num_steps, resolution)  # every edit checked before generating
     if any(e.unit == "typical" and e.mode in ("add", "clamp") for e, *_ in plans):
         index = _load_index(dictionary, index)
     wants_oracle = model.name.startswith("embedded")
@@ -120,39 +109,19 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
         world = model.world
         readings = [read_image(im, world=world) for im in baseline]
 
-    directions = dictionary.residual_directions()
-    images, records, regions, k = [], [], [], 0
+    resolve = _Resolver(dictionary, index, norms, readings, len(prompts))
+    images, records, regions = [], [], []
+    planned = iter(plans)
     for group in groups:
         interventions, described, union = [], [], None
         for _ in group:
-            edit, info, steps, region = plans[k]
-            k += 1
-            direction_D = directions[edit.latent]
-            takes_amount = edit.mode in ("add", "clamp")  # scale's strength is a factor, ablate's is unused
-            amount, basis = float(edit.strength), ("raw" if takes_amount else "factor")
-            if takes_amount and edit.unit == "typical":
-                typical = typical_activation(index, edit.latent, dictionary.step)
-                amount, basis = edit.strength * typical, f"typical activation {typical:.4g}"
-            elif takes_amount and edit.unit == "norm":
-                mean_norm = float(np.mean(norms[info.name]))
-                amount = edit.strength * mean_norm / float(direction_D.norm().clamp_min(1e-12))
-                basis = f"mean token norm {mean_norm:.4g}"
-            weights = None
-            if isinstance(region, np.ndarray):
-                weights = torch.from_numpy(region.reshape(1, -1))
-            elif isinstance(region, str) and region != ACTIVE:
-                weights = torch.from_numpy(object_weights(readings, region, info.grid).reshape(len(prompts), -1))
-            iv = LatentEdit(site=info.name, vector_D=direction_D, steps=set(steps), halves=edit.guidance,
-                            dictionary=dictionary, latent=edit.latent, mode=edit.mode, amount=amount,
-                            factor=float(edit.strength), weights_BT=weights,
-                            active_only=isinstance(region, str) and region == ACTIVE)
+            edit, info, steps, region = next(planned)
+            iv, weights, record = resolve(edit, info, steps, region)
             interventions.append(iv)
             if weights is not None and info.grid is not None:
                 w = weights.numpy().reshape(-1, *info.grid)
                 union = w if union is None else np.maximum(union, w)
-            described.append({**edit.describe(), "site": info.name, "steps": steps,
-                              "amount": amount if takes_amount else None, "strength_basis": basis,
-                              "tokens": None if weights is None else int((weights > 0).sum())})
+            described.append(record)
         images.append(model.generate(prompts, seeds, interventions=interventions, **common))
         for iv, d in zip(interventions, described):
             d["edited_token_steps"] = sum(n for _s, n, _m in iv.log)
@@ -164,6 +133,60 @@ def steer(model: ModelAdapter, dictionary, edits, prompts, seeds=0, *, num_steps
                            "steered": [[reading_dict(read_image(im, world=world), world) for im in batch]
                                        for batch in images]}
     return result
+
+
+def _plans(groups: list[list[Edit]], dictionary, model: ModelAdapter, num_steps: int, resolution) -> list[tuple]:
+    """(edit, site info, steps, static region) of every edit in order, each checked against the dictionary and
+    the model."""
+    plans = []
+    for group in groups:
+        for edit in group:
+            edit.check(dictionary.num_latents)
+            site = edit.site or dictionary.site
+            if site is None:
+                raise ValueError("the dictionary does not record its site: give the edit a site")
+            info = model.site(site, resolution)
+            if info.dim != dictionary.d_in:
+                raise ValueError(f"site {site} has width {info.dim}, the dictionary has width {dictionary.d_in}")
+            plans.append((edit, info, parse_steps(edit.steps, num_steps), parse_region(edit.region, info.grid)))
+    return plans
+
+
+class _Resolver:
+    """Turns a checked edit into its intervention once the unsteered images exist: the strength in raw units
+    (typical activation from the index, mean token norm from the baseline), the region's token weights (object
+    regions from the oracle's readings), and the record of what it did."""
+
+    def __init__(self, dictionary, index, norms: dict[str, list[float]], readings, n_prompts: int):
+        self.dictionary, self.index, self.norms, self.readings, self.n_prompts = (dictionary, index, norms, readings,
+                                                                                  n_prompts)
+        self.directions = dictionary.residual_directions()
+
+    def __call__(self, edit: Edit, info, steps: list[int], region) -> tuple[LatentEdit, torch.Tensor | None, dict]:
+        """(intervention, (B or 1, T) token weights or None, record)."""
+        direction_D = self.directions[edit.latent]
+        takes_amount = edit.mode in ("add", "clamp")  # scale's strength is a factor, ablate's is unused
+        amount, basis = float(edit.strength), ("raw" if takes_amount else "factor")
+        if takes_amount and edit.unit == "typical":
+            typical = typical_activation(self.index, edit.latent, self.dictionary.step)
+            amount, basis = edit.strength * typical, f"typical activation {typical:.4g}"
+        elif takes_amount and edit.unit == "norm":
+            mean_norm = float(np.mean(self.norms[info.name]))
+            amount = edit.strength * mean_norm / float(direction_D.norm().clamp_min(1e-12))
+            basis = f"mean token norm {mean_norm:.4g}"
+        weights = None
+        if isinstance(region, np.ndarray):
+            weights = torch.from_numpy(region.reshape(1, -1))
+        elif isinstance(region, str) and region != ACTIVE:
+            weights = torch.from_numpy(object_weights(self.readings, region, info.grid).reshape(self.n_prompts, -1))
+        iv = LatentEdit(site=info.name, vector_D=direction_D, steps=set(steps), halves=edit.guidance,
+                        dictionary=self.dictionary, latent=edit.latent, mode=edit.mode, amount=amount,
+                        factor=float(edit.strength), weights_BT=weights,
+                        active_only=isinstance(region, str) and region == ACTIVE)
+        record = {**edit.describe(), "site": info.name, "steps": steps,
+                  "amount": amount if takes_amount else None, "strength_basis": basis,
+                  "tokens": None if weights is None else int((weights > 0).sum())}
+        return iv, weights, record
 
 
 def reading_dict(reading, world="classic") -> dict[str, Any]:

@@ -205,28 +205,73 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
     """Run the benchmark; returns the results dict written to `config.out` (when set; locked meanwhile; results
     of other settings there are refused unless `config.overwrite`). `model`: an adapter (default:
     `load_adapter(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
-    from difflens.adapters.base import Capture
-    from difflens.world.oracle import read_image
-
     if config.out and Path(config.out).exists():
         same_settings(config.out, bench_settings(load_results(config.out)["config"]), bench_settings(asdict(config)),
                       what="editing-benchmark results", overwrite=config.overwrite)
     log = _Log(config.quiet)
-    # ---- everything that can be wrong is checked before the first generation
-    builtin = [m for m in (config.methods or BUILTIN_METHODS) if m in BUILTIN_METHODS]
+    plan = _Plan.check(config, model, dictionaries)  # everything that can be wrong, before the first generation
+    bench = _Bench(plan, config)
+    for category in plan.categories:
+        kept = bench.keep_pairs(category, log)
+        if kept:
+            bench.edit(category, kept, log)
+    return _write_results(config, plan, bench.records, bench.counts)
+
+
+@dataclass
+class _Plan:
+    """What a benchmark run edits and how, checked in full before anything generates."""
+
+    model: object
+    world: str  # the shapes world the oracle reads and judges in
+    pairs_path: Path
+    pairs: list[EditPair]
+    categories: list[str]
+    num_steps: int
+    steps: list[int]
+    builtin: list[str]  # of dense, random, swap: those to run
+    features: dict[str, FeatureMethod]
+    dense_sites: list[str]
+    reference: str | None  # the dictionary method whose deltas the random control matches
+    select_index: dict[str, int | None]  # per feature method: the edited step (its position) whose codes select
+    sites: list[str]  # every site captured: the feature methods' and the dense ones
+    grids: dict[str, tuple[int, int]]
+
+    @classmethod
+    def check(cls, config: BenchConfig, model, dictionaries: dict | None) -> "_Plan":
+        builtin = [m for m in (config.methods or BUILTIN_METHODS) if m in BUILTIN_METHODS]
+        dictionaries = _chosen_dictionaries(config, dictionaries)
+        if model is None:
+            from difflens.adapters import load_adapter
+
+            model = load_adapter(config.model)
+        world = model.world
+        pairs_path, pairs, categories = _chosen_pairs(config, model)
+        num_steps = config.num_steps or model.default_num_steps
+        steps = parse_steps(config.steps, num_steps)
+        features = _feature_methods(dictionaries, model)
+        dense_sites = _dense_sites(config, builtin, features, model)
+        reference = _random_reference(config, builtin, features)
+        select_index = {name: _select_index(config.select, f, steps) for name, f in features.items()}
+        sites = list(dict.fromkeys([*(f.site for f in features.values()), *dense_sites]))
+        grids = {s: model.site(s).grid for s in sites}
+        return cls(model, world, pairs_path, pairs, categories, num_steps, steps, builtin, features, dense_sites,
+                   reference, select_index, sites, grids)
+
+
+def _chosen_dictionaries(config: BenchConfig, dictionaries: dict | None) -> dict:
+    """The feature methods' dictionaries: the given ones among config.methods, else the run's named ones."""
     if dictionaries is None:
         named = [m for m in config.methods if m not in BUILTIN_METHODS] if config.methods else None
         if named is None and config.run is None:
             named = []
-        dictionaries = _dictionaries(config.run, named)
-    else:
-        dictionaries = {k: v for k, v in dictionaries.items() if not config.methods or k in config.methods}
-    if model is None:
-        from difflens.adapters import load_adapter
+        return _dictionaries(config.run, named)
+    return {k: v for k, v in dictionaries.items() if not config.methods or k in config.methods}
 
-        model = load_adapter(config.model)
-    world = model.world  # the shapes world the oracle reads and judges in
-    pairs_path = Path(config.pairs) if config.pairs else pairs_file(world)
+
+def _chosen_pairs(config: BenchConfig, model) -> tuple[Path, list[EditPair], list[str]]:
+    """(pairs file, its pairs, the categories to run), every prompt checked against the model's words."""
+    pairs_path = Path(config.pairs) if config.pairs else pairs_file(model.world)
     pairs = read_pairs(pairs_path, vocabulary=model_vocabulary(model))
     check_prompts(model, pairs)
     categories = config.categories or list(dict.fromkeys(p.category for p in pairs))
@@ -234,8 +279,11 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
     if missing:
         raise ValueError(f"no pairs of categories {missing} in the pairs file; it has "
                          f"{', '.join(dict.fromkeys(p.category for p in pairs))}")
-    num_steps = config.num_steps or model.default_num_steps
-    steps = parse_steps(config.steps, num_steps)
+    return pairs_path, pairs, categories
+
+
+def _feature_methods(dictionaries: dict, model) -> dict[str, FeatureMethod]:
+    """A feature-transfer method per dictionary, each checked against its image site on the model."""
     features = {}
     for name, d in dictionaries.items():
         if d.site is None:
@@ -246,6 +294,11 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
         if info.grid is None:
             raise ValueError(f"dictionary {name}'s site {d.site} holds text tokens; edits need an image site")
         features[name] = FeatureMethod(name, d, d.site)
+    return features
+
+
+def _dense_sites(config: BenchConfig, builtin: list[str], features: dict[str, FeatureMethod], model) -> list[str]:
+    """Sites of the dense method (none when it does not run): config.sites, else the feature methods' sites."""
     dense_sites = list(config.sites) or list(dict.fromkeys(f.site for f in features.values()))
     if "dense" in builtin and not dense_sites:
         raise ValueError("the dense method needs --sites (no dictionary gives one)")
@@ -254,35 +307,56 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
     for s in dense_sites:
         if model.site(s).grid is None:
             raise ValueError(f"site {s} holds text tokens; edits need an image site")
-    reference = None
-    if "random" in builtin:
-        if not features:
-            raise ValueError("the random control needs a dictionary method to match")
-        reference = config.random_reference or ("sae_pca" if "sae_pca" in features else next(iter(features)))
-        if reference not in features:
-            raise ValueError(f"random_reference {reference!r} is not among the dictionary methods {list(features)}")
-    select_index: dict[str, int | None] = {}
-    for name, f in features.items():
-        if config.select == "each":
-            select_index[name] = None
-            continue
-        if config.select == "own":
-            want = f.dictionary.step if f.dictionary.step in steps else steps[0]
-        elif config.select == "first":
-            want = steps[0]
-        else:
-            try:
-                want = int(config.select)
-            except ValueError:
-                raise ValueError(f"select must be own, first, each or a step number, got {config.select!r}") from None
-        if want not in steps:
-            raise ValueError(f"select step {want} is not an edited step {steps}")
-        select_index[name] = steps.index(want)
-    sites = list(dict.fromkeys([*(f.site for f in features.values()), *dense_sites]))
-    grids = {s: model.site(s).grid for s in sites}
-    main_grid = model.grid()
+    return dense_sites
 
-    def generate(prompts, seeds, capture_sites=(), interventions=()):
+
+def _random_reference(config: BenchConfig, builtin: list[str], features: dict[str, FeatureMethod]) -> str | None:
+    """The dictionary method the random control matches (None without the control)."""
+    if "random" not in builtin:
+        return None
+    if not features:
+        raise ValueError("the random control needs a dictionary method to match")
+    reference = config.random_reference or ("sae_pca" if "sae_pca" in features else next(iter(features)))
+    if reference not in features:
+        raise ValueError(f"random_reference {reference!r} is not among the dictionary methods {list(features)}")
+    return reference
+
+
+def _select_index(select: str, f: FeatureMethod, steps: list[int]) -> int | None:
+    """Position in ``steps`` of the step whose codes select a method's features (None: each step its own)."""
+    if select == "each":
+        return None
+    if select == "own":
+        want = f.dictionary.step if f.dictionary.step in steps else steps[0]
+    elif select == "first":
+        want = steps[0]
+    else:
+        try:
+            want = int(select)
+        except ValueError:
+            raise ValueError(f"select must be own, first, each or a step number, got {select!r}") from None
+    if want not in steps:
+        raise ValueError(f"select step {want} is not an edited step {steps}")
+    return steps.index(want)
+
+
+class _Bench:
+    """The loop's state: generation (batched, capturing sites at the edited steps), the oracle's scoring, and the
+    records and per-category pair counts it collects."""
+
+    def __init__(self, plan: _Plan, config: BenchConfig):
+        self.plan, self.config = plan, config
+        self.main_grid = plan.model.grid()
+        self.records: list[dict] = []
+        self.counts: dict[str, dict] = {}
+        self.gen = torch.Generator().manual_seed(config.seed)  # the random control's draws, across categories
+
+    def generate(self, prompts, seeds, capture_sites=(), interventions=()):
+        """(images (B, H, W, 3), {site: (B, S, T, D) activations at the edited steps}) in batches of batch_size;
+        each intervention is a function of the batch's slice."""
+        from difflens.adapters.base import Capture
+
+        plan, config, steps = self.plan, self.config, self.plan.steps
         got: dict = {}
         images = []
         for i in range(0, len(prompts), config.batch_size):
@@ -291,16 +365,18 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
             caps = [Capture(list(capture_sites), lambda n, st, x: part.setdefault(n, {}).__setitem__(st, x.float().cpu()),
                             steps=steps)] if capture_sites else []
             ivs = [iv(sl) for iv in interventions]
-            images.append(model.generate(prompts[sl], seeds=seeds[sl], num_steps=num_steps, guidance=config.guidance,
-                                         capture=caps, interventions=ivs))
+            images.append(plan.model.generate(prompts[sl], seeds=seeds[sl], num_steps=plan.num_steps,
+                                              guidance=config.guidance, capture=caps, interventions=ivs))
             for n, by_step in part.items():
                 got.setdefault(n, []).append(torch.stack([by_step[s] for s in steps], 1))  # (B, S, T, D)
         return np.concatenate(images), {n: torch.cat(v) for n, v in got.items()}
 
-    records: list[dict] = []
-    counts: dict[str, dict] = {}
+    def score(self, kept: list[Kept], images: np.ndarray, method: str, site: str | None, strength, k, extra=None):
+        """One record per kept pair: the oracle's judgement of its edited image (oracle pairs) and the PSNR outside
+        the edit region."""
+        from difflens.world.oracle import read_image
 
-    def score(kept: list[Kept], images: np.ndarray, method: str, site: str | None, strength, k, extra=None):
+        world = self.plan.world
         for j, (kp, img) in enumerate(zip(kept, images)):
             rec = {"pair": kp.pair.id, "category": kp.pair.category, "method": method, "site": site,
                    "strength": strength, "k": k}
@@ -308,7 +384,7 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
                 rec.update(judge(kp.pair, read_image(img, world=world), world))
             else:
                 rec.update(success=None, preservation=None, clean=None)
-            grid = grids.get(site, main_grid)
+            grid = self.plan.grids.get(site, self.main_grid)
             tok = kp.tokens.get(site)
             if tok is None and kp.mask_px is not None:
                 tok = to_tokens(kp.mask_px, grid)
@@ -316,11 +392,13 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
             rec["psnr_outside"] = None if region is None or region.all() else psnr_outside(img, kp.source, region)
             if extra is not None:
                 rec.update(extra[j])
-            records.append(rec)
+            self.records.append(rec)
 
-    gen = torch.Generator().manual_seed(config.seed)
-    for category in categories:
-        candidates = [p for p in pairs if p.category == category]
+    def keep_pairs(self, category: str, log) -> list[Kept]:
+        """The first ``n`` pairs of the category whose source generation reads as the source scene (all pairs
+        without scenes), generated in chunks with their target prompts, every site captured."""
+        config, plan = self.config, self.plan
+        candidates = [p for p in plan.pairs if p.category == category]
         kept: list[Kept] = []
         tried = 0
         while len(kept) < config.n and tried < len(candidates):
@@ -330,74 +408,95 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
             tried += len(chunk)
             prompts = [p.source for p in chunk] + [p.target for p in chunk]
             seeds = [p.seed for p in chunk] * 2
-            images, acts = generate(prompts, seeds, sites)
+            images, acts = self.generate(prompts, seeds, plan.sites)
             B = len(chunk)
             for j, p in enumerate(chunk):
-                src, tgt = images[j], images[B + j]
-                r_src = r_tgt = None
-                if p.judged:
-                    r_src, r_tgt = read_image(src, world=world), read_image(tgt, world=world)
-                    if config.require_faithful and not faithful(p.source_scene, r_src, world):
-                        continue
-                if p.mask is not None:
-                    mask_px = to_pixels(to_tokens(p.mask, src.shape[:2]), src.shape[:2], src.shape[:2])
-                elif p.judged:
-                    mask_px = edit_mask(p, r_src, r_tgt, src.shape[:2])
-                else:
-                    mask_px = None
-                kp = Kept(p, src, tgt, r_src, r_tgt, mask_px,
-                          {s: PairActs(acts[s][j], acts[s][B + j]) for s in sites})
-                for s in sites:
-                    kp.tokens[s] = (torch.ones(grids[s][0] * grids[s][1]) if mask_px is None
-                                    else to_tokens(mask_px, grids[s]))
-                kept.append(kp)
+                kp = self._kept(p, images[j], images[B + j], {s: PairActs(acts[s][j], acts[s][B + j]) for s in plan.sites})
+                if kp is not None:
+                    kept.append(kp)
         usable = len(kept)
         kept = kept[: config.n]
-        counts[category] = {"tried": tried, "usable": usable, "kept": len(kept)}
+        self.counts[category] = {"tried": tried, "usable": usable, "kept": len(kept)}
         log(f"{category}: {len(kept)} pairs kept; {usable} of {tried} tried usable (oracle pairs: the source "
             "generation reads as the source scene)")
-        if not kept:
-            continue
-        prompts = [kp.pair.source for kp in kept]
-        seeds = [kp.pair.seed for kp in kept]
+        return kept
 
-        def run_deltas(site, deltas_BSTD, method, strength, k, extra=None):
-            step_deltas = {st: deltas_BSTD[:, s] for s, st in enumerate(steps)}
-            iv = lambda sl: token_deltas(site, {st: d[sl] for st, d in step_deltas.items()}, config.halves)  # noqa: E731
-            images, _ = generate(prompts, seeds, interventions=[iv])
-            score(kept, images, method, site, strength, k, extra)
+    def _kept(self, p: EditPair, src: np.ndarray, tgt: np.ndarray, acts: dict[str, PairActs]) -> Kept | None:
+        """A generated pair with its readings and masks (pixel and per-site token), or None when its source does
+        not read as the source scene (and faithful sources are required)."""
+        from difflens.world.oracle import read_image
 
-        if "swap" in builtin:
-            score(kept, np.stack([kp.target for kp in kept]), "swap", None, None, None)
-        for name, fm in features.items():
-            codes = [fm.codes(kp.acts[fm.site]) for kp in kept]
-            for k in config.ks:
-                for m1 in config.strengths:
-                    per, chosen = [], []
-                    for kp, (src, tgt) in zip(kept, codes):
-                        d, c = fm.deltas(src, tgt, kp.tokens[fm.site], select_index[name], k, m1)
-                        per.append(d)
-                        chosen.append(c)
-                    deltas = torch.stack(per)
-                    extra = [{"latents_added": float(np.mean([len(t) for t, _b in c])),
-                              "latents_subtracted": float(np.mean([len(b) for _t, b in c]))} for c in chosen]
-                    run_deltas(fm.site, deltas, name, m1, k, extra)
-                    if name == reference:
-                        rand = torch.stack([fm.random_deltas(d, src, tgt, c, kp.tokens[fm.site], gen)
-                                            for d, (src, tgt), c, kp in zip(per, codes, chosen, kept)])
-                        run_deltas(fm.site, rand, "random", m1, k, extra)
+        world, grids = self.plan.world, self.plan.grids
+        r_src = r_tgt = None
+        if p.judged:
+            r_src, r_tgt = read_image(src, world=world), read_image(tgt, world=world)
+            if self.config.require_faithful and not faithful(p.source_scene, r_src, world):
+                return None
+        if p.mask is not None:
+            mask_px = to_pixels(to_tokens(p.mask, src.shape[:2]), src.shape[:2], src.shape[:2])
+        elif p.judged:
+            mask_px = edit_mask(p, r_src, r_tgt, src.shape[:2])
+        else:
+            mask_px = None
+        kp = Kept(p, src, tgt, r_src, r_tgt, mask_px, acts)
+        for s in self.plan.sites:
+            kp.tokens[s] = (torch.ones(grids[s][0] * grids[s][1]) if mask_px is None
+                            else to_tokens(mask_px, grids[s]))
+        return kp
+
+    def edit(self, category: str, kept: list[Kept], log) -> None:
+        """Every method on the kept pairs: the prompt swap, each dictionary's feature transfer (with the random
+        control beside its reference) at every k and strength, the dense difference at every strength."""
+        config, plan = self.config, self.plan
+        if "swap" in plan.builtin:
+            self.score(kept, np.stack([kp.target for kp in kept]), "swap", None, None, None)
+        for name, fm in plan.features.items():
+            self._transfer(kept, name, fm)
             log(f"{category}: {name} done")
-        for site in dense_sites:
+        for site in plan.dense_sites:
             for m1 in config.dense_strengths:
                 deltas = torch.stack([dense_delta(kp.acts[site], kp.tokens[site], m1) for kp in kept])
-                run_deltas(site, deltas, "dense", m1, None)
-        if dense_sites:
+                self._edit_with(kept, site, deltas, "dense", m1, None)
+        if plan.dense_sites:
             log(f"{category}: dense done")
 
+    def _transfer(self, kept: list[Kept], name: str, fm: FeatureMethod) -> None:
+        """One dictionary's feature transfer at every k and strength (and the random control when it is the
+        reference)."""
+        codes = [fm.codes(kp.acts[fm.site]) for kp in kept]
+        for k in self.config.ks:
+            for m1 in self.config.strengths:
+                per, chosen = [], []
+                for kp, (src, tgt) in zip(kept, codes):
+                    d, c = fm.deltas(src, tgt, kp.tokens[fm.site], self.plan.select_index[name], k, m1)
+                    per.append(d)
+                    chosen.append(c)
+                deltas = torch.stack(per)
+                extra = [{"latents_added": float(np.mean([len(t) for t, _b in c])),
+                          "latents_subtracted": float(np.mean([len(b) for _t, b in c]))} for c in chosen]
+                self._edit_with(kept, fm.site, deltas, name, m1, k, extra)
+                if name == self.plan.reference:
+                    rand = torch.stack([fm.random_deltas(d, src, tgt, c, kp.tokens[fm.site], self.gen)
+                                        for d, (src, tgt), c, kp in zip(per, codes, chosen, kept)])
+                    self._edit_with(kept, fm.site, rand, "random", m1, k, extra)
+
+    def _edit_with(self, kept: list[Kept], site: str, deltas_BSTD: torch.Tensor, method: str, strength, k,
+                   extra=None) -> None:
+        """Re-generate the kept pairs' source prompts, same seeds, adding per-pair token deltas (B, S, T, D) at the
+        edited steps, and score the results."""
+        step_deltas = {st: deltas_BSTD[:, s] for s, st in enumerate(self.plan.steps)}
+        iv = lambda sl: token_deltas(site, {st: d[sl] for st, d in step_deltas.items()}, self.config.halves)  # noqa: E731
+        images, _ = self.generate([kp.pair.source for kp in kept], [kp.pair.seed for kp in kept], interventions=[iv])
+        self.score(kept, images, method, site, strength, k, extra)
+
+
+def _write_results(config: BenchConfig, plan: _Plan, records: list[dict], counts: dict[str, dict]) -> dict:
+    """The results (rows aggregated with bootstrap intervals, every pair's records, the definitions), written
+    atomically to config.out with the curves beside it (when config.out is set)."""
     rows = aggregate(records, config.n_boot, config.seed)
-    results = {"config": asdict(config), "model": model.name, "world": world, "pairs_file": str(pairs_path),
-               "num_steps": num_steps, "steps": steps,
-               "random_reference": reference, "pair_counts": counts,
+    results = {"config": asdict(config), "model": plan.model.name, "world": plan.world, "pairs_file": str(plan.pairs_path),
+               "num_steps": plan.num_steps, "steps": plan.steps,
+               "random_reference": plan.reference, "pair_counts": counts,
                "definitions": {
                    "success": "the oracle reads the edited attribute as the target's on the edited object",
                    "preservation": "every other fact of the scene reads as before (background, other objects, "
@@ -413,7 +512,7 @@ def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = 
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out, results)
-        results["plot"] = str(curves(rows, out.with_name(out.stem + "_curves.png"), reference))
+        results["plot"] = str(curves(rows, out.with_name(out.stem + "_curves.png"), plan.reference))
     return results
 
 
