@@ -20,7 +20,7 @@ _AREAS = [
     "difflens.interpret.cli",  # features index (alias build)|show|truth, autointerp
     "difflens.browser.cli",  # browse
     "difflens.steering.cli",  # steer
-    "difflens.steering.bench.cli",  # bench edits
+    "difflens.steering.editing.cli",  # bench edits
     "difflens.studies.cli",  # study truth|scan|extra-concepts
     "difflens.demo",  # demo
 ]

@@ -458,7 +458,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
 def edit_bench(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     """A small editing benchmark (RIEBench's protocol, scored by the oracle): one category per attribute, the
     whitened SAE against its random-latent control and the prompt-swap upper bound."""
-    from .steering.bench.run import BenchConfig, format_bench_table, run_edit_bench
+    from .steering.editing.run import BenchConfig, format_bench_table, run_edit_bench
 
     bench = BenchConfig(categories=list(cfg.edit_categories), n=cfg.edit_pairs, methods=["sae_pca", "random", "swap"],
                         ks=[32], strengths=[2.0], seed=cfg.seed, out=str(out / run_layout.DEMO_EDIT_BENCH_DIR / run_layout.RESULTS_FILE),

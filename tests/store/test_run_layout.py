@@ -14,7 +14,7 @@ import difflens as dl
 from difflens.browser.run import Run
 from difflens.cli import main
 from difflens.interpret.index import FeatureIndex
-from difflens.steering.bench.run import _dictionaries
+from difflens.steering.editing.run import _dictionaries
 from difflens.store import run_layout
 
 IMG = "double.0.img.out"

@@ -1,7 +1,7 @@
 """Steering with features: edit one latent's contribution at a site, over a region and a step window.
 
 ``steer(model, dictionary, edits, prompts, seeds)`` returns unsteered and steered images from the same seeds;
-an :class:`Edit` is (latent, mode, strength, unit, region, steps, guidance, site). ``bench`` holds the editing
+an :class:`Edit` is (latent, mode, strength, unit, region, steps, guidance, site). ``editing`` holds the editing
 benchmark (RIEBench's protocol, scored by the shapes world's oracle).
 """
 

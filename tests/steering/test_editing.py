@@ -12,10 +12,10 @@ import pytest
 import torch
 from tiny_models import adapter
 
-from difflens.steering.bench import pairs as P
-from difflens.steering.bench.methods import TokenDeltas, token_deltas
-from difflens.steering.bench.scoring import PSNR_CAP, bootstrap_ci, facts, judge, psnr_outside, summarise
-from difflens.steering.bench.selection import feature_scores, random_like, top_and_bottom_features, transfer_delta
+from difflens.steering.editing import pairs as P
+from difflens.steering.editing.methods import TokenDeltas, token_deltas
+from difflens.steering.editing.scoring import PSNR_CAP, bootstrap_ci, facts, judge, psnr_outside, summarise
+from difflens.steering.editing.selection import feature_scores, random_like, top_and_bottom_features, transfer_delta
 from difflens.world.oracle import ObjectReading, SceneReading
 
 
@@ -96,7 +96,7 @@ def test_unknown_word_is_a_clear_error(tmp_path):
 
 
 def test_unknown_word_stops_the_benchmark_before_any_generation(tmp_path, monkeypatch):
-    from difflens.steering.bench.run import BenchConfig, run_edit_bench
+    from difflens.steering.editing.run import BenchConfig, run_edit_bench
 
     row = P.make_pairs(1, categories=("color",))[0].to_json()
     row["source"] = "a zebra " + row["source"]
@@ -329,7 +329,7 @@ def test_rich_facts_hold_patterns_and_textures_and_classic_facts_do_not():
 
 
 def test_judge_pattern_and_texture_edits():
-    from difflens.steering.bench.scoring import edit_keys
+    from difflens.steering.editing.scoring import edit_keys
 
     pat = _pair("pattern", _rich_scene("pink", "dotted", HOUSE, TREE),
                 _rich_scene("pink", "dotted", (*HOUSE[:4], "checked"), TREE), 0, "checked")
@@ -395,7 +395,7 @@ def _tiny_dictionary(a, tmp_path):
 
 def test_tiny_benchmark_end_to_end_through_the_cli(tmp_path, capsys):
     from difflens.cli import run_parser
-    from difflens.steering.bench.cli import register
+    from difflens.steering.editing.cli import register
 
     a = adapter("embedded-tiny")
     run = _tiny_dictionary(a, tmp_path)
@@ -424,7 +424,7 @@ def test_tiny_benchmark_end_to_end_through_the_cli(tmp_path, capsys):
 
 
 def test_bad_settings_fail_before_generation(tmp_path, monkeypatch):
-    from difflens.steering.bench.run import BenchConfig, run_edit_bench
+    from difflens.steering.editing.run import BenchConfig, run_edit_bench
 
     a = adapter("embedded-tiny")
     run = _tiny_dictionary(a, tmp_path)
@@ -440,7 +440,7 @@ def test_bad_settings_fail_before_generation(tmp_path, monkeypatch):
 
 
 def test_group_results_merge(tmp_path):
-    from difflens.steering.bench.run import BenchConfig, format_bench_table, merge_results, run_edit_bench
+    from difflens.steering.editing.run import BenchConfig, format_bench_table, merge_results, run_edit_bench
 
     a = adapter("embedded-tiny")
     run = _tiny_dictionary(a, tmp_path)
@@ -466,7 +466,7 @@ def test_group_results_merge(tmp_path):
 
 
 def test_riebench_pairs_on_a_flux_model_report_pixel_preservation_only(tmp_path):
-    from difflens.steering.bench.run import BenchConfig, run_edit_bench
+    from difflens.steering.editing.run import BenchConfig, run_edit_bench
 
     a = adapter("flux-tiny")
     mask = np.zeros((32, 32), int)
@@ -484,7 +484,7 @@ def test_riebench_pairs_on_a_flux_model_report_pixel_preservation_only(tmp_path)
 
 
 def test_a_run_that_keeps_no_pair_still_writes_its_table_and_curves(tmp_path):
-    from difflens.steering.bench.run import BenchConfig, curves, format_bench_table
+    from difflens.steering.editing.run import BenchConfig, curves, format_bench_table
 
     path = curves([], tmp_path / "curves.png")  # every category kept 0 pairs (e.g. no faithful source)
     assert path.read_bytes().startswith(b"\x89PNG")
@@ -506,7 +506,7 @@ def _tiny_rich_adapter():
 
 @pytest.mark.parametrize("world", ["classic", "rich"])
 def test_the_default_pairs_file_is_the_model_worlds(world, monkeypatch):
-    from difflens.steering.bench import run as R
+    from difflens.steering.editing import run as R
 
     class Read(Exception):
         pass
@@ -526,7 +526,7 @@ def test_the_default_pairs_file_is_the_model_worlds(world, monkeypatch):
 
 def test_tiny_rich_benchmark_reads_and_judges_in_the_rich_world(tmp_path, monkeypatch):
     import difflens.world.oracle as oracle
-    from difflens.steering.bench.run import BenchConfig, run_edit_bench
+    from difflens.steering.editing.run import BenchConfig, run_edit_bench
 
     worlds = []
     read = oracle.read_image

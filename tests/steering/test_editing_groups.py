@@ -10,7 +10,7 @@ from tiny_models import adapter
 
 from difflens.cli import main as cli_main
 from difflens.dictionaries import SAEConfig, TopKSAE, save_dictionary
-from difflens.steering.bench import pairs as P
+from difflens.steering.editing import pairs as P
 
 
 def test_groups_run_once_then_merge(tmp_path, capsys, monkeypatch):
@@ -28,7 +28,7 @@ def test_groups_run_once_then_merge(tmp_path, capsys, monkeypatch):
     merged = json.loads(out.read_text())
     assert {r["category"] for r in merged["rows"]} == {"size", "color"}
     assert "pairs kept/tried per category" in capsys.readouterr().out
-    import difflens.steering.bench.run as run
+    import difflens.steering.editing.run as run
 
     monkeypatch.setattr(run, "run_edit_bench", lambda *a, **k: pytest.fail("a written group ran again"))
     out.unlink()

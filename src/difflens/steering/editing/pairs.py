@@ -16,7 +16,7 @@ judge an edit. Categories (`CATEGORIES`; the classic world has the first seven, 
 
 `object` is the edited object's index in `source_scene["objects"]` (for `add`: in `target_scene["objects"]`;
 for `background` and `texture`: None). Two files are shipped, each `make_pairs(world=...)` written by
-`write_pairs` (regenerate with ``python -m difflens.steering.bench.pairs [--world rich]``):
+`write_pairs` (regenerate with ``python -m difflens.steering.editing.pairs [--world rich]``):
 
   * `data/edit_pairs.jsonl` (classic world): one-object sources, 30 % two-object ones for attribute and move
     edits; remove goes from two objects to one, add from one to two.
@@ -505,7 +505,7 @@ def check_prompts(adapter, pairs: list[EditPair]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write a world's shipped pairs file (``python -m difflens.steering.bench.pairs [--world rich]``)."""
+    """Write a world's shipped pairs file (``python -m difflens.steering.editing.pairs [--world rich]``)."""
     import argparse
 
     parser = argparse.ArgumentParser(description="regenerate the editing benchmark's shipped pairs file")
