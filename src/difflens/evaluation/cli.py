@@ -61,8 +61,8 @@ class AnalyzeCommand:
     """sweep and layers: held-out evaluation tokens"""
     batch_size: int = 4096
     """sweep: tokens per optimiser step"""
-    lr: float = 2e-4
-    """sweep: learning rate"""
+    lr: float | None = None
+    """sweep: learning rate (none: each SAE's size-scaled default, 2e-4 / sqrt(latents / 16384))"""
     normalization: Literal["none", "standardise", "pca"] = "pca"
     """sweep: input normalisation"""
     loss_space: Literal["input", "residual"] = "input"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import torch
@@ -32,7 +32,7 @@ from ...locks import output_lock
 from ..base import check_activations
 from ..sparse_ops import sparse_decode
 from ..topk_sae import TopKSAE
-from .config import RunConfig, SAETrainConfig
+from .config import RunConfig, SAETrainConfig, default_lr
 from .data import batch_stream, resolve_data
 from .job import start_job
 
@@ -67,6 +67,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
     rank, world = rank_and_world()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the number of ranks ({world})")
+    cfg = cfg.resolved(reader.dim)  # the lr used (size-scaled default when none given) is what the job records
     arch = cfg.architecture(reader.dim)
     total_steps = max(1, math.ceil(cfg.num_tokens / cfg.batch_size))
 
@@ -139,6 +140,7 @@ class SAEState:
     @classmethod
     def create(cls, sae: TopKSAE, cfg: SAETrainConfig) -> "SAEState":
         kwargs = {"fused": True} if sae.W_dec.device.type in ("cpu", "cuda") else {}
+        cfg = cfg if cfg.lr is not None else replace(cfg, lr=default_lr(sae.num_latents))
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), **kwargs)
         return cls(sae, cfg, opt)
 
