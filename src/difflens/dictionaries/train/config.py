@@ -119,6 +119,10 @@ class RunConfig:
     """tokens streamed into the normalisation fit"""
     min_tokens_per_dim: float = 10.0
     """refuse normalisation fits on fewer than this many tokens per input dimension"""
+    step_normalization: Literal["shared", "per-step"] = "shared"
+    """for a dictionary across several steps (--step 0,3,7 or all): one normaliser fitted on all its steps
+    (shared: usable at any step), or one per step applied to each row by its step (per-step: encode/decode then
+    need the step)"""
     checkpoint_every: int = 200
     """steps between checkpoints (0: never)"""
     log_every: int = 10
@@ -135,7 +139,12 @@ class RunConfig:
 OPERATIONAL = {"out", "resume", "overwrite", "checkpoint_every", "log_every", "device", "logger", "progress", "num_tokens"}
 
 
+# Settings that only mean something for a dictionary across steps: bound to the job with its data (job.py).
+STEP_SETTINGS = {"step_normalization"}
+
+
 def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:
     """The settings a checkpoint is bound to (a resume must match them): method, config, normalisation fit."""
     settings = {"method": method, **asdict(cfg), **asdict(run)}
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k not in OPERATIONAL}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+            if k not in OPERATIONAL | STEP_SETTINGS}

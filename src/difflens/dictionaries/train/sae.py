@@ -33,7 +33,8 @@ from ..base import check_activations
 from ..sparse_ops import sparse_decode
 from ..topk_sae import TopKSAE
 from .config import RunConfig, SAETrainConfig, default_lr
-from .data import batch_stream, resolve_data
+from ..normalization import loss_weights, normalize_rows
+from .data import batch_stream, resolve_data, row_steps
 from .job import start_job
 
 # Seconds to sleep after each step: lets the crash-safety test kill a run mid-way.
@@ -87,21 +88,23 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
     sae.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store
     job.open_log(state.step, data.site or "sae", meta)
 
-    weights_D = (normalizer.scale.to(device).pow(2) if cfg.loss_space == "residual" else None)
     stats: dict = {}
     initialised = state.step > 0
     stream = batch_stream(reader, cfg.batch_size, cfg.seed, epoch, batch_idx)
     while state.step < total_steps:
-        epoch, batch_idx, acts, _ = next(stream)
+        epoch, batch_idx, acts, rows = next(stream)
         check_activations(acts, reader.dim)
-        z = normalizer.normalize(acts.float().to(device, non_blocking=True))
+        steps_B = row_steps(reader, rows)  # a step-spanning dictionary's rows may each have their normaliser
+        z = normalize_rows(normalizer, acts.float().to(device, non_blocking=True), steps_B)
+        weights_D = loss_weights(normalizer, steps_B).to(device) if cfg.loss_space == "residual" else None
         if not initialised:
             with torch.no_grad():  # start the decoder bias at the data mean (normalised space)
                 sae.b_dec.copy_(z.mean(0))
             initialised = True
         centred_sq = (z - z.mean(0)).pow(2)
         total_variance = (centred_sq if weights_D is None else centred_sq * weights_D).sum().clamp_min(1e-12)
-        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0], weights_D=weights_D)
+        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0],
+                                 weights_D=weights_D if weights_D is None or weights_D.ndim == 1 else weights_D[rank::world])
         job.log(state.step, stats)
         job.checkpoint(state.step, state.tensors, {"epoch": epoch, "next_batch": batch_idx + 1}, normalizer)
         if on_step is not None and rank == 0 and on_step(state.step, sae, stats):
