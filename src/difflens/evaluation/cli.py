@@ -95,7 +95,8 @@ def cmd_eval(args) -> int:
     for name, folder in find_dictionaries(run).items():
         d = load_dictionary(folder)
         if cmd.compare_per_step and d.meta.get("denoising_steps"):
-            one_step = [f for f in find_dictionaries(cmd.compare_per_step).values() if f.resolve() != folder.resolve()]
+            one_step = [o for o in map(load_dictionary, find_dictionaries(cmd.compare_per_step).values())
+                        if o.site == d.site and not o.meta.get("denoising_steps")]  # other sites: not compared
             compared += [{"name": name, **r} for r in compare_per_step(d, one_step, cmd.store, split=cmd.split,
                                                                       max_tokens=cmd.tokens)]
         if cmd.steps is not None:
