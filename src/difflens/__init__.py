@@ -18,7 +18,7 @@ import importlib
 from ._version import __version__
 
 _API = ["load_model", "capture", "open_store", "train_sae", "train_itda", "neuron_baseline", "load_dictionary", "save_dictionary",
-        "evaluate", "evaluate_steps", "feature_index", "load_index", "feature_card", "autointerp", "steer", "Edit"]
+        "evaluate", "evaluate_steps", "compare_per_step", "feature_index", "load_index", "feature_card", "autointerp", "steer", "Edit"]
 __all__ = [*_API, "__version__"]
 
 

@@ -52,9 +52,14 @@ def open_store(path: str | Path):
     return ActivationStore.open(path)
 
 
-def train_sae(source, site: str | None = None, step: int | None = None, *, out: str | Path | None = None,
-              split: str = "auto", on_step=None, **settings: Any):
+def train_sae(source, site: str | None = None, step: int | list[int] | str | None = None, *,
+              out: str | Path | None = None, split: str = "auto", on_step=None, **settings: Any):
     """Train a TopK SAE on ``source`` (store folder, opened store, capture, reader or tensor ``(..., D)``).
+
+    ``step``: one denoising step, or several (``[0, 3, 7]`` or ``"all"``, a store only) for one dictionary across
+    them, trained on batches balanced per step; ``step_normalization="shared"`` fits one normaliser on all of
+    them, ``"per-step"`` one per step (then ``sae.encode(acts, step=3)`` needs the rows' step).
+    The lr defaults to 2e-4 / √(num_latents / 2**14) (sparsify's scaling) when not given.
 
     settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
     RunConfig fields (resume, overwrite, device, checkpoint_every, progress, ...). ``out`` None trains in memory;
@@ -71,7 +76,7 @@ def train_sae(source, site: str | None = None, step: int | None = None, *, out: 
                   site=site, step=step, split=split, on_step=on_step)
 
 
-def train_itda(source, site: str | None = None, step: int | None = None, *, out: str | Path | None = None,
+def train_itda(source, site: str | None = None, step: int | list[int] | str | None = None, *, out: str | Path | None = None,
                split: str = "auto", on_step=None, **settings: Any):
     """Grow an ITDA dictionary on ``source`` (as :func:`train_sae`); settings: ITDATrainConfig and RunConfig fields."""
     from difflens.dictionaries.train import ITDATrainConfig, RunConfig
@@ -119,6 +124,14 @@ def evaluate_steps(dictionary, source=None, **options: Any) -> list[dict]:
     from difflens.evaluation.analyses import across_steps
 
     return across_steps(dictionary, source, **options)
+
+
+def compare_per_step(dictionary, per_step, source=None, **options: Any) -> list[dict]:
+    """A dictionary across steps against one-step dictionaries (objects or folders) of its site and width, at each
+    step both cover: FVU and L0 of each. options: split, max_tokens."""
+    from difflens.evaluation.analyses import compare_per_step as _compare
+
+    return _compare(dictionary, per_step, source, **options)
 
 
 def feature_index(dictionary, source=None, *, steps=None, out: str | Path | None = None, overwrite: bool = False,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -134,3 +135,30 @@ def test_a_finished_dictionary_is_never_replaced_silently(site_store, tmp_path, 
     assert dict_main([*base, "--k", "16", "--no-resume"]) == 2
     assert f"being written by another process (pid {os.getppid()}" in capsys.readouterr().err
     assert load_dictionary(tmp_path / SITE).k == 8
+
+
+def test_default_lr_scales_with_the_dictionary_and_trains_as_well_as_a_tuned_one(capsys):
+    """2e-4 (the FLUX paper's, for 65k latents) under-trains a small dictionary; the size-scaled default does not."""
+    import difflens as dl
+    from difflens.dictionaries.train.config import default_lr
+    from difflens.evaluation.metrics import evaluate
+
+    assert abs(default_lr(768) - 9.24e-4) < 1e-6 and default_lr(2**14) == 2e-4
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(64, 16, generator=g), dim=1)
+    codes = torch.zeros(4096, 64).scatter_(1, torch.randint(0, 64, (4096, 2), generator=g),
+                                           1 + 3 * torch.rand(4096, 2, generator=g))
+    acts = codes @ feats + 0.3 * torch.randn(4096, 16, generator=g) + 2.0  # noise: an FVU floor near 0.17
+    small = dict(num_latents=64, k=2, batch_size=128, num_tokens=128 * 150, k_aux=8, dead_window_tokens=1024,
+                 warmup_steps=5, normalization="standardise", progress=False)
+    fvu = {}
+    for name, lr in (("default", {}), ("tuned", {"lr": 4e-3}), ("paper", {"lr": 2e-4})):
+        sae = dl.train_sae(acts[:3072], **small, **lr)
+        fvu[name] = evaluate(sae, acts[3072:])["fvu_residual"]
+        if name == "default":
+            assert sae.meta["train"]["lr"] == default_lr(64) and sae.meta["job"]["settings"]["lr"] == default_lr(64)
+    assert fvu["default"] <= 1.1 * fvu["tuned"], fvu
+    assert fvu["paper"] > 1.25 * fvu["default"], fvu
+    with pytest.raises(SystemExit):
+        dict_main(["train", "--help"])
+    assert "sqrt(num_latents / 16384)" in " ".join(capsys.readouterr().out.split())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import torch
 
 from difflens.cli import main as dict_main
@@ -95,3 +96,36 @@ def test_analyze_cli_writes_json_and_plots(tmp_path):
     rows = json.loads((out / "layers" / "analysis.json").read_text())["layers"]
     assert [r["site"] for r in rows] == ["double.0.img.out", "double.1.img.out"]
     assert (out / "layers" / "layers_fvu_residual.png").exists() and (out / "layers" / "layers_fvu_input_space.png").exists()
+
+
+def test_a_dictionary_across_steps_is_evaluated_per_step_and_compared_with_one_step_ones(split_store, eval_run, tmp_path,
+                                                                                           capsys):
+    import difflens as dl
+    from stores import TINY_SAE
+
+    settings = {k: v for k, v in TINY_SAE.items() if k not in ("checkpoint_every", "progress")}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    assert dict_main(["train", "--store", str(split_store), "--site", SITE, "--step", "all", "--out",
+                      str(tmp_path / "span"), "--step-normalization", "per-step", "--quiet", *flags]) == 0
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "s0").symlink_to(eval_run / "a_deep")
+    (one / "other_site").symlink_to(eval_run / "b_shallow")
+    dl.train_sae(split_store, SITE, 1, out=one / "s1", **TINY_SAE)
+    capsys.readouterr()
+    assert dict_main(["eval", "--run", str(tmp_path / "span"), "--steps", "all", "--tokens", "256",
+                      "--compare-per-step", str(one)]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((tmp_path / "span" / "metrics.json").read_text())["results"]
+    assert [(r["step"], r["trained_steps"], r["split"]) for r in rows] == [(0, [0, 1], "held-out"), (1, [0, 1], "held-out")]
+    assert all(0 < r["fvu_residual"] < 1 for r in rows)
+    compared = json.loads((tmp_path / "span" / "compare.json").read_text())["results"]
+    assert [c["step"] for c in compared] == [0, 1] and all(c["num_latents"] == 32 for c in compared)
+    for c, r in zip(compared, rows):
+        assert c["fvu_residual_spanning"] == r["fvu_residual"] and 0 < c["fvu_residual_per_step"] < 1
+        assert c["l0_spanning"] <= 4 and c["l0_per_step"] <= 4
+    assert "fvu_residual_per_step" in printed and "compare.json" in printed
+    # unequal width is refused, not compared
+    wide = dl.train_sae(split_store, SITE, 0, **{**TINY_SAE, "num_latents": 48})
+    with pytest.raises(ValueError, match="equal width"):
+        dl.compare_per_step(dl.load_dictionary(tmp_path / "span" / SITE), [wide], split_store)

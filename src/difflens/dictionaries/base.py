@@ -4,6 +4,11 @@ Users work in *residual space* (the captured activations). Each dictionary owns 
 :class:`~difflens.dictionaries.normalization.Normalizer`; ``encode`` normalises first and
 ``decode`` maps back, so reconstructions are always in residual space and SAE vs ITDA vs
 neurons are compared through exactly the same code path.
+
+A dictionary trained across denoising steps with per-step normalisation holds one normaliser per step
+(:class:`~difflens.dictionaries.normalization.StepNormalizers`): the residual-space methods then take the rows'
+``step`` (``encode(acts, step=3)``) and refuse without it, naming the steps; with one normaliser (a one-step
+dictionary, or ``step_normalization="shared"``) ``step`` is accepted and not needed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .normalization import Normalizer
+from .normalization import Normalizer, StepNormalizers
 
 
 @dataclass
@@ -58,7 +63,7 @@ class Dictionary(torch.nn.Module):
 
     kind: str = "dictionary"
 
-    def __init__(self, d_in: int, normalizer: Normalizer | None = None):
+    def __init__(self, d_in: int, normalizer: Normalizer | StepNormalizers | None = None):
         super().__init__()
         self.meta: dict = {}
         self.path = None  # the folder it was loaded from
@@ -92,6 +97,18 @@ class Dictionary(torch.nn.Module):
         return self.meta.get("step")
 
     @property
+    def steps(self) -> list[int] | None:
+        """The denoising steps it was trained on: meta ``denoising_steps`` for one across steps, else [step]."""
+        steps = self.meta.get("denoising_steps")
+        return list(steps) if steps else ([self.step] if self.step is not None else None)
+
+    def normalizer_for(self, step: int | None = None) -> Normalizer:
+        """The map into the dictionary's input space for rows of ``step`` (see the module docstring)."""
+        if isinstance(self.normalizer, StepNormalizers):
+            return self.normalizer.for_step(step)
+        return self.normalizer
+
+    @property
     def store(self) -> dict | None:
         """The training store's identity: {"path" (absolute, a hint), "relative" (to the dictionary's folder, when
         saved), "model", "weights", "prompts_hash", "n_images"} (None: not a store); its folder: `locate_store`."""
@@ -111,50 +128,50 @@ class Dictionary(torch.nn.Module):
 
     # ---- residual space (shared; inspection only: no autograd history) ----
     @torch.no_grad()
-    def encode(self, acts: Tensor) -> SparseCodes:
-        """Residual-space activations (..., N) -> codes with values/indices (..., K)."""
+    def encode(self, acts: Tensor, step: int | None = None) -> SparseCodes:
+        """Residual-space activations (..., N) of denoising ``step`` -> codes with values/indices (..., K)."""
         lead = acts.shape[:-1]
-        codes = self.encode_normalized(self._flat_normalized(acts))
+        codes = self.encode_normalized(self._flat_normalized(acts, step))
         return SparseCodes(codes.values.reshape(*lead, -1), codes.indices.reshape(*lead, -1))
 
     @torch.no_grad()
-    def latent_activation(self, acts: Tensor, latent: int) -> Tensor:
+    def latent_activation(self, acts: Tensor, latent: int, step: int | None = None) -> Tensor:
         """(...,) the activation ``encode`` gives one latent on residual-space ``acts`` (..., N); 0 where inactive.
         Steering reads it at every hooked step, so subclasses may compute it without a full encode."""
-        codes = self.encode(acts)
+        codes = self.encode(acts, step)
         return (codes.values * (codes.indices == latent)).sum(-1)
 
-    def _flat_normalized(self, acts: Tensor) -> Tensor:
+    def _flat_normalized(self, acts: Tensor, step: int | None = None) -> Tensor:
         """Checked, normalised (tokens, N) view of residual-space ``acts`` (..., N)."""
         if acts.ndim == 0 or acts.shape[-1] != self.d_in:
             raise ValueError(f"activations have shape {tuple(acts.shape)}: width {acts.shape[-1] if acts.ndim else None} but the dictionary expects width {self.d_in}")
         flat = acts.reshape(-1, self.d_in).float()
         check_activations(flat, self.d_in)
-        return self.normalizer.normalize(flat)
+        return self.normalizer_for(step).normalize(flat)
 
     @torch.no_grad()
-    def decode(self, codes: SparseCodes) -> Tensor:
-        """Codes (..., K) -> residual-space reconstruction (..., N)."""
+    def decode(self, codes: SparseCodes, step: int | None = None) -> Tensor:
+        """Codes (..., K) -> residual-space reconstruction (..., N) at denoising ``step``."""
         lead = codes.values.shape[:-1]
-        return self.normalizer.denormalize(self.decode_normalized(codes.flat())).reshape(*lead, self.d_in)
+        return self.normalizer_for(step).denormalize(self.decode_normalized(codes.flat())).reshape(*lead, self.d_in)
 
     @torch.no_grad()
-    def reconstruct(self, acts: Tensor) -> tuple[Tensor, SparseCodes]:
+    def reconstruct(self, acts: Tensor, step: int | None = None) -> tuple[Tensor, SparseCodes]:
         """(reconstruction (..., N), codes (..., K)) of residual-space activations."""
-        codes = self.encode(acts)
-        return self.decode(codes), codes
+        codes = self.encode(acts, step)
+        return self.decode(codes, step), codes
 
     @torch.no_grad()
-    def residual_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
+    def residual_directions(self, latents: Tensor | list[int] | None = None, step: int | None = None) -> Tensor:
         """Each latent's residual-space decoder row at its native norm, shape (F, D): latent f at activation a
         adds a * row f to the reconstruction (what steering edits and the editing benchmark transfers)."""
         rows = self.decoder_rows()
         if latents is not None:
             rows = rows[torch.as_tensor(latents, dtype=torch.long, device=rows.device)]
-        return self.normalizer.to_residual_directions(rows.float())
+        return self.normalizer_for(step).to_residual_directions(rows.float())
 
     @torch.no_grad()
-    def feature_directions(self, latents: Tensor | list[int] | None = None) -> Tensor:
+    def feature_directions(self, latents: Tensor | list[int] | None = None, step: int | None = None) -> Tensor:
         """Unit-norm residual-space direction of each latent, shape (F, D)."""
-        v = self.residual_directions(latents)
+        v = self.residual_directions(latents, step)
         return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -20,8 +20,9 @@ class TrainCommand:
     """activation store folder (or a .safetensors file with an 'acts' tensor)"""
     site: str | None = None
     """site name, e.g. double.18.img.out (needed when the store holds several)"""
-    step: int | None = None
-    """denoising step (needed when several are stored)"""
+    step: list[int] | str | None = None
+    """denoising step (needed when several are stored); several (0,3,7) or all: one dictionary across those steps,
+    every batch balanced per step (see --step-normalization)"""
     method: Literal["sae", "itda", "neurons"] = "sae"
     """what to train: TopK SAE, ITDA, or the MLP-neuron baseline (no training)"""
     split: Literal["auto", "all", "train"] = "auto"

@@ -12,7 +12,8 @@ Layout of one dictionary folder ``<run>/<site>/``:
 * ITDA — ``cfg.json`` + ``itda.safetensors`` (``atoms [F, D]`` and provenance vectors).
 * Neurons — ``cfg.json`` only.
 * Every kind — ``normalizer.safetensors`` (``mean, scale, rotation, variances``; kind in the
-  file's metadata) beside the weights.
+  file's metadata) beside the weights; a dictionary across steps normalised per step holds one set per step
+  (``step3.mean`` ...; its steps listed in the metadata).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from difflens.store.run_layout import ITDA_WEIGHTS, NORMALIZER_FILE, SAE_WEIGHTS
 from .base import Dictionary
 from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
 from .neurons import NeuronBasis
-from .normalization import Normalizer
+from .normalization import Normalizer, StepNormalizers
 from .topk_sae import SAEConfig, TopKSAE
 
 
@@ -51,25 +52,45 @@ def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool =
 
 
 # ---- normaliser ----
-def save_normalizer(norm: Normalizer, folder: Path) -> None:
+def _normalizer_tensors(norm: Normalizer, prefix: str = "") -> dict[str, Tensor]:
     tensors = {"mean": norm.mean, "scale": norm.scale, "variances": norm.variances}
     if norm.kind == "pca":
         tensors["rotation"] = norm.rotation
-    atomic_save_tensors(folder / NORMALIZER_FILE, tensors, metadata={"kind": norm.kind, "dim": str(norm.dim)})
+    return {prefix + k: v for k, v in tensors.items()}
 
 
-def load_normalizer(folder: Path, dim: int) -> Normalizer:
+def save_normalizer(norm: Normalizer | StepNormalizers, folder: Path) -> None:
+    """One file; per-step normalisers as ``step<t>.mean`` ... with the steps listed in the metadata."""
+    metadata = {"kind": norm.kind, "dim": str(norm.dim)}
+    if isinstance(norm, StepNormalizers):
+        tensors = {k: v for t in norm.steps for k, v in _normalizer_tensors(norm.for_step(t), f"step{t}.").items()}
+        metadata["steps"] = json.dumps(norm.steps)
+    else:
+        tensors = _normalizer_tensors(norm)
+    atomic_save_tensors(folder / NORMALIZER_FILE, tensors, metadata=metadata)
+
+
+def load_normalizer(folder: Path, dim: int) -> Normalizer | StepNormalizers:
     path = folder / NORMALIZER_FILE
     if not path.exists():
         return Normalizer(dim, "none")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    norm = Normalizer(int(meta.get("dim", dim)), meta.get("kind", "none"))
-    if norm.dim != dim:
-        raise ValueError(f"{path}: normaliser width {norm.dim} does not match dictionary width {dim}")
-    for key, value in load_file(str(path)).items():
-        getattr(norm, key).copy_(value)
-    return norm
+    kind, width = meta.get("kind", "none"), int(meta.get("dim", dim))
+    if width != dim:
+        raise ValueError(f"{path}: normaliser width {width} does not match dictionary width {dim}")
+    tensors = load_file(str(path))
+    steps = json.loads(meta["steps"]) if "steps" in meta else [None]
+    by_step = {}
+    for t in steps:
+        norm = by_step[t] = Normalizer(width, kind)
+        prefix = "" if t is None else f"step{t}."
+        if kind != "none" and prefix + "mean" not in tensors:
+            raise ValueError(f"{path}: missing tensor {prefix + 'mean'!r}")
+        for key in _normalizer_tensors(norm):
+            if prefix + key in tensors:
+                getattr(norm, key).copy_(tensors[prefix + key])
+    return by_step[None] if steps == [None] else StepNormalizers(by_step)
 
 
 # ---- dictionaries ----

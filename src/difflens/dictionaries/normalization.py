@@ -192,3 +192,73 @@ class Normalizer(torch.nn.Module):
         if self.kind == "pca":
             W = W @ self.rotation.t().to(W_DN.dtype)
         return W
+
+
+class StepNormalizers(torch.nn.Module):
+    """One :class:`Normalizer` per denoising step, for a dictionary trained across steps with
+    ``step_normalization="per-step"``: each row is normalised by the statistics of its own step (residual
+    norms and directions shift a lot between steps). The dictionary's weights act on the per-step-normalised
+    inputs, so there is no step-free map: :meth:`for_step` refuses ``step=None`` and so do the step-free
+    methods of :class:`Normalizer` (``normalize`` ...), naming the steps to choose from.
+    """
+
+    def __init__(self, by_step: dict[int, Normalizer]):
+        super().__init__()
+        if not by_step:
+            raise ValueError("per-step normalisation needs at least one step")
+        kinds = {n.kind for n in by_step.values()}
+        dims = {n.dim for n in by_step.values()}
+        if len(kinds) != 1 or len(dims) != 1:
+            raise ValueError(f"per-step normalisers must share kind and width, got kinds {kinds} and widths {dims}")
+        self.kind, self.dim = kinds.pop(), dims.pop()
+        self.steps = sorted(int(s) for s in by_step)
+        self.by_step = torch.nn.ModuleDict({str(s): by_step[s] for s in self.steps})
+
+    def for_step(self, step: int | None) -> Normalizer:
+        if step is None or int(step) not in self.steps:
+            given = "no step was given" if step is None else f"step {step} is not one of them"
+            raise ValueError(f"this dictionary normalises each of its denoising steps {self.steps} on its own "
+                             f"(step_normalization 'per-step') and {given}: pass step=... (e.g. "
+                             f"dictionary.encode(acts, step={self.steps[0]})), or train with step_normalization='shared' "
+                             f"for a dictionary usable at any step")
+        return self.by_step[str(int(step))]
+
+    def map_rows(self, method: str, x_BD: Tensor, steps_B: Tensor | None) -> Tensor:
+        """Apply ``Normalizer.<method>`` (normalize or denormalize) to each row with its own step's statistics;
+        ``steps_B`` (B,) the rows' denoising steps."""
+        if steps_B is None:
+            self.for_step(None)
+        out = torch.empty_like(x_BD)
+        steps_B = steps_B.to(x_BD.device)
+        for step in steps_B.unique().tolist():
+            rows = steps_B == step
+            out[rows] = getattr(self.for_step(int(step)), method)(x_BD[rows])
+        return out
+
+    def row_scales(self, steps_B: Tensor) -> Tensor:
+        """(B, D) each row's step's scale (the residual-space loss weights are its square)."""
+        scales = torch.stack([self.for_step(s).scale for s in self.steps])
+        index = torch.as_tensor([self.steps.index(int(s)) for s in steps_B.tolist()], device=scales.device)
+        return scales[index]
+
+    # the step-free map does not exist: say which step to choose
+    def normalize(self, x_BD: Tensor) -> Tensor:
+        return self.for_step(None).normalize(x_BD)
+
+    denormalize = to_residual_directions = encoder_to_residual = normalize
+
+
+def normalize_rows(norm: "Normalizer | StepNormalizers", x_BD: Tensor, steps_B: Tensor | None = None) -> Tensor:
+    """Rows into a dictionary's input space: by their own step under per-step normalisation, else one map."""
+    return norm.map_rows("normalize", x_BD, steps_B) if isinstance(norm, StepNormalizers) else norm.normalize(x_BD)
+
+
+def denormalize_rows(norm: "Normalizer | StepNormalizers", z_BD: Tensor, steps_B: Tensor | None = None) -> Tensor:
+    """The inverse of :func:`normalize_rows`."""
+    return norm.map_rows("denormalize", z_BD, steps_B) if isinstance(norm, StepNormalizers) else norm.denormalize(z_BD)
+
+
+def loss_weights(norm: "Normalizer | StepNormalizers", steps_B: Tensor | None = None) -> Tensor:
+    """Weights making an input-space squared error the residual-space one: scale² as (D,), or (B, D) by each
+    row's step under per-step normalisation."""
+    return (norm.row_scales(steps_B) if isinstance(norm, StepNormalizers) else norm.scale).pow(2)

@@ -103,10 +103,10 @@ class TopKSAE(Dictionary):
         return SparseCodes(vals, idx)
 
     @torch.no_grad()
-    def latent_activation(self, acts: Tensor, latent: int) -> Tensor:
+    def latent_activation(self, acts: Tensor, latent: int, step: int | None = None) -> Tensor:
         """One latent's TopK activation without selecting the top k of every token: it is active where fewer
         than k latents score higher (same result as ``encode`` up to exact ties; ~5x faster)."""
-        z_BD = self._flat_normalized(acts)
+        z_BD = self._flat_normalized(acts, step)
         pre_BF = (z_BD - self.b_dec) @ self.W_enc.t() + self.b_enc
         pre_B = pre_BF[:, latent]
         out_B = torch.zeros_like(pre_B)

@@ -1,4 +1,5 @@
-"""Analyses: residual norms by layer × step, PCA spectrum, k/size sweep, across layers, across steps."""
+"""Analyses: residual norms by layer × step, PCA spectrum, k/size sweep, across layers, across steps (and a
+dictionary across steps against one-step dictionaries)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from difflens.dictionaries.io import load_dictionary
-from difflens.dictionaries.normalization import Normalizer
+from difflens.dictionaries.normalization import Normalizer, StepNormalizers
 from difflens.dictionaries.train import RunConfig, SAETrainConfig, train_sae
 from difflens.dictionaries.train.data import resolve_data
 from difflens.store.run_layout import find_dictionaries
@@ -147,7 +148,9 @@ def across_layers(store_path, run_dir: Path, step: int | None, eval_tokens: int,
 def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sites: list[str] | None = None,
                  split: str = "auto", max_tokens: int = 50_000, out_dir: Path | None = None) -> list[dict]:
     """Evaluate one dictionary on every recorded step of its site (and of ``sites`` of the same width): does a
-    dictionary trained at one denoising step transfer to the others? Plots FVU by step, one line per site."""
+    dictionary trained at one denoising step transfer to the others, how does one trained across steps do at each?
+    Plots FVU by step, one line per site. A dictionary with one normaliser per step can only read its own steps:
+    "all" means those, and other steps are refused."""
     from difflens.store.sources import open_store
 
     path = source if source is not None else dictionary.locate_store()
@@ -157,19 +160,58 @@ def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sit
         stored = sorted(t for s, t in store.entries() if s == site)
         if not stored:
             raise ValueError(f"site {site!r} is not in store {getattr(store, 'root', '')}")
-        wanted = stored if steps == "all" else [int(t) for t in steps]
+        own = dictionary.normalizer.steps if isinstance(dictionary.normalizer, StepNormalizers) else None
+        wanted = (own or stored) if steps == "all" else [int(t) for t in steps]
         missing = sorted(set(wanted) - set(stored))
         if missing:
             raise ValueError(f"site {site!r} has no step(s) {missing} in the store; stored steps: {stored}")
         for t in wanted:
             row = evaluate(dictionary, store, site=site, step=t, split=split, max_tokens=max_tokens)
-            rows.append({**row, "trained_step": dictionary.step, "trained_site": dictionary.site})
+            rows.append({**row, "trained_step": dictionary.step, "trained_steps": dictionary.steps,
+                         "trained_site": dictionary.site})
     if out_dir is not None:
-        label = f"{dictionary.kind} trained on {dictionary.site} step {dictionary.step}"
+        trained = dictionary.steps or [dictionary.step]
+        label = f"{dictionary.kind} trained on {dictionary.site} step{'s' if len(trained) > 1 else ''} " + \
+            ",".join(str(t) for t in trained)
         for metric, ylabel in (("fvu_residual", "FVU (residual space)"),
                                ("fvu_input_space", f"FVU ({INPUT_SPACE[dictionary.normalizer.kind]} space)")):
             series = {s: ([r["step"] for r in rows if r["site"] == s], [r[metric] for r in rows if r["site"] == s])
                       for s in dict.fromkeys(r["site"] for r in rows)}
             plots.lines(series, "denoising step", ylabel, label, Path(out_dir) / f"steps_{metric}.png",
                         hline=(1.0, "FVU 1: no better than the mean"))
+    return rows
+
+
+def compare_per_step(spanning, per_step, source=None, *, split: str = "auto", max_tokens: int = 50_000) -> list[dict]:
+    """Does one dictionary across steps match one-step dictionaries at each step? ``per_step``: dictionaries
+    (or folders) of the same site, one step each, of the spanning one's width (num_latents; a different width is
+    refused). One row per step both cover: each one's FVU (residual and input space) and L0 on the same rows,
+    and the differences (spanning − per-step; compare at equal L0: ``l0_spanning`` vs ``l0_per_step``)."""
+    from difflens.store.sources import open_store
+
+    path = source if source is not None else spanning.locate_store()
+    store = open_store(path) if isinstance(path, (str, Path)) else path
+    by_step = {}
+    for d in (load_dictionary(d) if isinstance(d, (str, Path)) else d for d in per_step):
+        if d.site != spanning.site or d.step is None or d.meta.get("denoising_steps"):
+            raise ValueError(f"{d.path or 'a dictionary'} is not a one-step dictionary of site {spanning.site!r} "
+                             f"(site {d.site!r}, steps {d.steps})")
+        if d.num_latents != spanning.num_latents:
+            raise ValueError(f"compare at equal width: {d.path or 'the step ' + str(d.step) + ' dictionary'} has "
+                             f"{d.num_latents} latents, the dictionary across steps {spanning.num_latents}")
+        by_step[d.step] = d
+    shared = [t for t in (spanning.steps or []) if t in by_step]
+    if not shared:
+        raise ValueError(f"no step in common: the dictionary spans steps {spanning.steps}, the one-step dictionaries "
+                         f"are at {sorted(by_step)}")
+    rows = []
+    for t in shared:
+        mine = evaluate(spanning, store, site=spanning.site, step=t, split=split, max_tokens=max_tokens)
+        theirs = evaluate(by_step[t], store, site=spanning.site, step=t, split=split, max_tokens=max_tokens)
+        row = {"site": spanning.site, "step": t, "split": mine["split"], "num_latents": spanning.num_latents,
+               "tokens": mine["tokens"]}
+        for key in ("fvu_residual", "fvu_input_space", "l0"):
+            row[f"{key}_spanning"], row[f"{key}_per_step"] = mine[key], theirs[key]
+        row["fvu_residual_difference"] = mine["fvu_residual"] - theirs["fvu_residual"]
+        rows.append(row)
     return rows

@@ -27,6 +27,9 @@ class EvalCommand:
     """evaluate on these recorded steps of the site ('all' or 0,3,7) and plot FVU by step"""
     sites: list[str] | None = None
     """with --steps: also evaluate on these sites of the same width"""
+    compare_per_step: str | None = None
+    """folder of one-step dictionaries of the same site and width (a run folder, or one dictionary): compare each
+    dictionary across steps in --run with them at every step both cover (FVU, L0; compare.json beside the metrics)"""
     tokens: int = 100_000
     """evaluation window in tokens"""
     batch_size: int = 4096
@@ -61,8 +64,8 @@ class AnalyzeCommand:
     """sweep and layers: held-out evaluation tokens"""
     batch_size: int = 4096
     """sweep: tokens per optimiser step"""
-    lr: float = 2e-4
-    """sweep: learning rate"""
+    lr: float | None = None
+    """sweep: learning rate (none: each SAE's size-scaled default, 2e-4 / sqrt(latents / 16384))"""
     normalization: Literal["none", "standardise", "pca"] = "pca"
     """sweep: input normalisation"""
     loss_space: Literal["input", "residual"] = "input"
@@ -82,15 +85,20 @@ def cmd_eval(args) -> int:
     from difflens.dictionaries.io import load_dictionary
     from difflens.store.run_layout import METRICS_FILE, find_dictionaries, is_dictionary
 
-    from .analyses import across_steps
+    from .analyses import across_steps, compare_per_step
     from .metrics import TABLE, evaluate, format_table
 
     cmd = config_from_args(EvalCommand, args)
     run = Path(cmd.run)
     out = Path(cmd.out) if cmd.out else (run.parent if is_dictionary(run) else run) / METRICS_FILE
-    rows = []
+    rows, compared = [], []
     for name, folder in find_dictionaries(run).items():
         d = load_dictionary(folder)
+        if cmd.compare_per_step and d.meta.get("denoising_steps"):
+            one_step = [o for o in map(load_dictionary, find_dictionaries(cmd.compare_per_step).values())
+                        if o.site == d.site and not o.meta.get("denoising_steps")]  # other sites: not compared
+            compared += [{"name": name, **r} for r in compare_per_step(d, one_step, cmd.store, split=cmd.split,
+                                                                      max_tokens=cmd.tokens)]
         if cmd.steps is not None:
             found = across_steps(d, cmd.store, steps=cmd.steps, sites=cmd.sites, split=cmd.split,
                                  max_tokens=cmd.tokens, out_dir=out.parent / f"steps_{name}")
@@ -104,6 +112,13 @@ def cmd_eval(args) -> int:
                                                  "in the dictionary's (normalised) input space",
                                "results": rows}, indent=2))
     print(format_table(rows, ["name", *TABLE]))
+    if cmd.compare_per_step:
+        if not compared:
+            raise ValueError(f"--compare-per-step: no dictionary across several steps in {run} to compare")
+        (out.parent / "compare.json").write_text(json.dumps({"results": compared}, indent=2))
+        print(format_table(compared, ["name", "step", "num_latents", "fvu_residual_spanning", "fvu_residual_per_step",
+                                      "l0_spanning", "l0_per_step"]))
+        print(f"wrote {out.parent / 'compare.json'}")
     for split in sorted({r["split"] for r in rows}):
         print(f"split: {split}" + ("  (in-sample: these rows include training rows)" if any(
             r["in_sample"] for r in rows if r["split"] == split) else ""))

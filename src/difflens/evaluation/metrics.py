@@ -95,10 +95,13 @@ def evaluate(dictionary: Dictionary, source=None, *, site: str | None = None, st
     """Metrics of ``dictionary`` on up to ``max_tokens`` shuffled rows of ``source``.
 
     source: a store folder, store, capture, reader or tensor; None: the store it was trained on. site/step
-    default to the dictionary's own. split 'auto': the held-out images of its training store (rows it never
-    saw), or all rows of another store; the result says which (``split``, ``in_sample``).
+    default to the dictionary's own (a dictionary across steps: all its steps pooled, in batches balanced per
+    step, each row normalised by its step where it has one normaliser per step; ``step`` may also be a list).
+    split 'auto': the held-out images of its training store (rows it never saw), or all rows of another store;
+    the result says which (``split``, ``in_sample``).
     """
-    from difflens.dictionaries.train.data import resolve_data
+    from difflens.dictionaries.normalization import denormalize_rows, normalize_rows
+    from difflens.dictionaries.train.data import resolve_data, row_steps
     from difflens.store.sources import open_store
 
     if source is None:
@@ -108,20 +111,22 @@ def evaluate(dictionary: Dictionary, source=None, *, site: str | None = None, st
     store = source if hasattr(source, "entries") else getattr(source, "store", None)
     chosen = eval_split(dictionary, store, split) if store is not None else ("all" if split == "auto" else split)
     data = resolve_data(source, site if site is not None else dictionary.site,
-                        step if step is not None else dictionary.step, chosen)
+                        step if step is not None else dictionary.steps, chosen)
     reader = data.reader
     if reader.dim != dictionary.d_in:
         raise ValueError(f"the activations have width {reader.dim} but the dictionary expects width {dictionary.d_in}")
     dictionary = dictionary.to(device).eval()
+    normalizer = dictionary.normalizer if data.steps else dictionary.normalizer_for(data.step)
     resid = MetricAccumulator(dictionary.d_in, dictionary.num_latents)
     normed = MetricAccumulator(dictionary.d_in, 0)
-    for acts, _ in reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=10_000):
+    for acts, rows in reader.iter_batches(batch_size, shuffle=True, seed=seed, epoch=10_000):
         acts = acts[: max_tokens - resid.n].float().to(device)
+        steps_B = row_steps(reader, rows[: acts.shape[0]])
         check_activations(acts, dictionary.d_in)
-        z = dictionary.normalizer.normalize(acts)
+        z = normalize_rows(normalizer, acts, steps_B)
         codes = dictionary.encode_normalized(z)
         z_hat = dictionary.decode_normalized(codes)
-        resid.update(acts, dictionary.normalizer.denormalize(z_hat), codes.indices, codes.values)
+        resid.update(acts, denormalize_rows(normalizer, z_hat, steps_B), codes.indices, codes.values)
         normed.update(z, z_hat)
         if resid.n >= max_tokens:
             break
@@ -130,7 +135,8 @@ def evaluate(dictionary: Dictionary, source=None, *, site: str | None = None, st
     metrics = resid.result()
     in_sample = _overlaps_training(dictionary, data)
     return {
-        "site": data.site, "step": data.step, "split": data.split, "in_sample": in_sample,
+        "site": data.site, "step": data.step, **({"steps": data.steps} if data.steps else {}),
+        "split": data.split, "in_sample": in_sample,
         "fvu_residual": metrics["fvu"],
         "fvu_input_space": normed.result()["fvu"],
         "variance_explained": metrics["variance_explained"],

@@ -1,18 +1,28 @@
 """Training configs: one dataclass per method plus what every run shares. The CLI's flags are built from them.
 
-SAE defaults follow the FLUX paper (seed 002): Adam β = (0, 0.99), lr 2e-4 constant after a 50-step
-linear warm-up, gradient-norm clip 10, AuxK with k_aux 64 and coefficient 1/32, PCA whitening.
+SAE defaults follow the FLUX paper (seed 002): Adam β = (0, 0.99), constant lr after a 50-step linear warm-up,
+gradient-norm clip 10, AuxK with k_aux 64 and coefficient 1/32, PCA whitening. The paper's lr 2e-4 was chosen
+for 2**14..2**16 latents; when none is given the lr scales with the dictionary as sparsify's does,
+2e-4 / √(num_latents / 2**14) (:func:`default_lr`), so small dictionaries train as well as hand-tuned ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from ..itda import ITDAConfig
 from ..topk_sae import SAEConfig
 
 Normalization = Literal["none", "standardise", "pca"]
+
+REFERENCE_LR, REFERENCE_LATENTS = 2e-4, 2**14
+
+
+def default_lr(num_latents: int) -> float:
+    """sparsify's size-scaled default: 2e-4 / √(num_latents / 2**14) (≈ 9e-4 at 768 latents, 2e-4 at 16,384)."""
+    return REFERENCE_LR / math.sqrt(num_latents / REFERENCE_LATENTS)
 
 
 @dataclass
@@ -30,8 +40,9 @@ class SAETrainConfig:
     loss_space: Literal["input", "residual"] = "input"
     """where the reconstruction loss is measured: input (the normalised space the SAE sees) or residual
     (the captured activations' space, what FVU reports; the encoder still sees normalised inputs)"""
-    lr: float = 2e-4
-    """Adam learning rate (constant after warm-up)"""
+    lr: float | None = None
+    """Adam learning rate (constant after warm-up); none: 2e-4 / sqrt(num_latents / 16384) as sparsify
+    (about 9e-4 at 768 latents, 2e-4 at 16384), the value used is recorded with the dictionary"""
     betas: tuple[float, float] = (0.0, 0.99)
     """Adam betas"""
     warmup_steps: int = 50
@@ -57,8 +68,12 @@ class SAETrainConfig:
         return SAEConfig(num_latents=self.num_latents, expansion_factor=self.expansion_factor, k=self.k,
                          normalization=self.normalization).resolve(d_in)
 
+    def resolved(self, d_in: int) -> "SAETrainConfig":
+        """This config with ``lr`` filled in (the size-scaled default when none was given): what a run records."""
+        return self if self.lr is not None else replace(self, lr=default_lr(self.architecture(d_in).num_latents))
+
     def validate(self) -> None:
-        positive = {"batch_size": self.batch_size, "num_tokens": self.num_tokens, "lr": self.lr,
+        positive = {"batch_size": self.batch_size, "num_tokens": self.num_tokens, "lr": 1 if self.lr is None else self.lr,
                     "dead_window_tokens": self.dead_window_tokens}
         bad = [f"{k}={v}" for k, v in positive.items() if not v > 0]
         bad += [f"{k}={v}" for k, v in {"k_aux": self.k_aux, "warmup_steps": self.warmup_steps,
@@ -104,6 +119,10 @@ class RunConfig:
     """tokens streamed into the normalisation fit"""
     min_tokens_per_dim: float = 10.0
     """refuse normalisation fits on fewer than this many tokens per input dimension"""
+    step_normalization: Literal["shared", "per-step"] = "shared"
+    """for a dictionary across several steps (--step 0,3,7 or all): one normaliser fitted on all its steps
+    (shared: usable at any step), or one per step applied to each row by its step (per-step: encode/decode then
+    need the step)"""
     checkpoint_every: int = 200
     """steps between checkpoints (0: never)"""
     log_every: int = 10
@@ -120,7 +139,12 @@ class RunConfig:
 OPERATIONAL = {"out", "resume", "overwrite", "checkpoint_every", "log_every", "device", "logger", "progress", "num_tokens"}
 
 
+# Settings that only mean something for a dictionary across steps: bound to the job with its data (job.py).
+STEP_SETTINGS = {"step_normalization"}
+
+
 def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:
     """The settings a checkpoint is bound to (a resume must match them): method, config, normalisation fit."""
     settings = {"method": method, **asdict(cfg), **asdict(run)}
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k not in OPERATIONAL}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
+            if k not in OPERATIONAL | STEP_SETTINGS}

@@ -3,6 +3,10 @@
 A source is a store folder (or ``.safetensors`` file with an ``acts`` tensor), an opened store, an
 in-memory capture, a reader, or a tensor of activations ``(..., D)``. Stores split by image (see
 ``difflens capture split``): training reads the ``train`` split, evaluation the ``held-out`` one.
+
+A dictionary may span several denoising steps of one site (``step=[0, 3, 7]`` or ``"all"``): a
+:class:`StepsReader` then serves batches balanced per step, and the normaliser is one for all steps
+(``step_normalization="shared"``, fitted on those balanced batches) or one per step (``"per-step"``).
 """
 
 from __future__ import annotations
@@ -11,18 +15,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from ...distributed import rank_and_world
 from ..base import check_activations
-from ..normalization import Normalizer
+from ..normalization import Normalizer, StepNormalizers
 
 SPLITS = ("all", "train", "held-out")
+STEP_NORMALIZATIONS = ("shared", "per-step")
 
 
 @dataclass
 class TrainingData:
-    """A reader and its provenance: site, step, the store's identity (path, prompts hash, weights) and split."""
+    """A reader and its provenance: site, step (``steps``: the denoising steps of a step-spanning reader, whose
+    ``step`` is None), the store's identity (path, prompts hash, weights) and split."""
 
     reader: object
     site: str | None = None
@@ -31,10 +38,13 @@ class TrainingData:
     split: str = "all"
     entries: list[tuple[str, int]] = field(default_factory=list)
     holdout: dict | None = None  # the store's split rule {"fraction", "seed"} when it has one
+    steps: list[int] | None = None
 
     def origin(self) -> dict:
-        """What a dictionary records about its data (cfg.json ``difflens_meta``)."""
-        return {"site": self.site, "step": self.step, "store": self.store, "split": self.split, "holdout": self.holdout}
+        """What a dictionary records about its data (cfg.json ``difflens_meta``; ``denoising_steps`` only for a
+        dictionary spanning several steps, since ``steps`` there counts optimiser steps)."""
+        origin = {"site": self.site, "step": self.step, "store": self.store, "split": self.split, "holdout": self.holdout}
+        return {**origin, "denoising_steps": self.steps} if self.steps else origin
 
 
 def default_split(store, wanted: str) -> str:
@@ -52,12 +62,39 @@ def split_rule(store) -> dict | None:
     return {"fraction": holdout["fraction"], "seed": holdout["seed"]} if holdout else None
 
 
-def resolve_data(source, site: str | None = None, step: int | None = None, split: str = "auto") -> TrainingData:
-    """Turn any supported source into :class:`TrainingData` (see the module docstring)."""
+def wanted_steps(step) -> list[int] | str | None:
+    """A list of several steps or "all" (a step-spanning dictionary), else None: ``step`` is one step or None."""
+    if step == "all":
+        return "all"
+    if isinstance(step, str):
+        parts = [p for p in step.split(",") if p.strip()]
+        return wanted_steps([int(p) for p in parts]) if len(parts) > 1 else None
+    if isinstance(step, (list, tuple)):
+        return sorted({int(t) for t in step}) if len(set(step)) > 1 else None
+    return None
+
+
+def single_step(step) -> int | None:
+    """One step given as an int, a numeric string or a one-item list (None: none)."""
+    if isinstance(step, (list, tuple)):
+        return int(step[0]) if step else None
+    return None if step is None else int(step)
+
+
+def resolve_data(source, site: str | None = None, step: int | list[int] | str | None = None,
+                 split: str = "auto") -> TrainingData:
+    """Turn any supported source into :class:`TrainingData` (see the module docstring); ``step`` may list
+    several steps of the site, or be "all" of its recorded steps (a store only)."""
     from difflens.store.sources import TensorReader, open_store, pick_entry
 
     if isinstance(source, TrainingData):
         return source
+    several = wanted_steps(step)
+    step = single_step(step) if several is None else None
+    is_store = isinstance(source, (str, Path)) and Path(source).is_dir() or hasattr(source, "entries")
+    if several is not None and not is_store:
+        raise ValueError(f"a dictionary across steps {several} needs a store (its rows know their step); got "
+                         f"{source if isinstance(source, (str, Path)) else 'a ' + type(source).__name__}")
     if isinstance(source, torch.Tensor):
         if source.ndim < 2:
             raise ValueError(f"activations must have shape (..., width), got {tuple(source.shape)}")
@@ -72,10 +109,21 @@ def resolve_data(source, site: str | None = None, step: int | None = None, split
     if hasattr(source, "entries") and hasattr(source, "reader"):  # an opened store or an in-memory capture
         entries = source.entries()
         where = f"store {getattr(source, 'root', 'in memory')}"
-        site, step = pick_entry(entries, site, step, where)
         chosen = default_split(source, split)
-        reader = source.reader(site, step, split=chosen)
         identity = source.identity() if hasattr(source, "identity") else None
+        if several is not None:
+            site = pick_entry([(s, 0) for s, _ in entries], site, 0, where)[0]  # the site alone: steps checked below
+            stored = sorted(t for s, t in entries if s == site)
+            steps = stored if several == "all" else several
+            for t in steps:
+                pick_entry(entries, site, t, where)  # names the stored steps when one is missing
+            if len(steps) == 1:
+                several, step = None, steps[0]
+            else:
+                reader = StepsReader([source.reader(site, t, split=chosen) for t in steps])
+                return TrainingData(reader, site, None, identity, chosen, entries, split_rule(source), steps)
+        site, step = pick_entry(entries, site, step, where)
+        reader = source.reader(site, step, split=chosen)
         return TrainingData(reader, site, step, identity, chosen, entries, split_rule(source))
     if hasattr(source, "iter_batches") and hasattr(source, "read_rows"):  # a reader
         store = getattr(source, "store", None)
@@ -84,6 +132,85 @@ def resolve_data(source, site: str | None = None, step: int | None = None, split
                             getattr(source, "split", "all"), holdout=split_rule(store))
     raise ValueError(f"cannot read activations from a {type(source).__name__}: pass a store folder, an opened store, "
                      f"a capture, a reader or a tensor")
+
+
+class StepsReader:
+    """An :class:`~difflens.store.sources.ActivationReader` over several steps of one site, balanced per step:
+    every batch holds ``batch_size // S`` rows of each of the S steps (the first ``batch_size % S`` steps one
+    more), each step's rows shuffled by its own reader; an epoch ends when the smallest step runs out.
+
+    Row ids interleave the steps' own ids: ``id = local_id * S + i`` for the i-th step, so :meth:`steps_of`
+    reads a row's step from its id and ids stay stable across splits (as the steps' own ids do).
+    """
+
+    def __init__(self, readers: list):
+        if len({r.dim for r in readers}) != 1:
+            raise ValueError(f"the steps have different widths {[r.dim for r in readers]}")
+        self.readers = readers
+        self.steps = [int(r.step) for r in readers]
+        self.site = readers[0].site
+        self.step = None
+        self.dim = readers[0].dim
+        self.dtype = readers[0].dtype
+        self.split = readers[0].split
+        self.store = getattr(readers[0], "store", None)
+        self.manifest = {"steps": self.steps, "manifests": [r.manifest for r in readers]}
+        self.num_rows = sum(r.num_rows for r in readers)
+
+    def _quotas(self, batch_size: int) -> list[int]:
+        n = len(self.readers)
+        if batch_size < n:
+            raise ValueError(f"a batch of {batch_size} rows cannot hold every one of the {n} steps; raise batch_size")
+        return [batch_size // n + (i < batch_size % n) for i in range(n)]
+
+    def iter_batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                     drop_last: bool = False, *, rank: int = 0, world_size: int = 1) -> Iterator:
+        """(acts_BD, row_ids_B) with each step's quota of rows in every batch (see the class docstring)."""
+        n = len(self.readers)
+        streams = [r.iter_batches(q, shuffle=shuffle, seed=seed + 7 * i, epoch=epoch, drop_last=drop_last)
+                   for i, (r, q) in enumerate(zip(self.readers, self._quotas(batch_size)))]
+        for j, parts in enumerate(zip(*streams)):
+            if j % world_size == rank:
+                yield (torch.cat([acts for acts, _ in parts]),
+                       torch.cat([rows.long() * n + i for i, (_, rows) in enumerate(parts)]))
+
+    def _split_ids(self, row_ids):
+        ids = torch.as_tensor(row_ids, dtype=torch.long)
+        return ids, ids % len(self.readers), ids // len(self.readers)
+
+    def steps_of(self, row_ids) -> torch.Tensor:
+        """(R,) the denoising step of each row."""
+        _, which, _ = self._split_ids(row_ids)
+        return torch.as_tensor(self.steps)[which]
+
+    def read_rows(self, row_ids) -> torch.Tensor:
+        ids, which, local = self._split_ids(row_ids)
+        out = torch.empty(len(ids), self.dim)
+        for i, reader in enumerate(self.readers):
+            mine = which == i
+            if mine.any():
+                out[mine] = reader.read_rows(local[mine])
+        return out
+
+    def trace(self, row_ids) -> dict:
+        ids, which, local = self._split_ids(row_ids)
+        out: dict = {}
+        for i, reader in enumerate(self.readers):
+            mine = (which == i).numpy()
+            if mine.any():
+                for key, values in reader.trace(local[torch.from_numpy(mine)]).items():
+                    if key not in out:
+                        out[key] = np.empty(len(ids), dtype=values.dtype)
+                    out[key][mine] = values
+        return out
+
+    def image_ids(self) -> np.ndarray:
+        return np.unique(np.concatenate([r.image_ids() for r in self.readers]))
+
+
+def row_steps(reader, row_ids) -> torch.Tensor | None:
+    """(B,) the denoising steps of a batch's rows for a step-spanning reader; None for a one-step reader."""
+    return reader.steps_of(row_ids) if isinstance(reader, StepsReader) else None
 
 
 def batch_stream(reader, batch_size: int, seed: int, start_epoch: int = 0, start_batch: int = 0) -> Iterator:
@@ -103,10 +230,17 @@ def batch_stream(reader, batch_size: int, seed: int, start_epoch: int = 0, start
         epoch += 1
 
 
-def fit_normalizer(reader, kind: str, norm_fit_tokens: int, min_tokens_per_dim: float, seed: int) -> Normalizer:
-    """Stream up to ``norm_fit_tokens`` tokens (at least min_tokens_per_dim × width) into the normalisation fit."""
+def fit_normalizer(reader, kind: str, norm_fit_tokens: int, min_tokens_per_dim: float, seed: int,
+                   step_normalization: str = "shared") -> Normalizer | StepNormalizers:
+    """Stream up to ``norm_fit_tokens`` tokens (at least min_tokens_per_dim × width) into the normalisation fit;
+    a step-spanning reader with ``step_normalization="per-step"`` gets one fit per step (each with that budget)."""
+    if step_normalization not in STEP_NORMALIZATIONS:
+        raise ValueError(f"unknown step_normalization {step_normalization!r}; choose one of {', '.join(STEP_NORMALIZATIONS)}")
     if kind == "none":
         return Normalizer(reader.dim, "none")
+    if isinstance(reader, StepsReader) and step_normalization == "per-step":
+        return StepNormalizers({t: fit_normalizer(r, kind, norm_fit_tokens, min_tokens_per_dim, seed)
+                                for t, r in zip(reader.steps, reader.readers)})
     rank, world = rank_and_world()
     budget = min(reader.num_rows, max(norm_fit_tokens, int(min_tokens_per_dim * reader.dim)))
 

@@ -19,7 +19,8 @@ from ...locks import output_lock
 from ..base import check_activations
 from ..itda import ITDA, PROVENANCE_KEYS, relative_loss
 from .config import ITDATrainConfig, RunConfig
-from .data import batch_stream, resolve_data
+from ..normalization import normalize_rows
+from .data import batch_stream, resolve_data, row_steps
 from .job import start_job
 
 StepCallback = Callable[[int, ITDA, dict], "bool | None"]
@@ -63,7 +64,7 @@ def _grow(cfg: ITDATrainConfig, run: RunConfig, data, on_step) -> ITDA:
     while done < total_steps:
         epoch, batch_idx, acts, rows = next(stream)
         check_activations(acts, reader.dim)
-        z = normalizer.normalize(acts.float().to(device))
+        z = normalize_rows(normalizer, acts.float().to(device), row_steps(reader, rows))
         if itda.size == 0:
             _add(itda, reader, z[:1], rows[:1])
         codes = itda.encode_normalized(z)

@@ -34,7 +34,7 @@ from ...outputs import note, same_settings
 from ...progress import progress
 from ...store.run_layout import CFG_FILE, CHECKPOINT_DIR, NORMALIZER_FILE, TENSORBOARD_DIR, TRAIN_LOG
 from ..io import load_dictionary, load_normalizer, read_cfg, save_dictionary, save_normalizer
-from ..normalization import Normalizer
+from ..normalization import Normalizer, StepNormalizers
 from .config import RunConfig, job_settings
 from .data import TrainingData, fit_normalizer
 
@@ -45,18 +45,24 @@ CHECKPOINT_POINTER = "latest.json"
 STORE_KEYS = ("model", "weights", "prompts_hash", "n_images")
 
 
-def data_identity(data: TrainingData) -> dict:
-    """What makes two data sources the same for a resume (the store's path may differ: a moved store is fine)."""
+def data_identity(data: TrainingData, run: RunConfig | None = None) -> dict:
+    """What makes two data sources the same for a resume (the store's path may differ: a moved store is fine);
+    a step-spanning job adds its steps and how they are normalised (absent, so None, for one-step jobs)."""
     store = data.store or {}
-    return {"site": data.site, "step": data.step, "split": data.split, "holdout": data.holdout,
-            "rows": int(data.reader.num_rows),
-            "width": int(data.reader.dim), **{f"store_{k}": store.get(k) for k in STORE_KEYS}}
+    identity = {"site": data.site, "step": data.step, "split": data.split, "holdout": data.holdout,
+                "rows": int(data.reader.num_rows),
+                "width": int(data.reader.dim), **{f"store_{k}": store.get(k) for k in STORE_KEYS}}
+    if data.steps:
+        identity.update(steps=list(data.steps), step_normalization=(run or RunConfig()).step_normalization)
+    return identity
 
 
-def normalizer_hash(norm: Normalizer) -> str:
+def normalizer_hash(norm: Normalizer | StepNormalizers) -> str:
     h = hashlib.sha256(norm.kind.encode())
-    for t in (norm.mean, norm.scale, norm.rotation):
-        h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+    for step, one in (norm.by_step.items() if isinstance(norm, StepNormalizers) else [("", norm)]):
+        h.update(step.encode())
+        for t in (one.mean, one.scale, one.rotation):
+            h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -70,7 +76,7 @@ def start_job(method: str, cfg, run: RunConfig, data: TrainingData, total_steps:
     if finished is not None:
         return job, finished, None, finished.normalizer
     normalizer = job.normalizer(restored, lambda: fit_normalizer(data.reader, normalization, run.norm_fit_tokens,
-                                                                 run.min_tokens_per_dim, seed))
+                                                                 run.min_tokens_per_dim, seed, run.step_normalization))
     return job, None, restored, normalizer
 
 
@@ -80,7 +86,7 @@ class Job:
     def __init__(self, settings: dict, run: RunConfig, data: TrainingData, total_steps: int):
         self.run = run
         self.settings = settings
-        self.data = data_identity(data)
+        self.data = data_identity(data, run)
         self.total_steps = total_steps
         self.folder = Path(run.out) if run.out else None
         self.rank, self.world = rank_and_world()
@@ -148,7 +154,7 @@ class Job:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def normalizer(self, restored: dict | None, fit) -> Normalizer:
+    def normalizer(self, restored: dict | None, fit) -> Normalizer | StepNormalizers:
         """The resumed job's normaliser (checked against its hash), or a fresh ``fit()`` saved beside the checkpoints."""
         if restored is not None:
             norm = load_normalizer(self.ckpt_dir, self.data["width"])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable
 
 import torch
@@ -32,8 +32,9 @@ from ...locks import output_lock
 from ..base import check_activations
 from ..sparse_ops import sparse_decode
 from ..topk_sae import TopKSAE
-from .config import RunConfig, SAETrainConfig
-from .data import batch_stream, resolve_data
+from .config import RunConfig, SAETrainConfig, default_lr
+from ..normalization import loss_weights, normalize_rows
+from .data import batch_stream, resolve_data, row_steps
 from .job import start_job
 
 # Seconds to sleep after each step: lets the crash-safety test kill a run mid-way.
@@ -67,6 +68,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
     rank, world = rank_and_world()
     if cfg.batch_size % world:
         raise ValueError(f"batch size {cfg.batch_size} must be divisible by the number of ranks ({world})")
+    cfg = cfg.resolved(reader.dim)  # the lr used (size-scaled default when none given) is what the job records
     arch = cfg.architecture(reader.dim)
     total_steps = max(1, math.ceil(cfg.num_tokens / cfg.batch_size))
 
@@ -86,21 +88,23 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
     sae.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store
     job.open_log(state.step, data.site or "sae", meta)
 
-    weights_D = (normalizer.scale.to(device).pow(2) if cfg.loss_space == "residual" else None)
     stats: dict = {}
     initialised = state.step > 0
     stream = batch_stream(reader, cfg.batch_size, cfg.seed, epoch, batch_idx)
     while state.step < total_steps:
-        epoch, batch_idx, acts, _ = next(stream)
+        epoch, batch_idx, acts, rows = next(stream)
         check_activations(acts, reader.dim)
-        z = normalizer.normalize(acts.float().to(device, non_blocking=True))
+        steps_B = row_steps(reader, rows)  # a step-spanning dictionary's rows may each have their normaliser
+        z = normalize_rows(normalizer, acts.float().to(device, non_blocking=True), steps_B)
+        weights_D = loss_weights(normalizer, steps_B).to(device) if cfg.loss_space == "residual" else None
         if not initialised:
             with torch.no_grad():  # start the decoder bias at the data mean (normalised space)
                 sae.b_dec.copy_(z.mean(0))
             initialised = True
         centred_sq = (z - z.mean(0)).pow(2)
         total_variance = (centred_sq if weights_D is None else centred_sq * weights_D).sum().clamp_min(1e-12)
-        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0], weights_D=weights_D)
+        stats = state.train_step(z[rank::world], total_variance, global_tokens=z.shape[0],
+                                 weights_D=weights_D if weights_D is None or weights_D.ndim == 1 else weights_D[rank::world])
         job.log(state.step, stats)
         job.checkpoint(state.step, state.tensors, {"epoch": epoch, "next_batch": batch_idx + 1}, normalizer)
         if on_step is not None and rank == 0 and on_step(state.step, sae, stats):
@@ -139,6 +143,7 @@ class SAEState:
     @classmethod
     def create(cls, sae: TopKSAE, cfg: SAETrainConfig) -> "SAEState":
         kwargs = {"fused": True} if sae.W_dec.device.type in ("cpu", "cuda") else {}
+        cfg = cfg if cfg.lr is not None else replace(cfg, lr=default_lr(sae.num_latents))
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), **kwargs)
         return cls(sae, cfg, opt)
 
