@@ -6,8 +6,8 @@ linear warm-up, gradient-norm clip 10, AuxK with k_aux 64 and coefficient 1/32, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar, Literal
 
 from ..itda import ITDAConfig
 from ..topk_sae import SAEConfig
@@ -17,7 +17,9 @@ Normalization = Literal["none", "standardise", "pca"]
 
 @dataclass
 class SAETrainConfig:
-    """A TopK SAE: its architecture and how it is optimised."""
+    """A TopK SAE: its architecture and how it is optimised (other families: ``family_configs``)."""
+
+    ARCH_CONFIG: ClassVar[type[SAEConfig]] = SAEConfig
 
     num_latents: int = 0
     """SAE latents (0: expansion_factor × width)"""
@@ -54,8 +56,8 @@ class SAETrainConfig:
     """bf16 autocast on CUDA"""
 
     def architecture(self, d_in: int) -> SAEConfig:
-        return SAEConfig(num_latents=self.num_latents, expansion_factor=self.expansion_factor, k=self.k,
-                         normalization=self.normalization).resolve(d_in)
+        names = {f.name for f in fields(self.ARCH_CONFIG)}
+        return self.ARCH_CONFIG(**{k: v for k, v in asdict(self).items() if k in names}).resolve(d_in)
 
     def validate(self) -> None:
         positive = {"batch_size": self.batch_size, "num_tokens": self.num_tokens, "lr": self.lr,
@@ -123,4 +125,6 @@ OPERATIONAL = {"out", "resume", "overwrite", "checkpoint_every", "log_every", "d
 def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:
     """The settings a checkpoint is bound to (a resume must match them): method, config, normalisation fit."""
     settings = {"method": method, **asdict(cfg), **asdict(run)}
+    if getattr(cfg, "ARCH_CONFIG", SAEConfig).arch != "topk":  # TopK jobs keep their recorded settings
+        settings["arch"] = cfg.ARCH_CONFIG.arch
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if k not in OPERATIONAL}
