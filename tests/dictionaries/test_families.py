@@ -186,3 +186,18 @@ def test_normalizer_is_shared_with_topk():
     norm = Normalizer.fit(TRAIN.split(800), D, "standardise")
     sae = JumpReLUSAE(D, JumpReLUConfig(num_latents=F, k=K), normalizer=norm)
     assert sae.normalizer is norm
+
+
+@pytest.mark.parametrize("hint", [0.0, 1.5, 3.5])
+def test_batch_topk_selection_is_exact(hint):
+    """Every path of batch_topk (scores above a hint; per-token candidates; all scores) keeps the B·k largest."""
+    from difflens.dictionaries.sparse_ops import batch_topk
+
+    g = torch.Generator().manual_seed(1)
+    for B, n, k in [(64, 256, 4), (300, 100, 30), (50, 1000, 8)]:
+        pre = torch.randn(B, n, generator=g)
+        pre[0] += 3  # one token holding many of the winners: more than its candidates
+        vals, idx = batch_topk(pre, k, hint=hint)
+        top, flat = pre.reshape(-1).topk(B * k)
+        want = torch.zeros(B * n).index_put_((flat,), top).reshape(B, n)
+        assert torch.equal(torch.zeros(B, n).scatter_add_(1, idx, vals), want)

@@ -34,6 +34,9 @@ from .normalization import Normalizer
 from .sparse_ops import jumprelu_encode, scores, sparse_decode, threshold_codes, topk_encode
 from .topk_sae import SAEConfig, SAEOutput, TopKSAE
 
+HINT_FRACTION = 0.8
+"""BatchTopK training pre-selects scores above this fraction of the running threshold (exact either way)"""
+
 
 @dataclass
 class BatchTopKConfig(SAEConfig):
@@ -105,8 +108,10 @@ class BatchTopKSAE(TopKSAE):
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         if not self.thresholded:
             return super().forward_train(z_BD, dead_idx, k_aux)
+        # below the running threshold: a cheap, exact pre-selection (see batch_topk)
+        hint = HINT_FRACTION * float(self.threshold) if self.threshold_batches > 0 else 0.0
         vals, idx, aux_vals, aux_idx = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux,
-                                                   reuse_buffer=True, batch=True)
+                                                   reuse_buffer=True, batch=True, hint=hint)
         return SAEOutput(sparse_decode(vals, idx, self.W_dec) + self.b_dec, vals, idx, aux_vals, aux_idx)
 
     @torch.no_grad()

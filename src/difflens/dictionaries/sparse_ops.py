@@ -152,13 +152,34 @@ def pad_by_row(rows: Tensor, cols: Tensor, n_rows: int, *per_pair: Tensor) -> tu
     return (idx_BK, *out)
 
 
-def batch_topk(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def batch_topk(pre_BF: Tensor, k: int, hint: float = 0.0, headroom: int = 4) -> tuple[Tensor, Tensor]:
     """BatchTopK selection: the B·k largest scores of the whole batch, as padded (values_BK, indices_BK) with
-    K = the most latents any token kept (tokens keep k on average; padding: value 0)."""
+    K = the most latents any token kept (tokens keep k on average; padding: value 0).
+
+    Exact in every case; how depends on what is known. ``hint`` > 0, a score below the batch's B·k-th (in
+    training: a fraction of the running threshold): the scores above it are gathered (one comparison and
+    ``nonzero``) and the top B·k taken among them, ~3x faster than a per-token top-k. Otherwise, or when fewer
+    than B·k scores pass, each token's top ``headroom``·k candidates are ranked together, which is exact unless
+    a token would keep all its candidates; then one top-k runs over all B·F scores.
+    """
     B, F = pre_BF.shape
-    vals, flat = pre_BF.reshape(-1).topk(B * k, sorted=False)
-    idx_BK, vals_BK = pad_by_row(torch.div(flat, F, rounding_mode="floor"), flat % F, B, vals)
-    return vals_BK, idx_BK
+    if hint > 0:
+        rows, cols = (pre_BF > hint).nonzero(as_tuple=True)
+        if rows.numel() >= B * k:
+            vals, pos = pre_BF[rows, cols].topk(B * k, sorted=False)
+            idx_BK, vals_BK = pad_by_row(rows[pos], cols[pos], B, vals)
+            return vals_BK, idx_BK
+    m = min(F, headroom * k)
+    cand_vals, cand_idx = pre_BF.topk(m, dim=-1, sorted=True)
+    kth = cand_vals.reshape(-1).topk(B * k, sorted=False).values.min()
+    keep_Bm = cand_vals >= kth
+    if m < F and bool(keep_Bm[:, -1].any()):  # some token may keep more than its candidates: exact path
+        vals, flat = pre_BF.reshape(-1).topk(B * k, sorted=False)
+        idx_BK, vals_BK = pad_by_row(torch.div(flat, F, rounding_mode="floor"), flat % F, B, vals)
+        return vals_BK, idx_BK
+    K = max(1, int(keep_Bm.sum(1).max()))  # kept candidates are a prefix of each (sorted) row
+    keep_BK = keep_Bm[:, :K]
+    return cand_vals[:, :K] * keep_BK, cand_idx[:, :K] * keep_BK
 
 
 def threshold_codes(pre_BF: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,9 +247,9 @@ class TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BD, b_dec_D, W_enc_FD, b_enc_F, k: int, dead_idx: Tensor | None, k_aux: int,
-                reuse_buffer: bool, batch: bool = False):
+                reuse_buffer: bool, batch: bool = False, hint: float = 0.0):
         xc_BD, pre_BF = _scores(x_BD, b_dec_D, W_enc_FD, b_enc_F, reuse_buffer)
-        vals_BK, idx_BK = batch_topk(pre_BF, k) if batch else pre_BF.topk(k, dim=-1, sorted=False)
+        vals_BK, idx_BK = batch_topk(pre_BF, k, hint) if batch else pre_BF.topk(k, dim=-1, sorted=False)
         vals_BK = vals_BK.float().relu_()
         aux_vals, aux_idx = _aux_topk(pre_BF, dead_idx, k_aux)
         del pre_BF
@@ -240,7 +261,7 @@ class TopKEncode(torch.autograd.Function):
     def backward(ctx, g_vals, _g_idx, g_aux, _g_aux_idx):
         xc_BD, W_enc_FD, idx_BK, vals_BK, aux_idx, aux_vals = ctx.saved_tensors
         g, idx = _joined_grads(vals_BK, g_vals, idx_BK, aux_vals, g_aux, aux_idx)
-        return (*_encoder_grads(ctx.needs_input_grad[:4], xc_BD, W_enc_FD, idx, g), None, None, None, None, None)
+        return (*_encoder_grads(ctx.needs_input_grad[:4], xc_BD, W_enc_FD, idx, g), None, None, None, None, None, None)
 
 
 class SparseDecode(torch.autograd.Function):
@@ -263,13 +284,14 @@ class SparseDecode(torch.autograd.Function):
         return g_vals, None, g_W
 
 
-def topk_encode(x_BD, b_dec_D, W_enc_FD, b_enc_F, k, dead_idx=None, k_aux=0, reuse_buffer=False, batch=False):
+def topk_encode(x_BD, b_dec_D, W_enc_FD, b_enc_F, k, dead_idx=None, k_aux=0, reuse_buffer=False, batch=False,
+                hint=0.0):
     """Return (vals_BK, idx_BK, aux_vals_BA, aux_idx_BA); see :class:`TopKEncode`.
 
     reuse_buffer: score into one CPU buffer kept across calls (training, where the batch shape is fixed).
-    batch: BatchTopK (top B·k of the batch; K varies, codes padded with zeros).
+    batch: BatchTopK (top B·k of the batch; K varies, codes padded with zeros); hint: see :func:`batch_topk`.
     """
-    return TopKEncode.apply(x_BD, b_dec_D, W_enc_FD, b_enc_F, k, dead_idx, k_aux, reuse_buffer, batch)
+    return TopKEncode.apply(x_BD, b_dec_D, W_enc_FD, b_enc_F, k, dead_idx, k_aux, reuse_buffer, batch, hint)
 
 
 def jumprelu_encode(x_BD, b_dec_D, W_enc_FD, b_enc_F, theta_F, bandwidth, dead_idx=None, k_aux=0, reuse_buffer=False):
