@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .base import SparseCodes
 from .normalization import Normalizer
-from .sparse_ops import jumprelu_encode, scores, sparse_decode, threshold_codes, topk_encode
+from .sparse_ops import jumprelu_encode, pad_by_row, scores, sparse_decode, threshold_codes, topk_encode
 from .topk_sae import SAEConfig, SAEOutput, TopKSAE
 
 HINT_FRACTION = 0.8
@@ -105,14 +105,13 @@ class BatchTopKSAE(TopKSAE):
     def load_family_tensors(self, tensors: dict[str, Tensor]) -> None:
         self.threshold.copy_(tensors["threshold"].reshape(()))
 
-    def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
+    def encode_train(self, z_BD: Tensor, dead_idx: Tensor | None, k_aux: int) -> tuple[Tensor, ...]:
         if not self.thresholded:
-            return super().forward_train(z_BD, dead_idx, k_aux)
+            return super().encode_train(z_BD, dead_idx, k_aux)
         # below the running threshold: a cheap, exact pre-selection (see batch_topk)
         hint = HINT_FRACTION * float(self.threshold) if self.threshold_batches > 0 else 0.0
-        vals, idx, aux_vals, aux_idx = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux,
-                                                   reuse_buffer=True, batch=True, hint=hint)
-        return SAEOutput(sparse_decode(vals, idx, self.W_dec) + self.b_dec, vals, idx, aux_vals, aux_idx)
+        return topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux, reuse_buffer=True,
+                           batch=True, hint=hint)
 
     @torch.no_grad()
     def observe(self, out: SAEOutput, rate: float) -> None:
@@ -174,10 +173,18 @@ class MatryoshkaSAE(BatchTopKSAE):
         return torch.bucketize(torch.arange(self.num_latents), torch.tensor(self.prefix_sizes), right=True)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
-        out = super().forward_train(z_BD, dead_idx, k_aux)
-        out.prefix_recons_BD = [sparse_decode(out.values_BK * (out.indices_BK < size), out.indices_BK, self.W_dec)
-                                + self.b_dec for size in self.prefix_sizes[:-1]]
-        return out
+        """Each prefix's reconstruction is the previous one plus its own latents' part, decoded from just
+        those codes: all prefixes cost about one decode."""
+        vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
+        recons, recon = [], self.b_dec.expand_as(z_BD)
+        lower = 0
+        for size in self.prefix_sizes:
+            rows, pos = ((idx >= lower) & (idx < size) & (vals != 0)).nonzero(as_tuple=True)
+            idx_g, vals_g = pad_by_row(rows, idx[rows, pos], z_BD.shape[0], vals[rows, pos])
+            recon = recon + sparse_decode(vals_g, idx_g, self.W_dec)
+            recons.append(recon)
+            lower = size
+        return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=recons[:-1])
 
 
 class JumpReLUSAE(BatchTopKSAE):

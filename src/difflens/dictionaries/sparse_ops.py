@@ -206,16 +206,16 @@ class JumpReLUEncode(torch.autograd.Function):
     def forward(ctx, x_BD, b_dec_D, W_enc_FD, b_enc_F, theta_F, bandwidth: float, dead_idx, k_aux: int,
                 reuse_buffer: bool):
         xc_BD, pre_BF = _scores(x_BD, b_dec_D, W_enc_FD, b_enc_F, reuse_buffer)
-        theta = theta_F.detach().to(pre_BF.dtype)
-        active_BF = pre_BF > theta
-        window_BF = (pre_BF - theta).abs_() < bandwidth / 2
-        rows, cols = (active_BF | window_BF).nonzero(as_tuple=True)
-        pre = pre_BF[rows, cols].float()
-        idx_BK, vals_BK, window_BK = pad_by_row(rows, cols, x_BD.shape[0], pre * active_BF[rows, cols],
-                                                window_BF[rows, cols])
-        l0 = active_BF.sum().float()
+        theta = theta_F.detach().float()
+        # active (pre > θ) and window (|pre − θ| < ε/2) pairs are all above θ − ε/2: one pass over B × F
+        rows, cols = (pre_BF > (theta - bandwidth / 2).to(pre_BF.dtype)).nonzero(as_tuple=True)
+        pre, theta_pairs = pre_BF[rows, cols].float(), theta[cols]
+        active = pre > theta_pairs
+        idx_BK, vals_BK, window_BK = pad_by_row(rows, cols, x_BD.shape[0], pre * active,
+                                                pre < theta_pairs + bandwidth / 2)
+        l0 = active.sum().float()
         aux_vals, aux_idx = _aux_topk(pre_BF, dead_idx, k_aux)
-        del pre_BF, active_BF, window_BF
+        del pre_BF
         ctx.bandwidth = bandwidth
         ctx.save_for_backward(xc_BD, W_enc_FD, theta_F, idx_BK, vals_BK, window_BK, aux_idx, aux_vals)
         ctx.mark_non_differentiable(idx_BK, aux_idx)

@@ -105,10 +105,13 @@ class TopKSAE(Dictionary):
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         """Differentiable forward in normalised space; AuxK codes over ``dead_idx`` when given."""
-        vals, idx, aux_vals, aux_idx = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux,
-                                                   reuse_buffer=True)
+        vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
         recon = sparse_decode(vals, idx, self.W_dec) + self.b_dec
         return SAEOutput(recon, vals, idx, aux_vals, aux_idx)
+
+    def encode_train(self, z_BD: Tensor, dead_idx: Tensor | None, k_aux: int) -> tuple[Tensor, ...]:
+        """Differentiable training codes (values_BK, indices_BK, aux_values_BA, aux_indices_BA)."""
+        return topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux, reuse_buffer=True)
 
     def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
         vals, idx, _, _ = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k)
