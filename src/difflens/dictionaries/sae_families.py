@@ -120,11 +120,11 @@ class BatchTopKSAE(TopKSAE):
         if not self.thresholded:
             return
         kept = out.values_BK[out.values_BK > 0]
-        if kept.numel() == 0:
-            return
-        smallest = kept.min().to(self.threshold)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        smallest = (kept.min() if kept.numel() else torch.tensor(float("inf"), device=kept.device)).to(self.threshold)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank joins
             torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+        if not torch.isfinite(smallest):
+            return
         self.threshold_batches += 1
         weight = max(rate, 1.0 / float(self.threshold_batches))
         self.threshold.lerp_(smallest, weight)

@@ -18,7 +18,8 @@ from .config import SAETrainConfig
 @dataclass
 class _ThresholdEstimate:
     threshold_rate: float = 0.01
-    """BatchTopK inference threshold: weight of each batch's smallest kept activation in its running estimate"""
+    """BatchTopK (and Matryoshka on it) inference threshold: weight of each batch's smallest kept activation in
+    its running estimate"""
 
 
 @dataclass
