@@ -1,6 +1,7 @@
 """Throughput of one full TopK-SAE training step (forward, backward, optimiser) — difflens vs sparsify.
 
     python bench/sae_throughput.py --n 1024 --d 16384 --k 32 --batch 4096 [--device cuda --bf16]
+        [--arch batchtopk,matryoshka,jumprelu]
 
 Reports tokens/s of
   * difflens: ``SAEState.train_step`` (sparse encoder backward, sparse decode, decoder-gradient
@@ -10,6 +11,9 @@ Reports tokens/s of
   * sparsify: ``SparseCoder`` forward, backward, ``remove_gradient_parallel_to_decoder_directions``,
     Adam step, ``set_decoder_norm_to_unit_norm`` — its own training step, same shapes, same run,
     timed in alternating blocks of steps so that machine noise hits both alike.
+  * with ``--arch``: each SAE family's ``SAEState.train_step`` at the same shapes (Matryoshka with its default
+    prefixes on BatchTopK, JumpReLU with thresholds started at L0 = k), reported as ``<arch>_vs_topk`` =
+    its step time ÷ TopK's (the issue asks for ≤ 1.3).
 ``bound_ratio`` = difflens tokens/s ÷ bound tokens/s (> 1 means faster than the bound, possible
 because difflens never forms the dense weight gradient). Last line: JSON.
 """
@@ -46,6 +50,19 @@ def timeit(fns: dict, rounds: int, iters: int, sync) -> dict[str, float]:
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
+def family_step(arch: str, args, x: torch.Tensor, tv: torch.Tensor, dev: torch.device):
+    """One training step of an SAE family at the bench shape (settings as TopK's: no AuxK, warm-up 1)."""
+    from difflens.dictionaries import make_sae
+    from difflens.dictionaries.train import SAEState, sae_train_config
+
+    cfg = sae_train_config(arch)(num_latents=args.d, k=args.k, normalization="none", k_aux=0, autocast=args.bf16,
+                                 warmup_steps=1)
+    sae = make_sae(args.n, cfg.architecture(args.n)).to(dev)
+    sae.initialise(x)
+    state = SAEState.create(sae, cfg)
+    return lambda: state.train_step(x, tv)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1024, help="input width")
@@ -58,6 +75,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3, help="timed steps per block")
     ap.add_argument("--no-sparsify", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    ap.add_argument("--arch", default="topk",
+                    help="comma-separated SAE families to time beside TopK: batchtopk, matryoshka, jumprelu (or all)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +95,10 @@ def main() -> None:
     sae = TopKSAE(args.n, SAEConfig(num_latents=args.d, k=args.k, normalization="none")).to(dev)
     state = SAEState.create(sae, SAETrainConfig(k_aux=0, autocast=args.bf16, warmup_steps=1))
     steps = {"difflens": lambda: state.train_step(x, tv)}
+    archs = ["batchtopk", "matryoshka", "jumprelu"] if args.arch == "all" else \
+        [a for a in args.arch.split(",") if a and a != "topk"]
+    for arch in archs:
+        steps[arch] = family_step(arch, args, x, tv, dev)
 
     # ---- dense bound: encoder matmul forward + its weight-gradient matmul ----
     W = sae.W_enc.detach().clone()
@@ -118,6 +141,9 @@ def main() -> None:
         "bound_tokens_per_s": args.batch / t_bound,
         "bound_ratio": t_bound / t_ours,
     }
+    for arch in archs:
+        result[f"{arch}_step_s"] = t[arch]
+        result[f"{arch}_vs_topk"] = t[arch] / t_ours
     if "sparsify" in t:
         t_sp = t["sparsify"]
         result.update({"sparsify_step_s": t_sp, "sparsify_tokens_per_s": args.batch / t_sp,
@@ -127,6 +153,8 @@ def main() -> None:
         if key in result:
             print(f"{key:>24}: {result[key]:,.0f}")
     print(f"{'bound_ratio':>24}: {result['bound_ratio']:.2f}")
+    for arch in archs:
+        print(f"{arch + '_vs_topk':>24}: {result[arch + '_vs_topk']:.2f}x")
     if "speedup_vs_sparsify" in result:
         print(f"{'speedup_vs_sparsify':>24}: {result['speedup_vs_sparsify']:.2f}x")
     print(json.dumps(result))

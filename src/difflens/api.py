@@ -53,26 +53,28 @@ def open_store(path: str | Path):
 
 
 def train_sae(source, site: str | None = None, step: int | list[int] | str | None = None, *,
-              out: str | Path | None = None, split: str = "auto", on_step=None, **settings: Any):
+              out: str | Path | None = None, split: str = "auto", on_step=None, arch: str = "topk", **settings: Any):
     """Train a TopK SAE on ``source`` (store folder, opened store, capture, reader or tensor ``(..., D)``).
 
     ``step``: one denoising step, or several (``[0, 3, 7]`` or ``"all"``, a store only) for one dictionary across
     them, trained on batches balanced per step; ``step_normalization="shared"`` fits one normaliser on all of
     them, ``"per-step"`` one per step (then ``sae.encode(acts, step=3)`` needs the rows' step).
     The lr defaults to 2e-4 / √(num_latents / 2**14) (sparsify's scaling) when not given.
-
+    arch: the SAE family, topk, batchtopk, matryoshka (prefixes=(1/16, 1/4, 1), base="batchtopk"|"topk") or
+    jumprelu (k = target L0, l0_coef, bandwidth); its settings are its config's fields (``family_configs``).
     settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
     RunConfig fields (resume, overwrite, device, checkpoint_every, progress, ...). ``out`` None trains in memory;
     with ``out`` the dictionary folder is written (and resumed; locked against other writers meanwhile; a
     dictionary of other settings there is refused unless overwrite=True or resume=False). The SAE remembers its
     site, step and store.
     """
-    from difflens.dictionaries.train import RunConfig, SAETrainConfig
+    from difflens.dictionaries.train import RunConfig, sae_train_config
     from difflens.dictionaries.train.sae import train_sae as _train
 
-    cfg, run = _split_settings(settings, SAETrainConfig, RunConfig)
+    config = sae_train_config(arch)
+    cfg, run = _split_settings(settings, config, RunConfig)
     run.setdefault("progress", False)
-    return _train(source, SAETrainConfig(**cfg), RunConfig(**{**run, "out": None if out is None else str(out)}),
+    return _train(source, config(**cfg), RunConfig(**{**run, "out": None if out is None else str(out)}),
                   site=site, step=step, split=split, on_step=on_step)
 
 

@@ -1,4 +1,5 @@
-"""Dictionaries over diffusion-model activations: TopK SAEs, ITDA and the MLP-neuron baseline.
+"""Dictionaries over diffusion-model activations: TopK SAEs (and the BatchTopK, Matryoshka and JumpReLU
+families), ITDA and the MLP-neuron baseline.
 
 All share :class:`~difflens.dictionaries.base.Dictionary` (``encode`` → sparse codes,
 ``decode`` → residual-space reconstruction, ``num_latents``, ``feature_directions``).
@@ -9,6 +10,8 @@ from .io import export_folded, load_dictionary, save_dictionary
 from .itda import ITDA, ITDAConfig, gradient_pursuit
 from .neurons import NeuronBasis
 from .normalization import Normalizer
+from .sae_families import (BatchTopKConfig, BatchTopKSAE, JumpReLUConfig, JumpReLUSAE, MatryoshkaConfig,
+                           MatryoshkaSAE, make_sae)
 from .topk_sae import SAEConfig, TopKSAE
 
 __all__ = [
@@ -17,6 +20,13 @@ __all__ = [
     "check_activations",
     "TopKSAE",
     "SAEConfig",
+    "BatchTopKSAE",
+    "BatchTopKConfig",
+    "MatryoshkaSAE",
+    "MatryoshkaConfig",
+    "JumpReLUSAE",
+    "JumpReLUConfig",
+    "make_sae",
     "ITDA",
     "ITDAConfig",
     "gradient_pursuit",

@@ -9,7 +9,8 @@ from typing import Literal
 
 from difflens.configs import add_config_arguments, config_from_args, given
 
-from .train.config import ITDATrainConfig, RunConfig, SAETrainConfig
+from .train.config import ITDATrainConfig, RunConfig
+from .train.family_configs import SAE_TRAIN_CONFIGS
 
 
 @dataclass
@@ -24,7 +25,11 @@ class TrainCommand:
     """denoising step (needed when several are stored); several (0,3,7) or all: one dictionary across those steps,
     every batch balanced per step (see --step-normalization)"""
     method: Literal["sae", "itda", "neurons"] = "sae"
-    """what to train: TopK SAE, ITDA, or the MLP-neuron baseline (no training)"""
+    """what to train: an SAE (family: --arch), ITDA, or the MLP-neuron baseline (no training)"""
+    arch: Literal["topk", "batchtopk", "matryoshka", "jumprelu"] = "topk"
+    """SAE family (--method sae): topk (k per token); batchtopk (top batch·k over the batch in training, a learned
+    threshold at inference); matryoshka (nested --prefixes each reconstruct, on --base batchtopk or topk);
+    jumprelu (learned per-latent thresholds, --k the target mean L0 pulled by --l0-coef)"""
     split: Literal["auto", "all", "train"] = "auto"
     """rows to train on: auto = the train split when the store is split by image, else all"""
     out: str = "runs/train"
@@ -52,7 +57,7 @@ def register(subparsers) -> None:
                               description="Flags shared by SAE and ITDA (k, normalization, batch size, tokens, seed) "
                                           "keep each method's own default unless given.")
     add_config_arguments(p.add_argument_group("data and output"), TrainCommand)
-    add_config_arguments(p.add_argument_group("SAE and ITDA settings"), SAETrainConfig, ITDATrainConfig)
+    add_config_arguments(p.add_argument_group("SAE and ITDA settings"), *SAE_TRAIN_CONFIGS.values(), ITDATrainConfig)
     add_config_arguments(p.add_argument_group("run"), RunConfig, exclude={"out", "progress"})
     p.set_defaults(func=cmd_train)
 
@@ -69,16 +74,20 @@ def train_from_args(args) -> object:
     data = resolve_data(cmd.store, cmd.site, cmd.step, cmd.split)
     folder = f"{cmd.out}/{data.site or 'acts'}"
     run = config_from_args(RunConfig, args, out=folder, progress=not cmd.quiet)
-    chosen = {"sae": SAETrainConfig, "itda": ITDATrainConfig}.get(cmd.method)
-    other = {"sae": ITDATrainConfig, "itda": SAETrainConfig}.get(cmd.method)
+    sae_config = SAE_TRAIN_CONFIGS[cmd.arch]
+    chosen = {"sae": sae_config, "itda": ITDATrainConfig}.get(cmd.method)
+    if cmd.arch != "topk" and cmd.method != "sae":
+        raise ValueError(f"--arch {cmd.arch} applies to --method sae only")
     if chosen is not None:
-        stray = sorted(set(given(args, other)) - set(given(args, chosen)))
+        others = [c for c in (*SAE_TRAIN_CONFIGS.values(), ITDATrainConfig) if c is not chosen]
+        stray = sorted({name for c in others for name in given(args, c)} - set(given(args, chosen)))
         if stray:
-            raise ValueError(f"--{', --'.join(s.replace('_', '-') for s in stray)} do(es) not apply to --method {cmd.method}")
+            what = f"--method {cmd.method}" + (f" --arch {cmd.arch}" if cmd.method == "sae" else "")
+            raise ValueError(f"--{', --'.join(s.replace('_', '-') for s in stray)} do(es) not apply to {what}")
     if cmd.method == "sae":
         from .train.sae import train_sae
 
-        dictionary = train_sae(data, config_from_args(SAETrainConfig, args), run)
+        dictionary = train_sae(data, config_from_args(sae_config, args), run)
     elif cmd.method == "itda":
         from .train.itda import train_itda
 

@@ -9,6 +9,10 @@ Layout of one dictionary folder ``<run>/<site>/``:
   ``W_dec [F, D]``, ``b_dec [D]`` (extra tensors would break sparsify's strict load).
   The SAE weights act on *normalised* inputs; sparsify reproduces difflens outputs directly
   only for normalisation "none". Use :func:`export_folded` for other tools.
+* Other SAE families (``sae_families``: BatchTopK, Matryoshka, JumpReLU) — the same files, with
+  ``activation`` set to the family (so sparsify refuses rather than misreads them), ``difflens_arch`` and
+  ``difflens_sae`` (the family's config, Matryoshka's ``prefix_sizes`` included) in cfg.json, and the
+  family's tensors (``threshold [1]``; JumpReLU ``log_threshold [F]``) beside the four.
 * ITDA — ``cfg.json`` + ``itda.safetensors`` (``atoms [F, D]`` and provenance vectors).
 * Neurons — ``cfg.json`` only.
 * Every kind — ``normalizer.safetensors`` (``mean, scale, rotation, variances``; kind in the
@@ -34,7 +38,8 @@ from .base import Dictionary
 from .itda import ITDA, PROVENANCE_KEYS, ITDAConfig
 from .neurons import NeuronBasis
 from .normalization import Normalizer, StepNormalizers
-from .topk_sae import SAEConfig, TopKSAE
+from .sae_families import SAE_CLASSES, MatryoshkaSAE
+from .topk_sae import TopKSAE
 
 
 def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool = True) -> dict:
@@ -108,11 +113,17 @@ def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | Non
     if isinstance(dictionary, TopKSAE):
         cfg = {**_sparsify_cfg(dictionary.d_in, dictionary.num_latents, dictionary.k), **extra}
         cfg["difflens_normalization"] = dictionary.normalizer.kind
+        arch = dictionary.cfg.arch
+        if arch != "topk":
+            cfg.update(activation=arch, difflens_arch=arch, difflens_sae=dictionary.cfg.to_dict())
+            if isinstance(dictionary, MatryoshkaSAE):
+                cfg["difflens_sae"]["prefix_sizes"] = dictionary.prefix_sizes
         tensors = {
             "encoder.weight": dictionary.W_enc,
             "encoder.bias": dictionary.b_enc,
             "W_dec": dictionary.W_dec,
             "b_dec": dictionary.b_dec,
+            **dictionary.family_tensors(),
         }
         atomic_save_tensors(folder / SAE_WEIGHTS, tensors)
     elif isinstance(dictionary, ITDA):
@@ -158,19 +169,30 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
     d_in = int(cfg["d_in"])
     norm = load_normalizer(folder, d_in)
     if kind == "sae":
-        if cfg.get("activation", "topk") != "topk" or cfg.get("skip_connection") or cfg.get("transcode"):
+        arch = cfg.get("difflens_arch", "topk")
+        if arch not in SAE_CLASSES:
+            raise ValueError(f"{folder}: unknown SAE family {arch!r} (known: {', '.join(SAE_CLASSES)})")
+        if (arch == "topk" and cfg.get("activation", "topk") != "topk") or cfg.get("skip_connection") or cfg.get("transcode"):
             raise ValueError(f"{folder}: only plain TopK SAEs are supported (no groupmax/skip/transcoder)")
         path = folder / SAE_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing")
         tensors = load_file(str(path))
         num_latents = int(cfg.get("num_latents") or cfg["expansion_factor"] * d_in)
-        sae = TopKSAE(d_in, SAEConfig(num_latents=num_latents, k=int(cfg["k"]), normalization=norm.kind), normalizer=norm)
+        config_cls, model_cls = SAE_CLASSES[arch]
+        names = set(config_cls.__dataclass_fields__) - {"num_latents", "k", "normalization"}
+        extra = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.get("difflens_sae", {}).items() if k in names}
+        sae = model_cls(d_in, config_cls(num_latents=num_latents, k=int(cfg["k"]), normalization=norm.kind, **extra),
+                        normalizer=norm)
         with torch.no_grad():
             for ours, theirs in (("W_enc", "encoder.weight"), ("b_enc", "encoder.bias"), ("W_dec", "W_dec"), ("b_dec", "b_dec")):
                 if theirs not in tensors:
                     raise ValueError(f"{path}: missing tensor {theirs!r}")
                 getattr(sae, ours).copy_(tensors[theirs])
+        missing = sorted(set(sae.family_tensors()) - set(tensors))
+        if missing:
+            raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)} of a {arch} SAE")
+        sae.load_family_tensors(tensors)
         return sae
     if kind == "itda":
         tensors = load_file(str(folder / ITDA_WEIGHTS))
@@ -206,7 +228,10 @@ def fold_normalizer(sae: TopKSAE) -> dict[str, Tensor]:
 
 def export_folded(sae: TopKSAE, folder: str | Path) -> Path:
     """Write a sparsify-layout SAE acting directly on residual-space activations (see :func:`fold_normalizer`;
-    decoder rows are no longer unit norm)."""
+    decoder rows are no longer unit norm). sparsify reads TopK SAEs only: other families are refused."""
+    if not isinstance(sae, TopKSAE) or sae.cfg.arch != "topk":
+        raise ValueError(f"sparsify reads TopK SAEs only, not {getattr(getattr(sae, 'cfg', None), 'arch', type(sae).__name__)}"
+                         "; export other SAE families with --format saelens")
     folder = Path(folder)
     w = {k: v.float() for k, v in fold_normalizer(sae).items()}
     atomic_save_tensors(folder / SAE_WEIGHTS,

@@ -13,6 +13,14 @@ the exported SAE acts on raw residual-space activations and reproduces ``sae.rec
 Folded decoder rows are not unit norm. sae-lens only rescales by decoder norms when
 ``rescale_acts_by_decoder_norm`` is true (written false here) or when asked to fold them on load
 (``fold_W_dec_norm=True``, which sae-lens refuses for such TopK SAEs), so the weights load as is.
+
+Other families (``sae_families``) export as sae-lens saves them for inference: BatchTopK and Matryoshka on
+BatchTopK become ``"jumprelu"`` with every latent's ``threshold`` the learned batch threshold (what sae-lens'
+own ``BatchTopKTrainingSAE`` writes; its ``batchtopk`` and ``matryoshka_batchtopk`` are training-only
+architectures), JumpReLU becomes ``"jumprelu"`` with its thresholds, Matryoshka on TopK ``"topk"``. sae-lens
+computes ``ReLU(pre) · (pre > threshold)`` with pre = (x − b_dec) @ W_enc + b_enc; folding the normaliser
+leaves pre unchanged, so thresholds carry over as they are. ``metadata`` records ``difflens_arch`` and,
+for Matryoshka, ``matryoshka_widths`` (the prefix sizes).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 
 from ..atomic import atomic_save_tensors, atomic_write_json
 from .io import fold_normalizer
+from .sae_families import BatchTopKSAE, MatryoshkaSAE
 from .topk_sae import TopKSAE
 
 CFG_FILE = "cfg.json"
@@ -37,16 +46,19 @@ def saelens_cfg(sae: TopKSAE, *, hook_name: str | None = None, metadata: dict | 
     meta = {
         "sae_lens_training_version": None,  # trained by difflens, not sae-lens
         "difflens_folded_normalization": sae.normalizer.kind,
+        "difflens_arch": sae.cfg.arch,
+        **({"matryoshka_widths": sae.prefix_sizes} if isinstance(sae, MatryoshkaSAE) else {}),
         **(metadata or {}),
         "sae_lens_version": SAELENS_FORMAT_VERSION,  # last: an older value would make sae-lens rewrite the cfg
     }
     if hook_name is not None:
         meta["hook_name"] = hook_name
+    threshold = _thresholds(sae) is not None
     return {
-        "architecture": "topk",
+        "architecture": "jumprelu" if threshold else "topk",
         "d_in": sae.d_in,
         "d_sae": sae.num_latents,
-        "k": sae.k,
+        **({} if threshold else {"k": sae.k}),
         "dtype": "float32",
         "device": "cpu",
         "apply_b_dec_to_input": True,
@@ -61,8 +73,8 @@ def export_saelens(sae: TopKSAE, out_dir: str | Path, *, hook_name: str | None =
                    metadata: dict | None = None) -> Path:
     """Write ``sae`` into ``out_dir`` for ``sae_lens.SAE.load_from_disk``, normalisation folded in.
 
-    ``hook_name`` and ``metadata`` (JSON-serialisable) land in cfg.json's ``metadata``. Only TopK SAEs
-    can be exported; other dictionaries raise ``ValueError``.
+    ``hook_name`` and ``metadata`` (JSON-serialisable) land in cfg.json's ``metadata``. Only SAEs (TopK and
+    its families) can be exported; other dictionaries raise ``ValueError``.
     """
     if not isinstance(sae, TopKSAE):
         raise ValueError(
@@ -79,8 +91,18 @@ def export_saelens(sae: TopKSAE, out_dir: str | Path, *, hook_name: str | None =
         "W_dec": folded["W_dec"],
         "b_dec": folded["b_dec"],
     }
+    threshold_F = _thresholds(sae)
+    if threshold_F is not None:
+        tensors["threshold"] = threshold_F
     tensors = {name: t.to(torch.float32).contiguous() for name, t in tensors.items()}
     # Weights first: a cfg.json beside them marks a complete export.
     atomic_save_tensors(out_dir / WEIGHTS_FILE, tensors)
     atomic_write_json(out_dir / CFG_FILE, cfg)
     return out_dir
+
+
+def _thresholds(sae: TopKSAE) -> torch.Tensor | None:
+    """(F,) the inference thresholds of a threshold family, None for TopK codes."""
+    if not isinstance(sae, BatchTopKSAE) or not sae.thresholded:
+        return None
+    return torch.broadcast_to(sae._inference_threshold().detach().float().cpu(), (sae.num_latents,)).clone()

@@ -21,7 +21,8 @@ Shapes (the package's alphabet): B tokens, D input width, F latents (``num_laten
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,8 @@ class SAEConfig:
     PCA whitening); for small models pick k so that k ≪ num_latents.
     """
 
+    arch: ClassVar[str] = "topk"  # the family's name (``sae_families``: subclasses add their settings)
+
     num_latents: int = 0
     expansion_factor: int = 16
     k: int = 64
@@ -48,7 +51,7 @@ class SAEConfig:
         n = self.num_latents or self.expansion_factor * d_in
         if not 0 < self.k <= n:
             raise ValueError(f"k must be in 1..num_latents ({n}), got {self.k}")
-        return SAEConfig(num_latents=n, expansion_factor=max(1, n // d_in), k=self.k, normalization=self.normalization)
+        return replace(self, num_latents=n, expansion_factor=max(1, n // d_in))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +66,10 @@ class SAEOutput:
     indices_BK: Tensor
     aux_values_BA: Tensor
     aux_indices_BA: Tensor
+    prefix_recons_BD: list[Tensor] | None = None
+    """Matryoshka: reconstructions by each nested prefix of the latents but the full one (None: no prefixes)"""
+    l0: Tensor | None = None
+    """JumpReLU: the batch's active count, differentiable in the thresholds (straight-through)"""
 
 
 class TopKSAE(Dictionary):
@@ -91,12 +98,20 @@ class TopKSAE(Dictionary):
         return self.cfg.k
 
     # ---- core ----
+    @torch.no_grad()
+    def initialise(self, z_BD: Tensor) -> None:
+        """Data-dependent start from the first training batch (normalised): the decoder bias at its mean."""
+        self.b_dec.copy_(z_BD.mean(0))
+
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         """Differentiable forward in normalised space; AuxK codes over ``dead_idx`` when given."""
-        vals, idx, aux_vals, aux_idx = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux,
-                                                   reuse_buffer=True)
+        vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
         recon = sparse_decode(vals, idx, self.W_dec) + self.b_dec
         return SAEOutput(recon, vals, idx, aux_vals, aux_idx)
+
+    def encode_train(self, z_BD: Tensor, dead_idx: Tensor | None, k_aux: int) -> tuple[Tensor, ...]:
+        """Differentiable training codes (values_BK, indices_BK, aux_values_BA, aux_indices_BA)."""
+        return topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux, reuse_buffer=True)
 
     def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
         vals, idx, _, _ = topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k)
@@ -122,6 +137,13 @@ class TopKSAE(Dictionary):
 
     def decoder_rows(self) -> Tensor:
         return self.W_dec.detach()
+
+    def family_tensors(self) -> dict[str, Tensor]:
+        """Weights a family adds to TopK's four (saved beside them; TopK: none, so sparsify can read the file)."""
+        return {}
+
+    def load_family_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore :meth:`family_tensors` from a weights file."""
 
     # ---- decoder-norm constraint ----
     @torch.no_grad()

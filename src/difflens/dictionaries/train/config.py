@@ -9,8 +9,8 @@ for 2**14..2**16 latents; when none is given the lr scales with the dictionary a
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import ClassVar, Literal
 
 from ..itda import ITDAConfig
 from ..topk_sae import SAEConfig
@@ -27,7 +27,9 @@ def default_lr(num_latents: int) -> float:
 
 @dataclass
 class SAETrainConfig:
-    """A TopK SAE: its architecture and how it is optimised."""
+    """A TopK SAE: its architecture and how it is optimised (other families: ``family_configs``)."""
+
+    ARCH_CONFIG: ClassVar[type[SAEConfig]] = SAEConfig
 
     num_latents: int = 0
     """SAE latents (0: expansion_factor × width)"""
@@ -65,8 +67,8 @@ class SAETrainConfig:
     """bf16 autocast on CUDA"""
 
     def architecture(self, d_in: int) -> SAEConfig:
-        return SAEConfig(num_latents=self.num_latents, expansion_factor=self.expansion_factor, k=self.k,
-                         normalization=self.normalization).resolve(d_in)
+        names = {f.name for f in fields(self.ARCH_CONFIG)}
+        return self.ARCH_CONFIG(**{k: v for k, v in asdict(self).items() if k in names}).resolve(d_in)
 
     def resolved(self, d_in: int) -> "SAETrainConfig":
         """This config with ``lr`` filled in (the size-scaled default when none was given): what a run records."""
@@ -146,5 +148,7 @@ STEP_SETTINGS = {"step_normalization"}
 def job_settings(method: str, cfg: SAETrainConfig | ITDATrainConfig, run: RunConfig) -> dict:
     """The settings a checkpoint is bound to (a resume must match them): method, config, normalisation fit."""
     settings = {"method": method, **asdict(cfg), **asdict(run)}
+    if getattr(cfg, "ARCH_CONFIG", SAEConfig).arch != "topk":  # TopK jobs keep their recorded settings
+        settings["arch"] = cfg.ARCH_CONFIG.arch
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()
             if k not in OPERATIONAL | STEP_SETTINGS}

@@ -1,8 +1,14 @@
-"""Training a TopK SAE, read top to bottom: data -> job (resume check) -> normaliser -> SAE -> steps -> files.
+"""Training a TopK SAE (or another family, ``sae_families``), read top to bottom: data -> job (resume check) ->
+normaliser -> SAE -> steps -> files.
 
 Loss per step, over the global batch::
 
     FVU = Σ w·(z − ẑ)² / Σ w·(z − mean z)²   +   auxk_coef × Σ w·(ê_aux − (z − ẑ))² / Σ w·(z − mean z)²
+
+Family terms: Matryoshka adds the FVU of each smaller prefix's reconstruction (the logged ``fvu`` stays the
+full dictionary's; ``fvu_prefix<i>`` each prefix's); JumpReLU adds ``l0_coef × (L0 / k − 1)²`` with L0 the
+mean active latents per token (straight-through gradient to the thresholds); BatchTopK (and Matryoshka on it)
+updates its inference threshold after each step.
 
 with z the normalised input. ``loss_space="input"``: w = 1 (the error the SAE sees). ``"residual"``:
 w = scale² of the normaliser, which is exactly the squared error after mapping back to residual space
@@ -31,6 +37,7 @@ from ...distributed import init_from_env, pick_device, rank_and_world
 from ...locks import output_lock
 from ..base import check_activations
 from ..sparse_ops import sparse_decode
+from ..sae_families import make_sae
 from ..topk_sae import TopKSAE
 from .config import RunConfig, SAETrainConfig, default_lr
 from ..normalization import loss_weights, normalize_rows
@@ -45,7 +52,7 @@ StepCallback = Callable[[int, TopKSAE, dict], "bool | None"]
 
 def train_sae(source, cfg: SAETrainConfig | None = None, run: RunConfig | None = None, *, site: str | None = None,
               step: int | None = None, split: str = "auto", on_step: StepCallback | None = None) -> TopKSAE:
-    """Train a TopK SAE on ``source`` (see :func:`~.data.resolve_data`); writes ``run.out`` when given.
+    """Train a TopK SAE (or the family of ``cfg``'s class, see ``family_configs``) on ``source`` (see :func:`~.data.resolve_data`); writes ``run.out`` when given.
 
     ``on_step(step, sae, stats)`` runs after every optimiser step (rank 0); returning True stops training.
     The returned SAE carries ``meta`` (site, step, store identity, split, config). ``run.out`` is locked against
@@ -76,7 +83,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
                                                      cfg.seed)
     if finished is not None:
         return finished
-    sae = TopKSAE(reader.dim, arch, normalizer=normalizer, seed=cfg.seed).to(device)
+    sae = make_sae(reader.dim, arch, normalizer=normalizer, seed=cfg.seed).to(device)
     state = SAEState.create(sae, cfg)
     epoch = batch_idx = 0
     if restored is not None:
@@ -84,7 +91,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
         state.load_tensors({k: v.to(device) if not k.startswith("rng.") else v for k, v in tensors.items()})
         restore_rng(tensors)
         state.step, epoch, batch_idx = info["step"], info["epoch"], info["next_batch"]
-    meta = {**data.origin(), "method": "sae", "sae": arch.to_dict(), "train": asdict(cfg), "job": job.identity()}
+    meta = {**data.origin(), "method": "sae", "arch": arch.arch, "sae": arch.to_dict(), "train": asdict(cfg), "job": job.identity()}
     sae.meta = meta  # known from the start, so on_step callbacks can evaluate on the right store
     job.open_log(state.step, data.site or "sae", meta)
 
@@ -98,8 +105,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
         z = normalize_rows(normalizer, acts.float().to(device, non_blocking=True), steps_B)
         weights_D = loss_weights(normalizer, steps_B).to(device) if cfg.loss_space == "residual" else None
         if not initialised:
-            with torch.no_grad():  # start the decoder bias at the data mean (normalised space)
-                sae.b_dec.copy_(z.mean(0))
+            sae.initialise(z)  # data-dependent start (decoder bias at the mean, normalised space)
             initialised = True
         centred_sq = (z - z.mean(0)).pow(2)
         total_variance = (centred_sq if weights_D is None else centred_sq * weights_D).sum().clamp_min(1e-12)
@@ -163,21 +169,28 @@ class SAEState:
         device_type = z_BD.device.type
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.autocast and device_type == "cuda"):
             out = sae.forward_train(z_BD, dead_idx, cfg.k_aux)
+        def weighted_l2(err_BD: torch.Tensor) -> torch.Tensor:
+            sq = err_BD.pow(2)
+            return (sq if weights_D is None else sq * weights_D).sum()
+
         err_BD = z_BD - out.recon_BD.float()
-        sq = err_BD.pow(2)
-        l2 = (sq if weights_D is None else sq * weights_D).sum()
-        loss = l2 / total_variance
+        l2 = weighted_l2(err_BD)
+        prefix_l2 = [weighted_l2(z_BD - r.float()) for r in out.prefix_recons_BD or []]
+        loss = (l2 + sum(prefix_l2)) / total_variance
+        if out.l0 is not None and getattr(cfg, "l0_coef", 0) > 0:  # JumpReLU: pull mean L0 to the target k
+            n_local = z_BD.shape[0]
+            loss = loss + cfg.l0_coef / world * (out.l0 / n_local / sae.k - 1).pow(2)
         aux_l2 = torch.zeros((), device=z_BD.device)
         if out.aux_indices_BA.shape[1] > 0:
             aux_BD = sparse_decode(out.aux_values_BA, out.aux_indices_BA, sae.W_dec)
-            aux_sq = (aux_BD.float() - err_BD.detach()).pow(2)
-            aux_l2 = (aux_sq if weights_D is None else aux_sq * weights_D).sum()
+            aux_l2 = weighted_l2(aux_BD.float() - err_BD.detach())
             loss = loss + cfg.auxk_coef * aux_l2 / total_variance
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         params = list(sae.parameters())
         fired = torch.bincount(out.indices_BK[out.values_BK > 0], minlength=sae.num_latents)
-        sums = torch.stack([l2.detach(), aux_l2.detach(), (out.values_BK > 0).sum().float()])
+        sums = torch.stack([l2.detach(), aux_l2.detach(), (out.values_BK > 0).sum().float(),
+                            *(p.detach() for p in prefix_l2)])
         if world > 1:
             flat = torch.cat([p.grad.reshape(-1) for p in params])
             dist.all_reduce(flat)
@@ -193,6 +206,8 @@ class SAEState:
             group["lr"] = self.lr_at(self.step)
         self.opt.step()
         sae.normalize_decoder()
+        if hasattr(sae, "observe"):
+            sae.observe(out, getattr(cfg, "threshold_rate", 0.01))
         n_tokens = global_tokens if global_tokens is not None else z_BD.shape[0] * world
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired > 0] = 0
@@ -204,6 +219,7 @@ class SAEState:
             "l0": float(sums[2]) / n_tokens,
             "dead": float(self.dead_mask().float().mean()),
             "lr": self.lr_at(self.step - 1),
+            **{f"fvu_prefix{i}": float(v) / tv for i, v in enumerate(sums[3:])},
         }
 
     # ---- checkpoint tensors ----
@@ -216,7 +232,8 @@ class SAEState:
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
-            for name, p in self.sae.named_parameters():
-                p.copy_(tensors[f"model.{name}"])
+            for name, t in self.sae.state_dict().items():  # parameters and buffers (BatchTopK's threshold)
+                if not name.startswith("normalizer."):
+                    t.copy_(tensors[f"model.{name}"])
         load_optimizer_tensors(self.opt, tensors)
         self.tokens_since_fired.copy_(tensors["tokens_since_fired"])
