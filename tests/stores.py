@@ -69,10 +69,11 @@ def _scenes(n: int) -> list[Scene]:
     return out
 
 
-def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=False, split=False):
+def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=False, split=False, steps=(0,)):
     """Rendered scenes as 'generated' images; image-token activations: dim 0 = 4 on red tokens, noise elsewhere.
     `split`: also dims 1-3 = 8 on the red tokens whose index is 0, 1, 2 mod 3 (red split three ways), dim 4 = 8 on
-    a random 5 % of tokens (noise), dim 5 = 8 on every object token (a coarse concept)."""
+    a random 5 % of tokens (noise), dim 5 = 8 on every object token (a coarse concept). `steps`: denoising steps
+    of the image site, step t holding the activations x (1 + t) (the text site: step 0)."""
     scenes = _scenes(n_images)
     w = StoreWriter(root, dtype="float16")
     w.prepare({"model": "synthetic"}, [{"image_id": i, "prompt": caption_for(s.background, s.objects), "seed": i}
@@ -95,13 +96,13 @@ def make_world_store(root, n_images=24, per_chunk=6, images=True, text_site=Fals
                 a[:, 4] = 8.0 * (rng.random(256) < 0.05)
                 a[:, 5] = 8.0 * label_image(img, WORLD_GRID)[0][:, CONCEPTS.index("part:object")]
             acts.append(a)
-        rows = {(SITE, 0): ChunkRows(torch.tensor(np.concatenate(acts)), np.repeat(ids, 256),
-                                     np.tile(np.arange(256), len(ids)))}
+        rows = {(SITE, t): ChunkRows(torch.tensor(np.concatenate(acts)) * (1 + t), np.repeat(ids, 256),
+                                     np.tile(np.arange(256), len(ids))) for t in steps}
         if text_site:
             rows[("double.1.txt.out", 0)] = ChunkRows(torch.randn(4 * len(ids), DIM), np.repeat(ids, 4),
                                                       np.tile(np.arange(4), len(ids)))
         w.write_chunk(c, ids, imgs if images else None, rows)
-    entries = [EntrySpec(SITE, 0, DIM, "image", 256, WORLD_GRID)]
+    entries = [EntrySpec(SITE, t, DIM, "image", 256, WORLD_GRID) for t in steps]
     if text_site:
         entries.append(EntrySpec("double.1.txt.out", 0, DIM, "text", 4, None))
     w.finalize(entries, n_chunks, {"model": "synthetic", "n_images": n_images, "prompts_hash": "h"}, holdout=0.25)

@@ -470,3 +470,22 @@ def test_write_truth_refuses_another_dictionarys_report_unless_overwrite(tmp_pat
     write_truth({**report, "dictionary": "itda"}, path, overwrite=True)
     assert "replacing a ground-truth report" in capsys.readouterr().err
     assert json.loads(path.read_text())["dictionary"] == "itda"
+
+
+def test_a_dictionary_across_steps_is_reported_at_one_step_with_that_steps_normaliser(tmp_path):
+    import difflens as dl
+    from difflens.dictionaries.normalization import StepNormalizers
+
+    store = make_world_store(tmp_path / "s", split=True, steps=(0, 1))  # step 1 = 2 x step 0
+    sae = dl.train_sae(store, SITE, [0, 1], k=4, num_latents=32, num_tokens=20_000, batch_size=256, lr=3e-3,
+                       normalization="pca", step_normalization="per-step", seed=0, progress=False)
+    with pytest.raises(ValueError, match="pass step"):
+        sae.encode(torch.zeros(1, DIM))
+    at = {t: truth_report(sae, store, step=t, sparse_sizes=(), bootstrap=0) for t in (0, 1)}
+    assert isinstance(sae.normalizer, StepNormalizers)  # the report read a view; the dictionary is unchanged
+    # each step whitened by its own statistics: step 1's inputs become step 0's, and so do the reports
+    assert at[1]["step"] == 1 and at[0]["step"] == 0
+    for control in ("dictionary", "random", "init"):
+        for m in ("precise_share", "mean_f1", "mean_union_f1"):
+            assert at[1]["summary"][control][m] == pytest.approx(at[0]["summary"][control][m], abs=1e-3), (control, m)
+    assert at[1]["summary"]["dictionary"]["precise_share"] > at[1]["summary"]["init"]["precise_share"]

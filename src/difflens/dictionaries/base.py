@@ -13,6 +13,7 @@ dictionary, or ``step_normalization="shared"``) ``step`` is accepted and not nee
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,17 @@ class Dictionary(torch.nn.Module):
         if isinstance(self.normalizer, StepNormalizers):
             return self.normalizer.for_step(step)
         return self.normalizer
+
+    def at_step(self, step: int | None) -> "Dictionary":
+        """The dictionary as rows of one denoising ``step`` see it: itself, or (one normaliser per step) a view
+        sharing its weights and meta whose normaliser is that step's, so step-free code (reports, controls that
+        copy the normaliser) reads it as a one-step dictionary."""
+        if not isinstance(self.normalizer, StepNormalizers):
+            return self
+        view = copy.copy(self)
+        view._modules = dict(self._modules)  # the view's own module table: the original keeps its normalisers
+        view.normalizer = self.normalizer_for(step)
+        return view
 
     @property
     def store(self) -> dict | None:

@@ -614,12 +614,13 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
 
     Choices come from the train images (the first `max_train_images` of them if set); every measure is taken on
     the held-out images, for the dictionary and for each control in `controls` ("random": random directions,
-    "init": the dictionary before training). With an `autointerp` summary and its `index`, the scored latents
+    "init": the dictionary before training). A dictionary across steps is read at `step` (with one normaliser
+    per step: that step's). With an `autointerp` summary and its `index`, the scored latents
     also get a perfect judge's detection score. Every field is described in docs/truth.md."""
     name, dictionary, store = _open_inputs(dictionary, store)
     sparse_sizes = _check_options(sparse_sizes, controls)
     data = _Data.open(dictionary, store, site, step, labels, batch_size)
-    dictionary = dictionary.to(device).eval()
+    dictionary = dictionary.at_step(data.step).to(device).eval()  # across steps: the report's step's normaliser
     data.choose_images(max_train_images, max_probe_tokens, random_seed)
     # pass 0 (train): mean of the inputs (centres the random directions), the probe's train tokens
     center, n_train, Xt, Yt = data.train_mean_and_probe_tokens(dictionary, device)

@@ -1,4 +1,4 @@
-"""`difflens study truth|scan|extra-concepts`: the ground-truth studies the docs quote, flags from their configs."""
+"""`difflens study truth|families|scan|extra-concepts`: the ground-truth studies the docs quote, flags from their configs."""
 
 from __future__ import annotations
 
@@ -10,14 +10,18 @@ from difflens.configs import add_command, config_from_args
 
 def register(subparsers) -> None:
     from .extra_concepts import ExtraConceptsConfig
+    from .families_study import FamiliesConfig
     from .truth_scan import ScanConfig
     from .truth_study import StudyConfig
 
-    s = subparsers.add_parser("study", help="ground-truth studies: dictionaries x seeds x steps x sizes, a site x step "
-                                            "scan, extra concept families")
+    s = subparsers.add_parser("study", help="ground-truth studies: dictionaries x seeds x steps x sizes, SAE families, "
+                                            "a site x step scan, extra concept families")
     ssub = s.add_subparsers(dest="study_command", required=True, metavar="STUDY")
     add_command(ssub, "truth", "the ground-truth study of a demo run: dictionaries over seeds, the random-model control "
                 "across sites and steps, sizes (writes study.json and study.md)", cmd_truth, StudyConfig)
+    add_command(ssub, "families", "SAE families (TopK, BatchTopK, Matryoshka, JumpReLU) at equal width and k, and one "
+                "dictionary across steps vs one per step, on a demo run's ground truth (writes families.json and "
+                "families.md)", cmd_families, FamiliesConfig)
     add_command(ssub, "scan", "ground truth of one small SAE per (site, step) of a store: where the concepts live",
                 cmd_scan, ScanConfig)
     add_command(ssub, "extra-concepts", "one SAE's ground truth with extra candidate concept families (tone, edge, "
@@ -28,6 +32,13 @@ def cmd_truth(args) -> int:
     from .truth_study import StudyConfig, study_from_config
 
     print(study_from_config(config_from_args(StudyConfig, args))["table"])
+    return 0
+
+
+def cmd_families(args) -> int:
+    from .families_study import FamiliesConfig, run_families_study
+
+    print(run_families_study(config_from_args(FamiliesConfig, args))["table"])
     return 0
 
 

@@ -54,18 +54,47 @@ def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cf
     raise ValueError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
 
 
-def _report(dictionary, folder: Path, labels) -> dict:
+@dataclass
+class DemoRun:
+    """A demo run folder as the studies read it: its store, site and step, its config (summary.json's), and the
+    dictionary shape of its recipe (k, num_latents = expansion x width, sae_tokens, itda_tokens, itda_threshold)."""
+
+    folder: Path
+    config: dict
+    site: str
+    step: int
+    store: object
+    recipe: dict
+
+
+def open_run(run: str | Path) -> DemoRun:
+    """The demo run at `run` (summary.json and its store)."""
+    import difflens as dl
+
+    run = Path(run)
+    summary = json.loads(summary_path(run).read_text())
+    cfg, site, step = summary["config"], summary["site"], int(summary["step"])
+    store = dl.open_store(store_folder(run))
+    width = store.reader(site, step, "train").dim
+    recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * width, "sae_tokens": cfg["sae_tokens"],
+              "itda_tokens": cfg.get("itda_tokens"), "itda_threshold": cfg.get("itda_threshold")}
+    return DemoRun(run, cfg, site, step, store, recipe)
+
+
+def cached_report(dictionary, path: Path, labels, step: int | None = None) -> dict:
+    """The ground-truth report (with its random and untrained controls, no sparse probes) of `dictionary` at
+    `step` (default: its own), read back from `path` when a finished one is there, else computed and written."""
     from difflens.interpret.truth import truth_report, write_truth
 
-    path = truth_path(folder)
     if path.exists():
         return json.loads(path.read_text())
-    report = truth_report(dictionary, labels=labels, sparse_sizes=())
+    report = truth_report(dictionary, labels=labels, step=step, sparse_sizes=())
     write_truth(report, path)
     return json.loads(path.read_text())
 
 
-def _row(report: dict, **keys) -> dict:
+def report_row(report: dict, **keys) -> dict:
+    """`keys` plus a report's summary measures flat: "<control>.<measure>" and "<control>.<measure>.interval"."""
     row = dict(keys)
     for control, s in report["summary"].items():
         for m in MEASURES:
@@ -84,17 +113,10 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
     Three parts: the dictionaries (`methods` × `seeds` at the demo's site and step); the whitened SAE on the
     trained and the random model at every site of `sites` (default: the demo's) × `steps`, over `step_seeds`
     (default: `seeds`); the whitened SAE at each (latents, k) of `sizes` at the demo's site and step (seed 0)."""
-    import difflens as dl
-
     from difflens.interpret.labels import token_labels
 
-    run = Path(run)
-    summary = json.loads(summary_path(run).read_text())
-    cfg, site, main_step = summary["config"], summary["site"], int(summary["step"])
-    store = dl.open_store(store_folder(run))
-    width = store.reader(site, main_step, "train").dim
-    recipe = {"k": cfg["k"], "num_latents": cfg["expansion_factor"] * width, "sae_tokens": cfg["sae_tokens"],
-              "itda_tokens": cfg["itda_tokens"], "itda_threshold": cfg["itda_threshold"]}
+    demo = open_run(run)
+    run, cfg, site, main_step, store, recipe = demo.folder, demo.config, demo.site, demo.step, demo.store, demo.recipe
     out = Path(out) if out is not None else run / "truth_study"
     labels = token_labels(store)
     sites = list(sites or [site])
@@ -104,9 +126,9 @@ def run_study(run: str | Path, out: str | Path | None = None, seeds=(0, 1, 2), s
         shape = dict(recipe, **({"num_latents": size[0], "k": size[1]} if size else {}))
         name = method + (f"_{size[0]}k{size[1]}" if size else "")
         folder = out / model / at / f"step{step}" / name / f"seed{seed}"
-        report = _report(_train(method, st, at, step, seed, folder, shape), folder, labels)
-        rows.append(_row(report, part=part, model=model, method=method, site=at, step=step, seed=seed,
-                         latents=report["num_latents"], k=report["k"]))
+        report = cached_report(_train(method, st, at, step, seed, folder, shape), truth_path(folder), labels)
+        rows.append(report_row(report, part=part, model=model, method=method, site=at, step=step, seed=seed,
+                               latents=report["num_latents"], k=report["k"]))
         print(json.dumps({k: rows[-1][k] for k in ("part", "model", "method", "site", "step", "seed",
                                                    "dictionary.precise_share")}), flush=True)
 
@@ -140,16 +162,18 @@ def _control_store(run: Path, cfg: dict, sites: list[str], steps, out: Path):
                       seed=cfg["seed"], holdout=cfg["holdout"], control="random-init", progress=False)
 
 
-def _fmt(values, intervals=None) -> str:
+def fmt_cell(values, intervals=None, scale: float = 100.0, digits: int = 1) -> str:
+    """One table cell over seeds: mean x `scale` [interval averaged over seeds] (seeds min-max); "-" if none."""
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if not v.size:
         return "-"
-    text = f"{100 * v.mean():.1f}"
+    f = lambda x: f"{scale * x:.{digits}f}"  # noqa: E731
+    text = f(v.mean())
     ivs = [iv for iv in (intervals or []) if iv]
     if ivs:
-        text += f" [{100 * np.mean([i[0] for i in ivs]):.1f}, {100 * np.mean([i[1] for i in ivs]):.1f}]"
+        text += f" [{f(np.mean([i[0] for i in ivs]))}, {f(np.mean([i[1] for i in ivs]))}]"
     if v.size > 1:
-        text += f" (seeds {100 * v.min():.1f}-{100 * v.max():.1f})"
+        text += f" (seeds {f(v.min())}-{f(v.max())})"
     return text
 
 
@@ -172,13 +196,13 @@ def study_tables(rows: list[dict]) -> str:
             part = p
         col = lambda key: [r.get(key) for r in rs]  # noqa: E731
         out.append(f"| {model} | {method} | {site} | {step} | {latents} | {k} | {len(rs)} | "
-                   f"{_fmt(col('dictionary.precise_share'), col('dictionary.precise_share.interval'))} | "
-                   f"{_fmt(col('random.precise_share'), col('random.precise_share.interval'))} | "
-                   f"{_fmt(col('init.precise_share'), col('init.precise_share.interval'))} | "
-                   f"{_fmt(col('dictionary.precise_share_coarse'))} | {_fmt(col('dictionary.ap_share'))} | "
-                   f"{_fmt(col('dictionary.f1_share'), col('dictionary.f1_share.interval'))} | "
-                   f"{_fmt(col('dictionary.mean_union_f1'))} | {_fmt(col('dictionary.mean_absorption'))} | "
-                   f"{_fmt(col('probe_ceiling'))} |")
+                   f"{fmt_cell(col('dictionary.precise_share'), col('dictionary.precise_share.interval'))} | "
+                   f"{fmt_cell(col('random.precise_share'), col('random.precise_share.interval'))} | "
+                   f"{fmt_cell(col('init.precise_share'), col('init.precise_share.interval'))} | "
+                   f"{fmt_cell(col('dictionary.precise_share_coarse'))} | {fmt_cell(col('dictionary.ap_share'))} | "
+                   f"{fmt_cell(col('dictionary.f1_share'), col('dictionary.f1_share.interval'))} | "
+                   f"{fmt_cell(col('dictionary.mean_union_f1'))} | {fmt_cell(col('dictionary.mean_absorption'))} | "
+                   f"{fmt_cell(col('probe_ceiling'))} |")
     return "\n".join(out) + "\n"
 
 
