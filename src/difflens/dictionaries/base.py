@@ -43,6 +43,14 @@ class SparseCodes:
         """The same codes as (tokens, K)."""
         return SparseCodes(self.values.reshape(-1, self.values.shape[-1]), self.indices.reshape(-1, self.indices.shape[-1]))
 
+    @staticmethod
+    def cat(parts: "list[SparseCodes]") -> "SparseCodes":
+        """Codes of several calls as one (tokens, K). Families whose L0 varies per token (BatchTopK, JumpReLU) pad
+        each call to its own widest row, so narrower parts gain inactive slots (value 0, index 0)."""
+        width = max(p.values.shape[-1] for p in parts)
+        pad = lambda x: torch.nn.functional.pad(x, (0, width - x.shape[-1]))  # noqa: E731
+        return SparseCodes(torch.cat([pad(p.values) for p in parts]), torch.cat([pad(p.indices) for p in parts]))
+
 
 def check_activations(acts_BD: Tensor, dim: int, what: str = "activations") -> None:
     """Raise a clear ValueError for a width mismatch or non-finite values."""

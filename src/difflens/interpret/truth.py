@@ -833,9 +833,8 @@ def _measure(encoders: dict, data: _Data, max_F: dict, img_pos: np.ndarray, prob
 def _sparse_probing(train_parts: list, held_parts: list, num_latents: int, Yt: Tensor, Yh: Tensor,
                     sparse_sizes) -> dict:
     """One encoder's sparse probes, on the codes of the probe tokens."""
-    cat = lambda parts: SparseCodes(torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts]))  # noqa: E731
-    ft = ProbeFeatures(codes=cat(train_parts), num_features=num_latents)
-    fh = ProbeFeatures(codes=cat(held_parts), num_features=num_latents)
+    ft = ProbeFeatures(codes=SparseCodes.cat(train_parts), num_features=num_latents)
+    fh = ProbeFeatures(codes=SparseCodes.cat(held_parts), num_features=num_latents)
     return sparse_probes(ft, fh, Yt, Yh, sparse_sizes)
 
 

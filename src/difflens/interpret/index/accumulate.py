@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from difflens.dictionaries.base import SparseCodes
+
 from .config import IndexConfig
 
 _SCRATCH_ELEMENTS = 1 << 25  # pre-activation elements (tokens × latents) per encode call
@@ -81,7 +83,8 @@ def encode_rows(dictionary, acts_BD: Tensor) -> tuple[Tensor, Tensor]:
         codes = dictionary.encode(acts_BD)
         return codes.values, codes.indices
     parts = [dictionary.encode(acts_BD[i : i + step]) for i in range(0, acts_BD.shape[0], step)]
-    return torch.cat([c.values for c in parts]), torch.cat([c.indices for c in parts])
+    codes = SparseCodes.cat(parts)
+    return codes.values, codes.indices
 
 
 class Accumulator:
