@@ -21,10 +21,12 @@ def register(subparsers) -> None:
 
     from .run import BenchConfig
 
-    b = subparsers.add_parser("bench", help="benchmarks: edits (RIEBench's editing protocol, scored by the oracle)")
+    b = subparsers.add_parser("bench", help="benchmarks: edits (RIEBench's editing protocol, scored by the oracle "
+                              "on the shapes world, against reference generations on any model)")
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     add_command(bsub, "edits", "edit source generations toward target prompts with dictionary features, the dense "
-                "activation difference, a random control and prompt swap; oracle scores with bootstrap intervals",
+                "activation difference, a random control and prompt swap; oracle scores (shapes world) and PSNR / "
+                "SSIM / LPIPS / CLIP against the reference generations, with bootstrap intervals",
                 cmd_edits, BenchConfig, GroupsCommand)
 
 
@@ -42,7 +44,7 @@ def cmd_edits(args) -> int:
         raise ValueError("--merge-only needs --groups (the groups whose files to merge)")
     else:
         results = run_edit_bench(config)
-    print(format_bench_table(results["rows"], results.get("random_reference")))
+    print(format_bench_table(results["rows"], results.get("random_reference"), results.get("scorers")))
     counts = ", ".join(f"{c} {v['kept']}/{v['tried']}" for c, v in results["pair_counts"].items())
     print(f"pairs kept/tried per category: {counts}")
     if config.out:

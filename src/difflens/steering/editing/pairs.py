@@ -31,8 +31,11 @@ Two file formats are read (`read_pairs`), one JSON object a line:
   * difflens: {"id", "category", "seed", "source", "target", "source_scene", "target_scene", "object",
     "attribute", "value"}.
   * RIEBench / PIE-Bench: {"original_prompt", "editing_prompt", optional "mask" (an image path relative to
-    the file, a 2-D 0/1 list, or PIE-Bench's run-length list over a 512x512 image), optional "category",
-    "seed", "id"}. No scenes: these are scored without the oracle (pixel preservation only).
+    the file, a 2-D 0/1 list, or PIE-Bench's run-length list over a 512x512 image), optional "editing_type"
+    (RIEBench's category name; PIE-Bench's "editing_type_id" digit is named as PIE-Bench names it; "category"
+    overrides both; none: "edit"), "seed", "id"}. No scenes: these are scored without the oracle, against the
+    model's own generations of both prompts (`image_scores`, `learned_scores`); their masks are prepared as
+    RIEBench prepares them (`image_scores.prepare_mask`).
 """
 
 from __future__ import annotations
@@ -399,6 +402,25 @@ def _check_edit(p: EditPair, where: str) -> None:
                          f"(object {p.object}, {p.attribute} -> {p.value})")
 
 
+# PIE-Bench's editing_type_id digits (its mapping_file.json), named as its paper names the ten edit types
+PIE_BENCH_TYPES = {"0": "random", "1": "change_object", "2": "add_object", "3": "delete_object",
+                   "4": "change_content", "5": "change_pose", "6": "change_color", "7": "change_material",
+                   "8": "change_background", "9": "change_style"}
+
+
+def riebench_category(row: dict) -> str:
+    """A RIEBench / PIE-Bench row's category: "category", else RIEBench's "editing_type", else PIE-Bench's
+    "editing_type_id" by name, else "edit"."""
+    if row.get("category"):
+        return str(row["category"])
+    if row.get("editing_type"):
+        return str(row["editing_type"])
+    type_id = row.get("editing_type_id")
+    if type_id is not None and str(type_id) != "":
+        return PIE_BENCH_TYPES.get(str(type_id), f"type_{type_id}")
+    return "edit"
+
+
 def _decode_mask(mask, base: Path, where: str) -> np.ndarray | None:
     if mask is None:
         return None
@@ -444,7 +466,7 @@ def read_pairs(path: str | Path | None = None, vocabulary: set[str] | None = Non
         if "original_prompt" in row or "editing_prompt" in row:  # RIEBench / PIE-Bench
             if not row.get("original_prompt") or not row.get("editing_prompt"):
                 raise ValueError(f"{where}: a RIEBench pair needs both 'original_prompt' and 'editing_prompt'")
-            p = EditPair(id=str(row.get("id", f"pair-{line_no}")), category=str(row.get("category", "edit")),
+            p = EditPair(id=str(row.get("id", f"pair-{line_no}")), category=riebench_category(row),
                          source=str(row["original_prompt"]).replace("[", "").replace("]", ""),
                          target=str(row["editing_prompt"]).replace("[", "").replace("]", ""),
                          seed=row.get("seed", 42), mask=_decode_mask(row.get("mask"), path.parent, where))

@@ -9,9 +9,15 @@ Without a pairs file the model's world picks the shipped one (`pairs.pairs_file`
 oracle always reads images, and judges them, in the model's world (a rich model is also judged on patterns and
 textures). The edit mask is the oracle's mask of the edited object in the source and target generations (for
 background and texture edits: everything that is no object in either), resized to each site's token grid and
-thresholded > 0; a pair file's own mask replaces it. Each method then re-generates the source prompts, same
-seeds, with its intervention, and the oracle judges the results (`scoring.judge`); PSNR is taken outside the edit
-region (the token mask at pixel resolution) against the unedited source image.
+thresholded > 0; a pair file's own mask replaces it, prepared as RIEBench prepares it (blurred, resized to each
+site's token grid, thresholded: `image_scores.prepare_mask`). Each method then re-generates the source prompts,
+same seeds, with its intervention, and the oracle judges the results of pairs with scenes (`scoring.judge`).
+
+Every edited image is also scored against the two reference generations (the model's own generations of the
+source and the target prompt, same seed): PSNR / SSIM outside the edit region (the token mask at pixel resolution)
+against the source and inside it against the target, over the whole image when the pair has no mask
+(`image_scores`), and LPIPS / CLIP when their weights load (`learned_scores`). This is all a model without an
+oracle (FLUX, SDXL) is scored with; results and tables name the scorers that produced them.
 """
 
 from __future__ import annotations
@@ -31,9 +37,13 @@ from ...locks import locks_output
 from ...outputs import same_settings
 from ..edits import parse_steps
 from ..regions import mask_to_grid
+from .image_scores import MASKED, WHOLE_IMAGE, pixel_scores, prepare_mask
+from .learned_scores import LearnedScorers, load_learned_scorers
 from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
 from .pairs import SCENE_ATTRIBUTES, EditPair, check_prompts, model_vocabulary, pairs_file, read_pairs
-from .scoring import faithful, judge, psnr_outside, summarise
+from .scoring import faithful, judge, summarise
+
+LPIPS_NETS = ("alex", "vgg", "squeeze", "off")
 
 
 @dataclass
@@ -77,6 +87,16 @@ class BenchConfig:
     """under classifier-free guidance, the halves edited (contrast: +cond, -uncond)"""
     require_faithful: bool = True
     """keep only pairs whose source generation reads as the source scene (oracle pairs)"""
+    mask_blur: float = 1 / 64
+    """a pair file's masks: gaussian blur sigma as a fraction of the mask's longer side (RIEBench's preparation)"""
+    mask_threshold: float = 0.5
+    """a pair file's masks: a token is edited when its blurred, resized mask value exceeds this"""
+    clip_model: str | None = None
+    """transformers CLIP model folder (or hub id) for CLIP image / text similarity to the references; none: not
+    scored"""
+    lpips_net: str = "alex"
+    """network of the LPIPS distance to the references (alex, vgg, squeeze; off: not scored); needs the lpips
+    package and its weights (else said and not scored)"""
     batch_size: int = 32
     """images per generation call"""
     seed: int = 0
@@ -103,6 +123,11 @@ class BenchConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.n_boot < 1:
             raise ValueError(f"n_boot must be >= 1, got {self.n_boot}")
+        if self.lpips_net not in LPIPS_NETS:
+            raise ValueError(f"lpips_net must be one of {', '.join(LPIPS_NETS)}, got {self.lpips_net!r}")
+        if self.mask_blur < 0 or not 0 <= self.mask_threshold < 1:
+            raise ValueError(f"mask_blur must be >= 0 and mask_threshold in [0, 1), got {self.mask_blur}, "
+                             f"{self.mask_threshold}")
 
 
 # ------------------------------------------------------------------ masks
@@ -236,6 +261,20 @@ class _Plan:
     select_index: dict[str, int | None]  # per feature method: the edited step (its position) whose codes select
     sites: list[str]  # every site captured: the feature methods' and the dense ones
     grids: dict[str, tuple[int, int]]
+    learned: LearnedScorers  # LPIPS / CLIP where they loaded, and a line per scorer
+
+    @property
+    def oracle(self) -> bool:
+        """Whether the oracle scores any pair (the pairs carry their scenes)."""
+        return any(p.judged for p in self.pairs if p.category in self.categories)
+
+    def scorer_lines(self) -> list[str]:
+        """Which scorer produced which numbers, one line each (tables and results.json)."""
+        oracle = (f"oracle: the {self.world} world's oracle reads each image (success, preservation, clean)"
+                  if self.oracle else "oracle: none (pairs without scenes: success, preservation, clean not scored)")
+        pixels = ("pixels: PSNR / SSIM against the model's own generations of the source prompt (outside the mask) "
+                  f"and the target prompt (inside it), same seed; {WHOLE_IMAGE} -> over every pixel")
+        return [oracle, pixels, *self.learned.lines]
 
     @classmethod
     def check(cls, config: BenchConfig, model, dictionaries: dict | None) -> "_Plan":
@@ -255,8 +294,10 @@ class _Plan:
         select_index = {name: _select_index(config.select, f, steps) for name, f in features.items()}
         sites = list(dict.fromkeys([*(f.site for f in features.values()), *dense_sites]))
         grids = {s: model.site(s).grid for s in sites}
+        learned = load_learned_scorers(config.clip_model, None if config.lpips_net == "off" else config.lpips_net,
+                                       "cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, world, pairs_path, pairs, categories, num_steps, steps, builtin, features, dense_sites,
-                   reference, select_index, sites, grids)
+                   reference, select_index, sites, grids, learned)
 
 
 def _chosen_dictionaries(config: BenchConfig, dictionaries: dict | None) -> dict:
@@ -372,11 +413,15 @@ class _Bench:
         return np.concatenate(images), {n: torch.cat(v) for n, v in got.items()}
 
     def score(self, kept: list[Kept], images: np.ndarray, method: str, site: str | None, strength, k, extra=None):
-        """One record per kept pair: the oracle's judgement of its edited image (oracle pairs) and the PSNR outside
-        the edit region."""
+        """One record per kept pair: the oracle's judgement of its edited image (oracle pairs), its pixel scores
+        against the two reference generations (inside / outside the edit region, or the whole image without a
+        mask) and the learned scores that loaded."""
         from difflens.world.oracle import read_image
 
         world = self.plan.world
+        learned = self.plan.learned.scores(images, np.stack([kp.source for kp in kept]),
+                                           np.stack([kp.target for kp in kept]), [kp.pair.source for kp in kept],
+                                           [kp.pair.target for kp in kept])
         for j, (kp, img) in enumerate(zip(kept, images)):
             rec = {"pair": kp.pair.id, "category": kp.pair.category, "method": method, "site": site,
                    "strength": strength, "k": k}
@@ -384,12 +429,13 @@ class _Bench:
                 rec.update(judge(kp.pair, read_image(img, world=world), world))
             else:
                 rec.update(success=None, preservation=None, clean=None)
-            grid = self.plan.grids.get(site, self.main_grid)
-            tok = kp.tokens.get(site)
-            if tok is None and kp.mask_px is not None:
-                tok = to_tokens(kp.mask_px, grid)
-            region = None if tok is None else to_pixels(tok, grid, img.shape[:2])
-            rec["psnr_outside"] = None if region is None or region.all() else psnr_outside(img, kp.source, region)
+            region = None
+            if kp.mask_px is not None:  # the edited tokens at pixel resolution (the site's, or the main grid's)
+                grid = self.plan.grids.get(site, self.main_grid)
+                tok = kp.tokens[site] if site in kp.tokens else to_tokens(kp.mask_px, grid)
+                region = to_pixels(tok, grid, img.shape[:2])
+            rec.update(pixel_scores(img, kp.source, kp.target, region))
+            rec.update(learned[j])
             if extra is not None:
                 rec.update(extra[j])
             self.records.append(rec)
@@ -417,8 +463,12 @@ class _Bench:
         usable = len(kept)
         kept = kept[: config.n]
         self.counts[category] = {"tried": tried, "usable": usable, "kept": len(kept)}
-        log(f"{category}: {len(kept)} pairs kept; {usable} of {tried} tried usable (oracle pairs: the source "
-            "generation reads as the source scene)")
+        oracle = any(p.judged for p in candidates[:tried])
+        if oracle and config.require_faithful:
+            why = "oracle pairs: the source generation reads as the source scene"
+        else:
+            why = "every pair is usable" + ("" if oracle else ": no oracle, scored against the reference generations")
+        log(f"{category}: {len(kept)} pairs kept; {usable} of {tried} tried usable ({why})")
         return kept
 
     def _kept(self, p: EditPair, src: np.ndarray, tgt: np.ndarray, acts: dict[str, PairActs]) -> Kept | None:
@@ -432,17 +482,17 @@ class _Bench:
             r_src, r_tgt = read_image(src, world=world), read_image(tgt, world=world)
             if self.config.require_faithful and not faithful(p.source_scene, r_src, world):
                 return None
-        if p.mask is not None:
-            mask_px = to_pixels(to_tokens(p.mask, src.shape[:2]), src.shape[:2], src.shape[:2])
-        elif p.judged:
-            mask_px = edit_mask(p, r_src, r_tgt, src.shape[:2])
+        if p.mask is not None:  # the user's mask, prepared as RIEBench prepares it, per token grid
+            def prepared(grid):
+                return prepare_mask(p.mask, grid, self.config.mask_blur, self.config.mask_threshold)
+
+            mask_px = to_pixels(prepared(self.main_grid), self.main_grid, src.shape[:2])
+            tokens = {s: prepared(grids[s]) for s in self.plan.sites}
         else:
-            mask_px = None
-        kp = Kept(p, src, tgt, r_src, r_tgt, mask_px, acts)
-        for s in self.plan.sites:
-            kp.tokens[s] = (torch.ones(grids[s][0] * grids[s][1]) if mask_px is None
-                            else to_tokens(mask_px, grids[s]))
-        return kp
+            mask_px = edit_mask(p, r_src, r_tgt, src.shape[:2]) if p.judged else None
+            tokens = {s: torch.ones(grids[s][0] * grids[s][1]) if mask_px is None else to_tokens(mask_px, grids[s])
+                      for s in self.plan.sites}
+        return Kept(p, src, tgt, r_src, r_tgt, mask_px, acts, tokens)
 
     def edit(self, category: str, kept: list[Kept], log) -> None:
         """Every method on the kept pairs: the prompt swap, each dictionary's feature transfer (with the random
@@ -497,14 +547,8 @@ def _write_results(config: BenchConfig, plan: _Plan, records: list[dict], counts
     results = {"config": asdict(config), "model": plan.model.name, "world": plan.world, "pairs_file": str(plan.pairs_path),
                "num_steps": plan.num_steps, "steps": plan.steps,
                "random_reference": plan.reference, "pair_counts": counts,
-               "definitions": {
-                   "success": "the oracle reads the edited attribute as the target's on the edited object",
-                   "preservation": "every other fact of the scene reads as before (background, other objects, "
-                                   "the edited object's other attributes)",
-                   "clean": "success and preservation: the edited image reads exactly as the target scene",
-                   "psnr_outside": "PSNR (dB) against the unedited source image outside the edit region "
-                                   "(the mask's tokens), capped at 60",
-                   "interval": "95 % percentile bootstrap over pairs (_lo, _hi)"},
+               "oracle": plan.oracle, "scorers": plan.scorer_lines(),
+               "definitions": definitions(plan.oracle),
                "rows": rows, "pairs": records}
     if config.out:
         from difflens.atomic import atomic_write_json
@@ -516,8 +560,33 @@ def _write_results(config: BenchConfig, plan: _Plan, records: list[dict], counts
     return results
 
 
+def definitions(oracle: bool) -> dict:
+    """What each score of results.json means (the oracle's scores only when the oracle scored)."""
+    judged = {
+        "success": "(oracle) the oracle reads the edited attribute as the target's on the edited object",
+        "preservation": "(oracle) every other fact of the scene reads as before (background, other objects, "
+                        "the edited object's other attributes)",
+        "clean": "(oracle) success and preservation: the edited image reads exactly as the target scene"}
+    refs = "the reference generations (the model's own images of the source / target prompt, same seed)"
+    return {**(judged if oracle else {}),
+            "psnr_outside": f"PSNR (dB, capped at 60) against the source reference outside the edit region (the "
+                            f"mask's tokens); {WHOLE_IMAGE}: over every pixel",
+            "ssim_outside": "SSIM (gaussian window) against the source reference, same region",
+            "psnr_inside": "PSNR (dB) against the target reference inside the edit region; no mask: every pixel",
+            "ssim_inside": "SSIM against the target reference, same region",
+            "lpips_source": f"LPIPS distance to the source reference (lower: closer); of {refs}",
+            "lpips_target": "LPIPS distance to the target reference",
+            "clip_image_source": "CLIP image-embedding cosine similarity to the source reference",
+            "clip_image_target": "CLIP image-embedding cosine similarity to the target reference",
+            "clip_text_target": "CLIP cosine similarity of the edited image to the target prompt",
+            "clip_text_source": "CLIP cosine similarity of the edited image to the source prompt",
+            "region": f"{MASKED}: the pair's mask; {WHOLE_IMAGE}: the pair has none (per pair; rows: masked pairs)",
+            "interval": "95 % percentile bootstrap over pairs (_lo, _hi)"}
+
+
 def aggregate(records: list[dict], n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """One row per (category, method, site, strength, k): means and 95 % bootstrap intervals over pairs."""
+    """One row per (category, method, site, strength, k): means and 95 % bootstrap intervals over pairs, and how
+    many of its pairs had a mask ("masked"; the others are scored over the whole image)."""
     groups: dict = {}
     for r in records:
         groups.setdefault((r["category"], r["method"], r["site"], r["strength"], r["k"]), []).append(r)
@@ -525,6 +594,7 @@ def aggregate(records: list[dict], n_boot: int = 1000, seed: int = 0) -> list[di
     for (cat, method, site, strength, k), recs in groups.items():
         row = {"category": cat, "method": method, "site": site, "strength": strength, "k": k}
         row.update(summarise(recs, n_boot, seed))
+        row["masked"] = sum(r.get("region", MASKED) == MASKED for r in recs)
         if "latents_added" in recs[0]:
             row["latents_added"] = float(np.mean([r["latents_added"] for r in recs]))
             row["latents_subtracted"] = float(np.mean([r["latents_subtracted"] for r in recs]))
@@ -546,8 +616,27 @@ def best_rows(rows: list[dict], key: str = "clean") -> list[dict]:
     return [r for _v, r in best.values()]
 
 
-def format_bench_table(rows: list[dict], reference: str | None = None) -> str:
-    """Per category x method (x site): the best setting's clean / success / preservation with intervals."""
+def region_text(row: dict) -> str:
+    """Where a row's pixel scores were taken: the masks, the whole image (no mask), or how many pairs had each."""
+    n, masked = row["n"], row.get("masked", row["n"])
+    if masked == n:
+        return MASKED
+    return WHOLE_IMAGE if masked == 0 else f"mask {masked}/{n}, whole {n - masked}/{n}"
+
+
+# the reference columns of the table: (score, header, format); learned ones only where some row has them
+_REFERENCE_COLUMNS = (("psnr_outside", "psnr out", ".1f"), ("ssim_outside", "ssim out", ".3f"),
+                      ("psnr_inside", "psnr in", ".1f"), ("ssim_inside", "ssim in", ".3f"))
+_LEARNED_COLUMNS = (("lpips_source", "lpips src", ".3f"), ("lpips_target", "lpips tgt", ".3f"),
+                    ("clip_image_source", "clipI src", ".3f"), ("clip_image_target", "clipI tgt", ".3f"),
+                    ("clip_text_target", "clipT tgt", ".3f"), ("clip_text_source", "clipT src", ".3f"))
+
+
+def format_bench_table(rows: list[dict], reference: str | None = None, scorers: list[str] | None = None) -> str:
+    """Per category x method (x site): the best setting's scores — the oracle's clean / success / preservation
+    with intervals where the oracle scored, the pixel scores against the reference generations always, LPIPS /
+    CLIP where they loaded, and the region they cover — headed by who scored, followed by `scorers` (each
+    scorer's line, from results.json)."""
     picked = best_rows([r for r in rows if r["method"] != "random"])
     if reference is not None:  # the control at its reference's best setting
         ref = {(r["category"], r["site"]): r for r in picked if r["method"] == reference}
@@ -555,6 +644,8 @@ def format_bench_table(rows: list[dict], reference: str | None = None) -> str:
             b = ref.get((r["category"], r["site"]))
             if r["method"] == "random" and b is not None and (r["strength"], r["k"]) == (b["strength"], b["k"]):
                 picked.append(r)
+    judged = any(r.get("success") is not None for r in rows)
+    numeric = [*_REFERENCE_COLUMNS, *(c for c in _LEARNED_COLUMNS if any(r.get(c[0]) is not None for r in rows))]
 
     def pct(r, key):
         if r[key] is None:
@@ -562,17 +653,26 @@ def format_bench_table(rows: list[dict], reference: str | None = None) -> str:
         lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
         return f"{100 * r[key]:4.0f} [{100 * lo:3.0f},{100 * hi:3.0f}]"
 
+    def num(r, key, fmt):
+        return "-" if r.get(key) is None else format(r[key], fmt)
+
     mw = max([10, *(len(r["method"]) + 2 for r in picked)])
-    head = f"{'category':<11}{'method':<{mw}}{'site':<20}{'m1':>5}{'k':>4}{'n':>4}  {'clean %':<15}{'success %':<15}" \
-           f"{'preserv. %':<15}{'psnr':>6}"
-    lines = [head, "-" * len(head)]
+    rw = max([8, *(len(region_text(r)) + 2 for r in picked)])
+    oracle_head = f"{'clean %':<15}{'success %':<15}{'preserv. %':<15}" if judged else ""
+    head = (f"{'category':<11}{'method':<{mw}}{'site':<20}{'m1':>5}{'k':>4}{'n':>4}  {oracle_head}"
+            + "".join(f"{h:>10}" for _k, h, _f in numeric) + f"  {'region':<{rw}}")
+    by = ("the oracle (clean, success, preservation) and the reference generations" if judged
+          else "the reference generations (no oracle)")
+    lines = [f"scored by {by}; out: outside the mask vs the source reference, in: inside it vs the target "
+             "reference", head, "-" * len(head)]
     order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
     for r in sorted(picked, key=lambda r: (r["category"], order[r["method"]], r["site"] or "")):
-        psnr = "-" if r["psnr_outside"] is None else f"{r['psnr_outside']:.1f}"
+        oracle = f"{pct(r, 'clean'):<15}{pct(r, 'success'):<15}{pct(r, 'preservation'):<15}" if judged else ""
         lines.append(f"{r['category']:<11}{r['method']:<{mw}}{(r['site'] or '-'):<20}"
                      f"{'-' if r['strength'] is None else format(r['strength'], 'g'):>5}"
-                     f"{'-' if r['k'] is None else r['k']:>4}{r['n']:>4}  {pct(r, 'clean'):<15}{pct(r, 'success'):<15}"
-                     f"{pct(r, 'preservation'):<15}{psnr:>6}")
+                     f"{'-' if r['k'] is None else r['k']:>4}{r['n']:>4}  {oracle}"
+                     + "".join(f"{num(r, k, f):>10}" for k, _h, f in numeric) + f"  {region_text(r):<{rw}}")
+    lines += list(scorers or ())
     return "\n".join(lines)
 
 
@@ -635,11 +735,11 @@ def curves(rows: list[dict], path: Path, reference: str | None = None) -> Path:
             ax.set_ylabel("success")
         else:
             ax.set_xlabel("strength (m1)")
-            ax.set_ylabel("PSNR outside the mask (dB)")
+            ax.set_ylabel("PSNR vs the source reference, outside the mask (dB)")
         ax.set_title(cat, fontsize=10)
         ax.legend(fontsize=6, loc="best")
-    fig.suptitle("edits: success vs preservation over strength (numbers: m1)" if judged else
-                 "edits: pixel preservation over strength", fontsize=11)
+    fig.suptitle("edits: oracle success vs preservation over strength (numbers: m1)" if judged else
+                 "edits (no oracle): pixel preservation over strength", fontsize=11)
     fig.tight_layout()
     return _save_figure(fig, path)
 

@@ -1,5 +1,6 @@
 """Scores of one edit: the oracle's judgement (success, preservation, clean), pixel preservation outside the
-edit mask (PSNR against the unedited source image), and bootstrap intervals over pairs.
+edit mask (PSNR against the unedited source image; the other reference scores are `image_scores` and
+`learned_scores`), and bootstrap intervals over pairs.
 
 A scene is compared as *facts*: the background, the number of objects, and for each of the 9 grid cells
 whether an object is there and its colour, shape and size (the largest object read in the cell; oracle readings
@@ -25,10 +26,14 @@ import numpy as np
 
 from difflens.world.worlds import WORLDS, World, get_world
 
+from .image_scores import PIXEL_SCORES, PSNR_CAP, psnr
+from .learned_scores import LEARNED_SCORES
 from .pairs import ATTRIBUTE_DEFAULTS, SCENE_ATTRIBUTES
 
 ANY_OBJECT_FIELDS = tuple(dict.fromkeys(f for w in WORLDS.values() for f in w.object_fields))  # in either world
-PSNR_CAP = 60.0  # dB reported for pixel-identical regions (an unbounded mean otherwise)
+ORACLE_SCORES = ("success", "preservation", "clean")
+SCORES = (*ORACLE_SCORES, *PIXEL_SCORES, *LEARNED_SCORES)  # every per-pair score `summarise` aggregates
+__all__ = ["PSNR_CAP", "SCORES", "bootstrap_ci", "facts", "judge", "psnr_outside", "summarise"]
 
 
 def object_fields(world: str | World = "classic") -> tuple[str, ...]:
@@ -112,14 +117,7 @@ def faithful(scene: dict, reading, world: str | World = "classic") -> bool:
 def psnr_outside(edited_HWC: np.ndarray, source_HWC: np.ndarray, mask_HW: np.ndarray | None) -> float:
     """PSNR (dB, 8-bit peak) of the edited image against the unedited source over pixels outside `mask_HW`
     (None: the whole image); pixel-identical regions score `PSNR_CAP`, an empty region NaN."""
-    keep = np.ones(edited_HWC.shape[:2], bool) if mask_HW is None else ~np.asarray(mask_HW, bool)
-    if not keep.any():
-        return float("nan")
-    diff = edited_HWC.astype(np.float64)[keep] - source_HWC.astype(np.float64)[keep]
-    mse = float((diff ** 2).mean())
-    if mse == 0:
-        return PSNR_CAP
-    return float(min(PSNR_CAP, 10 * np.log10(255.0 ** 2 / mse)))
+    return psnr(edited_HWC, source_HWC, None if mask_HW is None else ~np.asarray(mask_HW, bool))
 
 
 def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -136,9 +134,9 @@ def bootstrap_ci(values, n_boot: int = 1000, seed: int = 0, level: float = 0.95)
 
 def summarise(per_pair: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     """Means and 95 % bootstrap intervals of each score over a list of per-pair score dicts (a score that is
-    None for every pair, e.g. success without the oracle, stays None)."""
+    None (or absent) for every pair, e.g. success without the oracle, stays None)."""
     out: dict = {"n": len(per_pair)}
-    for key in ("success", "preservation", "clean", "psnr_outside"):
+    for key in SCORES:
         vals = [p[key] for p in per_pair if p.get(key) is not None]
         if not vals:
             out[key] = out[f"{key}_lo"] = out[f"{key}_hi"] = None
