@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .base import SparseCodes
 from .normalization import Normalizer
-from .sparse_ops import jumprelu_encode, pad_by_row, scores, sparse_decode, threshold_codes, topk_encode
+from .sparse_ops import jumprelu_encode, prefix_decode, scores, sparse_decode, threshold_codes, topk_encode
 from .topk_sae import SAEConfig, SAEOutput, TopKSAE
 
 HINT_FRACTION = 0.8
@@ -173,18 +173,11 @@ class MatryoshkaSAE(BatchTopKSAE):
         return torch.bucketize(torch.arange(self.num_latents), torch.tensor(self.prefix_sizes), right=True)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
-        """Each prefix's reconstruction is the previous one plus its own latents' part, decoded from just
-        those codes: all prefixes cost about one decode."""
+        """Every prefix's reconstruction from one bag decode of the codes (see :func:`prefix_decode`): all
+        prefixes cost about one decode."""
         vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
-        recons, recon = [], self.b_dec.expand_as(z_BD)
-        lower = 0
-        for size in self.prefix_sizes:
-            rows, pos = ((idx >= lower) & (idx < size) & (vals != 0)).nonzero(as_tuple=True)
-            idx_g, vals_g = pad_by_row(rows, idx[rows, pos], z_BD.shape[0], vals[rows, pos])
-            recon = recon + sparse_decode(vals_g, idx_g, self.W_dec)
-            recons.append(recon)
-            lower = size
-        return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=recons[:-1])
+        recons = prefix_decode(vals, idx, self.W_dec, self.prefix_sizes, self.b_dec)
+        return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=list(recons[:-1]))
 
 
 class JumpReLUSAE(BatchTopKSAE):
