@@ -21,7 +21,7 @@ SMALL = dict(k=4, num_latents=48, batch_size=128, k_aux=8, dead_window_tokens=51
 def build_run(root: Path) -> Path:
     """A run folder like `difflens demo` writes, tiny: store (embedded-tiny, 16 images, steps 0 and 1), an SAE and
     an ITDA on the image site, an SAE on the text site, feature indexes, autointerp results with hostile text,
-    truth.json, summary.json and a plot."""
+    truth.json, summary.json and a plot; and a Matryoshka SAE on the image site (prefixes 12, 48), indexed only."""
     torch.manual_seed(0)
     model = dl.load_model("embedded-tiny")
     prompts = [f"a {c} {s} on a white background" for c in ("red", "green", "blue", "yellow")
@@ -60,6 +60,9 @@ def build_run(root: Path) -> Path:
         if name != "text_sae":  # the text dictionary keeps a report written before the precise share
             precise_truth(truth, init=name == "sae")
         (dicts / name / "truth.json").write_text(json.dumps(truth))
+    dl.train_sae(store, IMG, 1, out=dicts / "matryoshka", arch="matryoshka", prefixes=(0.25, 1.0), **SMALL)
+    dl.feature_index(dl.load_dictionary(dicts / "matryoshka"), store, steps="all", out=dicts / "matryoshka" / "index",
+                     top_n=6, samples=12, quantile_bins=3, batch_images=8)
     (root / "plots").mkdir()
     from PIL import Image
 

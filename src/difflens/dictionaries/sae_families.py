@@ -84,6 +84,12 @@ class JumpReLUConfig(SAEConfig):
     """JumpReLU starting threshold of every latent (0: the first batch's B·k-th largest score, so L0 starts at k)"""
 
 
+def prefix_levels(sizes: list[int]) -> Tensor:
+    """(sizes[-1],) the prefix level of every latent of a Matryoshka dictionary with prefix ``sizes``: the
+    smallest prefix holding it (0 = the first, most general latents)."""
+    return torch.bucketize(torch.arange(sizes[-1]), torch.tensor(sizes), right=True)
+
+
 class BatchTopKSAE(TopKSAE):
     """BatchTopK in training, a fixed threshold at inference (see the module docstring). Its subclasses share
     the threshold inference (``_inference_threshold``: JumpReLU's is per latent; its scalar buffer stays 0)."""
@@ -170,7 +176,7 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def prefix_levels(self) -> Tensor:
         """(F,) every latent's prefix level."""
-        return torch.bucketize(torch.arange(self.num_latents), torch.tensor(self.prefix_sizes), right=True)
+        return prefix_levels(self.prefix_sizes)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         """Every prefix's reconstruction from one bag decode of the codes (see :func:`prefix_decode`): all

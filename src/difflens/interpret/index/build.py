@@ -83,6 +83,8 @@ def _header(dictionary, rows: IndexedRows, cfg: IndexConfig, identity: dict) -> 
         "grid": list(first.grid) if first.grid else None, "active": "value > 0",
         "images_indexed": {str(s): int(len(rows.todo[s])) for s in rows.steps},
         "position": {"step_index": 0, "batch": 0}, "complete": False,
+        # Matryoshka: the nested prefix sizes, so the index (and the browser) can tell each latent's prefix level
+        "prefix_sizes": [int(s) for s in dictionary.prefix_sizes] if hasattr(dictionary, "prefix_sizes") else None,
     }
 
 
