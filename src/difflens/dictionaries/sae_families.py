@@ -145,10 +145,10 @@ class BatchTopKSAE(TopKSAE):
         return SparseCodes(vals, idx)
 
     @torch.no_grad()
-    def latent_activation(self, acts: Tensor, latent: int) -> Tensor:
+    def latent_activation(self, acts: Tensor, latent: int, step: int | None = None) -> Tensor:
         if not self.thresholded:
-            return super().latent_activation(acts, latent)
-        z_BD = self._flat_normalized(acts)
+            return super().latent_activation(acts, latent, step)
+        z_BD = self._flat_normalized(acts, step)
         pre_B = (z_BD - self.b_dec) @ self.W_enc[latent] + self.b_enc[latent]
         theta = self._inference_threshold()
         theta = theta[latent] if theta.ndim else theta

@@ -156,7 +156,7 @@ class _Pass:
         """Encode one batch of whole images at ``step`` (its position ``j``) into the accumulator; returns its rows."""
         row_ids, n_rows = self.rows.row_ids(step, images)
         acts = self.rows.readers[step].read_rows(row_ids).to(self.device)
-        values, indices = encode_rows(self.dictionary, acts)
+        values, indices = encode_rows(self.dictionary, acts, step)
         slot = torch.repeat_interleave(torch.arange(len(images), device=self.device),
                                        torch.from_numpy(n_rows).to(self.device))
         self.acc.update(j, step, values, indices, slot, torch.from_numpy(images).to(self.device), len(row_ids))

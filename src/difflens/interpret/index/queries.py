@@ -312,7 +312,7 @@ class FeatureIndex:
             rows = [self.image_rows(pairs[k][0], step) for k in which]
             reader = self._reader(step)
             all_rows = torch.cat(rows)
-            values, indices = encode_rows(dictionary, reader.read_rows(all_rows).to(device))
+            values, indices = encode_rows(dictionary, reader.read_rows(all_rows).to(device), step)
             act = torch.where(indices == i, values.float(), 0.0).sum(-1).cpu()
             token = torch.from_numpy(np.asarray(reader.trace(all_rows)["token_index"], dtype=np.int64))
             lo = 0
