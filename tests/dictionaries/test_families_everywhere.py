@@ -88,8 +88,11 @@ def test_a_family_is_browsed(world, arch):
 def test_a_dictionary_with_a_normaliser_per_step_is_indexed_and_steered_at_its_steps(world):
     model, run = world
     store = dl.open_store(run / "store")
-    sae = dl.train_sae(store, IMG, [0, 1], step_normalization="per-step", **{**SMALL, "normalization": "standardise"})
-    index = dl.feature_index(sae, **INDEX)  # its own steps: both
+    folder = run / "dictionaries" / "per_step"
+    dl.train_sae(store, IMG, [0, 1], out=folder, step_normalization="per-step",
+                 **{**SMALL, "normalization": "standardise"})
+    sae = dl.load_dictionary(folder)
+    index = dl.feature_index(sae, out=folder / "index", **INDEX)  # its own steps: both
     assert index.steps == [0, 1]
     for j, step in enumerate(index.steps):  # each step's rows are encoded with that step's normaliser
         reader = store.reader(IMG, step)
@@ -123,3 +126,17 @@ def test_a_dictionary_with_a_normaliser_per_step_is_indexed_and_steered_at_its_s
         want_D = 3.0 * sae.residual_directions(step=step)[latent]
         torch.testing.assert_close(change_TD, want_D.expand_as(change_TD), rtol=1e-3, atol=1e-3)
     assert not torch.allclose(sae.residual_directions(step=0)[latent], sae.residual_directions(step=1)[latent])
+    # the browser reads each step's codes with that step's normaliser
+    pytest.importorskip("starlette")
+    pytest.importorskip("httpx")
+    from starlette.testclient import TestClient
+
+    from difflens.browser.app import create_app
+
+    with TestClient(create_app(run), raise_server_exceptions=False) as client:
+        assert client.get(f"/d/per_step/f/{latent}").status_code == 200
+        tops = index.top_images(latent)
+        for top in [next(t for t in tops if t["step"] == step) for step in {t["step"] for t in tops}]:
+            amap = client.get(f"/api/map/per_step/{latent}/{top['image_id']}/{top['step']}").json()
+            assert max(amap["values"]) == pytest.approx(top["score"], rel=1e-3)
+        assert {t["step"] for t in tops} == {0, 1}

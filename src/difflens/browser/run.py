@@ -296,10 +296,12 @@ class RunDictionary:
 
     # ---- nearest latents by decoder cosine ------------------------------------------------------------------
     def directions(self) -> torch.Tensor:
-        """(F, D) unit residual-space decoder directions (cached)."""
+        """(F, D) unit residual-space decoder directions (cached); a dictionary with one normaliser per step: at
+        its index's first step (its residual directions differ by step)."""
         with self._lock:
             if self._directions is None:
-                self._directions = self.model().feature_directions().float().contiguous()
+                step = self.index.steps[0] if self.index is not None else None  # ignored with one normaliser
+                self._directions = self.model().feature_directions(step=step).float().contiguous()
         return self._directions
 
     def nearest(self, latent: int, other: "RunDictionary", n: int = 6) -> list[tuple[int, float]]:
@@ -569,7 +571,7 @@ class Run:
                 raise NotFound(str(err)) from None
             reader = index._reader(step)
             acts = reader.read_rows(rows).float()
-            recon, codes = model.reconstruct(acts)
+            recon, codes = model.reconstruct(acts, step)  # per-step normalisers: that step's
             err = ((acts - recon) ** 2).sum(-1) / (acts ** 2).sum(-1).clamp_min(1e-12)
             token = np.asarray(reader.trace(rows)["token_index"], dtype=np.int64)
             T = int(token.max()) + 1 if token.size else 0

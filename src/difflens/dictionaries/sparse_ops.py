@@ -12,7 +12,10 @@ gradient and never decode densely:
   backward computes ``grad_vals`` as a sampled matmul at the B·K pairs only and scatters ``Sᵀ grad_y`` into
   the touched decoder rows.
 
-Shapes (the package's alphabet): B tokens, D input width, F latents, K active latents per token.
+* ``prefix_decode``: Matryoshka's nested-prefix reconstructions from one decode of bags (token, prefix part).
+
+Shapes (the package's alphabet): B tokens, D input width, F latents, K active latents per token; here also
+N flattened (token, latent) pairs, G bags of pairs, P prefixes.
 """
 
 from __future__ import annotations
