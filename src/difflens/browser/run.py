@@ -255,12 +255,6 @@ class RunDictionary:
         table = self.table
         return table is not None and any(c is not None for c in table.precise_concept)
 
-    @property
-    def has_prefixes(self) -> bool:
-        """Whether the index records Matryoshka prefix levels."""
-        index = self.index
-        return index is not None and index.prefix_sizes is not None
-
     def query(self, q: "FeatureQuery") -> tuple[np.ndarray, int]:
         """(latent ids of the page, total matches) of a feature-table query."""
         t = self.table

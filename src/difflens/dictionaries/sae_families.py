@@ -183,7 +183,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         prefixes cost about one decode."""
         vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
         recons = prefix_decode(vals, idx, self.W_dec, self.prefix_sizes, self.b_dec)
-        return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=list(recons[:-1]))
+        return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=recons[:-1])
 
 
 class JumpReLUSAE(BatchTopKSAE):

@@ -57,7 +57,7 @@ def sparse_transpose_matmul(idx_BK: Tensor, vals_BK: Tensor, rhs_BD: Tensor, num
     """Return ``Sᵀ rhs`` (F × D) where S (B × F) holds ``vals`` at ``idx``; never forms S densely.
 
     ``rows_N``: the row of ``rhs`` of each (flattened) pair when it is not the pair's row in ``idx_BK`` (bags,
-    see :func:`bag_decode`; then ``idx_BK`` and ``vals_BK`` may be flat (N,)). Uses a CSR sparse matrix
+    see :class:`BagDecode`; then ``idx_BK`` and ``vals_BK`` may be flat (N,)). Uses a CSR sparse matrix
     (latent-major) so the product is one sparse-dense matmul.
     """
     B = rhs_BD.shape[0]
@@ -83,7 +83,7 @@ def gather_dot(idx_BK: Tensor, table_FD: Tensor, rhs_BD: Tensor, crow: Tensor | 
     """``out[b, j] = <table[idx[b, j]], rhs[b]>``: (rhs @ tableᵀ) sampled at the B·K positions only.
 
     ``crow``: CSR row starts (B + 1,) of flat (N,) pairs ``idx`` when rows hold different numbers of pairs
-    (bags, see :func:`bag_decode`); the result then has ``idx``'s shape."""
+    (bags, see :class:`BagDecode`); the result then has ``idx``'s shape."""
     B, N = rhs_BD.shape[0], idx_BK.numel()
     if crow is None:
         crow = torch.arange(0, N + 1, idx_BK.shape[1], device=idx_BK.device)

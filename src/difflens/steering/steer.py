@@ -179,8 +179,8 @@ class _Resolver:
     def __call__(self, edit: Edit, info, steps: list[int], region) -> tuple[LatentEdit, torch.Tensor | None, dict]:
         """(intervention, (B or 1, T) token weights or None, record)."""
         by_step = {s: self.directions(s)[edit.latent] for s in steps} if self.per_step else None
-        direction_D = self.directions(None)[edit.latent] if by_step is None else next(iter(by_step.values()))
-        length = float(direction_D.norm()) if by_step is None else float(np.mean([float(v.norm()) for v in by_step.values()]))
+        vectors = list(by_step.values()) if by_step else [self.directions(None)[edit.latent]]
+        direction_D, length = vectors[0], float(np.mean([float(v.norm()) for v in vectors]))
         takes_amount = edit.mode in ("add", "clamp")  # scale's strength is a factor, ablate's is unused
         amount, basis = float(edit.strength), ("raw" if takes_amount else "factor")
         if takes_amount and edit.unit == "typical":
