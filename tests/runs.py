@@ -18,16 +18,25 @@ SMALL = dict(k=4, num_latents=48, batch_size=128, k_aux=8, dead_window_tokens=51
              num_tokens=128 * 20, progress=False, checkpoint_every=0, normalization="none")
 
 
+PROMPTS = [f"a {c} {s} on a white background" for c in ("red", "green", "blue", "yellow")
+           for s in ("circle", "square", "triangle", "diamond")]
+
+
+def tiny_store(root: Path, sites=(IMG, TXT), steps=(0, 1)):
+    """(model, store folder): embedded-tiny run over 16 prompts at ``steps`` of as many denoising steps, a quarter
+    of the images held out."""
+    model = dl.load_model("embedded-tiny")
+    dl.capture(model, PROMPTS, sites=list(sites), steps=list(steps), out=root, num_steps=max(steps) + 1, holdout=0.25,
+               progress=False)
+    return model, root
+
+
 def build_run(root: Path) -> Path:
     """A run folder like `difflens demo` writes, tiny: store (embedded-tiny, 16 images, steps 0 and 1), an SAE and
     an ITDA on the image site, an SAE on the text site, feature indexes, autointerp results with hostile text,
-    truth.json, summary.json and a plot."""
+    truth.json, summary.json and a plot; and a Matryoshka SAE on the image site (prefixes 12, 48), indexed only."""
     torch.manual_seed(0)
-    model = dl.load_model("embedded-tiny")
-    prompts = [f"a {c} {s} on a white background" for c in ("red", "green", "blue", "yellow")
-               for s in ("circle", "square", "triangle", "diamond")]
-    store = dl.capture(model, prompts, sites=[IMG, TXT], steps=[0, 1], out=root / "store", num_steps=2, holdout=0.25,
-                       progress=False)
+    tiny_store(root / "store")
     # a prompt file may hold any text: image 0's prompt carries markup (the model itself knows only its words)
     listed = json.loads((root / "store" / "prompts.json").read_text())
     listed[0]["prompt"] = EVIL_PROMPT
@@ -60,6 +69,9 @@ def build_run(root: Path) -> Path:
         if name != "text_sae":  # the text dictionary keeps a report written before the precise share
             precise_truth(truth, init=name == "sae")
         (dicts / name / "truth.json").write_text(json.dumps(truth))
+    dl.train_sae(store, IMG, 1, out=dicts / "matryoshka", arch="matryoshka", prefixes=(0.25, 1.0), **SMALL)
+    dl.feature_index(dl.load_dictionary(dicts / "matryoshka"), store, steps="all", out=dicts / "matryoshka" / "index",
+                     top_n=6, samples=12, quantile_bins=3, batch_images=8)
     (root / "plots").mkdir()
     from PIL import Image
 

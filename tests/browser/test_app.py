@@ -258,7 +258,7 @@ def test_image_page_token_latents_and_reconstruction_error(client, run_dir):
     assert client.get("/errmap/sae/3/1.png").headers["content-type"] == "image/png"
     data = client.get("/api/token/3?step=1&token=10").json()
     names = [d["dictionary"] for d in data["dictionaries"]]
-    assert names == ["itda", "sae"]  # image-stream dictionaries indexed at step 1
+    assert names == ["itda", "matryoshka", "sae"]  # image-stream dictionaries indexed at step 1
     sae = dl.load_dictionary(run_dir / "dictionaries" / "sae")
     store = dl.open_store(run_dir / "store")
     index = dl.load_index(run_dir / "dictionaries" / "sae" / "index")
@@ -268,7 +268,7 @@ def test_image_page_token_latents_and_reconstruction_error(client, run_dir):
     token = np.asarray(reader.trace(rows)["token_index"])
     codes = sae.encode(acts[np.flatnonzero(token == 10)])
     want = {int(i): float(v) for v, i in zip(codes.values[0], codes.indices[0]) if v > 0}
-    got = {it["latent"]: it["value"] for it in data["dictionaries"][1]["items"]}
+    got = {it["latent"]: it["value"] for it in data["dictionaries"][names.index("sae")]["items"]}
     assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-5) for k in got)
     # the evil prompt is shown as text
     page = client.get("/image/0").text
@@ -545,3 +545,33 @@ def test_a_loopback_server_refuses_other_host_names(run_dir):
         assert c.get("/").status_code == 200
     with TestClient(app, base_url="http://attacker.example:8000", raise_server_exceptions=False) as c:
         assert c.get("/").status_code == 400  # DNS rebinding: the page's host name is not ours
+
+
+def test_matryoshka_prefix_level_is_a_column_a_filter_and_a_line(client, run_dir, tmp_path):
+    from difflens.cli import main
+
+    index = dl.load_index(run_dir / "dictionaries" / "matryoshka" / "index")
+    assert index.prefix_sizes == [12, 48]
+    levels = index.prefix_levels()
+    alive = set(torch.nonzero(index.alive()).squeeze(1).tolist())
+    r = client.get("/d/matryoshka?sort=prefix&order=asc&per_page=500")
+    assert r.status_code == 200 and 'data-key="prefix"' in r.text and 'name="prefix"' in r.text
+    latents = [int(x) for x in re.findall(r'class="feature-link" href="/d/matryoshka/f/(\d+)"', r.text)]
+    cells = [int(x) for x in re.findall(r'<td class="n prefix-cell">(\d+)</td>', r.text)]
+    assert set(latents) == alive and cells == [int(levels[i]) for i in latents] and cells == sorted(cells)
+    assert {0, 1} <= set(cells)
+    for level in (0, 1):
+        got = {int(x) for x in re.findall(r'class="feature-link" href="/d/matryoshka/f/(\d+)"',
+                                          client.get(f"/d/matryoshka?prefix={level}&per_page=500").text)}
+        assert got == {i for i in alive if int(levels[i]) == level}
+    assert client.get("/d/matryoshka?prefix=x").status_code == 400
+    assert 'data-key="prefix"' not in client.get("/d/sae").text  # other dictionaries have no such column
+    first, last = min(i for i in alive if levels[i] == 0), max(i for i in alive if levels[i] == 1)
+    assert "Matryoshka prefix level <b>0</b> (levels 0–1) · latents 0–11" in client.get(f"/d/matryoshka/f/{first}").text
+    assert "Matryoshka prefix level <b>1</b> (levels 0–1) · latents 12–47" in client.get(f"/d/matryoshka/f/{last}").text
+    assert "Matryoshka prefix level" not in client.get(f"/d/sae/f/{first}").text
+    # the static export: a column the page sorts, a filter the page applies
+    out = tmp_path / "site"
+    assert main(["browse", str(run_dir), "--export", str(out), "--export-features", f"={first}"]) == 0
+    table = (out / "d" / "matryoshka" / "index.html").read_text()
+    assert 'data-key="prefix"' in table and 'id="t-prefix"' in table and 'data-prefix="0"' in table

@@ -74,6 +74,37 @@ def test_matryoshka_prefixes_reconstruct_on_their_own():
         dl.train_sae(TRAIN, arch="matryoshka", prefixes=(0.5, 0.25, 1.0), **FAST, num_tokens=256)
 
 
+@pytest.mark.parametrize("base", ["batchtopk", "topk"])
+def test_matryoshka_prefix_decode_matches_masked_decodes(base):
+    """The one-pass prefix decode gives each prefix's reconstruction, and the gradients, of decoding the
+    codes masked to that prefix (up to float rounding)."""
+    from difflens.dictionaries import MatryoshkaConfig
+    from difflens.dictionaries.sparse_ops import sparse_decode
+
+    z = TRAIN[:256] / TRAIN.std()
+    w_D = torch.rand(D, generator=torch.Generator().manual_seed(1))
+
+    def loss_and_grads(reference: bool):
+        sae = MatryoshkaSAE(D, MatryoshkaConfig(num_latents=F, k=K, normalization="none", base=base,
+                                                prefixes=(0.125, 0.5, 1.0)), seed=3)
+        sae.initialise(z)
+        out = sae.forward_train(z)
+        recons = [*out.prefix_recons_BD, out.recon_BD]
+        if reference:
+            recons = [sparse_decode(out.values_BK * (out.indices_BK < size), out.indices_BK, sae.W_dec) + sae.b_dec
+                      for size in sae.prefix_sizes]
+        loss = sum(((z - r).pow(2) * w_D).sum() for r in recons)
+        loss.backward()
+        return [r.detach() for r in recons], {n: p.grad for n, p in sae.named_parameters()}
+
+    (recons, grads), (ref_recons, ref_grads) = loss_and_grads(False), loss_and_grads(True)
+    for r, ref in zip(recons, ref_recons):
+        torch.testing.assert_close(r, ref, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(recons[0], recons[-1])
+    for name, ref in ref_grads.items():
+        torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-4, msg=name)
+
+
 def test_jumprelu_thresholds_receive_gradient():
     z = TRAIN[:256] / TRAIN.std()
     sae = JumpReLUSAE(D, JumpReLUConfig(num_latents=F, k=K, normalization="none", bandwidth=0.5))

@@ -271,3 +271,22 @@ def test_histogram_buckets_equal_bucketize_even_at_the_edges():
     values = torch.cat([torch.exp(torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 6), edges,
                         torch.nextafter(edges, torch.zeros_like(edges)), torch.nextafter(edges, torch.full_like(edges, 1e9))])
     assert torch.equal(acc.bins(values), torch.bucketize(values, edges, right=True))
+
+
+def test_matryoshka_index_records_each_latents_prefix_level(store_path, tmp_path):
+    from difflens.dictionaries import MatryoshkaConfig, MatryoshkaSAE
+
+    store = dl.open_store(store_path)
+    sae = MatryoshkaSAE(WIDTH, MatryoshkaConfig(num_latents=40, k=4, normalization="none", prefixes=(0.1, 0.5, 1.0)))
+    sae.meta = {"site": SITE, "step": STEPS[0]}
+    built = build_feature_index(sae, store, config=CFG, out=tmp_path / "index", progress=False)
+    loaded = FeatureIndex.load(tmp_path / "index")
+    for index in (built, loaded):
+        assert index.prefix_sizes == [4, 20, 40]
+        assert index.prefix_levels().tolist() == sae.prefix_levels().tolist() == [0] * 4 + [1] * 16 + [2] * 20
+        assert [index.prefix_level(i) for i in (0, 3, 4, 19, 20, 39)] == [0, 0, 1, 1, 2, 2]
+    assert json.loads((tmp_path / "index" / "index.json").read_text())["prefix_sizes"] == [4, 20, 40]
+    with pytest.raises(ValueError, match="does not exist"):
+        loaded.prefix_level(40)
+    plain = build_feature_index(random_sae(), store, config=CFG, progress=False)  # not Matryoshka: no levels
+    assert plain.prefix_sizes is None and plain.prefix_levels() is None and plain.prefix_level(0) is None

@@ -306,21 +306,26 @@ def _nan_none(x) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
+def _nan_int(x) -> int | None:
+    return None if np.isnan(x) else int(x)
+
+
 def table_rows(d: RunDictionary, ids) -> list[dict]:
     t = d.table
     return [{"latent": int(i), "frequency": float(t.frequency[i]), "max": float(t.max[i]), "mean": float(t.mean[i]),
              "score": _nan_none(t.score[i]), "explanation": t.explanation[i],
              "concept": t.concept[i], "auroc": _nan_none(t.auroc[i]), "f1": _nan_none(t.f1[i]),
              "precise_concept": t.precise_concept[i], "precise": bool(t.precise[i]),
-             "upper_precision": _nan_none(t.upper_precision[i])} for i in ids]
+             "upper_precision": _nan_none(t.upper_precision[i]), "prefix": _nan_int(t.prefix[i])} for i in ids]
 
 
 def dictionary_context(d: RunDictionary, q: FeatureQuery | None, links: Links, exported=None) -> dict:
     ctx = {"d": dictionary_header(d), "indexed": d.index is not None, "q": q, "headline": truth_headline(d.truth),
-           "has_precise": False}
+           "has_precise": False, "prefix_sizes": None}
     if d.index is None:
         return ctx
     ctx["has_precise"] = d.has_precise
+    ctx["prefix_sizes"] = d.index.prefix_sizes
     if q is None:  # export: every exported latent, sorted and filtered in the page
         t = d.table
         ids = np.flatnonzero(t.frequency > 0) if exported is None else np.asarray(sorted(set(exported)), dtype=np.int64)
@@ -387,6 +392,16 @@ def text_tokens(run: Run, d: RunDictionary, latent: int, examples: list[dict]) -
     return rows
 
 
+def prefix_panel(index, latent: int) -> dict | None:
+    """A Matryoshka latent's prefix level and the latents that prefix adds (None: not Matryoshka)."""
+    level = index.prefix_level(latent)
+    if level is None:
+        return None
+    sizes = index.prefix_sizes
+    return {"level": level, "levels": len(sizes), "first": sizes[level - 1] if level else 0, "end": sizes[level],
+            "sizes": sizes}
+
+
 def feature_context(run: Run, d: RunDictionary, latent: int, links: Links, nearest: bool = True) -> dict:
     check_latent(d, latent)
     index, table = d.index, d.table
@@ -428,7 +443,7 @@ def feature_context(run: Run, d: RunDictionary, latent: int, links: Links, neare
                   "mean": float(table.mean[latent]),
                   "image_frequency": float(np.mean(list(index.image_frequency(latent).values())))},
         "explanations": d.explanations(latent), "truth": gt, "truth_rules": truth.get("rules", {}),
-        "precise": truth_panel(truth, gt),
+        "precise": truth_panel(truth, gt), "prefix": prefix_panel(index, latent),
         "truth_concept_count": len(truth.get("concepts", [])) if truth else 0,
         "top": top, "quantiles": quantiles, "histogram": _histogram(d, latent), "steps": _steps_chart(d, latent),
         "nearest": near, "grid": list(index.grid) if index.grid else None, "stream": stream, "text_rows": text_rows,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from difflens.store import run_layout
-SORT_KEYS = ("latent", "frequency", "max", "mean", "score", "upper_precision", "auroc", "f1")
+SORT_KEYS = ("latent", "frequency", "max", "mean", "score", "upper_precision", "auroc", "f1", "prefix")
 
 
 class NotFound(Exception):
@@ -65,9 +65,12 @@ class FeatureTable:
     upper_precision: np.ndarray | None = None
     precise_concept: list = field(default_factory=list)
     precise: np.ndarray | None = None
+    prefix: np.ndarray | None = None  # Matryoshka prefix level (nan: not a Matryoshka dictionary)
 
     def __post_init__(self):
         n = len(self.latent)
+        if self.prefix is None:
+            self.prefix = np.full(n, np.nan)
         if self.upper_precision is None:
             self.upper_precision = np.full(n, np.nan)
         if not self.precise_concept:
@@ -237,7 +240,8 @@ class RunDictionary:
                     concept=concept, explanation=explanation,
                     explanation_lower=[" ".join((e or "", c or "", p or "")).lower()
                                        for e, c, p in zip(explanation, concept, precise_concept)],
-                    upper_precision=upper, precise_concept=precise_concept, precise=precise)
+                    upper_precision=upper, precise_concept=precise_concept, precise=precise,
+                    prefix=None if (levels := index.prefix_levels()) is None else levels.numpy().astype(np.float64))
         return self._table
 
     def concepts(self) -> list[str]:
@@ -269,6 +273,8 @@ class RunDictionary:
                              dtype=bool)
         if q.precise:
             keep &= t.precise
+        if q.prefix is not None:
+            keep &= t.prefix == q.prefix
         if q.q:
             needle = q.q.lower()
             keep &= np.fromiter((needle in e for e in t.explanation_lower), dtype=bool, count=len(t.latent))
@@ -284,10 +290,12 @@ class RunDictionary:
 
     # ---- nearest latents by decoder cosine ------------------------------------------------------------------
     def directions(self) -> torch.Tensor:
-        """(F, D) unit residual-space decoder directions (cached)."""
+        """(F, D) unit residual-space decoder directions (cached); a dictionary with one normaliser per step: at
+        its index's first step (its residual directions differ by step)."""
         with self._lock:
             if self._directions is None:
-                self._directions = self.model().feature_directions().float().contiguous()
+                step = self.index.steps[0] if self.index is not None else None  # ignored with one normaliser
+                self._directions = self.model().feature_directions(step=step).float().contiguous()
         return self._directions
 
     def nearest(self, latent: int, other: "RunDictionary", n: int = 6) -> list[tuple[int, float]]:
@@ -322,6 +330,7 @@ class FeatureQuery:
     q: str | None = None
     dead: bool = False
     precise: bool = False  # only latents that count in the precise share
+    prefix: int | None = None  # only latents of this Matryoshka prefix level
 
     @classmethod
     def parse(cls, params) -> "FeatureQuery":
@@ -342,7 +351,7 @@ class FeatureQuery:
             if value not in ("asc", "desc"):
                 raise BadRequest(f"order must be asc or desc; got {value!r}")
             q.order = value
-        for name, lo, hi in (("page", 1, 10**9), ("per_page", 1, 500)):
+        for name, lo, hi in (("page", 1, 10**9), ("per_page", 1, 500), ("prefix", 0, 10**6)):
             value = params.get(name)
             if value:
                 if not re.fullmatch(r"\d{1,10}", value) or not lo <= int(value) <= hi:
@@ -556,7 +565,7 @@ class Run:
                 raise NotFound(str(err)) from None
             reader = index._reader(step)
             acts = reader.read_rows(rows).float()
-            recon, codes = model.reconstruct(acts)
+            recon, codes = model.reconstruct(acts, step)  # per-step normalisers: that step's
             err = ((acts - recon) ** 2).sum(-1) / (acts ** 2).sum(-1).clamp_min(1e-12)
             token = np.asarray(reader.trace(rows)["token_index"], dtype=np.int64)
             T = int(token.max()) + 1 if token.size else 0

@@ -111,6 +111,17 @@ class Dictionary(torch.nn.Module):
         steps = self.meta.get("denoising_steps")
         return list(steps) if steps else ([self.step] if self.step is not None else None)
 
+    def check_steps(self, steps, doing: str = "used") -> None:
+        """Refuse ``steps`` this dictionary has no normaliser for (ValueError naming both), before any work: with
+        one normaliser per step, rows of step s are encoded with step s's and there is none for another step."""
+        if isinstance(self.normalizer, StepNormalizers):
+            missing = sorted(set(int(s) for s in steps) - set(self.normalizer.steps))
+            if missing:
+                raise ValueError(f"this dictionary normalises each of its denoising steps {self.normalizer.steps} on "
+                                 f"its own (step_normalization 'per-step'), so it can be {doing} at those steps only, "
+                                 f"not at {missing}: choose steps among them, or train with step_normalization="
+                                 f"'shared' for a dictionary usable at any step")
+
     def normalizer_for(self, step: int | None = None) -> Normalizer:
         """The map into the dictionary's input space for rows of ``step`` (see the module docstring)."""
         if isinstance(self.normalizer, StepNormalizers):

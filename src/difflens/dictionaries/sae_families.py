@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .base import SparseCodes
 from .normalization import Normalizer
-from .sparse_ops import jumprelu_encode, pad_by_row, scores, sparse_decode, threshold_codes, topk_encode
+from .sparse_ops import jumprelu_encode, prefix_decode, scores, sparse_decode, threshold_codes, topk_encode
 from .topk_sae import SAEConfig, SAEOutput, TopKSAE
 
 HINT_FRACTION = 0.8
@@ -82,6 +82,12 @@ class JumpReLUConfig(SAEConfig):
     """JumpReLU straight-through window width ε (normalised pre-activation units)"""
     init_threshold: float = 0.0
     """JumpReLU starting threshold of every latent (0: the first batch's B·k-th largest score, so L0 starts at k)"""
+
+
+def prefix_levels(sizes: list[int]) -> Tensor:
+    """(sizes[-1],) the prefix level of every latent of a Matryoshka dictionary with prefix ``sizes``: the
+    smallest prefix holding it (0 = the first, most general latents)."""
+    return torch.bucketize(torch.arange(sizes[-1]), torch.tensor(sizes), right=True)
 
 
 class BatchTopKSAE(TopKSAE):
@@ -139,10 +145,10 @@ class BatchTopKSAE(TopKSAE):
         return SparseCodes(vals, idx)
 
     @torch.no_grad()
-    def latent_activation(self, acts: Tensor, latent: int) -> Tensor:
+    def latent_activation(self, acts: Tensor, latent: int, step: int | None = None) -> Tensor:
         if not self.thresholded:
-            return super().latent_activation(acts, latent)
-        z_BD = self._flat_normalized(acts)
+            return super().latent_activation(acts, latent, step)
+        z_BD = self._flat_normalized(acts, step)
         pre_B = (z_BD - self.b_dec) @ self.W_enc[latent] + self.b_enc[latent]
         theta = self._inference_threshold()
         theta = theta[latent] if theta.ndim else theta
@@ -170,20 +176,13 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def prefix_levels(self) -> Tensor:
         """(F,) every latent's prefix level."""
-        return torch.bucketize(torch.arange(self.num_latents), torch.tensor(self.prefix_sizes), right=True)
+        return prefix_levels(self.prefix_sizes)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
-        """Each prefix's reconstruction is the previous one plus its own latents' part, decoded from just
-        those codes: all prefixes cost about one decode."""
+        """Every prefix's reconstruction from one bag decode of the codes (see :func:`prefix_decode`): all
+        prefixes cost about one decode."""
         vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
-        recons, recon = [], self.b_dec.expand_as(z_BD)
-        lower = 0
-        for size in self.prefix_sizes:
-            rows, pos = ((idx >= lower) & (idx < size) & (vals != 0)).nonzero(as_tuple=True)
-            idx_g, vals_g = pad_by_row(rows, idx[rows, pos], z_BD.shape[0], vals[rows, pos])
-            recon = recon + sparse_decode(vals_g, idx_g, self.W_dec)
-            recons.append(recon)
-            lower = size
+        recons = prefix_decode(vals, idx, self.W_dec, self.prefix_sizes, self.b_dec)
         return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=recons[:-1])
 
 

@@ -12,7 +12,10 @@ gradient and never decode densely:
   backward computes ``grad_vals`` as a sampled matmul at the B·K pairs only and scatters ``Sᵀ grad_y`` into
   the touched decoder rows.
 
-Shapes (the package's alphabet): B tokens, D input width, F latents, K active latents per token.
+* ``prefix_decode``: Matryoshka's nested-prefix reconstructions from one decode of bags (token, prefix part).
+
+Shapes (the package's alphabet): B tokens, D input width, F latents, K active latents per token; here also
+N flattened (token, latent) pairs, G bags of pairs, P prefixes.
 """
 
 from __future__ import annotations
@@ -49,17 +52,20 @@ def _cpu_workspace(shape: tuple[int, int], dtype: torch.dtype, device: torch.dev
     return _WORKSPACE[key]
 
 
-def sparse_transpose_matmul(idx_BK: Tensor, vals_BK: Tensor, rhs_BD: Tensor, num_latents: int) -> Tensor:
+def sparse_transpose_matmul(idx_BK: Tensor, vals_BK: Tensor, rhs_BD: Tensor, num_latents: int,
+                            rows_N: Tensor | None = None) -> Tensor:
     """Return ``Sᵀ rhs`` (F × D) where S (B × F) holds ``vals`` at ``idx``; never forms S densely.
 
-    Uses a CSR sparse matrix (latent-major) so the product is one sparse-dense matmul.
+    ``rows_N``: the row of ``rhs`` of each (flattened) pair when it is not the pair's row in ``idx_BK`` (bags,
+    see :class:`BagDecode`; then ``idx_BK`` and ``vals_BK`` may be flat (N,)). Uses a CSR sparse matrix
+    (latent-major) so the product is one sparse-dense matmul.
     """
-    B, K = idx_BK.shape
+    B = rhs_BD.shape[0]
     flat_idx = idx_BK.reshape(-1)
     # int32 keys: markedly faster (and less sensitive to CPU contention) than sorting int64.
     rows_sorted, order = torch.sort(flat_idx.int(), stable=True)
     rows_sorted = rows_sorted.long()
-    tokens_sorted = torch.div(order, K, rounding_mode="floor")
+    tokens_sorted = torch.div(order, idx_BK.shape[1], rounding_mode="floor") if rows_N is None else rows_N[order]
     counts = torch.bincount(rows_sorted, minlength=num_latents)
     crow = torch.zeros(num_latents + 1, dtype=torch.int64, device=idx_BK.device)
     torch.cumsum(counts, 0, out=crow[1:])
@@ -73,13 +79,17 @@ def sparse_transpose_matmul(idx_BK: Tensor, vals_BK: Tensor, rhs_BD: Tensor, num
     return out
 
 
-def gather_dot(idx_BK: Tensor, table_FD: Tensor, rhs_BD: Tensor) -> Tensor:
-    """``out[b, j] = <table[idx[b, j]], rhs[b]>``: (rhs @ tableᵀ) sampled at the B·K positions only."""
-    B, K = idx_BK.shape
-    crow = torch.arange(0, B * K + 1, K, device=idx_BK.device)
-    mask = _csr(crow, idx_BK.reshape(-1), rhs_BD.new_zeros(B * K), (B, table_FD.shape[0]))
+def gather_dot(idx_BK: Tensor, table_FD: Tensor, rhs_BD: Tensor, crow: Tensor | None = None) -> Tensor:
+    """``out[b, j] = <table[idx[b, j]], rhs[b]>``: (rhs @ tableᵀ) sampled at the B·K positions only.
+
+    ``crow``: CSR row starts (B + 1,) of flat (N,) pairs ``idx`` when rows hold different numbers of pairs
+    (bags, see :class:`BagDecode`); the result then has ``idx``'s shape."""
+    B, N = rhs_BD.shape[0], idx_BK.numel()
+    if crow is None:
+        crow = torch.arange(0, N + 1, idx_BK.shape[1], device=idx_BK.device)
+    mask = _csr(crow, idx_BK.reshape(-1), rhs_BD.new_zeros(N), (B, table_FD.shape[0]))
     table = table_FD.to(rhs_BD.dtype)
-    return torch.sparse.sampled_addmm(mask, rhs_BD, table.t(), beta=0.0).values().reshape(B, K)
+    return torch.sparse.sampled_addmm(mask, rhs_BD, table.t(), beta=0.0).values().reshape(idx_BK.shape)
 
 
 def _scores(x_BD, b_dec_D, W_enc_FD, b_enc_F, reuse_buffer: bool) -> tuple[Tensor, Tensor]:
@@ -308,3 +318,52 @@ def scores(x_BD, b_dec_D, W_enc_FD, b_enc_F) -> Tensor:
 def sparse_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor) -> Tensor:
     """Return y_BD = codes @ W_dec without materialising the dense codes; see :class:`SparseDecode`."""
     return SparseDecode.apply(vals_BK, idx_BK, W_dec_FD)
+
+
+class BagDecode(torch.autograd.Function):
+    """y_GD[g] = Σ_{n in bag g} vals_N[n] · W_dec_FD[idx_N[n]]: pairs in bags of varying size (bag g holds
+    pairs ``offsets[g]:offsets[g + 1]``), decoded and differentiated as :class:`SparseDecode` does rows."""
+
+    @staticmethod
+    def forward(ctx, vals_N, idx_N, offsets_G1, W_dec_FD):
+        y = F.embedding_bag(idx_N, W_dec_FD, offsets_G1[:-1], per_sample_weights=vals_N.to(W_dec_FD.dtype),
+                            mode="sum")
+        ctx.save_for_backward(vals_N, idx_N, offsets_G1, W_dec_FD)
+        return y
+
+    @staticmethod
+    def backward(ctx, g_y_GD):
+        vals_N, idx_N, offsets_G1, W_dec_FD = ctx.saved_tensors
+        g_vals = g_W = None
+        if ctx.needs_input_grad[0]:
+            g_vals = gather_dot(idx_N, W_dec_FD, g_y_GD, crow=offsets_G1).to(vals_N.dtype)
+        if ctx.needs_input_grad[3]:
+            bag_N = torch.repeat_interleave(torch.arange(len(offsets_G1) - 1, device=idx_N.device),
+                                            offsets_G1.diff(), output_size=idx_N.numel())
+            g_W = sparse_transpose_matmul(idx_N, vals_N.float(), g_y_GD.float(), W_dec_FD.shape[0],
+                                          rows_N=bag_N).to(W_dec_FD.dtype)
+        return g_vals, None, None, g_W
+
+
+def prefix_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, sizes: list[int], bias_D: Tensor) -> list[Tensor]:
+    """P tensors (B, D): for each token ``bias`` + the decode of its codes with latents below each of the P
+    increasing ``sizes`` (Matryoshka's nested prefixes), the last holding them all.
+
+    One pass: each row's pairs are sorted by latent, so the latents of [sizes[p-1], sizes[p]) are one
+    contiguous bag per (token, p); one bag decode gives every (token, part) sum, and running sums over the
+    parts give the prefixes. No per-prefix gather or padding (padding slots, value 0, fall in part 0).
+    """
+    B, K = idx_BK.shape
+    P = len(sizes)
+    idx_sorted, order = idx_BK.sort(dim=1)
+    vals_sorted = vals_BK.gather(1, order)
+    bounds = torch.tensor(sizes[:-1], dtype=idx_BK.dtype, device=idx_BK.device).expand(B, P - 1).contiguous()
+    starts_BP = torch.cat([idx_BK.new_zeros(B, 1), torch.searchsorted(idx_sorted, bounds)], 1)
+    starts_BP += torch.arange(0, B * K, K, device=idx_BK.device)[:, None]
+    offsets = torch.cat([starts_BP.reshape(-1), starts_BP.new_full((1,), B * K)])
+    parts_BPD = BagDecode.apply(vals_sorted.reshape(-1), idx_sorted.reshape(-1), offsets, W_dec_FD)
+    parts = parts_BPD.reshape(B, P, -1).unbind(1)
+    recons = [bias_D + parts[0]]
+    for part_BD in parts[1:]:  # explicit adds: a cumsum over the strided part axis is several times slower
+        recons.append(recons[-1] + part_BD)
+    return recons

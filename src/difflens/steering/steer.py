@@ -148,23 +148,39 @@ def _plans(groups: list[list[Edit]], dictionary, model: ModelAdapter, num_steps:
             info = model.site(site, resolution)
             if info.dim != dictionary.d_in:
                 raise ValueError(f"site {site} has width {info.dim}, the dictionary has width {dictionary.d_in}")
-            plans.append((edit, info, parse_steps(edit.steps, num_steps), parse_region(edit.region, info.grid)))
+            steps = parse_steps(edit.steps, num_steps)
+            dictionary.check_steps(steps, f"steered (edit of latent {edit.latent} at steps {steps})")
+            plans.append((edit, info, steps, parse_region(edit.region, info.grid)))
     return plans
 
 
 class _Resolver:
     """Turns a checked edit into its intervention once the unsteered images exist: the strength in raw units
     (typical activation from the index, mean token norm from the baseline), the region's token weights (object
-    regions from the oracle's readings), and the record of what it did."""
+    regions from the oracle's readings), and the record of what it did.
+
+    A dictionary with one normaliser per denoising step edits each step along that step's residual direction
+    (a norm-unit strength divides by their mean length over the edit's steps)."""
 
     def __init__(self, dictionary, index, norms: dict[str, list[float]], readings, n_prompts: int):
+        from difflens.dictionaries.normalization import StepNormalizers
+
         self.dictionary, self.index, self.norms, self.readings, self.n_prompts = (dictionary, index, norms, readings,
                                                                                   n_prompts)
-        self.directions = dictionary.residual_directions()
+        self.per_step = isinstance(dictionary.normalizer, StepNormalizers)
+        self._directions: dict[int | None, torch.Tensor] = {}
+
+    def directions(self, step: int | None) -> torch.Tensor:
+        """(F, D) residual directions at denoising ``step`` (None: the one normaliser's), computed once."""
+        if step not in self._directions:
+            self._directions[step] = self.dictionary.residual_directions(step=step)
+        return self._directions[step]
 
     def __call__(self, edit: Edit, info, steps: list[int], region) -> tuple[LatentEdit, torch.Tensor | None, dict]:
         """(intervention, (B or 1, T) token weights or None, record)."""
-        direction_D = self.directions[edit.latent]
+        by_step = {s: self.directions(s)[edit.latent] for s in steps} if self.per_step else None
+        vectors = list(by_step.values()) if by_step else [self.directions(None)[edit.latent]]
+        direction_D, length = vectors[0], float(np.mean([float(v.norm()) for v in vectors]))
         takes_amount = edit.mode in ("add", "clamp")  # scale's strength is a factor, ablate's is unused
         amount, basis = float(edit.strength), ("raw" if takes_amount else "factor")
         if takes_amount and edit.unit == "typical":
@@ -172,7 +188,7 @@ class _Resolver:
             amount, basis = edit.strength * typical, f"typical activation {typical:.4g}"
         elif takes_amount and edit.unit == "norm":
             mean_norm = float(np.mean(self.norms[info.name]))
-            amount = edit.strength * mean_norm / float(direction_D.norm().clamp_min(1e-12))
+            amount = edit.strength * mean_norm / max(length, 1e-12)
             basis = f"mean token norm {mean_norm:.4g}"
         weights = None
         if isinstance(region, np.ndarray):
@@ -182,7 +198,7 @@ class _Resolver:
         iv = LatentEdit(site=info.name, vector_D=direction_D, steps=set(steps), halves=edit.guidance,
                         dictionary=self.dictionary, latent=edit.latent, mode=edit.mode, amount=amount,
                         factor=float(edit.strength), weights_BT=weights,
-                        active_only=isinstance(region, str) and region == ACTIVE)
+                        active_only=isinstance(region, str) and region == ACTIVE, vector_by_step=by_step)
         record = {**edit.describe(), "site": info.name, "steps": steps,
                   "amount": amount if takes_amount else None, "strength_basis": basis,
                   "tokens": None if weights is None else int((weights > 0).sum())}

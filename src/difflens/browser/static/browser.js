@@ -215,6 +215,7 @@
     var search = document.getElementById("t-search"), concept = document.getElementById("t-concept");
     var minScore = document.getElementById("t-min-score"), minAuroc = document.getElementById("t-min-auroc");
     var count = document.getElementById("t-count"), preciseOnly = document.getElementById("t-precise");
+    var prefix = document.getElementById("t-prefix");
     function num(row, key) { var v = row.dataset[key]; return v === "" || v === undefined ? NaN : Number(v); }
     function refresh() {
       var q = (search.value || "").toLowerCase(), c = concept.value;
@@ -230,7 +231,8 @@
         var text = row.textContent.toLowerCase();
         var ok = (!q || text.indexOf(q) >= 0) && (!c || row.dataset.concept === c || row.dataset.preciseConcept === c) &&
           (ms === null || num(row, "score") >= ms) && (ma === null || num(row, "auroc") >= ma) &&
-          (!preciseOnly || !preciseOnly.checked || row.dataset.precise === "1");
+          (!preciseOnly || !preciseOnly.checked || row.dataset.precise === "1") &&
+          (!prefix || prefix.value === "" || row.dataset.prefix === prefix.value);
         row.hidden = !ok;
         if (ok) shown++;
         tbody.appendChild(row);
@@ -244,6 +246,6 @@
         refresh();
       });
     });
-    [search, concept, minScore, minAuroc, preciseOnly].forEach(function (e) { if (e) e.addEventListener("input", refresh); });
+    [search, concept, minScore, minAuroc, preciseOnly, prefix].forEach(function (e) { if (e) e.addEventListener("input", refresh); });
   }
 })();

@@ -76,13 +76,14 @@ def encode_chunk_tokens(num_latents: int) -> int:
 
 
 @torch.no_grad()
-def encode_rows(dictionary, acts_BD: Tensor) -> tuple[Tensor, Tensor]:
-    """(values_BK, indices_BK) of rows, encoded in chunks of :func:`encode_chunk_tokens` tokens."""
-    step = encode_chunk_tokens(dictionary.num_latents)
-    if acts_BD.shape[0] <= step:
-        codes = dictionary.encode(acts_BD)
+def encode_rows(dictionary, acts_BD: Tensor, step: int | None = None) -> tuple[Tensor, Tensor]:
+    """(values_BK, indices_BK) of rows of denoising ``step`` (a dictionary with per-step normalisers encodes with
+    that step's), encoded in chunks of :func:`encode_chunk_tokens` tokens."""
+    chunk = encode_chunk_tokens(dictionary.num_latents)
+    if acts_BD.shape[0] <= chunk:
+        codes = dictionary.encode(acts_BD, step)
         return codes.values, codes.indices
-    parts = [dictionary.encode(acts_BD[i : i + step]) for i in range(0, acts_BD.shape[0], step)]
+    parts = [dictionary.encode(acts_BD[i : i + chunk], step) for i in range(0, acts_BD.shape[0], chunk)]
     codes = SparseCodes.cat(parts)
     return codes.values, codes.indices
 

@@ -83,6 +83,8 @@ def _header(dictionary, rows: IndexedRows, cfg: IndexConfig, identity: dict) -> 
         "grid": list(first.grid) if first.grid else None, "active": "value > 0",
         "images_indexed": {str(s): int(len(rows.todo[s])) for s in rows.steps},
         "position": {"step_index": 0, "batch": 0}, "complete": False,
+        # Matryoshka: the nested prefix sizes, so the index (and the browser) can tell each latent's prefix level
+        "prefix_sizes": [int(s) for s in dictionary.prefix_sizes] if hasattr(dictionary, "prefix_sizes") else None,
     }
 
 
@@ -154,7 +156,7 @@ class _Pass:
         """Encode one batch of whole images at ``step`` (its position ``j``) into the accumulator; returns its rows."""
         row_ids, n_rows = self.rows.row_ids(step, images)
         acts = self.rows.readers[step].read_rows(row_ids).to(self.device)
-        values, indices = encode_rows(self.dictionary, acts)
+        values, indices = encode_rows(self.dictionary, acts, step)
         slot = torch.repeat_interleave(torch.arange(len(images), device=self.device),
                                        torch.from_numpy(n_rows).to(self.device))
         self.acc.update(j, step, values, indices, slot, torch.from_numpy(images).to(self.device), len(row_ids))

@@ -48,6 +48,9 @@ class FeatureIndex:
         self.stream: str = header.get("stream", "image")
         self.grid: tuple[int, int] | None = tuple(header["grid"]) if header.get("grid") else None
         self.complete: bool = bool(header.get("complete"))
+        self.prefix_sizes: list[int] | None = header.get("prefix_sizes")
+        """Matryoshka dictionaries: the nested prefix sizes (None: another kind, or an index built before they were
+        recorded)"""
         self.path: Path | None = None  # the folder it was loaded from or written to (None: in memory)
         self._store = store
         self._dictionary = dictionary
@@ -168,6 +171,18 @@ class FeatureIndex:
     @property
     def top_n(self) -> int:
         return int(self.tensors["top_score"].shape[1])
+
+    def prefix_levels(self) -> Tensor | None:
+        """(F,) each latent's Matryoshka prefix level (0: in the smallest prefix); None when not Matryoshka."""
+        from difflens.dictionaries.sae_families import prefix_levels
+
+        return prefix_levels(self.prefix_sizes) if self.prefix_sizes else None
+
+    def prefix_level(self, latent) -> int | None:
+        """The smallest Matryoshka prefix holding ``latent`` (0: the most general latents); None when not Matryoshka."""
+        i = self._latent(latent)
+        levels = self.prefix_levels()
+        return None if levels is None else int(levels[i])
 
     def frequencies(self) -> Tensor:
         """(S, F) share of each step's tokens on which each latent is active (value > 0)."""
@@ -297,7 +312,7 @@ class FeatureIndex:
             rows = [self.image_rows(pairs[k][0], step) for k in which]
             reader = self._reader(step)
             all_rows = torch.cat(rows)
-            values, indices = encode_rows(dictionary, reader.read_rows(all_rows).to(device))
+            values, indices = encode_rows(dictionary, reader.read_rows(all_rows).to(device), step)
             act = torch.where(indices == i, values.float(), 0.0).sum(-1).cpu()
             token = torch.from_numpy(np.asarray(reader.trace(all_rows)["token_index"], dtype=np.int64))
             lo = 0

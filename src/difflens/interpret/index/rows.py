@@ -74,8 +74,8 @@ def _resolve_steps(store, site: str, steps, dictionary) -> list[int]:
     stored = sorted(t for s, t in store.entries() if s == site)
     if not stored:
         pick_entry(store.entries(), site, None, where)  # raises naming the stored sites
-    if steps is None:
-        steps = [dictionary.step] if dictionary.step is not None else [pick_entry(store.entries(), site, None, where)[1]]
+    if steps is None:  # the dictionary's own step(s): all of them for one trained across steps
+        steps = dictionary.steps or [pick_entry(store.entries(), site, None, where)[1]]
     elif isinstance(steps, str):
         if steps != "all":
             raise ValueError(f"steps must be None, 'all', an int or a list of ints; got {steps!r}")
@@ -85,6 +85,7 @@ def _resolve_steps(store, site: str, steps, dictionary) -> list[int]:
     out = sorted({pick_entry(store.entries(), site, int(s), where)[1] for s in steps})
     if not out:
         raise ValueError("no steps to index")
+    dictionary.check_steps(out, "indexed")
     return out
 
 
