@@ -17,7 +17,8 @@ Matryoshka, the loss) differs:
   target (``k``: see ``train.sae``).
 
 Codes of a variable-L0 family are padded with zeros (index 0, value 0) up to the most active latents of
-any token in the batch, so ``SparseCodes`` keep their (…, K) shape; K then varies between calls.
+any token in the batch, so ``SparseCodes`` keep their (…, K) shape; K then varies between calls. Training never
+pays for that padding: decode and backward touch the active pairs only (``packed_decode``), nnz·D per batch.
 """
 
 from __future__ import annotations

@@ -386,7 +386,8 @@ def prefix_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, sizes: list
         ends_BP = kept_BK.sum(1, keepdim=True)
     offsets = ends_BP.new_zeros(B * P + 1)
     torch.cumsum(ends_BP.diff(dim=1, prepend=ends_BP.new_zeros(B, 1)).reshape(-1), 0, out=offsets[1:])
-    parts_BPD = BagDecode.apply(vals[kept_BK], key_BK[kept_BK], offsets, W_dec_FD)
+    kept = kept_BK.nonzero(as_tuple=True)  # once: a boolean-mask index would search the mask per use
+    parts_BPD = BagDecode.apply(vals[kept], key_BK[kept], offsets, W_dec_FD)
     parts = parts_BPD.reshape(B, P, -1).unbind(1)
     recons = [bias_D + parts[0]]
     for part_BD in parts[1:]:  # explicit adds: a cumsum over the strided part axis is several times slower
