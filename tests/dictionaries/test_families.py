@@ -232,3 +232,44 @@ def test_batch_topk_selection_is_exact(hint):
         top, flat = pre.reshape(-1).topk(B * k)
         want = torch.zeros(B * n).index_put_((flat,), top).reshape(B, n)
         assert torch.equal(torch.zeros(B, n).scatter_add_(1, idx, vals), want)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu", "matryoshka"])
+def test_variable_l0_training_decodes_only_the_active_pairs_exactly(arch):
+    """BatchTopK, JumpReLU and Matryoshka-on-BatchTopK decode their padded training codes from the active (for
+    JumpReLU: also the window) pairs only; on a batch where one token keeps many times k latents (K ≫ k) the
+    reconstruction and every gradient (θ's included) match decoding the whole padded codes."""
+    from difflens.dictionaries import make_sae
+    from difflens.dictionaries.sae_families import SAE_CLASSES
+    from difflens.dictionaries.sparse_ops import jumprelu_encode, sparse_decode
+
+    z = TRAIN[:256] / TRAIN.std()
+    z[3] *= 12  # one loud token: it wins a large share of the batch's B·k scores
+    w_D = torch.rand(D, generator=torch.Generator().manual_seed(1))
+    settings = {"jumprelu": {"bandwidth": 0.5}, "matryoshka": {"prefixes": (0.125, 0.5, 1.0)}}.get(arch, {})
+
+    def loss_and_grads(reference: bool):
+        sae = make_sae(D, SAE_CLASSES[arch][0](num_latents=F, k=K, normalization="none", **settings), seed=3)
+        sae.initialise(z)
+        if not reference:
+            out = sae.forward_train(z)
+            vals, recons = out.values_BK, [*(out.prefix_recons_BD or []), out.recon_BD]
+        else:
+            if arch == "jumprelu":
+                vals, idx, _, _, _, pairs = jumprelu_encode(z, sae.b_dec, sae.W_enc, sae.b_enc, sae.thresholds,
+                                                            sae.cfg.bandwidth)
+                assert bool((pairs & (vals == 0)).any())  # inactive window pairs: θ needs their gradient
+            else:
+                vals, idx, _, _ = sae.encode_train(z, None, 0)
+            sizes = sae.prefix_sizes if arch == "matryoshka" else [F]
+            recons = [sparse_decode(vals * (idx < size), idx, sae.W_dec) + sae.b_dec for size in sizes]
+        sum(((z - r).pow(2) * w_D).sum() for r in recons).backward()
+        return vals, [r.detach() for r in recons], {n: p.grad for n, p in sae.named_parameters()}
+
+    (vals, recons, grads), (_, ref_recons, ref_grads) = loss_and_grads(False), loss_and_grads(True)
+    assert vals.shape[1] >= 4 * K and (vals > 0).sum(1).float().mean() < 2 * K  # padded far beyond the mean
+    for r, ref in zip(recons, ref_recons, strict=True):
+        torch.testing.assert_close(r, ref, rtol=1e-5, atol=1e-5)
+    for name, ref in ref_grads.items():
+        assert ref is not None and bool(ref.abs().sum() > 0), name
+        torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-4, msg=name)

@@ -1,5 +1,6 @@
 """TopK SAE: exact top-k, sparse kernels vs dense autograd, decoder norm, AuxK locality."""
 
+import pytest
 import torch
 
 from difflens.dictionaries import SAEConfig, TopKSAE
@@ -26,10 +27,14 @@ def test_topk_exact():
     assert (codes.l0() <= 4).all() and (codes.values >= 0).all()
 
 
-def test_sparse_kernels_match_dense_autograd():
+@pytest.mark.parametrize("batch", [False, True])
+def test_sparse_kernels_match_dense_autograd(batch):
+    """TopK, and BatchTopK (padded codes, one loud token keeping many latents) through the padded-code backward."""
     torch.manual_seed(0)
     B, N, D, K = 24, 8, 40, 5
     x = torch.randn(B, N)
+    x[0] *= 4
+    x.requires_grad_()
     W_enc = torch.randn(D, N, requires_grad=True)
     b_enc = torch.randn(D, requires_grad=True)
     W_dec = torch.randn(D, N, requires_grad=True)
@@ -37,16 +42,20 @@ def test_sparse_kernels_match_dense_autograd():
     dead = torch.tensor([1, 3, 7, 20, 33])
     target = torch.randn(B, N)
 
-    vals, idx, aux_vals, aux_idx = topk_encode(x, b_dec, W_enc, b_enc, K, dead, 3)
+    vals, idx, aux_vals, aux_idx = topk_encode(x, b_dec, W_enc, b_enc, K, dead, 3, batch=batch)
+    assert not batch or idx.shape[1] > 2 * K
     y = sparse_decode(vals, idx, W_dec) + b_dec
     aux = sparse_decode(aux_vals, aux_idx, W_dec)
     loss = (y - target).pow(2).sum() + (aux - target).pow(2).sum()
-    grads = torch.autograd.grad(loss, [W_enc, b_enc, W_dec, b_dec])
+    grads = torch.autograd.grad(loss, [W_enc, b_enc, W_dec, b_dec, x])
 
-    params = [p.detach().clone().requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
-    We, be, Wd, bd = params
-    pre = (x - bd) @ We.T + be
-    mask = torch.zeros(B, D, dtype=torch.bool).scatter(1, pre.topk(K, -1).indices, True)
+    params = [p.detach().clone().requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec, x)]
+    We, be, Wd, bd, xr = params
+    pre = (xr - bd) @ We.T + be
+    if batch:
+        mask = torch.zeros(B * D, dtype=torch.bool).scatter(0, pre.reshape(-1).topk(B * K).indices, True).reshape(B, D)
+    else:
+        mask = torch.zeros(B, D, dtype=torch.bool).scatter(1, pre.topk(K, -1).indices, True)
     codes = torch.where(mask, pre.relu(), 0.0)
     dead_mask = torch.zeros(D, dtype=torch.bool)
     dead_mask[dead] = True

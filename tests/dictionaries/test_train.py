@@ -112,6 +112,41 @@ def test_two_process_ddp_matches_one_process(site_store, tmp_path):
     torch.testing.assert_close(n2["scale"], n1["scale"], rtol=1e-4, atol=1e-5)
 
 
+_BATCHTOPK_RANK = """
+import sys, torch, torch.distributed as dist
+from difflens.dictionaries import make_sae
+from difflens.dictionaries.train import SAEState, sae_train_config
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+x = torch.randn(12 * 256, 16, generator=torch.Generator().manual_seed(0))
+x[::97] *= 6  # a few loud tokens: the ranks' slices keep very different numbers of latents
+cfg = sae_train_config("batchtopk")(num_latents=64, k=4, normalization="none", k_aux=8, dead_window_tokens=512,
+                                    lr=3e-3, warmup_steps=2)
+sae = make_sae(16, cfg.architecture(16))
+sae.initialise(x[:256])
+state = SAEState.create(sae, cfg)
+for batch in x.split(256):
+    state.train_step(batch.chunk(world)[rank], (batch - batch.mean(0)).pow(2).sum(), global_tokens=len(batch))
+torch.save(sae.state_dict(), f"{sys.argv[1]}/rank{rank}.pt")
+"""
+
+
+def test_two_process_batchtopk_ranks_agree_on_the_threshold(tmp_path):
+    """BatchTopK under DDP: each rank selects the top B·k of its own slice (by design, so no equality with one
+    process), but every rank folds the same smallest kept activation (the ranks' minimum) into its threshold
+    and applies the same all-reduced gradients: both ranks end with the same threshold and weights."""
+    script = tmp_path / "rank.py"
+    script.write_text(_BATCHTOPK_RANK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(script), str(tmp_path)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one, two = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert int(one["threshold_batches"]) == 12 and float(one["threshold"]) > 0
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=0, msg=key)
+
+
 def test_a_finished_dictionary_is_never_replaced_silently(site_store, tmp_path, capsys):
     """Other settings are refused by name; the same job is reported done; --overwrite replaces, saying so; a
     folder locked by a live writer is refused naming it."""

@@ -17,7 +17,8 @@ Matryoshka, the loss) differs:
   target (``k``: see ``train.sae``).
 
 Codes of a variable-L0 family are padded with zeros (index 0, value 0) up to the most active latents of
-any token in the batch, so ``SparseCodes`` keep their (…, K) shape; K then varies between calls.
+any token in the batch, so ``SparseCodes`` keep their (…, K) shape; K then varies between calls. Training never
+pays for that padding: decode and backward touch the active pairs only (``packed_decode``), nnz·D per batch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from .base import SparseCodes
 from .normalization import Normalizer
-from .sparse_ops import jumprelu_encode, prefix_decode, scores, sparse_decode, threshold_codes, topk_encode
+from .sparse_ops import jumprelu_encode, packed_decode, prefix_decode, scores, threshold_codes, topk_encode
 from .topk_sae import SAEConfig, SAEOutput, TopKSAE
 
 HINT_FRACTION = 0.8
@@ -119,6 +120,13 @@ class BatchTopKSAE(TopKSAE):
         return topk_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.k, dead_idx, k_aux, reuse_buffer=True,
                            batch=True, hint=hint)
 
+    def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
+        """As TopK's, but the codes (padded to the widest token, which may keep many times k) are decoded from
+        their active pairs only (:func:`packed_decode`): decode and backward cost nnz·D, not B·K·D. Exact:
+        a zero code adds nothing and its gradient is dropped by the encoder's ReLU mask anyway."""
+        vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
+        return SAEOutput(packed_decode(vals, idx, self.W_dec, self.b_dec, vals > 0), vals, idx, aux_vals, aux_idx)
+
     @torch.no_grad()
     def observe(self, out: SAEOutput, rate: float) -> None:
         """Fold one training batch's smallest kept activation into ``threshold``: a running mean for the first
@@ -179,10 +187,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         return prefix_levels(self.prefix_sizes)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
-        """Every prefix's reconstruction from one bag decode of the codes (see :func:`prefix_decode`): all
-        prefixes cost about one decode."""
+        """Every prefix's reconstruction from one bag decode of the codes' active pairs (see :func:`prefix_decode`
+        and :meth:`BatchTopKSAE.forward_train`): all prefixes cost about one decode, never the padding."""
         vals, idx, aux_vals, aux_idx = self.encode_train(z_BD, dead_idx, k_aux)
-        recons = prefix_decode(vals, idx, self.W_dec, self.prefix_sizes, self.b_dec)
+        recons = prefix_decode(vals, idx, self.W_dec, self.prefix_sizes, self.b_dec, vals > 0)
         return SAEOutput(recons[-1], vals, idx, aux_vals, aux_idx, prefix_recons_BD=recons[:-1])
 
 
@@ -220,9 +228,11 @@ class JumpReLUSAE(BatchTopKSAE):
             self.log_threshold.fill_(float(kth.float().clamp_min(1e-3).log()))
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
-        vals, idx, l0, aux_vals, aux_idx = jumprelu_encode(z_BD, self.b_dec, self.W_enc, self.b_enc, self.thresholds,
-                                                           self.cfg.bandwidth, dead_idx, k_aux, reuse_buffer=True)
-        return SAEOutput(sparse_decode(vals, idx, self.W_dec) + self.b_dec, vals, idx, aux_vals, aux_idx, l0=l0)
+        vals, idx, l0, aux_vals, aux_idx, pairs = jumprelu_encode(z_BD, self.b_dec, self.W_enc, self.b_enc,
+                                                                  self.thresholds, self.cfg.bandwidth, dead_idx, k_aux,
+                                                                  reuse_buffer=True)
+        # decoded from its pairs only (window pairs too: their θ needs the loss gradient), see BatchTopK's
+        return SAEOutput(packed_decode(vals, idx, self.W_dec, self.b_dec, pairs), vals, idx, aux_vals, aux_idx, l0=l0)
 
     def observe(self, out: SAEOutput, rate: float) -> None:
         """JumpReLU learns its thresholds: nothing to estimate."""

@@ -12,7 +12,8 @@ gradient and never decode densely:
   backward computes ``grad_vals`` as a sampled matmul at the B·K pairs only and scatters ``Sᵀ grad_y`` into
   the touched decoder rows.
 
-* ``prefix_decode``: Matryoshka's nested-prefix reconstructions from one decode of bags (token, prefix part).
+* ``prefix_decode``: Matryoshka's nested-prefix reconstructions from one decode of bags (token, prefix part);
+  ``packed_decode``: the one-prefix case, a padded code's decode from its real pairs only (variable-L0 families).
 
 Shapes (the package's alphabet): B tokens, D input width, F latents, K active latents per token; here also
 N flattened (token, latent) pairs, G bags of pairs, P prefixes.
@@ -122,18 +123,28 @@ def _joined_grads(vals_BK, g_vals, idx_BK, aux_vals, g_aux, aux_idx) -> tuple[Te
     return g, idx_BK
 
 
-def _encoder_grads(needs: tuple[bool, ...], xc_BD: Tensor, W_enc_FD: Tensor, idx: Tensor, g: Tensor) -> tuple:
+def _encoder_grads(needs: tuple[bool, ...], xc_BD: Tensor, W_enc_FD: Tensor, idx: Tensor, g: Tensor,
+                   padded: bool = False) -> tuple:
     """Gradients (x, b_dec, W_enc, b_enc) of an encoder whose kept scores at ``idx`` receive gradient ``g``
-    (zero where inactive); only the B·K kept pairs are touched."""
+    (zero where inactive); only the B·K kept pairs are touched. ``padded``: codes padded to their widest token
+    (BatchTopK, JumpReLU), whose K may be many times the mean; then only the pairs of nonzero gradient are
+    touched (nnz·D, not B·K·D; one ``nonzero``, which TopK's full rows do not need)."""
     n_latents = W_enc_FD.shape[0]
     grad_x = grad_b_dec = grad_W = grad_b_enc = None
     need_x, need_bdec, need_W, need_benc = needs
+    idx_N, g_N, rows_N, starts_B = idx, g, None, None  # full rows: (B, K) as they are
+    if padded:
+        rows_N, pos_N = (g != 0).nonzero(as_tuple=True)
+        idx_N, g_N = idx[rows_N, pos_N], g[rows_N, pos_N]
+        counts_B = torch.bincount(rows_N, minlength=g.shape[0])
+        starts_B = torch.cumsum(counts_B, 0) - counts_B
     if need_benc or need_bdec:
-        grad_b_enc = torch.zeros(n_latents, dtype=torch.float32, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+        grad_b_enc = torch.zeros(n_latents, dtype=torch.float32, device=g.device).index_add_(
+            0, idx_N.reshape(-1), g_N.reshape(-1))
     if need_W:
-        grad_W = sparse_transpose_matmul(idx, g, xc_BD.float(), n_latents).to(W_enc_FD.dtype)
+        grad_W = sparse_transpose_matmul(idx_N, g_N, xc_BD.float(), n_latents, rows_N=rows_N).to(W_enc_FD.dtype)
     if need_x:
-        grad_x = F.embedding_bag(idx, W_enc_FD.float(), per_sample_weights=g, mode="sum")
+        grad_x = F.embedding_bag(idx_N, W_enc_FD.float(), starts_B, per_sample_weights=g_N, mode="sum")
     if need_bdec:
         grad_b_dec = -(grad_b_enc @ W_enc_FD.float())
     if not need_benc:
@@ -205,9 +216,10 @@ def threshold_codes(pre_BF: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
 class JumpReLUEncode(torch.autograd.Function):
     """JumpReLU codes z = pre · H(pre − θ) (θ per latent, > 0) with straight-through estimators for θ.
 
-    Returns (vals_BK, idx_BK, l0, aux_vals, aux_idx). The pairs are the active ones *and* those in the
-    rectangle window |pre − θ| < ε/2 (value 0 when inactive), so the decoder's backward reports the loss
-    gradient at every pair whose θ receives one. θ's gradients (Rajamanoharan et al. 2024, as sae-lens):
+    Returns (vals_BK, idx_BK, l0, aux_vals, aux_idx, pairs_BK). The pairs are the active ones *and* those in
+    the rectangle window |pre − θ| < ε/2 (value 0 when inactive), so the decoder's backward reports the loss
+    gradient at every pair whose θ receives one; ``pairs_BK`` marks them (False: padding), the pairs a
+    decoder must keep (:func:`packed_decode`). θ's gradients (Rajamanoharan et al. 2024, as sae-lens):
     from the codes −(θ/ε)·rect((pre − θ)/ε)·∂L/∂z, from ``l0`` (= Σ H(pre − θ), the batch's active count)
     −(1/ε)·rect((pre − θ)/ε)·∂L/∂l0. The input side passes gradient through active codes only.
     """
@@ -228,16 +240,17 @@ class JumpReLUEncode(torch.autograd.Function):
         del pre_BF
         ctx.bandwidth = bandwidth
         ctx.save_for_backward(xc_BD, W_enc_FD, theta_F, idx_BK, vals_BK, window_BK, aux_idx, aux_vals)
-        ctx.mark_non_differentiable(idx_BK, aux_idx)
-        return vals_BK, idx_BK, l0, aux_vals, aux_idx
+        pairs_BK = (vals_BK > 0) | window_BK
+        ctx.mark_non_differentiable(idx_BK, aux_idx, pairs_BK)
+        return vals_BK, idx_BK, l0, aux_vals, aux_idx, pairs_BK
 
     @staticmethod
-    def backward(ctx, g_vals, _g_idx, g_l0, g_aux, _g_aux_idx):
+    def backward(ctx, g_vals, _g_idx, g_l0, g_aux, _g_aux_idx, _g_pairs):
         xc_BD, W_enc_FD, theta_F, idx_BK, vals_BK, window_BK, aux_idx, aux_vals = ctx.saved_tensors
         eps = ctx.bandwidth
         g_vals = g_vals.float() if g_vals is not None else torch.zeros_like(vals_BK)
         g, idx = _joined_grads(vals_BK, g_vals, idx_BK, aux_vals, g_aux, aux_idx)
-        grads = _encoder_grads(ctx.needs_input_grad[:4], xc_BD, W_enc_FD, idx, g)
+        grads = _encoder_grads(ctx.needs_input_grad[:4], xc_BD, W_enc_FD, idx, g, padded=True)
         grad_theta = None
         if ctx.needs_input_grad[4]:
             theta = theta_F.detach().float()
@@ -264,6 +277,7 @@ class TopKEncode(torch.autograd.Function):
         aux_vals, aux_idx = _aux_topk(pre_BF, dead_idx, k_aux)
         del pre_BF
         ctx.save_for_backward(xc_BD, W_enc_FD, idx_BK, vals_BK, aux_idx, aux_vals)
+        ctx.batch = batch
         ctx.mark_non_differentiable(idx_BK, aux_idx)
         return vals_BK, idx_BK, aux_vals, aux_idx
 
@@ -271,7 +285,8 @@ class TopKEncode(torch.autograd.Function):
     def backward(ctx, g_vals, _g_idx, g_aux, _g_aux_idx):
         xc_BD, W_enc_FD, idx_BK, vals_BK, aux_idx, aux_vals = ctx.saved_tensors
         g, idx = _joined_grads(vals_BK, g_vals, idx_BK, aux_vals, g_aux, aux_idx)
-        return (*_encoder_grads(ctx.needs_input_grad[:4], xc_BD, W_enc_FD, idx, g), None, None, None, None, None, None)
+        return (*_encoder_grads(ctx.needs_input_grad[:4], xc_BD, W_enc_FD, idx, g, padded=ctx.batch),
+                None, None, None, None, None, None)
 
 
 class SparseDecode(torch.autograd.Function):
@@ -305,7 +320,7 @@ def topk_encode(x_BD, b_dec_D, W_enc_FD, b_enc_F, k, dead_idx=None, k_aux=0, reu
 
 
 def jumprelu_encode(x_BD, b_dec_D, W_enc_FD, b_enc_F, theta_F, bandwidth, dead_idx=None, k_aux=0, reuse_buffer=False):
-    """Return (vals_BK, idx_BK, l0, aux_vals_BA, aux_idx_BA); see :class:`JumpReLUEncode`."""
+    """Return (vals_BK, idx_BK, l0, aux_vals_BA, aux_idx_BA, pairs_BK); see :class:`JumpReLUEncode`."""
     return JumpReLUEncode.apply(x_BD, b_dec_D, W_enc_FD, b_enc_F, theta_F, bandwidth, dead_idx, k_aux, reuse_buffer)
 
 
@@ -345,25 +360,42 @@ class BagDecode(torch.autograd.Function):
         return g_vals, None, None, g_W
 
 
-def prefix_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, sizes: list[int], bias_D: Tensor) -> list[Tensor]:
+def prefix_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, sizes: list[int], bias_D: Tensor,
+                  keep_BK: Tensor | None = None) -> list[Tensor]:
     """P tensors (B, D): for each token ``bias`` + the decode of its codes with latents below each of the P
     increasing ``sizes`` (Matryoshka's nested prefixes), the last holding them all.
 
     One pass: each row's pairs are sorted by latent, so the latents of [sizes[p-1], sizes[p]) are one
     contiguous bag per (token, p); one bag decode gives every (token, part) sum, and running sums over the
-    parts give the prefixes. No per-prefix gather or padding (padding slots, value 0, fall in part 0).
+    parts give the prefixes. No per-prefix gather or padding. ``keep_BK``: the pairs to decode (None: all);
+    the others (padding, zero codes) are left out of the bags, so padded codes cost nnz·D, not B·K·D, and get
+    zero gradient. With one size (F) this is the plain decode (no sort): see :func:`packed_decode`.
     """
     B, K = idx_BK.shape
-    P = len(sizes)
-    idx_sorted, order = idx_BK.sort(dim=1)
-    vals_sorted = vals_BK.gather(1, order)
-    bounds = torch.tensor(sizes[:-1], dtype=idx_BK.dtype, device=idx_BK.device).expand(B, P - 1).contiguous()
-    starts_BP = torch.cat([idx_BK.new_zeros(B, 1), torch.searchsorted(idx_sorted, bounds)], 1)
-    starts_BP += torch.arange(0, B * K, K, device=idx_BK.device)[:, None]
-    offsets = torch.cat([starts_BP.reshape(-1), starts_BP.new_full((1,), B * K)])
-    parts_BPD = BagDecode.apply(vals_sorted.reshape(-1), idx_sorted.reshape(-1), offsets, W_dec_FD)
+    P, n_latents = len(sizes), sizes[-1]
+    key_BK = idx_BK if keep_BK is None else torch.where(keep_BK, idx_BK, n_latents)  # left out: after every bound
+    vals = vals_BK
+    if P > 1:
+        key_BK, order = key_BK.sort(dim=1)
+        vals = vals.gather(1, order)
+    kept_BK = key_BK < n_latents
+    if P > 1:
+        bounds = torch.tensor(sizes, dtype=key_BK.dtype, device=key_BK.device).expand(B, P).contiguous()
+        ends_BP = torch.searchsorted(key_BK, bounds)
+    else:
+        ends_BP = kept_BK.sum(1, keepdim=True)
+    offsets = ends_BP.new_zeros(B * P + 1)
+    torch.cumsum(ends_BP.diff(dim=1, prepend=ends_BP.new_zeros(B, 1)).reshape(-1), 0, out=offsets[1:])
+    kept = kept_BK.nonzero(as_tuple=True)  # once: a boolean-mask index would search the mask per use
+    parts_BPD = BagDecode.apply(vals[kept], key_BK[kept], offsets, W_dec_FD)
     parts = parts_BPD.reshape(B, P, -1).unbind(1)
     recons = [bias_D + parts[0]]
     for part_BD in parts[1:]:  # explicit adds: a cumsum over the strided part axis is several times slower
         recons.append(recons[-1] + part_BD)
     return recons
+
+
+def packed_decode(vals_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, bias_D: Tensor, keep_BK: Tensor) -> Tensor:
+    """``bias`` + the decode of padded codes from the pairs of ``keep_BK`` only, one bag per token: what a
+    variable-L0 family's training decode costs (nnz·D, however wide its widest token); see :func:`prefix_decode`."""
+    return prefix_decode(vals_BK, idx_BK, W_dec_FD, [W_dec_FD.shape[0]], bias_D, keep_BK)[0]
