@@ -44,7 +44,7 @@ def test_batchtopk_inference_threshold_reproduces_training_l0():
     assert sae.meta["final"]["l0"] == pytest.approx(K)  # training keeps B·k over the batch
     codes = sae.encode(HELD_OUT)
     l0 = codes.l0().float()
-    assert float(l0.mean()) == pytest.approx(K, rel=0.25)
+    assert float(l0.mean()) == pytest.approx(K, rel=0.1)  # the threshold is calibrated at the end of training
     assert float(l0.std()) > 0  # L0 varies per token
     # a token's code does not depend on its batch: encoded alone it is the same
     one = sae.encode(HELD_OUT[7:8])

@@ -118,6 +118,8 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
             break
         if _THROTTLE_S:
             time.sleep(_THROTTLE_S)
+    if hasattr(sae, "calibrate") and state.step > 0 and "z" in locals():
+        sae.calibrate(z)  # threshold families: inference keeps k latents a token on average
     job.close_log()
     sae.meta = {**meta, "steps": state.step, "tokens": state.step * cfg.batch_size, "final": stats, "seconds": job.seconds()}
     job.save(sae, state.step)
