@@ -49,8 +49,8 @@ SITE, STEPS, WIDTH, GRID, N_IMAGES = "double.1.img.out", [0, 3, 7], 96, (16, 16)
 
 def build(out: Path, latents: int) -> Path:
     from difflens.dictionaries import SAEConfig, TopKSAE, save_dictionary
-    from difflens.interpret.index import (FeatureIndex, IndexConfig, _dictionary_identity, _empty_tensors,
-                                          _store_identity, FORMAT, FORMAT_VERSION)
+    from difflens.interpret.index import (FeatureIndex, IndexConfig, dictionary_identity, empty_tensors,
+                                          store_identity, FORMAT, FORMAT_VERSION)
     from difflens.store import ActivationStore, ChunkRows, EntrySpec, StoreWriter
 
     run = out / "run"
@@ -79,7 +79,7 @@ def build(out: Path, latents: int) -> Path:
     save_dictionary(sae, folder)
 
     cfg = IndexConfig(top_n=32, samples=64)
-    t = _empty_tensors(latents, STEPS, N_IMAGES, cfg)
+    t = empty_tensors(latents, STEPS, N_IMAGES, cfg)
     S, F = len(STEPS), latents
     g = torch.Generator().manual_seed(0)
     t["tokens"][:] = N_IMAGES * T
@@ -101,8 +101,8 @@ def build(out: Path, latents: int) -> Path:
     from dataclasses import asdict
 
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "site": SITE, "steps": STEPS, "split": "all",
-              "dictionary": _dictionary_identity(sae),
-              "store": _store_identity(store, SITE, STEPS, "all", {s: N_IMAGES * T for s in STEPS}),
+              "dictionary": dictionary_identity(sae),
+              "store": store_identity(store, SITE, STEPS, "all", {s: N_IMAGES * T for s in STEPS}),
               "config": asdict(cfg), "dictionary_path": str(folder.resolve()), "store_path": str(store_dir.resolve()),
               "stream": "image", "grid": list(GRID), "active": "value > 0",
               "images_indexed": {str(s): N_IMAGES for s in STEPS}, "position": {"step_index": S, "batch": 0},

@@ -171,9 +171,9 @@ def _capture(model, sites: _Sites, out: Path, cfg: DemoConfig):
 
 def _sae_settings(cfg: DemoConfig, size: int) -> dict:
     """Training settings every SAE of the demo shares (the sweep's included)."""
-    return dict(k=cfg.k, num_latents=size, num_tokens=cfg.sae_tokens, batch_size=4096, lr=1e-3, k_aux=2 * cfg.k,
-                dead_window_tokens=min(cfg.sae_tokens // 4, 500_000), seed=cfg.seed, device=cfg.device,
-                norm_fit_tokens=10**9, progress=not cfg.quiet)
+    from .dictionaries.train.config import sae_recipe
+
+    return dict(sae_recipe(cfg.k, size, cfg.sae_tokens), seed=cfg.seed, device=cfg.device, progress=not cfg.quiet)
 
 
 def _train_dictionaries(store, sites: _Sites, common: dict, out: Path, cfg: DemoConfig, timed: _Timer) -> dict:

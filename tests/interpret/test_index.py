@@ -264,9 +264,9 @@ def test_unknown_latent_step_or_image_is_a_clear_error(store_path):
 
 
 def test_histogram_buckets_equal_bucketize_even_at_the_edges():
-    from difflens.interpret.index import _Accumulator, _empty_tensors
+    from difflens.interpret.index import Accumulator, empty_tensors
 
-    acc = _Accumulator(_empty_tensors(2, [0], 1, IndexConfig()), IndexConfig(), "cpu")
+    acc = Accumulator(empty_tensors(2, [0], 1, IndexConfig()), IndexConfig(), "cpu")
     edges = acc.t["hist_edges"]
     values = torch.cat([torch.exp(torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 6), edges,
                         torch.nextafter(edges, torch.zeros_like(edges)), torch.nextafter(edges, torch.full_like(edges, 1e9))])

@@ -159,8 +159,8 @@ def object_concepts(color: str, shape: str, size: str, position: str) -> list[st
             f"pair:{color}&{r}-row", f"pair:{color}&{k}-col", f"pair:{shape}&{r}-row", f"pair:{shape}&{k}-col"]
 
 
-def _block_share(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(gh, gw) float: share of each token's pixel block inside a mask."""
+def block_mean(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(gh, gw) float: the mean of each token's pixel block (of a mask: the share of the block inside it)."""
     gh, gw = grid
     H, W = mask_HW.shape
     if H % gh or W % gw:
@@ -174,7 +174,7 @@ def token_owner(reading: SceneReading, grid: tuple[int, int]) -> np.ndarray:
     owner = np.full((gh, gw), -1, dtype=np.int64)
     best = np.zeros((gh, gw))
     for i, obj in enumerate(reading.objects):
-        share = _block_share(obj.mask, grid)
+        share = block_mean(obj.mask, grid)
         take = (share >= OWNERSHIP_FRACTION) & (share > best)
         owner[take], best[take] = i, share[take]
     return owner
@@ -247,13 +247,13 @@ def _rich_token_labels(reading: SceneReading, grid: tuple[int, int], owner: np.n
     straddle = np.zeros(owner.shape, bool)
     for i, obj in enumerate(reading.objects):
         mine = owner == i
-        share = _block_share(obj.mask, grid)
+        share = block_mean(obj.mask, grid)
         straddle |= (share > 0) & (share < 1)
         for name in (f"pattern:{obj.pattern}", f"pair:{obj.color}&{obj.pattern}", f"pair:{obj.shape}&{obj.pattern}"):
             labels[mine, _INDEX[name]] = True
         if obj.parts:  # the part holding the larger share of each token's block (the upper part on a tie)
             names = list(obj.parts)
-            shares = np.stack([_block_share(obj.parts[n], grid) for n in names])
+            shares = np.stack([block_mean(obj.parts[n], grid) for n in names])
             pick = shares.argmax(0)
             for j, part in enumerate(names):
                 labels[mine & (pick == j) & (shares[j] > 0), _INDEX[f"part:{obj.shape}-{part}"]] = True

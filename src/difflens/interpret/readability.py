@@ -28,6 +28,7 @@ import numpy as np
 from difflens.store.run_layout import index_folder, truth_path
 
 from .heatmap import BLUE, STYLES, draw_activation, upsample_map
+from .labels import block_mean
 
 VISIBLE = 40.0  # mean RGB distance over a token's pixels that a reader sees as marked
 
@@ -57,7 +58,7 @@ def marked_share(drawn_HWC: np.ndarray, image_HWC: np.ndarray, amap_hw: np.ndarr
     gh, gw = amap.shape
     h, w = image_HWC.shape[:2]
     dist_HW = np.linalg.norm(drawn_HWC.astype(np.float32) - image_HWC.astype(np.float32), axis=-1)
-    dist_hw = dist_HW.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3))
+    dist_hw = block_mean(dist_HW, (gh, gw))
     target = amap >= top / 2 if style == "blue" else amap <= 0
     return int((dist_hw[target] >= VISIBLE).sum()), int(target.sum())
 

@@ -424,6 +424,11 @@ def _pick_images(images: np.ndarray, tokens_per_image: int, max_tokens: int, see
     return np.sort(np.random.default_rng(seed).permutation(images)[:n])
 
 
+def _r4(x) -> float | None:
+    """A number as truth.json writes it: 4 decimals, NaN as null."""
+    return _nan_to_none(round(float(x), 4))
+
+
 def _nan_to_none(x):
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
@@ -864,26 +869,25 @@ def _detection(res: dict, data: _Data, autointerp: dict | None, index) -> dict:
 
 def _latent_rows(res: dict, concepts: list[str], detection: dict) -> list[dict]:
     """truth.json's "latents": one row per alive latent of the dictionary."""
-    r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
     latents = []
     for f in np.flatnonzero(res["alive"].astype(bool)):
         c, cp, ca, cc = (concepts[int(res[k][f])] for k in ("concept", "precise_concept", "ap_concept",
                                                             "precise_any_concept"))
         row = {
             "latent": int(f), "concept": c,
-            **{m: r4(res[m][f]) for m in ("f1", "precision", "recall", "auroc", "image_auroc", "iou", "firing_rate")},
-            "train_f1": r4(res["train_f1_FC"][f, res["concept"][f]]),
+            **{m: _r4(res[m][f]) for m in ("f1", "precision", "recall", "auroc", "image_auroc", "iou", "firing_rate")},
+            "train_f1": _r4(res["train_f1_FC"][f, res["concept"][f]]),
             "threshold": round(float(res["level"][f] * res["step"][f]), 6),
             "precise_concept": cp, "precise": bool(res["precise"][f]),
-            "upper_precision": r4(res["upper_precision"][f]),
-            "upper_lift": r4(res["upper_precision"][f] / res["upper_base"][f]) if res["upper_base"][f] > 0 else None,
-            "upper_fires": int(res["upper_fires"][f]), "upper_recall": r4(res["upper_recall"][f]),
-            "upper_base": r4(res["upper_base"][f]),
-            "any_precision": r4(res["any_precision"][f]),
-            "band_precision": [r4(x) for x in res["band_precision"][f]],
+            "upper_precision": _r4(res["upper_precision"][f]),
+            "upper_lift": _r4(res["upper_precision"][f] / res["upper_base"][f]) if res["upper_base"][f] > 0 else None,
+            "upper_fires": int(res["upper_fires"][f]), "upper_recall": _r4(res["upper_recall"][f]),
+            "upper_base": _r4(res["upper_base"][f]),
+            "any_precision": _r4(res["any_precision"][f]),
+            "band_precision": [_r4(x) for x in res["band_precision"][f]],
             "band_fires": [int(x) for x in res["band_fires"][f]],
             "coarse_concept": cc, "precise_coarse": bool(res["precise_any"][f]),
-            "ap_concept": ca, "ap": r4(res["ap"][f]),
+            "ap_concept": ca, "ap": _r4(res["ap"][f]),
         }
         if int(f) in detection:
             row.update(detection[int(f)])
@@ -894,14 +898,13 @@ def _latent_rows(res: dict, concepts: list[str], detection: dict) -> list[dict]:
 def _union_coverage(concepts: list[str], unions: dict, coverage: dict, ceiling: dict) -> dict:
     """truth.json's "union_coverage": per concept, the OR of the dictionary's latents precise for it, beside the
     single best latent and the probe ceiling."""
-    r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
     u = unions["dictionary"]
-    return {c: {"latents": int(u["latents"][i]), "recall": r4(u["recall"][i]),
-                "precision": r4(u["precision"][i]), "f1": r4(u["f1"][i]),
-                "single_f1": r4(coverage["dictionary"][i]), "probe_f1": r4(ceiling["f1"][i]),
-                "absorption": r4(u["absorption"][i]), "missed": r4(u["missed"][i]),
-                "probe_alignment": r4(u["probe_alignment"][i]),
-                "probe_alignment_random": r4(unions["random"]["probe_alignment"][i])
+    return {c: {"latents": int(u["latents"][i]), "recall": _r4(u["recall"][i]),
+                "precision": _r4(u["precision"][i]), "f1": _r4(u["f1"][i]),
+                "single_f1": _r4(coverage["dictionary"][i]), "probe_f1": _r4(ceiling["f1"][i]),
+                "absorption": _r4(u["absorption"][i]), "missed": _r4(u["missed"][i]),
+                "probe_alignment": _r4(u["probe_alignment"][i]),
+                "probe_alignment_random": _r4(unions["random"]["probe_alignment"][i])
                 if "random" in unions else None}
             for i, c in enumerate(concepts)}
 
@@ -912,12 +915,11 @@ def _assemble(name, dictionary, data: _Data, results, unions, summaries, coverag
     res = results["dictionary"]
     alive = res["alive"].astype(bool)
     concepts, labels, scored, specific = data.concepts, data.labels, data.scored, data.specific
-    r4 = lambda x: _nan_to_none(round(float(x), 4))  # noqa: E731
     latents = _latent_rows(res, concepts, detection)
     d, rnd = summaries["dictionary"], summaries.get("random", {})
     ratio = {c: (float(coverage["dictionary"][i] / ceiling["f1"][i]) if ceiling["f1"][i] > 0 else None)
              for i, c in enumerate(concepts)}
-    per_concept = lambda a: {c: r4(a[i]) for i, c in enumerate(concepts)}  # noqa: E731
+    per_concept = lambda a: {c: _r4(a[i]) for i, c in enumerate(concepts)}  # noqa: E731
     named = Counter(concepts[int(res["concept"][f])] for f in np.flatnonzero(alive & (res["f1"] >= EXPLAINED_F1)))
     precise_named = Counter(concepts[int(res["precise_concept"][f])] for f in np.flatnonzero(res["precise"]))
     det = [r for r in latents if "detection_token" in r]

@@ -251,7 +251,7 @@ class LatentConceptStats:
             base = base_C[concept.numpy()]
             # counts when precise for its concept on train (found) and again on held-out images
             out[name] = (self.alive_F.numpy() & found.numpy()
-                         & precise_for(np.nan_to_num(precision), fires_up, base, MIN_HELDOUT_FIRES))
+                         & precise_for(precision, fires_up, base, MIN_HELDOUT_FIRES))
             if name == "precise":
                 out.update({"upper_precision": precision, "upper_fires": fires_up, "upper_base": base,
                             "upper_recall": np.where(pos > 0, tp_up / np.maximum(pos, 1), 0.0)})

@@ -3,7 +3,7 @@
 Most latents of an SAE on the embedded models reach no concept of `labels` at held-out F1 >= 0.5. One
 explanation is that they follow something real that the labels do not name. This appends candidate concept
 families, computed from each stored generated image, to the store's labels, and reruns `truth_report` on one plain
-TopK SAE (the `study.sae_recipe`, no normalisation) with each family and with all of them
+TopK SAE (the `sae_recipe`, no normalisation) with each family and with all of them
 (`difflens study extra-concepts`):
 
     tone   what the token's pixels look like: the palette colour (object colours, their pattern shades,
@@ -177,7 +177,7 @@ def extra_concepts(cfg: ExtraConceptsConfig = ExtraConceptsConfig(), log=print) 
     import difflens as dl
 
     from difflens.interpret.labels import token_labels
-    from .truth_study import sae_recipe
+    from difflens.dictionaries.train.config import sae_recipe
     from difflens.interpret.truth import truth_report
 
     unknown = set(cfg.families) - set(FAMILIES)

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.dictionaries.train.config import sae_recipe
 from difflens.store.run_layout import truth_path
 
-from .truth_study import cached_report, fmt_cell, open_run, report_row, sae_recipe
+from .truth_study import cached_report, fmt_cell, open_run, report_row
 
 FAMILIES = ("topk", "batchtopk", "matryoshka", "jumprelu")
 SPACES = {"whitened": "pca", "plain": "none"}  # input space -> normalization

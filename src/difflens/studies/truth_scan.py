@@ -4,7 +4,7 @@
         [--tokens 1500000] [--normalization pca] [--sparse-sizes 1,4,16 | --sparse-sizes ''] [--out runs/truth_scan]
 
 For every (site, step) of an activation store (default: its image-stream residual sites ``*.img.out`` at every
-recorded step) one small TopK SAE is trained in memory with the same recipe everywhere (`study.sae_recipe`:
+recorded step) one small TopK SAE is trained in memory with the same recipe everywhere (`sae_recipe`:
 `num_latents` latents, k, `tokens` training tokens, input normalisation fitted on the train split, CPU), then
 `truth_report` matches its latents to the oracle's token-level concepts (choices on the train images, every number
 on the held-out ones):
@@ -118,7 +118,7 @@ def truth_scan(cfg: ScanConfig = ScanConfig(), log=print) -> dict:
     import difflens as dl
 
     from difflens.interpret.labels import store_world, token_labels
-    from .truth_study import sae_recipe
+    from difflens.dictionaries.train.config import sae_recipe
     from difflens.interpret.truth import truth_report, write_truth
 
     store = dl.open_store(cfg.store)

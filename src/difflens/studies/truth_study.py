@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.dictionaries.train.config import sae_recipe
 from difflens.store.run_layout import store_folder, summary_path, truth_path
 
 METHODS = ("sae_pca", "sae_none", "sae_pca_residual_loss", "itda", "neurons")
@@ -29,14 +30,6 @@ SAE_VARIANTS = {"sae_pca": dict(normalization="pca"), "sae_none": dict(normaliza
                 "sae_pca_residual_loss": dict(normalization="pca", loss_space="residual")}
 SIZES = ((192, 4), (384, 8), (768, 16), (1536, 32))  # (latents, k) of the size part
 MEASURES = ("precise_share", "precise_share_coarse", "ap_share", "f1_share", "mean_union_f1", "mean_absorption")
-
-
-def sae_recipe(k: int, num_latents: int, num_tokens: int) -> dict:
-    """`train_sae` settings shared by every ground-truth experiment (the study, `truth_scan`, `extra_concepts`), so
-    dictionaries are compared at one fixed recipe: batch 4096, Adam lr 1e-3, AuxK with k_aux = 2k, a dead window of
-    a quarter of the tokens (at most 500k), the normaliser fitted on the whole train split."""
-    return dict(k=k, num_latents=num_latents, num_tokens=num_tokens, batch_size=4096, lr=1e-3, k_aux=2 * k,
-                dead_window_tokens=min(num_tokens // 4, 500_000), norm_fit_tokens=10**9)
 
 
 def _train(method: str, store, site: str, step: int, seed: int, folder: Path, cfg: dict):

@@ -138,6 +138,14 @@ class RunConfig:
 
 
 # Settings that may change between a checkpoint and its resume without changing the job's result.
+def sae_recipe(k: int, num_latents: int, num_tokens: int) -> dict:
+    """The fixed `train_sae` settings of the demo and of every ground-truth study, so their dictionaries compare:
+    batch 4096, Adam lr 1e-3, AuxK with k_aux = 2k, a dead window of a quarter of the tokens (at most 500k), the
+    normaliser fitted on the whole train split."""
+    return dict(k=k, num_latents=num_latents, num_tokens=num_tokens, batch_size=4096, lr=1e-3, k_aux=2 * k,
+                dead_window_tokens=min(num_tokens // 4, 500_000), norm_fit_tokens=10**9)
+
+
 OPERATIONAL = {"out", "resume", "overwrite", "checkpoint_every", "log_every", "device", "logger", "progress", "num_tokens"}
 
 

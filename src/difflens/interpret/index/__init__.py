@@ -41,10 +41,6 @@ from .identity import dictionary_fingerprint, dictionary_identity, store_identit
 from .queries import FeatureIndex
 from .rows import IndexedRows, image_layout
 
-# the names these had when the index was one module (tests and bench/ scripts build indexes by hand with them)
-_Accumulator, _empty_tensors = Accumulator, empty_tensors
-_dictionary_identity, _store_identity = dictionary_identity, store_identity
-
 __all__ = ["FeatureIndex", "IndexConfig", "build_feature_index", "encode_rows", "encode_chunk_tokens", "example_keys",
            "merge_largest", "image_layout", "dictionary_fingerprint", "dictionary_identity", "store_identity",
            "Accumulator", "empty_tensors", "IndexedRows", "FORMAT", "FORMAT_VERSION", "TENSORS_FILE", "HEADER_FILE",
