@@ -186,10 +186,6 @@ def add_command(subparsers, name: str, help: str, func, *configs: type, **parser
     return parser
 
 
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit code 2."""
-
-
 def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; user errors print one line and return 2. Here, below every area,
     so an area's `cli.py` can run its own commands alone without importing the `difflens` dispatcher."""
@@ -198,7 +194,7 @@ def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, KeyError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"difflens {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -99,24 +99,23 @@ def _create(path: Path) -> bool:
     return True
 
 
-def _take_over(path: Path, record: dict) -> bool:
+def _take_over(path: Path, record: dict) -> None:
     """Remove a stale lock, unless another process replaced it meanwhile: it is moved aside first and checked."""
     aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
-        return True  # someone else removed it; try to create ours
+        return  # someone else removed it; try to create ours
     if _read(aside) == record:
         aside.unlink(missing_ok=True)
         print(f"difflens: taking over the lock {path} left by a process that is gone ({describe(record)})",
               file=sys.stderr)
-        return True
+        return
     try:  # we moved a fresh lock of a live writer: put it back (link fails if yet another one exists)
         os.link(aside, path)
     except FileExistsError:
         pass
     aside.unlink(missing_ok=True)
-    return False
 
 
 def acquire(output: str | os.PathLike) -> Path:

@@ -238,7 +238,11 @@ class StepNormalizers(torch.nn.Module):
     def row_scales(self, steps_B: Tensor) -> Tensor:
         """(B, D) each row's step's scale (the residual-space loss weights are its square)."""
         scales = torch.stack([self.for_step(s).scale for s in self.steps])
-        index = torch.as_tensor([self.steps.index(int(s)) for s in steps_B.tolist()], device=scales.device)
+        steps_S, steps_B = torch.tensor(self.steps, device=scales.device), steps_B.to(scales.device)
+        index = torch.searchsorted(steps_S, steps_B).clamp_max(len(self.steps) - 1)  # self.steps is sorted
+        unknown = steps_S[index] != steps_B
+        if bool(unknown.any()):
+            self.for_step(int(steps_B[unknown][0]))  # refuses, naming the dictionary's steps
         return scales[index]
 
     # the step-free map does not exist: say which step to choose

@@ -151,11 +151,13 @@ class BatchTopKSAE(TopKSAE):
         """At the end of training, set the inference threshold to this batch's B·k-th score, so inference keeps k
         latents a token on average: the running mean of training lags while training still moves the scores (on the
         demo site it left held-out L0 at 12.4 for k 16). Every rank sees the same whole batch, so ranks agree."""
-        if not self.thresholded:
-            return
-        pre_BF = scores(z_BD, self.b_dec, self.W_enc, self.b_enc)
-        kth = pre_BF.reshape(-1).topk(min(z_BD.shape[0] * self.k, pre_BF.numel()), sorted=False).values.min()
-        self.threshold.fill_(max(float(kth), 0.0))
+        if self.thresholded:
+            self.threshold.fill_(max(float(self.batch_kth_score(z_BD)), 0.0))
+
+    def batch_kth_score(self, z_BD: Tensor) -> Tensor:
+        """The batch's B·k-th largest score: a threshold that keeps k latents a token on average."""
+        pre = scores(z_BD, self.b_dec, self.W_enc, self.b_enc).reshape(-1)
+        return pre.topk(min(pre.numel(), z_BD.shape[0] * self.k), sorted=False).values.min()
 
     def encode_normalized(self, z_BD: Tensor) -> SparseCodes:
         if not self.thresholded:
@@ -237,9 +239,7 @@ class JumpReLUSAE(BatchTopKSAE):
     def initialise(self, z_BD: Tensor) -> None:
         super().initialise(z_BD)
         if self.cfg.init_threshold <= 0:  # start at L0 = k: the B·k-th largest score of the first batch
-            pre = scores(z_BD, self.b_dec, self.W_enc, self.b_enc).reshape(-1)
-            kth = pre.topk(min(pre.numel(), z_BD.shape[0] * self.k), sorted=False).values.min()
-            self.log_threshold.fill_(float(kth.float().clamp_min(1e-3).log()))
+            self.log_threshold.fill_(float(self.batch_kth_score(z_BD).float().clamp_min(1e-3).log()))
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         vals, idx, l0, aux_vals, aux_idx, pairs = jumprelu_encode(z_BD, self.b_dec, self.W_enc, self.b_enc,
@@ -264,7 +264,3 @@ SAE_CLASSES: dict[str, tuple[type[SAEConfig], type[TopKSAE]]] = {
 def make_sae(d_in: int, cfg: SAEConfig, normalizer: Normalizer | None = None, seed: int = 0) -> TopKSAE:
     """The SAE of ``cfg``'s family."""
     return SAE_CLASSES[cfg.arch][1](d_in, cfg, normalizer=normalizer, seed=seed)
-
-
-def arch_of(sae: TopKSAE) -> str:
-    return sae.cfg.arch

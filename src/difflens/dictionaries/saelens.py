@@ -82,7 +82,6 @@ def export_saelens(sae: TopKSAE, out_dir: str | Path, *, hook_name: str | None =
             "ITDA and neuron bases have no sae-lens equivalent"
         )
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = saelens_cfg(sae, hook_name=hook_name, metadata=metadata)
     folded = fold_normalizer(sae)
     tensors = {

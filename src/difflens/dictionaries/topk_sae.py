@@ -145,6 +145,12 @@ class TopKSAE(Dictionary):
     def load_family_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Restore :meth:`family_tensors` from a weights file."""
 
+    def observe(self, out: SAEOutput, rate: float) -> None:
+        """After each optimiser step: what a family learns from the batch besides its weights (TopK: nothing)."""
+
+    def calibrate(self, z_BD: Tensor) -> None:
+        """At the end of training, on the last (normalised) batch: a family's inference settings (TopK: none)."""
+
     # ---- decoder-norm constraint ----
     @torch.no_grad()
     def normalize_decoder(self) -> None:

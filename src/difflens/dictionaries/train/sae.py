@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -40,8 +40,8 @@ from ..base import check_activations
 from ..sparse_ops import sparse_decode
 from ..sae_families import make_sae
 from ..topk_sae import TopKSAE
-from .config import RunConfig, SAETrainConfig, default_lr
-from ..normalization import loss_weights, normalize_rows
+from ..normalization import StepNormalizers, loss_weights, normalize_rows
+from .config import RunConfig, SAETrainConfig
 from .data import batch_stream, resolve_data, row_steps
 from .job import start_job
 
@@ -97,14 +97,18 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
     job.open_log(state.step, data.site or "sae", meta)
 
     stats: dict = {}
+    z = None  # the last normalised batch
     initialised = state.step > 0
+    per_row_weights = cfg.loss_space == "residual" and isinstance(normalizer, StepNormalizers)
+    weights_D = loss_weights(normalizer).to(device) if cfg.loss_space == "residual" and not per_row_weights else None
     stream = batch_stream(reader, cfg.batch_size, cfg.seed, epoch, batch_idx)
     while state.step < total_steps:
         epoch, batch_idx, acts, rows = next(stream)
         check_activations(acts, reader.dim)
         steps_B = row_steps(reader, rows)  # a step-spanning dictionary's rows may each have their normaliser
         z = normalize_rows(normalizer, acts.float().to(device, non_blocking=True), steps_B)
-        weights_D = loss_weights(normalizer, steps_B).to(device) if cfg.loss_space == "residual" else None
+        if per_row_weights:  # each row weighed by its own step's scale
+            weights_D = loss_weights(normalizer, steps_B).to(device)
         if not initialised:
             sae.initialise(z)  # data-dependent start (decoder bias at the mean, normalised space)
             initialised = True
@@ -118,7 +122,7 @@ def _train(cfg: SAETrainConfig, run: RunConfig, data, device: torch.device, on_s
             break
         if _THROTTLE_S:
             time.sleep(_THROTTLE_S)
-    if hasattr(sae, "calibrate") and state.step > 0 and "z" in locals():
+    if z is not None:
         sae.calibrate(z)  # threshold families: inference keeps k latents a token on average
     job.close_log()
     sae.meta = {**meta, "steps": state.step, "tokens": state.step * cfg.batch_size, "final": stats, "seconds": job.seconds()}
@@ -152,7 +156,7 @@ class SAEState:
     @classmethod
     def create(cls, sae: TopKSAE, cfg: SAETrainConfig) -> "SAEState":
         kwargs = {"fused": True} if sae.W_dec.device.type in ("cpu", "cuda") else {}
-        cfg = cfg if cfg.lr is not None else replace(cfg, lr=default_lr(sae.num_latents))
+        cfg = cfg.resolved(sae.d_in)
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), **kwargs)
         return cls(sae, cfg, opt)
 
@@ -210,8 +214,7 @@ class SAEState:
             group["lr"] = self.lr_at(self.step)
         self.opt.step()
         sae.normalize_decoder()
-        if hasattr(sae, "observe"):
-            sae.observe(out, getattr(cfg, "threshold_rate", 0.01))
+        sae.observe(out, getattr(cfg, "threshold_rate", 0.01))  # the rate only threshold families have
         n_tokens = global_tokens if global_tokens is not None else z_BD.shape[0] * world
         self.tokens_since_fired += n_tokens
         self.tokens_since_fired[fired > 0] = 0
