@@ -38,3 +38,6 @@ def test_groups_run_once_then_merge(tmp_path, capsys, monkeypatch):
     assert {r["category"] for r in json.loads(out.read_text())["rows"]} == {"size"}
     assert cli_main(args[:-2] + ["--merge-only"]) == 2
     assert "--merge-only needs --groups" in capsys.readouterr().err
+    monkeypatch.undo()  # a group rerun that talks (no --quiet) still merges with a quiet one: not a setting
+    assert cli_main([a for a in args if a != "--quiet"]) == 0, capsys.readouterr().err
+    assert {r["category"] for r in json.loads(out.read_text())["rows"]} == {"size", "color"}

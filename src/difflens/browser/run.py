@@ -444,12 +444,10 @@ class Run:
                     store = (d.cfg.get("difflens_meta") or {}).get("store")
                     if isinstance(store, dict):
                         candidates += run_layout.link_candidates(d.folder, store.get("relative"), store.get("path"))
-                for c in candidates:
-                    try:
-                        self._store = ActivationStore.open(c)
-                        break
-                    except (FileNotFoundError, ValueError):
-                        continue
+                try:
+                    self._store = run_layout.open_first(candidates, ActivationStore.open, "the run's store")
+                except (FileNotFoundError, ValueError):
+                    pass  # a run without a store still browses what its files hold
         return self._store
 
     def image_count(self) -> int:

@@ -770,10 +770,11 @@ def merge_results(paths: list[str | Path], out: str | Path) -> dict:
     if not parts:
         raise ValueError("no results files to merge")
     first = parts[0]
-    ignore = {"categories", "out", "n"}
+    def settings(config: dict) -> dict:  # the job's settings (bench_settings) but the categories and their sizes
+        return {k: v for k, v in bench_settings(config).items() if k not in ("categories", "n")}
+
     for p, path in zip(parts[1:], paths[1:]):
-        a = {k: v for k, v in first["config"].items() if k not in ignore}
-        b = {k: v for k, v in p["config"].items() if k not in ignore}
+        a, b = settings(first["config"]), settings(p["config"])
         if a != b:
             diff = sorted(k for k in a if a[k] != b.get(k))
             raise ValueError(f"{path} was run with other settings ({', '.join(diff)})")
