@@ -281,7 +281,7 @@ def _write_summary(out: Path, cfg: DemoConfig, site: str, evaluation: dict, step
         "interpretation": interpretation,
         "steering": steering,
         "timings_s": timings,
-        "plots": sorted(run_layout.run_relative(p, out) for folder in (plots_dir, out / run_layout.SWEEP_DIR)
+        "plots": sorted(run_layout.relative_link(p, out) for folder in (plots_dir, out / run_layout.SWEEP_DIR)
                         for p in folder.glob("*.png")),
     }
     run_layout.summary_path(out).write_text(json.dumps(summary, indent=2))
@@ -446,7 +446,7 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
                               f"{region or 'the whole image'} at every step",
                               run_layout.plots_folder(out) / f"steer_{family}.png",
                               [[None] + [None if r is None else r[b] for r in result.regions] for b in range(shown)])
-            grids.append(run_layout.run_relative(path, out))
+            grids.append(run_layout.relative_link(path, out))
     table = format_table(rows, ["latent", "concept", "f1", "steps", "unsteered", *columns])
     print("share of images where the oracle reads the concept / and everything else unchanged (clean edit)")
     print(table)
@@ -467,7 +467,7 @@ def edit_bench(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dict:
     results = run_edit_bench(bench, model=model, dictionaries={"sae_pca": dictionaries["sae_pca"]})
     table = format_bench_table(results["rows"], reference="sae_pca")
     print(table)
-    return {"table": table, "results": run_layout.run_relative(bench.out, out)}
+    return {"table": table, "results": run_layout.relative_link(bench.out, out)}
 
 
 def register(sub) -> None:

@@ -11,20 +11,15 @@ pretrained one.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import torch
 
 from ..world import sample_scene
+from ..world.caption import caption_words as words  # the words the tokenizer sees
 from ..world.scene import POSITIONS
 
 TRAIN_SHARE = 0.75  # share of the objects the probe trains on (the rest score it)
-
-
-def words(text: str) -> list[str]:
-    """The lower-cased words of a caption, as the word tokenizer splits them."""
-    return re.findall(r"[a-z]+", text.lower())
 
 
 def phrase_start(caption_words: list[str], obj) -> tuple[int, list[str]]:

@@ -128,11 +128,9 @@ def pretrain_text_encoder(cfg: TextPretrainConfig = TextPretrainConfig(), log=pr
     train_s = time.time() - start
     encoder.eval()
     if cfg.save:
-        from safetensors.torch import save
+        from difflens.atomic import atomic_save_tensors
 
-        from difflens.atomic import atomic_write_bytes
-
-        atomic_write_bytes(cfg.save, save({k: v.contiguous() for k, v in encoder.state_dict().items()}))
+        atomic_save_tensors(cfg.save, encoder.state_dict())
         log(f"encoder written to {cfg.save}")
     result = {**{k: v for k, v in asdict(cfg).items() if k != "save"}, "layers": layers, "width": width,
               "train_s": round(train_s, 1), "background_word_cosine": round(background_word_cosine(encoder, tokenizer), 3),

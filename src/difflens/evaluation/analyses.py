@@ -156,11 +156,11 @@ def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sit
     path = source if source is not None else dictionary.locate_store()
     store = open_store(path) if isinstance(path, (str, Path)) else path
     rows = []
+    own = dictionary.normalizer.steps if isinstance(dictionary.normalizer, StepNormalizers) else None
     for site in [dictionary.site, *(s for s in sites or [] if s != dictionary.site)]:
         stored = sorted(t for s, t in store.entries() if s == site)
         if not stored:
             raise ValueError(f"site {site!r} is not in store {getattr(store, 'root', '')}")
-        own = dictionary.normalizer.steps if isinstance(dictionary.normalizer, StepNormalizers) else None
         wanted = (own or stored) if steps == "all" else [int(t) for t in steps]
         missing = sorted(set(wanted) - set(stored))
         if missing:

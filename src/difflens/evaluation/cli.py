@@ -92,11 +92,12 @@ def cmd_eval(args) -> int:
     run = Path(cmd.run)
     out = Path(cmd.out) if cmd.out else (run.parent if is_dictionary(run) else run) / METRICS_FILE
     rows, compared = [], []
+    one_step_all = [o for o in map(load_dictionary, find_dictionaries(cmd.compare_per_step).values())
+                    if not o.meta.get("denoising_steps")] if cmd.compare_per_step else []  # loaded once
     for name, folder in find_dictionaries(run).items():
         d = load_dictionary(folder)
         if cmd.compare_per_step and d.meta.get("denoising_steps"):
-            one_step = [o for o in map(load_dictionary, find_dictionaries(cmd.compare_per_step).values())
-                        if o.site == d.site and not o.meta.get("denoising_steps")]  # other sites: not compared
+            one_step = [o for o in one_step_all if o.site == d.site]  # other sites: not compared
             compared += [{"name": name, **r} for r in compare_per_step(d, one_step, cmd.store, split=cmd.split,
                                                                       max_tokens=cmd.tokens)]
         if cmd.steps is not None:

@@ -129,11 +129,6 @@ def is_index(folder: str | Path) -> bool:
     return (Path(folder) / INDEX_TENSORS).is_file()
 
 
-def run_relative(path: str | Path, run: str | Path) -> str:
-    """``path`` as a POSIX path relative to the run folder (what summary.json records)."""
-    return Path(os.path.relpath(Path(path).resolve(), Path(run).resolve())).as_posix()
-
-
 # ---------------------------------------------------------------------------------------------------- finding
 def find_dictionaries(folder: str | Path) -> dict[str, Path]:
     """{name: dictionary folder} of everything a command may be pointed at: a single dictionary folder (named

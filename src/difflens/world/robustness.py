@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from .perturb import roughen_edges, soften
-from .render import render, render_parts
-from .scene import sample_scenes
-from .scoring import score_images, score_rich_images
+from .render import render
+from .scoring import score_images, score_scene_images
+from .worlds import get_world
 
 # (label, kind, level)
 DAMAGES = ([("clean", "clean", None)] + [(f"ragged edges {p:.0%}", "ragged edges", p) for p in (0.1, 0.2, 0.3)]
@@ -37,15 +37,16 @@ def damaged(kind: str, level, scene, image_HWC: np.ndarray, masks, rng: np.rando
 def oracle_robustness(world: str = "classic", n: int = 800, seed: int = 5) -> dict:
     """{damage label: {score name: value, ..., "ms_per_image": oracle time}} on `n` seeded scenes of `world`
     (classic: one object each; rich: one to three)."""
-    scenes = sample_scenes(n, seed=seed, n_objects=1) if world == "classic" else sample_scenes(n, seed=seed, world=world)
+    w = get_world(world)
+    scenes = w.scenes(n, seed=seed, n_objects=1 if w.largest_object_score else None)
     renders = [render(s) for s in scenes]
-    parts = [render_parts(s) for s in scenes] if world == "rich" else None
+    parts = w.part_masks(scenes)  # once, not per damage
     results = {}
     for label, kind, level in DAMAGES:
         rng = np.random.default_rng(0)
         images = np.stack([damaged(kind, level, s, im, m, rng) for s, (im, m) in zip(scenes, renders)])
         start = time.time()
-        scores = score_images(scenes, images) if world == "classic" else score_rich_images(scenes, images, parts)
+        scores = score_images(scenes, images) if w.largest_object_score else score_scene_images(scenes, images, w, parts)
         results[label] = {**{k: round(v, 3) for k, v in scores.items()},
                           "ms_per_image": round(1000 * (time.time() - start) / n, 2)}
     return results
