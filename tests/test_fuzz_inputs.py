@@ -274,3 +274,21 @@ def test_every_flag_converter_accepts_or_refuses(data):
         action.type(value)
     except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
         refused_with_message(err)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=10), st.from_regex(r"all|[-0-9, ]{0,10}|al", fullmatch=True)))
+def test_eval_steps_words_are_refused_before_any_work(text):
+    """`difflens eval --steps` takes the same values; a word other than all (or nothing) is refused up front, by
+    name, before the store is opened (`dictionary` None: reaching it would fail differently)."""
+    from difflens.capture.runner import CaptureConfig
+    from difflens.configs import add_config_arguments
+    from difflens.evaluation.analyses import across_steps
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, CaptureConfig, only={"steps_to_record"})
+    steps = parser._option_string_actions["--steps-to-record"].type(text)
+    if steps == "all" or (isinstance(steps, list) and steps):
+        return
+    with pytest.raises(ValueError, match="--steps takes step indices"):
+        across_steps(None, None, steps=steps)
