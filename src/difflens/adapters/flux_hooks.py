@@ -16,13 +16,13 @@ import torch
 
 from difflens.adapters.base import HookPlan, SiteInfo
 
-_SITE_RE = re.compile(r"^(double|single)\.(\d+)\.(img|txt)\.(out|update|mlp)$")
+_SITE_RE = re.compile(r"(double|single)\.(0|[1-9][0-9]*)\.(img|txt)\.(out|update|mlp)")  # one spelling a name
 _STREAM = {"img": "image", "txt": "text"}
 
 
 def parse_site(name: str) -> tuple[str, int, str, str]:
     """'double.18.img.out' -> ('double', 18, 'img', 'out'); bad names raise ValueError."""
-    m = _SITE_RE.match(name)
+    m = _SITE_RE.fullmatch(name) if isinstance(name, str) else None
     if not m:
         raise ValueError(f"bad FLUX site name {name!r}: expected (double|single).<block>.(img|txt).(out|update|mlp)")
     return m.group(1), int(m.group(2)), m.group(3), m.group(4)

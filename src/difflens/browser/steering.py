@@ -134,7 +134,7 @@ def check_request(body: Any, run, limits: SteeringLimits, default_steps: int = 8
             raise Refused("box must be [x0, y0, x1, y1] in image fractions, or null for the whole image")
         try:
             box = tuple(float(v) for v in box)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise Refused("box must hold four numbers") from None
         if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in box):
             raise Refused("box corners must lie in [0, 1] (fractions of the image)")

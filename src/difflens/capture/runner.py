@@ -12,6 +12,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import operator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -179,9 +180,17 @@ class CapturePlan:
 
 def resolve_steps(requested: list[int] | str | None, num_steps: int) -> list[int]:
     """0-based steps to record: the given ones (validated), 'all', or None for step 0."""
-    if requested == "all":
+    if isinstance(requested, str) and requested.strip() == "all":
         return list(range(num_steps))
-    steps = sorted({int(s) for s in (requested if requested is not None else [0])})
+    usage = f"--steps-to-record takes step indices such as 0 or 0,3,7, or all; got {requested!r}"
+    if isinstance(requested, str):
+        raise ValueError(usage)
+    if requested is not None and not requested:
+        raise ValueError(usage)
+    try:
+        steps = sorted({operator.index(s) for s in (requested if requested is not None else [0])})
+    except TypeError:
+        raise ValueError(usage) from None
     bad = [s for s in steps if not 0 <= s < num_steps]
     if bad:
         raise ValueError(f"--steps-to-record {bad} outside 0..{num_steps - 1} ({num_steps} denoising steps)")

@@ -153,6 +153,8 @@ def across_steps(dictionary, source=None, *, steps: list[int] | str = "all", sit
     "all" means those, and other steps are refused."""
     from difflens.store.sources import open_store
 
+    if (steps != "all") if isinstance(steps, str) else not list(steps):
+        raise ValueError(f"--steps takes step indices such as 0 or 0,3,7, or all; got {steps!r}")
     path = source if source is not None else dictionary.locate_store()
     store = open_store(path) if isinstance(path, (str, Path)) else path
     rows = []

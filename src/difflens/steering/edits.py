@@ -20,8 +20,11 @@ Strength units (add and clamp; scale's strength is a plain factor):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from difflens.adapters.base import GUIDANCE_HALVES
 
@@ -51,7 +54,9 @@ class Edit:
 
     def check(self, num_latents: int) -> None:
         """Raise ValueError for settings that are wrong whatever the model (called before any generation)."""
-        if isinstance(self.latent, bool) or int(self.latent) != self.latent or not 0 <= self.latent < num_latents:
+        if not _is_integer(self.latent):
+            raise ValueError(f"latent must be an integer, got {self.latent!r}")
+        if not 0 <= self.latent < num_latents:
             raise ValueError(f"latent {self.latent} is outside the dictionary (0..{num_latents - 1})")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -59,8 +64,8 @@ class Edit:
             raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
         if self.guidance not in GUIDANCE_HALVES:
             raise ValueError(f"guidance must be one of {', '.join(GUIDANCE_HALVES)}, got {self.guidance!r}")
-        if not math.isfinite(float(self.strength)):
-            raise ValueError(f"strength must be a finite number, got {self.strength}")
+        if not _is_finite(self.strength):
+            raise ValueError(f"strength must be a finite number, got {self.strength!r}")
 
     def describe(self) -> dict:
         """JSON-able settings (a mask image is summarised by its shape)."""
@@ -72,6 +77,21 @@ class Edit:
         if isinstance(self.steps, tuple):
             out["steps"] = list(self.steps)
         return out
+
+
+def _is_number(value: Any) -> bool:
+    """A real number a setting may hold: int, float or their numpy kinds, never a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite(value: Any) -> bool:
+    """A finite real number (any int is, however large: no float conversion to overflow)."""
+    return _is_number(value) and (isinstance(value, (int, np.integer)) or math.isfinite(value))
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer value (1 and 1.0 both are; 1.5, nan, inf, True and "1" are not)."""
+    return _is_finite(value) and int(value) == value
 
 
 def _number(text: str):
@@ -98,10 +118,14 @@ def parse_steps(steps: Any, num_steps: int) -> list[int]:
         except ValueError:
             raise ValueError(f"steps must be start:end (end excluded), a comma list of integers or all, got "
                              f"{steps!r}") from None
+    if _is_integer(steps):  # one step index
+        steps = [steps]
     if isinstance(steps, tuple):
         if len(steps) != 2:
             raise ValueError(f"a step window is (start, end), got {steps!r}")
         start, end = steps
+        if not (_is_number(start) and _is_number(end)):
+            raise ValueError(f"a step window is (start, end) of step indices or fractions, got {steps!r}")
         if isinstance(start, float) or isinstance(end, float):
             if not (0 <= start <= 1 and 0 <= end <= 1):
                 raise ValueError(f"a step window in fractions of the schedule must lie in [0, 1], got {steps!r}")
@@ -111,6 +135,10 @@ def parse_steps(steps: Any, num_steps: int) -> list[int]:
         if end <= start:
             raise ValueError(f"empty step window [{start}, {end})")
         return list(range(int(start), int(end)))
+    listed = list(steps) if isinstance(steps, Iterable) and not isinstance(steps, (str, bytes, dict)) else None
+    if listed is None or not all(map(_is_integer, listed)):
+        raise ValueError(f"steps must be None, all, a window (start, end) or a list of step indices, got {steps!r}")
+    steps = listed
     picked = sorted({int(s) for s in steps})
     if not picked:
         raise ValueError("empty step list")

@@ -17,7 +17,7 @@ ACTIVE = "active"  # the edit applies where its latent fires, decided at the hoo
 def _box(spec, grid: tuple[int, int]) -> np.ndarray:
     try:
         x0, y0, x1, y1 = (float(v) for v in spec)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"a box region is x0,y0,x1,y1 in image fractions, got {spec!r}") from None
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
         raise ValueError(f"box region {spec!r} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
