@@ -387,7 +387,7 @@ def labels_path(store, grid: tuple[int, int], world: str | World = "classic") ->
 def image_grid(store, site: str | None = None) -> tuple[int, int]:
     """The token grid of `site` (an image-stream site), or the one grid all the store's image sites share."""
     from difflens.store import layout
-    from difflens.store.writer import read_json
+    from difflens.reading import read_json
 
     grids, streams = set(), {}
     for s, step in store.entries():
