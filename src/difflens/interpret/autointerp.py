@@ -315,6 +315,9 @@ def results_folder(index, cfg: AutointerpConfig | None = None, out: str | Path |
     return Path(out) if out is not None else autointerp_folder(index.path, (cfg or AutointerpConfig()).backend)
 
 
+SETTINGS_KEYS = ("dictionary", "site", "steps", "config")  # what results_settings reads
+
+
 def results_settings(summary: dict, folder: str | Path | None = None) -> dict:
     """What makes two autointerp runs the same job (more latents may be added to a run's results). A results file
     names its dictionary relative to its ``folder``; a fresh summary, absolutely."""
@@ -334,7 +337,7 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
     cfg = cfg or AutointerpConfig()
     folder = results_folder(index, cfg, out)
     results_path = folder / RESULTS_FILE
-    previous = previous_output(results_path, "autointerp results", overwrite) or {}
+    previous = previous_output(results_path, "autointerp results", overwrite, keys=SETTINGS_KEYS) or {}
     if not same_settings(folder, results_settings(previous, folder) if previous else None,
                          results_settings(summarize({}, index, cfg)), what="autointerp results", overwrite=overwrite):
         previous = {}
