@@ -8,7 +8,7 @@ Every writer here takes the target path first, then what to write, and creates t
 folder when it is missing; this module is the package's only atomic writer.
 
 A write that runs out of space (a full disk, a quota, `RLIMIT_FSIZE`) raises :class:`DiskFullError`, made in one
-place (`atomic_file`): "no space left on device while writing <what> to <path>". Its temporary is removed (the
+place (`naming_full_disk`, which `atomic_file` and the output locks use): "no space left on device while writing <what> to <path>". Its temporary is removed (the
 space comes back), the file it would have replaced is untouched, and a rerun after freeing space completes.
 """
 
@@ -58,6 +58,20 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextmanager
+def naming_full_disk(path: str | os.PathLike, what: str, partial: Path | None = None):
+    """Inside the block, running out of space raises :class:`DiskFullError` naming `what` and `path`, after removing
+    `partial` (the half-written file) so the space comes back; any other error passes unchanged."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _OUT_OF_SPACE or isinstance(err, DiskFullError):
+            raise
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise DiskFullError(Path(path), what, err) from err
+
+
+@contextmanager
 def atomic_file(path: str | os.PathLike, sync_dir: bool = True, fsync: bool = True, what: str | None = None):
     """Open a temporary beside `path` for writing; on success flush it (fsync unless `fsync=False`,
     which leaves durability to the caller's one `os.sync()` before its commit point) and rename it.
@@ -65,18 +79,13 @@ def atomic_file(path: str | os.PathLike, sync_dir: bool = True, fsync: bool = Tr
     `what` names the content in a :class:`DiskFullError` (default: the file's name)."""
     path = Path(path)
     tmp = _tmp_path(path)
-    try:
+    with naming_full_disk(path, what or path.name, partial=tmp):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             yield f
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
-    except OSError as err:
-        if err.errno not in _OUT_OF_SPACE:
-            raise
-        tmp.unlink(missing_ok=True)
-        raise DiskFullError(path, what or path.name, err) from err
     os.replace(tmp, path)
     if sync_dir:
         fsync_dir(path.parent)
