@@ -193,3 +193,20 @@ def test_an_autointerp_cache_write_that_runs_out_of_space_is_named_and_redone(di
     finally:
         server.close()
     assert answer.ok and not answer.cached and cached.cached and cached.content == answer.content
+
+
+def test_the_command_line_prints_a_full_disk_as_one_line(tmp_path, capsys):
+    import argparse
+    import errno
+
+    from difflens.configs import run_parser
+
+    def full(args):
+        raise DiskFullError(tmp_path / "store.json", "store manifest", OSError(errno.ENOSPC, "No space left on device"))
+
+    parser = argparse.ArgumentParser()
+    parser.add_subparsers(dest="command").add_parser("capture").set_defaults(func=full)
+    assert run_parser(parser, ["capture"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"difflens capture: error: no space left on device while writing store manifest to "
+                   f"{tmp_path / 'store.json'}; free some space and rerun: finished work is kept\n")
