@@ -20,17 +20,17 @@ tensors under ``opt.``), whose tensors are renamed on reading.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from .atomic import TMP_MARKER, atomic_save_tensors, atomic_write_json
+from .reading import CorruptFileError, read_json, read_safetensors
 
 FORMAT = 1
 OPTIM = "optim."
 _LEGACY_OPTIM = "opt."  # the dictionaries' optimizer prefix before the formats were merged
+START_OVER = "delete it to start over"
 
 
 # ---- optimizer and RNG state as tensors -------------------------------------------------------------------------
@@ -85,8 +85,8 @@ def save_checkpoint(pointer: str | Path, step: int, tensors: dict[str, torch.Ten
     """Write ``tensors`` (plus the RNG states) for ``step``, then publish them through ``pointer`` with ``info``."""
     pointer = Path(pointer)
     name = f"{pointer.stem}-{step:09d}.safetensors"
-    atomic_save_tensors(pointer.parent / name, {**tensors, **rng_tensors()})
-    atomic_write_json(pointer, {**info, "step": step, "tensors": name, "format": FORMAT})
+    atomic_save_tensors(pointer.parent / name, {**tensors, **rng_tensors()}, what=f"checkpoint tensors of step {step}")
+    atomic_write_json(pointer, {**info, "step": step, "tensors": name, "format": FORMAT}, what="checkpoint pointer")
     for stale in [*pointer.parent.glob(f"{pointer.stem}-*.safetensors"),
                   *pointer.parent.glob(f"{pointer.stem}-*.safetensors{TMP_MARKER}*")]:
         if stale.name != name:
@@ -97,7 +97,7 @@ def load_checkpoint(pointer: str | Path, prefixes: tuple[str, ...] | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, info) of the checkpoint ``pointer`` names; only tensors under ``prefixes`` if given.
 
-    Raises ValueError naming the file for anything unreadable (a missing pointer included).
+    Raises ValueError (CorruptFileError) naming the file for anything unreadable (a missing pointer included).
     """
     pointer = Path(pointer)
     info = checkpoint_info(pointer)
@@ -105,7 +105,9 @@ def load_checkpoint(pointer: str | Path, prefixes: tuple[str, ...] | None = None
         if _is_legacy(info):
             return _load_legacy_dictionary_checkpoint(pointer.parent / info["checkpoint"], prefixes)
         tensors = _read_tensors(pointer.parent / info["tensors"], prefixes)
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same message
+    except CorruptFileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a missing tensor file, a legacy folder without its parts
         raise _unreadable(pointer, err) from err
     return tensors, info
 
@@ -114,13 +116,11 @@ def checkpoint_info(pointer: str | Path) -> dict:
     """The pointer's JSON (step, settings, ...) without reading the tensors; ValueError naming it if unreadable."""
     pointer = Path(pointer)
     try:
-        info = json.loads(pointer.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-        if not _is_legacy(info) and info.get("format") != FORMAT:
-            raise ValueError(f"unknown checkpoint format {info.get('format')!r}")
-    except Exception as err:  # noqa: BLE001
+        info = read_json(pointer, "checkpoint", hint=START_OVER, expect=dict)
+    except FileNotFoundError as err:
         raise _unreadable(pointer, err) from err
+    if not _is_legacy(info) and info.get("format") != FORMAT:
+        raise _unreadable(pointer, f"unknown checkpoint format {info.get('format')!r}")
     return info
 
 
@@ -128,8 +128,8 @@ def _is_legacy(info: dict) -> bool:
     return "checkpoint" in info and "format" not in info
 
 
-def _unreadable(pointer: Path, err: Exception) -> ValueError:
-    return ValueError(f"checkpoint {pointer} is unreadable ({err}); delete it to start over")
+def _unreadable(pointer: Path, err: Exception | str) -> CorruptFileError:
+    return CorruptFileError(pointer, "checkpoint", f"unreadable ({err})", START_OVER)
 
 
 def load_latest(pointer: str | Path) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -138,8 +138,8 @@ def load_latest(pointer: str | Path) -> tuple[dict[str, torch.Tensor], dict] | N
 
 
 def _read_tensors(path: Path, prefixes: tuple[str, ...] | None) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys() if prefixes is None or key.startswith(prefixes)}
+    keys = None if prefixes is None else (lambda key: key.startswith(prefixes))
+    return read_safetensors(path, "checkpoint tensors", hint=START_OVER, keys=keys)[0]
 
 
 def _load_legacy_dictionary_checkpoint(folder: Path, prefixes) -> tuple[dict[str, torch.Tensor], dict]:
@@ -148,4 +148,4 @@ def _load_legacy_dictionary_checkpoint(folder: Path, prefixes) -> tuple[dict[str
     tensors = {(OPTIM + k[len(_LEGACY_OPTIM):] if k.startswith(_LEGACY_OPTIM) else k): v for k, v in tensors.items()}
     if prefixes is not None:
         tensors = {k: v for k, v in tensors.items() if k.startswith(prefixes)}
-    return tensors, json.loads((folder / "state.json").read_text())
+    return tensors, read_json(folder / "state.json", "checkpoint state", hint=START_OVER, expect=dict)

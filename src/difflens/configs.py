@@ -191,10 +191,12 @@ def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     so an area's `cli.py` can run its own commands alone without importing the `difflens` dispatcher."""
     import sys
 
+    from .atomic import DiskFullError
+
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, KeyError, DiskFullError) as err:  # corrupt files are ValueErrors
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"difflens {args.command}: error: {msg}", file=sys.stderr)
         return 2

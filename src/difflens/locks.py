@@ -22,6 +22,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import naming_full_disk
+
 _HELD: dict[Path, int] = {}  # locks this process holds -> nesting depth
 _READ_RETRIES = 20  # a lock file is created empty and filled right after: wait this many x 50 ms for its record
 
@@ -92,7 +94,7 @@ def _create(path: Path) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
+    with naming_full_disk(path, "output lock", partial=path), os.fdopen(fd, "w") as f:  # no empty lock left behind
         f.write(json.dumps(_record(), indent=1) + "\n")
         f.flush()
         os.fsync(f.fileno())

@@ -21,6 +21,7 @@ import os
 import sys
 
 from .configs import differences
+from .reading import CorruptFileError, read_json
 
 OVERWRITE_HINT = "pass --overwrite (overwrite=True) to replace it, or choose another output"
 
@@ -47,6 +48,28 @@ def same_settings(where: str | os.PathLike, recorded: dict | None, wanted: dict,
         note(f"replacing {what} in {where} made with other settings ({'; '.join(diff)})")
         return False
     raise ValueError(f"{where} holds {what} of a different job ({'; '.join(diff)}); {hint}")
+
+
+def previous_output(path: str | os.PathLike, what: str, overwrite: bool = False,
+                    keys: tuple[str, ...] = ()) -> dict | None:
+    """The JSON object a stage wrote at ``path`` before (None if there is none), to compare settings with. A
+    corrupt one (truncated, garbled, empty, or without the ``keys`` that record its settings) is refused naming it,
+    unless ``overwrite``, which replaces it and says so."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return None
+    try:
+        previous = read_json(path, what, hint=OVERWRITE_HINT, expect=dict)
+        missing = [k for k in keys if k not in previous]
+        if missing:
+            raise CorruptFileError(path, what, f"no {', '.join(map(repr, missing))}", OVERWRITE_HINT)
+        return previous
+    except CorruptFileError as err:
+        if not overwrite:
+            raise
+        note(f"replacing corrupt {what} {err.path} ({err.problem})")
+        return None
 
 
 def _plain(settings: dict) -> dict:

@@ -27,11 +27,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
-from safetensors.torch import load_file
 
 from difflens.atomic import atomic_save_tensors, atomic_write_json
+from difflens.reading import CorruptFileError, read_json, read_metadata_json, read_safetensors
 from difflens.store.run_layout import ITDA_WEIGHTS, NORMALIZER_FILE, SAE_WEIGHTS, cfg_path, store_record
 
 from .base import Dictionary
@@ -40,6 +39,9 @@ from .neurons import NeuronBasis
 from .normalization import Normalizer, StepNormalizers
 from .sae_families import SAE_CLASSES, MatryoshkaSAE
 from .topk_sae import TopKSAE
+
+
+REWRITE_HINT = "retrain the dictionary (or restore its folder from a copy)"
 
 
 def _sparsify_cfg(d_in: int, num_latents: int, k: int, normalize_decoder: bool = True) -> dict:
@@ -72,29 +74,27 @@ def save_normalizer(norm: Normalizer | StepNormalizers, folder: Path) -> None:
         metadata["steps"] = json.dumps(norm.steps)
     else:
         tensors = _normalizer_tensors(norm)
-    atomic_save_tensors(folder / NORMALIZER_FILE, tensors, metadata=metadata)
+    atomic_save_tensors(folder / NORMALIZER_FILE, tensors, metadata=metadata, what="normaliser")
 
 
 def load_normalizer(folder: Path, dim: int) -> Normalizer | StepNormalizers:
     path = folder / NORMALIZER_FILE
     if not path.exists():
         return Normalizer(dim, "none")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    tensors, meta = read_safetensors(path, "normaliser", hint=REWRITE_HINT)
     kind, width = meta.get("kind", "none"), int(meta.get("dim", dim))
     if width != dim:
         raise ValueError(f"{path}: normaliser width {width} does not match dictionary width {dim}")
-    tensors = load_file(str(path))
-    steps = json.loads(meta["steps"]) if "steps" in meta else [None]
+    steps = read_metadata_json(path, meta, "steps", "normaliser", hint=REWRITE_HINT) if "steps" in meta else [None]
     by_step = {}
     for t in steps:
         norm = by_step[t] = Normalizer(width, kind)
         prefix = "" if t is None else f"step{t}."
         if kind != "none" and prefix + "mean" not in tensors:
-            raise ValueError(f"{path}: missing tensor {prefix + 'mean'!r}")
+            raise CorruptFileError(path, "normaliser", f"missing tensor {prefix + 'mean'!r}", REWRITE_HINT)
         for key in _normalizer_tensors(norm):
             if prefix + key in tensors:
-                getattr(norm, key).copy_(tensors[prefix + key])
+                _copy_checked(getattr(norm, key), tensors[prefix + key], path, "normaliser", prefix + key)
     return by_step[None] if steps == [None] else StepNormalizers(by_step)
 
 
@@ -125,17 +125,17 @@ def save_dictionary(dictionary: Dictionary, folder: str | Path, meta: dict | Non
             "b_dec": dictionary.b_dec,
             **dictionary.family_tensors(),
         }
-        atomic_save_tensors(folder / SAE_WEIGHTS, tensors)
+        atomic_save_tensors(folder / SAE_WEIGHTS, tensors, what="SAE weights")
     elif isinstance(dictionary, ITDA):
         cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, **dictionary.cfg.to_dict(), **extra}
         tensors = {"atoms": dictionary.atoms, **{f"provenance.{k}": v for k, v in dictionary.provenance.items()}}
-        atomic_save_tensors(folder / ITDA_WEIGHTS, tensors)
+        atomic_save_tensors(folder / ITDA_WEIGHTS, tensors, what="ITDA atoms")
     elif isinstance(dictionary, NeuronBasis):
         cfg = {"d_in": dictionary.d_in, "num_latents": dictionary.num_latents, "k": dictionary.k, **extra}
     else:
         raise ValueError(f"cannot save dictionary of type {type(dictionary).__name__}")
     save_normalizer(dictionary.normalizer, folder)
-    atomic_write_json(cfg_path(folder), cfg)
+    atomic_write_json(cfg_path(folder), cfg, what="dictionary config")
     dictionary.path = folder.resolve()  # where it now lives: a feature index built from it records this folder
     return folder
 
@@ -144,13 +144,9 @@ def read_cfg(folder: str | Path) -> dict:
     path = cfg_path(folder)
     if not path.exists():
         raise FileNotFoundError(f"no dictionary at {folder}: {path} is missing")
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupt dictionary config {path}: {err}") from None
-    if not isinstance(cfg, dict) or "d_in" not in cfg:
-        raise ValueError(f"corrupt dictionary config {path}: no 'd_in' width")
+    cfg = read_json(path, "dictionary config", hint=REWRITE_HINT, expect=dict)
+    if "d_in" not in cfg:
+        raise CorruptFileError(path, "dictionary config", "no 'd_in' width", REWRITE_HINT)
     return cfg
 
 
@@ -177,7 +173,7 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
         path = folder / SAE_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing")
-        tensors = load_file(str(path))
+        tensors, _ = read_safetensors(path, "SAE weights", hint=REWRITE_HINT)
         num_latents = int(cfg.get("num_latents") or cfg["expansion_factor"] * d_in)
         config_cls, model_cls = SAE_CLASSES[arch]
         names = set(config_cls.__dataclass_fields__) - {"num_latents", "k", "normalization"}
@@ -187,15 +183,20 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
         with torch.no_grad():
             for ours, theirs in (("W_enc", "encoder.weight"), ("b_enc", "encoder.bias"), ("W_dec", "W_dec"), ("b_dec", "b_dec")):
                 if theirs not in tensors:
-                    raise ValueError(f"{path}: missing tensor {theirs!r}")
-                getattr(sae, ours).copy_(tensors[theirs])
+                    raise CorruptFileError(path, "SAE weights", f"missing tensor {theirs!r}", REWRITE_HINT)
+                _copy_checked(getattr(sae, ours), tensors[theirs], path, "SAE weights", theirs)
         missing = sorted(set(sae.family_tensors()) - set(tensors))
         if missing:
-            raise ValueError(f"{path}: missing tensor(s) {', '.join(missing)} of a {arch} SAE")
+            raise CorruptFileError(path, "SAE weights", f"missing tensor(s) {', '.join(missing)} of a {arch} SAE",
+                               REWRITE_HINT)
         sae.load_family_tensors(tensors)
         return sae
     if kind == "itda":
-        tensors = load_file(str(folder / ITDA_WEIGHTS))
+        path = folder / ITDA_WEIGHTS
+        tensors, _ = read_safetensors(path, "ITDA atoms", hint=REWRITE_HINT)
+        missing = [k for k in ("atoms", *(f"provenance.{k}" for k in PROVENANCE_KEYS)) if k not in tensors]
+        if missing:
+            raise CorruptFileError(path, "ITDA atoms", f"missing tensor(s) {', '.join(missing)}", REWRITE_HINT)
         fields = {k: cfg[k] for k in ITDAConfig.__dataclass_fields__ if k in cfg}
         itda = ITDA(d_in, ITDAConfig(**fields), normalizer=norm)
         itda.load_atoms(tensors["atoms"], {k: tensors[f"provenance.{k}"] for k in PROVENANCE_KEYS})
@@ -203,6 +204,14 @@ def _load(folder: Path, cfg: dict) -> Dictionary:
     if kind == "neurons":
         return NeuronBasis(d_in, cfg.get("k"))
     raise ValueError(f"{folder}: unknown dictionary kind {kind!r}")
+
+
+def _copy_checked(param: Tensor, value: Tensor, path: Path, what: str, name: str) -> None:
+    """``param.copy_(value)``, refusing a tensor of another shape (torch would broadcast a scalar silently)."""
+    if tuple(value.shape) != tuple(param.shape):
+        raise CorruptFileError(path, what, f"tensor {name!r} has shape {tuple(value.shape)}, expected "
+                                           f"{tuple(param.shape)}", REWRITE_HINT)
+    param.copy_(value)
 
 
 @torch.no_grad()

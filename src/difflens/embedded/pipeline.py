@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import FluxTransformer2DModel
-from safetensors.torch import load_file
-
 from ..atomic import atomic_save_tensors, atomic_write_bytes
+from ..reading import read_safetensors
 from .autoencoder import ShapesAutoencoder
 from .config import ShapesModelConfig, check_guidance_scale
 from .text_encoder import TextEncoder, WordTokenizer
@@ -116,7 +115,9 @@ class ShapesPipeline:
                 raise FileNotFoundError(f"embedded model file missing: {path / name}")
         config = ShapesModelConfig.from_json((path / CONFIG_FILE).read_text())
         pipe = cls(config, *cls.build_modules(config))
-        pipe.load_state_dict(load_file(path / WEIGHTS_FILE))
+        weights, _ = read_safetensors(path / WEIGHTS_FILE, "embedded model weights",
+                                      hint="reinstall difflens, or retrain with `difflens world train`")
+        pipe.load_state_dict(weights)
         return pipe.to(device, dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

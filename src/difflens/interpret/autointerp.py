@@ -32,7 +32,7 @@ import torch
 
 from difflens.atomic import atomic_write_json
 from difflens.locks import locks_output
-from difflens.outputs import same_settings
+from difflens.outputs import previous_output, same_settings
 from difflens.store.run_layout import RESULTS_FILE, autointerp_folder, relative_link
 
 from .heatmap import enlarge, paint
@@ -315,6 +315,9 @@ def results_folder(index, cfg: AutointerpConfig | None = None, out: str | Path |
     return Path(out) if out is not None else autointerp_folder(index.path, (cfg or AutointerpConfig()).backend)
 
 
+SETTINGS_KEYS = ("dictionary", "site", "steps", "config")  # what results_settings reads
+
+
 def results_settings(summary: dict, folder: str | Path | None = None) -> dict:
     """What makes two autointerp runs the same job (more latents may be added to a run's results). A results file
     names its dictionary relative to its ``folder``; a fresh summary, absolutely."""
@@ -334,7 +337,7 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
     cfg = cfg or AutointerpConfig()
     folder = results_folder(index, cfg, out)
     results_path = folder / RESULTS_FILE
-    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    previous = previous_output(results_path, "autointerp results", overwrite, keys=SETTINGS_KEYS) or {}
     if not same_settings(folder, results_settings(previous, folder) if previous else None,
                          results_settings(summarize({}, index, cfg)), what="autointerp results", overwrite=overwrite):
         previous = {}
@@ -382,7 +385,7 @@ def run_autointerp(index, cfg: AutointerpConfig | None = None, out: str | Path |
     folder.mkdir(parents=True, exist_ok=True)
     # the file names its dictionary relative to itself (a run folder can move); the returned summary, absolutely
     link = {"dictionary": relative_link(index.dictionary_path, folder)} if index.dictionary_path else {}
-    atomic_write_json(results_path, {**summary, **link})
+    atomic_write_json(results_path, {**summary, **link}, what="autointerp results")
     return summary
 
 

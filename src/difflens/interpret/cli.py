@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from difflens.configs import add_command, add_config_arguments, config_from_args, given
+from difflens.reading import read_json
 
 
 @dataclass
@@ -184,7 +185,7 @@ def cmd_truth(args) -> int:
             dictionary, store = index.dictionary, index.store
             # oracle autointerp results beside the index: a perfect judge scores the same test examples
             results = autointerp_results(folder, "oracle")
-            autointerp = json.loads(results.read_text()) if results.exists() else None
+            autointerp = read_json(results, "autointerp results", expect=dict) if results.exists() else None
         else:
             dictionary, store = load_dictionary(folder), None
         report = truth_report(dictionary, store, controls=tuple(cmd.controls), sparse_sizes=tuple(cmd.sparse_sizes),

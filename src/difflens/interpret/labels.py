@@ -70,6 +70,8 @@ from pathlib import Path
 import numpy as np
 
 from difflens.atomic import atomic_write_bytes
+from difflens.outputs import note
+from difflens.reading import CorruptFileError, read_metadata_json, read_safetensors
 from difflens.world.oracle import SceneReading
 from difflens.world.palette import COMPOSITES
 from difflens.world.scene import COLORS, POSITIONS
@@ -387,7 +389,7 @@ def labels_path(store, grid: tuple[int, int], world: str | World = "classic") ->
 def image_grid(store, site: str | None = None) -> tuple[int, int]:
     """The token grid of `site` (an image-stream site), or the one grid all the store's image sites share."""
     from difflens.store import layout
-    from difflens.store.writer import read_json
+    from difflens.reading import read_json
 
     grids, streams = set(), {}
     for s, step in store.entries():
@@ -417,19 +419,21 @@ def _cache_meta(store, grid, world: World = DEFAULT_WORLD) -> dict:
 
 
 def _load_cached(path: Path, want: dict) -> TokenLabels | None:
-    from safetensors import safe_open
-
+    """The cached labels, or None to rebuild them: made for another store, grid or world (silently), or corrupt
+    (truncated, garbled, empty: said on stderr)."""
+    what = "labels cache"
     try:
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata() or {}
-            default = DEFAULT_WORLD.name
-            if any(meta.get(k) != v for k, v in want.items()) or meta.get("world", default) != want.get("world", default):
-                return None
-            packed = f.get_tensor("packed")
-    except Exception:  # unreadable or foreign file: rebuild it
+        tensors, meta = read_safetensors(path, what, framework="np", keys=lambda key: key == "packed")
+        default = DEFAULT_WORLD.name
+        if any(meta.get(k) != v for k, v in want.items()) or meta.get("world", default) != want.get("world", default):
+            return None
+        if "packed" not in tensors:
+            raise CorruptFileError(path, what, "no 'packed' tensor")
+        concepts, grid, readings = (read_metadata_json(path, meta, key, what) for key in ("concepts", "grid", "readings"))
+    except CorruptFileError as err:
+        note(f"rebuilding the corrupt labels cache {err.path} ({err.problem})")
         return None
-    return TokenLabels(json.loads(meta["concepts"]), tuple(json.loads(meta["grid"])), packed, json.loads(meta["readings"]),
-                       meta.get("world", DEFAULT_WORLD.name))
+    return TokenLabels(concepts, tuple(grid), tensors["packed"], readings, meta.get("world", DEFAULT_WORLD.name))
 
 
 def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = True,
@@ -470,5 +474,5 @@ def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = Tr
         meta = {**want, "concepts": json.dumps(concepts), "readings": json.dumps(readings),
                 "ownership_fraction": str(OWNERSHIP_FRACTION), "min_positive_tokens": str(MIN_POSITIVE_TOKENS)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, save({"packed": np.ascontiguousarray(packed)}, metadata=meta))
+        atomic_write_bytes(path, save({"packed": np.ascontiguousarray(packed)}, metadata=meta), what="labels cache")
     return labels

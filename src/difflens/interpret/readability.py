@@ -19,12 +19,12 @@ image (`difflens features readability --run RUN`):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from difflens.reading import read_json
 from difflens.store.run_layout import index_folder, truth_path
 
 from .heatmap import BLUE, STYLES, draw_activation, upsample_map
@@ -81,7 +81,7 @@ def card_readability(folder: str | Path, n_images: int = 6, min_f1: float = 0.5)
     from .index import FeatureIndex
 
     folder = Path(folder)
-    truth = json.loads(truth_path(folder).read_text())
+    truth = read_json(truth_path(folder), "ground-truth report", hint="rerun `difflens features truth`", expect=dict)
     index = FeatureIndex.load(index_folder(folder))
     if site_grid(index) is None:
         return {"dictionary": folder.name, "skipped": f"{index.site} is a text-stream site"}

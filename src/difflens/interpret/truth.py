@@ -35,7 +35,6 @@ picked at random with `random_seed`). Every field of truth.json: docs/truth.md.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -47,7 +46,7 @@ from torch import Tensor
 
 from difflens.atomic import atomic_write_json
 from difflens.locks import locks_output
-from difflens.outputs import same_settings
+from difflens.outputs import previous_output, same_settings
 from difflens.dictionaries.base import Dictionary, SparseCodes
 from difflens.store.run_layout import relative_link
 
@@ -998,11 +997,11 @@ def write_truth(report: dict, path: str | Path, overwrite: bool = False) -> Path
     unless ``overwrite``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(path.read_text()) if path.exists() else None
+    previous = previous_output(path, "ground-truth report", overwrite)
     same_settings(path, truth_settings(previous) if previous else None, truth_settings(_clean(report)),
                   what="a ground-truth report", overwrite=overwrite)
     links = {k: relative_link(report[k], path.parent) for k in ("store", "dictionary_path") if report.get(k)}
-    atomic_write_json(path, _clean({**report, **links}))
+    atomic_write_json(path, _clean({**report, **links}), what="ground-truth report")
     return path
 
 

@@ -41,6 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from difflens.atomic import atomic_write_json
+from difflens.outputs import note
+from difflens.reading import CorruptFileError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -286,12 +288,19 @@ class VLMClient:
         return self.cache_dir / f"{self.request_hash(request)}.json"
 
     def _read_cache(self, request: VLMRequest) -> dict | None:
+        """The cached reply to `request`, or None: not cached, or a corrupt entry (said on stderr; asked again and
+        rewritten)."""
         path = self.cache_path(request)
-        try:
-            entry = json.loads(path.read_text())
-        except (OSError, ValueError):
+        if not path.exists():
             return None
-        return entry if isinstance(entry, dict) and "content" in entry else None
+        try:
+            entry = read_json(path, "autointerp cache entry", expect=dict)
+            if "content" not in entry:
+                raise CorruptFileError(path, "autointerp cache entry", "no 'content'")
+        except CorruptFileError as err:
+            note(f"ignoring a corrupt autointerp cache entry {err.path} ({err.problem}): asking again")
+            return None
+        return entry
 
     def cost(self, input_tokens: int, output_tokens: int) -> float | None:
         """USD for these tokens at the configured prices, or None when a price is unset."""
@@ -510,7 +519,7 @@ class VLMClient:
                 "created": round(time.time(), 3),
             }
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.cache_path(request), entry)
+            atomic_write_json(self.cache_path(request), entry, what="autointerp cache entry")
             return VLMResult(request.key, True, text, parsed, None, False, n_in, n_out, cost, attempts)
         return _fail(request, f"failed after {attempts} tries: {last}", attempts)
 

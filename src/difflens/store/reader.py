@@ -24,7 +24,7 @@ import torch
 from difflens.store import layout
 from difflens.atomic import atomic_write_json
 from difflens.store.split import check_split, choose_holdout, describe_holdout
-from difflens.store.writer import read_json
+from difflens.reading import read_json
 
 _TRACE_DTYPE = np.dtype("<i4")
 
@@ -357,7 +357,7 @@ class ActivationStore:
         meta.pop("holdout", None)
         if split is not None:
             meta["holdout"] = split
-        atomic_write_json(self.root / layout.STORE_MANIFEST, meta)
+        atomic_write_json(self.root / layout.STORE_MANIFEST, meta, what="store manifest")
         self.meta = _meta_defaults(meta)
         return split or {"fraction": 0.0, "seed": int(seed), "image_ids": []}
 

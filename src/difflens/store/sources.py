@@ -68,9 +68,9 @@ class TensorReader:
 
     @classmethod
     def from_file(cls, path: str | Path, split: str = "all") -> "TensorReader":
-        from safetensors.torch import load_file
+        from difflens.reading import read_safetensors
 
-        tensors = load_file(str(path))
+        tensors, _ = read_safetensors(path, "activations file")
         if "acts" not in tensors:
             raise ValueError(f"{path}: expected a tensor named 'acts'")
         return cls(tensors.pop("acts"), {k: v for k, v in tensors.items() if k in TRACE_KEYS}, {"source": str(path)}, split)

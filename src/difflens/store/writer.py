@@ -24,6 +24,7 @@ import torch
 from difflens._version import __version__
 from difflens.store import layout
 from difflens.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json, remove_temporaries
+from difflens.reading import read_json
 from difflens.store.split import choose_holdout
 
 
@@ -56,17 +57,6 @@ def _entry_key(site: str, step: int) -> str:
     return f"{site}@{int(step)}"
 
 
-def read_json(path: Path, what: str) -> dict | list:
-    """Load a JSON file; a missing or corrupt file raises an error that names it."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"corrupt {what} {path}: {err}") from None
-
-
 class StoreWriter:
     """Writes chunks of activations, their traces and the generated images into `root`."""
 
@@ -95,12 +85,12 @@ class StoreWriter:
         else:
             if (self.root / layout.STORE_MANIFEST).exists() or any(self.root.iterdir()):
                 raise ValueError(f"--out {self.root} exists, is not empty and holds no {layout.CAPTURE_CONFIG}")
-            atomic_write_json(cfg_path, config)  # first, so a resume recognises the folder as ours
+            atomic_write_json(cfg_path, config, what="capture config")  # first, so a resume recognises the folder as ours
         for sub in (layout.IMAGES_DIR, layout.DONE_DIR, layout.SITES_DIR):
             (self.root / sub).mkdir(exist_ok=True)
         prompts_path = self.root / layout.PROMPTS_FILE
         if not prompts_path.exists():
-            atomic_write_json(prompts_path, prompts)
+            atomic_write_json(prompts_path, prompts, what="prompts file")
         self.clean_incomplete()
 
     def check_config(self, config: dict) -> None:
@@ -158,13 +148,14 @@ class StoreWriter:
             if trace.shape[0] != acts.shape[0]:
                 raise ValueError(f"{site}@{step}: {acts.shape[0]} rows but {trace.shape[0]} trace entries")
             name = layout.chunk_name(chunk_id)
-            atomic_save_npy(d / f"{name}.acts.npy", acts, sync_dir=False, fsync=False)
-            atomic_save_npy(d / f"{name}.trace.npy", trace, sync_dir=False, fsync=False)
+            atomic_save_npy(d / f"{name}.acts.npy", acts, sync_dir=False, fsync=False, what="activation shard")
+            atomic_save_npy(d / f"{name}.trace.npy", trace, sync_dir=False, fsync=False, what="trace shard")
             shards[_entry_key(site, step)] = {"rows": int(acts.shape[0]), "crc32": layout.crc32(acts),
                                               "trace_crc32": layout.crc32(trace)}
         if images_BHWC is not None:
             for image_id, img in zip(image_ids, images_BHWC):
-                atomic_write_bytes(layout.image_path(self.root, image_id), _png_bytes(img), sync_dir=False, fsync=False)
+                atomic_write_bytes(layout.image_path(self.root, image_id), _png_bytes(img), sync_dir=False, fsync=False,
+                                   what="generated image")
         return {"chunk": int(chunk_id), "image_ids": [int(i) for i in image_ids], "shards": shards}
 
     def commit_chunk(self, marker: dict) -> None:
@@ -172,7 +163,7 @@ class StoreWriter:
         # One flush of all staged files (and renames) before the marker, instead of an fsync per file:
         # a chunk without a marker is discarded and redone on resume.
         os.sync()
-        atomic_write_json(layout.done_path(self.root, marker["chunk"]), marker)
+        atomic_write_json(layout.done_path(self.root, marker["chunk"]), marker, what="ledger marker")
 
     # -- completion ----------------------------------------------------------------------
     def finalize(self, entries: list[EntrySpec], n_chunks: int, meta: dict, holdout: float = 0.0,
@@ -213,7 +204,7 @@ class StoreWriter:
             }
             d = layout.entry_dir(self.root, e.site, e.step)
             d.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(d / layout.SITE_MANIFEST, manifest, sync_dir=False, fsync=False)
+            atomic_write_json(d / layout.SITE_MANIFEST, manifest, sync_dir=False, fsync=False, what="site manifest")
             listed.append({"site": e.site, "step": e.step, "path": str(d.relative_to(self.root)), "rows": manifest["rows"]})
         store = {
             "format": layout.FORMAT,
@@ -226,7 +217,7 @@ class StoreWriter:
         if split is not None:
             store["holdout"] = split
         os.sync()  # every manifest is durable before store.json, the store's commit point, names them
-        atomic_write_json(self.root / layout.STORE_MANIFEST, store)
+        atomic_write_json(self.root / layout.STORE_MANIFEST, store, what="store manifest")
         return store
 
 

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from difflens.locks import locks_output
-from difflens.outputs import same_settings
+from difflens.outputs import note, same_settings
+from difflens.reading import CorruptFileError
 
 from .accumulate import Accumulator, empty_tensors, encode_rows
 from .config import IndexConfig
@@ -91,8 +92,14 @@ def _header(dictionary, rows: IndexedRows, cfg: IndexConfig, identity: dict) -> 
 def _same_job(folder: Path, identity: dict, dictionary, store, resume: bool) -> FeatureIndex | None:
     """The index ``folder`` holds of this job, finished or not; None when it holds none or ``resume`` is off.
     An index of another job is refused (ValueError naming the differences) unless ``resume`` is off, which
-    replaces it (``outputs.same_settings``)."""
-    saved = FeatureIndex.read_header(folder)
+    replaces it (``outputs.same_settings``), as it replaces a corrupt one (which a resume refuses, naming it)."""
+    try:
+        saved = FeatureIndex.read_header(folder)
+    except CorruptFileError as err:
+        if resume:
+            raise
+        note(f"replacing a corrupt feature index: {err.path} ({err.problem})")
+        saved = None
     was = None if saved is None else {**{k: saved.get(k) for k in identity},
                                       "config": IndexConfig(**saved["config"]).identity()}
     if same_settings(folder, was, identity, what="a feature index", label="index", overwrite=not resume,

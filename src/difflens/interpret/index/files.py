@@ -11,29 +11,25 @@ from pathlib import Path
 
 from torch import Tensor
 
+from difflens.reading import CorruptFileError, read_metadata_json, read_safetensors
 from difflens.store import run_layout
 
 FORMAT = "difflens-feature-index"
 FORMAT_VERSION = 1
 TENSORS_FILE, HEADER_FILE = run_layout.INDEX_TENSORS, run_layout.INDEX_HEADER
 META_KEY = "difflens_index"
+REBUILD_HINT = "rebuild it with `difflens features index ... --overwrite` (overwrite=True)"
 
 
 def read_header(folder: str | Path) -> dict | None:
-    """The JSON header of an index folder (None if it holds no index); ValueError names a corrupt file."""
-    from safetensors import safe_open
-
+    """The JSON header of an index folder (None if it holds no index); CorruptFileError names a corrupt file."""
     path = Path(folder) / TENSORS_FILE
     if not path.exists():
         return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        header = json.loads(meta[META_KEY])
-    except Exception as err:  # safetensors raises its own error types for bad files
-        raise ValueError(f"corrupt feature index {path}: {err}") from None
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a difflens feature index")
+    _, meta = read_safetensors(path, "feature index", hint=REBUILD_HINT, tensors=False)
+    header = read_metadata_json(path, meta, META_KEY, "feature index", hint=REBUILD_HINT)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise CorruptFileError(path, "feature index", "its header is not a difflens feature index's", REBUILD_HINT)
     if int(header.get("format_version", -1)) > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {header['format_version']}; this difflens reads up to {FORMAT_VERSION}")
     return header
@@ -41,9 +37,7 @@ def read_header(folder: str | Path) -> dict | None:
 
 def read_tensors(folder: Path) -> dict[str, Tensor]:
     """The tensors of an index folder (after :func:`read_header` found one)."""
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / TENSORS_FILE))
+    return read_safetensors(folder / TENSORS_FILE, "feature index", hint=REBUILD_HINT)[0]
 
 
 def write_index(folder: Path, header: dict, tensors: dict[str, Tensor], summary: dict) -> None:
@@ -54,5 +48,5 @@ def write_index(folder: Path, header: dict, tensors: dict[str, Tensor], summary:
 
     folder.mkdir(parents=True, exist_ok=True)
     blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata={META_KEY: json.dumps(header)})
-    atomic_write_bytes(folder / TENSORS_FILE, blob)
-    atomic_write_json(folder / HEADER_FILE, {**header, "summary": summary})
+    atomic_write_bytes(folder / TENSORS_FILE, blob, what="feature index")
+    atomic_write_json(folder / HEADER_FILE, {**header, "summary": summary}, what="feature index summary")
