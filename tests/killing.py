@@ -43,7 +43,7 @@ class Stage:
     name: what the reports call it; args: the difflens arguments, ``{work}`` standing for the work folder;
     inputs: stages whose reference folders are copied into the work folder before the run; deterministic: whether
     a rerun must give identical files; volatile: glob patterns (relative paths) of files that may differ anyway,
-    with why; env: extra environment (e.g. a throttle that spreads a fast stage over time, so kills land inside it).
+    with why (``<glob>#<dotted.key>``: only that key of a JSON file); env: extra environment (e.g. a throttle that spreads a fast stage over time, so kills land inside it).
     """
 
     name: str
@@ -148,6 +148,24 @@ def run_to_completion(stage: Stage, work: Path, url: str = "", timeout: float = 
     return {"wall_s": wall, "first_write_s": wall if first_write is None else first_write, "stderr": err}
 
 
+def run_in_process(stage: Stage, work: Path, url: str = "") -> dict:
+    """:func:`run_to_completion` without a subprocess (the test suite's references and reruns: no interpreter
+    start-up); its writing window is its whole wall time."""
+    from difflens.cli import main as cli_main
+
+    start = time.time()
+    old = {k: os.environ.get(k) for k in stage.env}
+    os.environ.update(stage.env)
+    try:
+        rc = cli_main(stage.argv(work, url))
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    if rc != 0:
+        raise RuntimeError(f"{stage.name}: `difflens {' '.join(stage.argv(work, url))}` failed ({rc})")
+    return {"wall_s": time.time() - start, "first_write_s": 0.0, "stderr": ""}
+
+
 def kill_after(stage: Stage, work: Path, delay: float, url: str = "", timeout: float = 600) -> bool:
     """Start the stage and SIGKILL it ``delay`` seconds after it first writes into ``work`` (its lock, a chunk: the
     moment its work starts, whatever the interpreter's start-up took); True when it still ran (a real kill)."""
@@ -167,7 +185,28 @@ def kill_after(stage: Stage, work: Path, delay: float, url: str = "", timeout: f
 
 
 def _is_volatile(rel: str, stage: Stage) -> bool:
-    return any(fnmatch.fnmatch(rel, pattern) for pattern in stage.volatile)
+    return any("#" not in pattern and fnmatch.fnmatch(rel, pattern) for pattern in stage.volatile)
+
+
+def _volatile_keys(rel: str, stage: Stage) -> list[list[str]]:
+    """The JSON keys (as key paths) of ``rel`` that may differ: the volatile patterns ``<glob>#<dotted.key>``."""
+    return [key.split(".") for glob, _, key in (p.partition("#") for p in stage.volatile if "#" in p)
+            if fnmatch.fnmatch(rel, glob)]
+
+
+def _content(path: Path, rel: str, stage: Stage) -> bytes:
+    """The bytes compared: the file's, or for a JSON file with volatile keys its JSON without them."""
+    keys = _volatile_keys(rel, stage)
+    if not keys:
+        return path.read_bytes()
+    obj = json.loads(path.read_text())
+    for key in keys:
+        node = obj
+        for part in key[:-1]:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(key[-1], None)
+    return json.dumps(obj, sort_keys=True).encode()
 
 
 def file_hashes(root: Path, stage: Stage) -> dict[str, str]:
@@ -176,13 +215,13 @@ def file_hashes(root: Path, stage: Stage) -> dict[str, str]:
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and not path.is_symlink() and not _is_volatile(rel, stage):
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[rel] = hashlib.sha256(_content(path, rel, stage)).hexdigest()
     return out
 
 
 def incomplete_files(root: Path) -> list[str]:
-    """What makes ``root`` unfinished: leftover temporaries and locks, JSON that does not parse, safetensors that
-    do not load (each as 'path: why')."""
+    """What makes ``root`` unfinished: leftover temporaries and locks, JSON (or a JSON-lines line) that does not
+    parse, safetensors that do not load (each as 'path: why')."""
     from safetensors import safe_open
 
     problems = []
@@ -195,6 +234,13 @@ def incomplete_files(root: Path) -> list[str]:
                 json.loads(path.read_text())
             except ValueError as err:
                 problems.append(f"{rel}: JSON does not parse ({err})")
+        elif path.is_file() and path.suffix == ".jsonl":
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    problems.append(f"{rel}: line {n} does not parse ({err})")
+                    break
         elif path.is_file() and path.suffix == ".safetensors":
             try:
                 with safe_open(str(path), framework="pt") as f:
@@ -226,29 +272,51 @@ def _all_files(root: Path, stage: Stage) -> list[str]:
             if p.is_file() and not _is_volatile(p.relative_to(root).as_posix(), stage)]
 
 
-def kill_and_resume(stage: Stage, workdir: Path, refs: dict[str, Path], kills: int = 3, seed: int = 0,
-                    reference: dict | None = None) -> dict:
-    """The whole check of one stage: an uninterrupted reference run (unless ``reference`` gives its timing and
-    ``refs[stage.name]`` its folder), then ``kills`` attempts on one work folder, each SIGKILLed at a seeded random
-    moment of the reference's writing window (counted from the attempt's first write), then one rerun to completion, compared.
+def _park(run: Path, name: str) -> Path:
+    """Move a finished run folder aside to ``name`` beside it: the reference and the killed runs both run in the same
+    ``run`` folder, so any absolute path they record (a hint beside the relative one) is the same."""
+    target = run.with_name(name)
+    shutil.rmtree(target, ignore_errors=True)
+    run.rename(target)
+    return target
 
-    Returns {"stage", "kills" (attempts), "killed" (still running when the signal came), "matched", "problems",
+
+def ensure_inputs(stage: Stage, workdir: Path, refs: dict[str, Path], in_process: bool = False) -> None:
+    """Make the reference folders of the stages ``stage`` takes as input (theirs first) that ``refs`` lacks."""
+    run = run_in_process if in_process else run_to_completion
+    for name in stage.inputs:
+        if name not in refs:
+            source = globals()["stage"](name)
+            ensure_inputs(source, workdir, refs, in_process)
+            with chat_endpoint(source) as url:
+                run(source, prepare(source, workdir / name / "run", refs), url)
+            refs[name] = _park(workdir / name / "run", "ref")
+
+
+def kill_and_resume(stage: Stage, workdir: Path, refs: dict[str, Path], kills: int = 3, seed: int = 0,
+                    in_process: bool = False) -> dict:
+    """The whole check of one stage: an uninterrupted reference run, then ``kills`` attempts on one work folder, each SIGKILLed at a seeded random
+    moment of the reference's writing window (counted from the attempt's first write), then one rerun to completion,
+    compared. ``in_process``: the reference and the rerun run in this process (only the killed attempts start one).
+
+    The reference folders of its inputs are made first where ``refs`` lacks them. Returns {"stage", "kills" (attempts), "killed" (still running when the signal came), "matched", "problems",
     "reference_s", "rerun_s"}; the reference folder is recorded in ``refs`` for the stages that take it as input.
     """
-    ref = workdir / stage.name / "ref"
+    ensure_inputs(stage, workdir, refs, in_process)
+    run = run_in_process if in_process else run_to_completion
     with chat_endpoint(stage) as url:
-        if reference is None:
-            prepare(stage, ref, refs)
-            reference = run_to_completion(stage, ref, url)
-            refs[stage.name] = ref
-        got = prepare(stage, workdir / stage.name / "killed", refs)
+        reference = run(stage, prepare(stage, workdir / stage.name / "run", refs), url)
+        ref = _park(workdir / stage.name / "run", "ref")
+        refs[stage.name] = ref
+        got = prepare(stage, workdir / stage.name / "run", refs)
         rng = random.Random(f"{seed}:{stage.name}")
         window = reference["wall_s"] - reference["first_write_s"]  # how long the stage wrote in the reference run
         killed = 0
         for _ in range(kills):
             killed += kill_after(stage, got, rng.uniform(0, window), url)
-        rerun = run_to_completion(stage, got, url)
-    problems = compare(stage, refs[stage.name], got)
+        rerun = run(stage, got, url)
+    got = _park(got, "killed")
+    problems = compare(stage, ref, got)
     return {"stage": stage.name, "kills": kills, "killed": killed, "matched": not problems, "problems": problems,
             "reference_s": round(reference["wall_s"], 2), "rerun_s": round(rerun["wall_s"], 2)}
 
@@ -257,8 +325,8 @@ def kill_and_resume(stage: Stage, workdir: Path, refs: dict[str, Path], kills: i
 STORE = "{work}/store"
 SAE = f"{{work}}/sae/{IMG}"
 ITDA = f"{{work}}/itda/{IMG}"
-TRAIN_VOLATILE = {"*/train_log.jsonl": "wall-clock timings per logged step",
-                  "*/log.jsonl": "wall-clock timings per logged step"}
+TRAIN_VOLATILE = {"*/train_log.jsonl": "wall-clock timings per logged step (and a resumed run logs from its checkpoint)",
+                  "*/cfg.json#difflens_meta.seconds": "the training's wall time"}
 STAGES: list[Stage] = [
     Stage("capture", ["capture", "--model", "embedded-tiny", "--sites", IMG, "--steps-to-record", "0,1",
                       "--num-steps", "2", "--prompts", "world", "--n-images", "24", "--batch-size", "2",
@@ -298,7 +366,7 @@ STAGES: list[Stage] = [
     Stage("browse-export", ["browse", "{work}/sae", "--export", "{work}/site", "--export-features", "6"],
           inputs=("features-truth", "autointerp-oracle", "train-itda")),
 ]
-FAST = ("train-sae", "features-index")  # the cases tests/test_kill_resume.py runs (a few seconds each)
+FAST = ("train-sae", "features-index")  # inputs: capture, train-sae  # the cases tests/test_kill_resume.py runs (a few seconds each)
 
 
 def stage(name: str) -> Stage:
