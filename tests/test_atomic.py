@@ -49,10 +49,7 @@ def test_there_is_one_atomic_json_writer():
 def test_safetensors_metadata_is_written_in_key_order(tmp_path):
     """The same tensors and metadata give the same bytes in every process (safetensors keeps metadata in a hash map
     of random order; a resumed run must write the uninterrupted run's very file)."""
-    import torch
     from safetensors import safe_open
-
-    from difflens.atomic import atomic_save_tensors
 
     path = tmp_path / "x.safetensors"
     atomic_save_tensors(path, {"b": torch.ones(3), "a": torch.zeros(2, 2)}, metadata={"z": "1", "a": "é", "m": "3"})
