@@ -194,18 +194,34 @@ def _volatile_keys(rel: str, stage: Stage) -> list[list[str]]:
             if fnmatch.fnmatch(rel, glob)]
 
 
+def _drop(obj, key: list[str]):
+    node = obj
+    for part in key[:-1]:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+        node.pop(key[-1], None)
+    return obj
+
+
 def _content(path: Path, rel: str, stage: Stage) -> bytes:
-    """The bytes compared: the file's, or for a JSON file with volatile keys its JSON without them."""
+    """The bytes compared: the file's; for a JSON file with volatile keys its JSON without them; for a safetensors
+    file its tensor bytes and its metadata without them (the first part of a key names a metadata entry holding
+    JSON, as an index's header)."""
     keys = _volatile_keys(rel, stage)
     if not keys:
         return path.read_bytes()
+    if path.suffix == ".safetensors":
+        data = path.read_bytes()
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + n])
+        meta = header.pop("__metadata__", {})
+        for key in keys:
+            if key[0] in meta:
+                meta[key[0]] = json.dumps(_drop(json.loads(meta[key[0]]), key[1:]), sort_keys=True)
+        return json.dumps([header, meta], sort_keys=True).encode() + data[8 + n:]
     obj = json.loads(path.read_text())
     for key in keys:
-        node = obj
-        for part in key[:-1]:
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict):
-            node.pop(key[-1], None)
+        _drop(obj, key)
     return json.dumps(obj, sort_keys=True).encode()
 
 
@@ -342,7 +358,9 @@ STAGES: list[Stage] = [
           inputs=("capture",), volatile=TRAIN_VOLATILE, env={"DIFFLENS_TRAIN_THROTTLE_S": "0.05"}),
     Stage("features-index", ["features", "index", "--run", SAE, "--steps", "all", "--top-n", "6", "--samples", "12",
                              "--quantile-bins", "3", "--batch-images", "2", "--checkpoint-every", "1", "--quiet"],
-          inputs=("capture", "train-sae")),
+          inputs=("capture", "train-sae"),
+          volatile={"*/index/index.json#seconds": "the indexing's wall time",
+                    "*/index/index.safetensors#difflens_index.seconds": "the same, in the index's header"}),
     Stage("features-truth", ["features", "truth", "--index", f"{SAE}/index", "--bootstrap", "20"],
           inputs=("features-index",)),
     Stage("autointerp-oracle", ["autointerp", "--index", f"{SAE}/index", "--backend", "oracle", "--features", "8",
