@@ -44,3 +44,16 @@ def test_there_is_one_atomic_json_writer():
 
     assert not hasattr(io, "atomic_save_file")
     assert io.atomic_write_json is atomic_write_json
+
+
+def test_safetensors_metadata_is_written_in_key_order(tmp_path):
+    """The same tensors and metadata give the same bytes in every process (safetensors keeps metadata in a hash map
+    of random order; a resumed run must write the uninterrupted run's very file)."""
+    from safetensors import safe_open
+
+    path = tmp_path / "x.safetensors"
+    atomic_save_tensors(path, {"b": torch.ones(3), "a": torch.zeros(2, 2)}, metadata={"z": "1", "a": "é", "m": "3"})
+    data = path.read_bytes()
+    assert data[8:].startswith('{"__metadata__":{"a":"é","m":"3","z":"1"}'.encode())
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"z": "1", "a": "é", "m": "3"} and torch.equal(f.get_tensor("b"), torch.ones(3))

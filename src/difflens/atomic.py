@@ -108,7 +108,21 @@ def atomic_save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict |
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data, sync_dir, fsync, what)
+    atomic_write_bytes(path, sorted_metadata(data), sync_dir, fsync, what)
+
+
+def sorted_metadata(data: bytes) -> bytes:
+    """safetensors bytes whose header lists ``__metadata__`` in key order: the writer keeps it in a hash map of random
+    order per process, so the same tensors would give other bytes on every run (a resumed run would not match)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if "__metadata__" not in header:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # never the case (same keys, same values); keep the writer's bytes rather than break the file
+        return data
+    return data[:8] + text.ljust(n) + data[8 + n:]
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, sync_dir: bool = True, fsync: bool = True,

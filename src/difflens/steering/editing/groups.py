@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from ...locks import output_lock
+
 
 def group_file(out: str | Path, group: list[str]) -> Path:
     """Where a group's results go: ``<folder of out>/<categories joined by _>.json``."""
@@ -29,6 +31,9 @@ def run_by_groups(config, groups: list[list[str]], merge_only: bool = False, mod
         files.append(path)
         if not (path.exists() or merge_only):
             run_edit_bench(replace(config, categories=list(group), out=str(path)), model=model)
+        elif path.exists():
+            with output_lock(path):  # a writer killed after its commit point left its lock: take it over, remove it
+                pass
     found = [f for f in files if f.exists()]
     if not found:
         raise FileNotFoundError(f"no group results beside {config.out} (expected {', '.join(map(str, files))})")

@@ -555,8 +555,9 @@ def _write_results(config: BenchConfig, plan: _Plan, records: list[dict], counts
 
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out, results)
-        results["plot"] = str(curves(rows, out.with_name(out.stem + "_curves.png"), plan.reference))
+        plot = curves(rows, out.with_name(out.stem + "_curves.png"), plan.reference)  # first: the JSON is the commit
+        atomic_write_json(out, results)  # point (a --groups rerun skips a group whose JSON exists)
+        results["plot"] = str(plot)
     return results
 
 
