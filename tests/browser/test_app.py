@@ -431,13 +431,22 @@ def test_steering_runs_one_at_a_time_and_a_second_request_waits(run_dir):
         assert status["status"] == "queued" and status["position"] == 1 and status["running"]
         assert c.get(f"/api/steer/{third['id']}").json()["position"] == 2
         full = c.post("/api/steer", json=steer_body())
-        assert full.status_code == 400 and "queue is full" in full.json()["error"]
+        assert full.status_code == 429 and "queue is full" in full.json()["error"]
+        assert full.headers["retry-after"] == "1"
+        # the page cancels a job when it is closed: dropped unrun, its place freed
+        cancelled = c.delete(f"/api/steer/{second['id']}").json()
+        assert cancelled["status"] == "cancelled" and "before it ran" in cancelled["message"]
+        assert c.get(f"/api/steer/{third['id']}").json()["position"] == 1
+        assert c.delete("/api/steer/12345").status_code == 404
+        fourth = c.post("/api/steer", json=steer_body(latent=4))
+        assert fourth.status_code == 202
         gate.set()
         deadline = time.time() + 10
         while time.time() < deadline and c.get(f"/api/steer/{third['id']}").json()["status"] != "done":
             time.sleep(0.02)
         done = c.get(f"/api/steer/{third['id']}").json()
         assert done["status"] == "done" and done["result"]["record"] == {"latent": 3}
+        assert c.get(f"/api/steer/{second['id']}").json()["started"] is None
     assert peak[0] == 1
 
 
