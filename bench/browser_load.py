@@ -6,8 +6,9 @@
 What is measured
   * ``difflens browse RUN`` is started as a separate process on 127.0.0.1 (a free port) with ``--max-queue`` and
     ``--abandon-seconds``; the browser only reads the run, so the run folder is used in place. A short crawl
-    (index page, each dictionary's feature table, 12 feature pages each) collects the URLs the load draws from:
-    feature tables (sorted, filtered, paged), feature pages, overlays, image pages and stored images.
+    (index page, each dictionary's feature table, 12 feature pages each, 8 image pages) collects the URLs the load
+    draws from: feature tables (sorted, filtered, paged), feature pages, overlays, image pages, stored images and
+    reconstruction-error maps.
   * ``--clients`` threads (std-lib http.client, one keep-alive connection each; bounded by ``--seconds``) browse
     those pages at random, seeded, without pauses. ``--steerers`` of them (at most 8) also steer, as the page's
     script does: POST /api/steer, poll /api/steer/<job> every 250 ms until the job ends, post the next one; a
@@ -47,8 +48,8 @@ import numpy as np  # noqa: E402
 HOST = "127.0.0.1"
 MAX_CLIENTS, MAX_SECONDS = 64, 120  # the bench stays bounded whatever it is asked
 POLL_S = 0.25  # the page's script polls a steering job this often
-PAGE_KINDS = ("table", "feature", "overlay", "image", "img")
-PAGE_WEIGHTS = (0.15, 0.3, 0.3, 0.1, 0.15)
+PAGE_KINDS = ("table", "feature", "overlay", "image", "img", "errmap")
+PAGE_WEIGHTS = (0.15, 0.3, 0.25, 0.1, 0.12, 0.08)
 
 
 def free_port() -> int:
@@ -84,10 +85,13 @@ def rss_mb(pid: int, field: str = "VmHWM") -> float | None:
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
-def sample_rss(pid: int, until: float, out: list) -> None:
-    """VmRSS every half second until ``until`` (perf_counter): memory that keeps growing under a steady load leaks."""
+def sample_rss(pid: int, until: float, out: dict) -> None:
+    """Resident memory every half second until ``until`` (perf_counter), all of it (VmRSS) and the anonymous part
+    (RssAnon: the heap; the rest is mapped files, e.g. the store's shards as pages are read): a heap that keeps
+    growing under a steady load leaks."""
     while time.perf_counter() < until:
-        out.append(rss_mb(pid, "VmRSS"))
+        for field in ("VmRSS", "RssAnon"):
+            out.setdefault(field, []).append(rss_mb(pid, field))
         time.sleep(0.5)
 
 
@@ -163,6 +167,9 @@ def crawl(port: int, rng: random.Random) -> dict:
             urls["img"] += sorted(set(re.findall(r'/img/\d+\.png', text)))
             if 'id="steer-form"' in text:
                 steer.append((name, latent))
+    for path in sorted(set(urls["image"]))[:8]:  # image pages load error maps
+        status, page = c.request("crawl", "GET", path)
+        urls["errmap"] += sorted(set(re.findall(r'/errmap/[\w.-]+/\d+/\d+\.png', page.decode()))) if status == 200 else []
     c.close()
     missing = [k for k, v in urls.items() if not v]
     if missing:
@@ -305,7 +312,7 @@ def run_load(args) -> dict:
         queue_result = {}
         checker = threading.Thread(target=lambda: queue_result.update(check_queue(port, load, args.max_queue,
                                                                                   args.abandon_seconds)), daemon=True)
-        rss_samples: list = []
+        rss_samples: dict = {}
         sampler = threading.Thread(target=sample_rss, args=(proc.pid, load.deadline, rss_samples), daemon=True)
         started = time.perf_counter()
         for t in threads + [checker, sampler]:
@@ -336,7 +343,8 @@ def run_load(args) -> dict:
         "requests": total, "requests_per_s": round(total / elapsed, 1), "pages": pages, "status": status,
         "errors_5xx": sum(v for s, v in status.items() if s.startswith("5")), "connection_errors": status.get("0", 0),
         "failures": rec.failures[:10], "server_logged_errors": server_errors, "server_alive": alive,
-        "peak_rss_mb": rss, "rss_after_crawl_mb": rss_before, "rss_by_third_mb": thirds(rss_samples),
+        "peak_rss_mb": rss, "rss_after_crawl_mb": rss_before, "rss_by_third_mb": thirds(rss_samples.get("VmRSS", [])),
+        "heap_by_third_mb": thirds(rss_samples.get("RssAnon", [])),
         "steering": {"jobs_done": len(done), "jobs_failed": sum(j.get("status") == "error" for j in load.jobs.values()),
                      "fifo": order == sorted(order) and None not in order,
                      "refused_full": len(load.refusals),
@@ -365,8 +373,9 @@ def print_table(r: dict) -> None:
         print(f"{kind:<12}{p['n']:>9}{p['p50_ms']:>10.1f}{p['p95_ms']:>10.1f}{p['p99_ms']:>10.1f}")
     print(f"{r['requests']} requests, {r['requests_per_s']} requests/s; status {r['status']}; 5xx {r['errors_5xx']}, "
           f"connection errors {r['connection_errors']}, errors in the server's log {r['server_logged_errors']}")
-    print(f"server peak RSS {r['peak_rss_mb']} MB (after the crawl {r['rss_after_crawl_mb']} MB; largest RSS in each "
-          f"third of the load {r['rss_by_third_mb']} MB); alive at the end: {r['server_alive']}")
+    print(f"server peak RSS {r['peak_rss_mb']} MB (after the crawl {r['rss_after_crawl_mb']} MB); largest in each third "
+          f"of the load: RSS {r['rss_by_third_mb']} MB, of which heap {r['heap_by_third_mb']} MB; alive at the end: "
+          f"{r['server_alive']}")
     s = r["steering"]
     print(f"steering: {s['jobs_done']} jobs done (median {s['generation_s_median']} s), {s['jobs_failed']} failed, "
           f"first come first served: {s['fifo']}; {s['refused_full']} posts refused for a full queue "
