@@ -18,6 +18,8 @@ What is measured
     has gone ``--abandon-seconds`` unpolled; another posts and cancels (DELETE, what the page sends when it is
     closed): it must never run; a burst of ``max_queue + 2`` posts must see the excess refused at once, naming
     the reason.
+  * Ten clients hang up mid-request (half a steering body sent; an overlay asked for and the socket closed): the
+    server must log no error for them.
   * Reported: requests/s, p50/p95/p99 latency per page kind, status counts (5xx and connection errors are
     failures), errors the server logged, its peak RSS (VmHWM of /proc/PID/status) and the queue checks.
 
@@ -258,6 +260,22 @@ def post_when_room(c: Connection, body: dict, tries: int = 40) -> dict | None:
     return None
 
 
+def leave_early(port: int, load: Load, n: int = 10) -> int:
+    """Clients that hang up: half-sent steering requests and page requests closed before the answer. The server
+    must log no error for them (checked with the rest of its log)."""
+    body = json.dumps(steer_body(load.steer_targets[0], 3000)).encode()
+    for i in range(n):
+        with socket.create_connection((HOST, port), timeout=10) as s:
+            if i % 2:
+                s.sendall(b"POST /api/steer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
+            else:
+                s.sendall(f"GET {load.urls['overlay'][i % len(load.urls['overlay'])]} HTTP/1.1\r\n"
+                          f"Host: 127.0.0.1\r\n\r\n".encode())
+            time.sleep(0.05)
+    return n
+
+
 def check_queue(port: int, load: Load, max_queue: int, abandon_s: float) -> dict:
     """While the steerers keep the queue busy: a deserter, a cancelled job, and a burst beyond max_queue."""
     rec = Recorder()
@@ -284,6 +302,7 @@ def check_queue(port: int, load: Load, max_queue: int, abandon_s: float) -> dict
                     "burst_s": round(time.perf_counter() - t0, 3)}
     for job_id in burst_ids:  # leave no work behind
         c.request("steer_cancel", "DELETE", f"/api/steer/{job_id}")
+    out["hung_up"] = leave_early(port, load)
     time.sleep(abandon_s + 0.5)  # look again only once the deserter is past its time, then ask about both jobs
     for key, job_id, position in (("cancelled", cancelled, None), ("deserted", deserted, deserted_position)):
         if job_id is None:
@@ -386,6 +405,8 @@ def print_table(r: dict) -> None:
     for key in ("cancelled", "deserted"):
         j = s.get(key, {})
         print(f"{key} job: {j.get('status')}, ran: {j.get('ran')}  {j.get('message') or ''}")
+    print(f"clients that hung up mid-request: {s.get('hung_up')} (errors in the server's log: "
+          f"{r['server_logged_errors']})")
     for f in r["failures"]:
         print(f"failure: {f}")
 

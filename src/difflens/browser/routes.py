@@ -24,7 +24,7 @@ import traceback
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -180,7 +180,10 @@ def steering_routes(site: Site) -> list[Route]:
         # JSON only: a cross-site form or text/plain POST (no CORS preflight) cannot queue generations
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return site.json({"error": "refused: send the request as application/json"}, status=415)
-        raw = await _read_body(request)
+        try:
+            raw = await _read_body(request)
+        except ClientDisconnect:  # the client left while sending: nothing is queued, and it is no server error
+            return site.json({"error": "refused: the client disconnected before the request was sent"}, status=400)
         if raw is None:
             return site.json({"error": f"refused: the request body is larger than {MAX_BODY_BYTES} bytes"}, status=413)
         try:
