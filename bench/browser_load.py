@@ -8,7 +8,8 @@ What is measured
     ``--abandon-seconds``; the browser only reads the run, so the run folder is used in place. A short crawl
     (index page, each dictionary's feature table, 12 feature pages each, 8 image pages) collects the URLs the load
     draws from: feature tables (sorted, filtered, paged), feature pages, overlays, image pages, stored images and
-    reconstruction-error maps.
+    reconstruction-error maps. The server is then restarted (unless ``--warm``), so the clients arrive together at
+    a server with nothing loaded: indexes, tables, decoder directions and codes are made under concurrent requests.
   * ``--clients`` threads (std-lib http.client, one keep-alive connection each; bounded by ``--seconds``) browse
     those pages at random, seeded, without pauses. ``--steerers`` of them (at most 8) also steer, as the page's
     script does: POST /api/steer, poll /api/steer/<job> every 250 ms until the job ends, post the next one; a
@@ -75,6 +76,15 @@ def start_server(run: str, port: int, max_queue: int, abandon_s: float, log) -> 
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the browser did not start within 120 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def rss_mb(pid: int, field: str = "VmHWM") -> float | None:
@@ -323,6 +333,9 @@ def run_load(args) -> dict:
     proc = start_server(args.run, port, args.max_queue, args.abandon_seconds, log)
     try:
         found = crawl(port, random.Random(args.seed))
+        if not args.warm:  # every client arrives at once at a fresh server: nothing loaded, nothing cached
+            stop_server(proc)
+            proc = start_server(args.run, port, args.max_queue, args.abandon_seconds, log)
         startup_s = time.perf_counter() - t0
         rss_before = rss_mb(proc.pid)
         load = Load(port, found, args.seconds, args.seed)
@@ -342,11 +355,7 @@ def run_load(args) -> dict:
         rss = rss_mb(proc.pid)
         alive = proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     log.seek(0)
     server_errors = log.read().count("difflens browse: error on")
     rec = load.rec
@@ -362,7 +371,7 @@ def run_load(args) -> dict:
         "requests": total, "requests_per_s": round(total / elapsed, 1), "pages": pages, "status": status,
         "errors_5xx": sum(v for s, v in status.items() if s.startswith("5")), "connection_errors": status.get("0", 0),
         "failures": rec.failures[:10], "server_logged_errors": server_errors, "server_alive": alive,
-        "peak_rss_mb": rss, "rss_after_crawl_mb": rss_before, "rss_by_third_mb": thirds(rss_samples.get("VmRSS", [])),
+        "warm": args.warm, "peak_rss_mb": rss, "rss_at_start_mb": rss_before, "rss_by_third_mb": thirds(rss_samples.get("VmRSS", [])),
         "heap_by_third_mb": thirds(rss_samples.get("RssAnon", [])),
         "steering": {"jobs_done": len(done), "jobs_failed": sum(j.get("status") == "error" for j in load.jobs.values()),
                      "fifo": order == sorted(order) and None not in order,
@@ -375,6 +384,28 @@ def run_load(args) -> dict:
                      if done else None, **queue_result},
         "server_log": log.name,
     }
+
+
+def problems(r: dict) -> list[str]:
+    """What broke the browser's promises under this load (empty: none)."""
+    s, out = r["steering"], []
+    for key, what in (("errors_5xx", "5xx answers"), ("connection_errors", "connection errors"),
+                      ("server_logged_errors", "errors in the server's log")):
+        if r[key]:
+            out.append(f"{r[key]} {what}")
+    if not r["server_alive"]:
+        out.append("the server died")
+    if s["fifo"] is False:
+        out.append("steering jobs ran out of order")
+    if s["jobs_failed"]:
+        out.append(f"{s['jobs_failed']} steering jobs failed")
+    for key in ("cancelled", "deserted"):
+        if s.get(key, {}).get("ran"):
+            out.append(f"the {key} steering job was generated")
+    burst = s.get("burst", {})
+    if burst.get("refused", 0) < 2 or burst.get("refused_status") != [429]:
+        out.append(f"a burst beyond the queue was not refused with 429: {burst}")
+    return out
 
 
 def thirds(samples: list) -> list:
@@ -392,7 +423,7 @@ def print_table(r: dict) -> None:
         print(f"{kind:<12}{p['n']:>9}{p['p50_ms']:>10.1f}{p['p95_ms']:>10.1f}{p['p99_ms']:>10.1f}")
     print(f"{r['requests']} requests, {r['requests_per_s']} requests/s; status {r['status']}; 5xx {r['errors_5xx']}, "
           f"connection errors {r['connection_errors']}, errors in the server's log {r['server_logged_errors']}")
-    print(f"server peak RSS {r['peak_rss_mb']} MB (after the crawl {r['rss_after_crawl_mb']} MB); largest in each third "
+    print(f"server peak RSS {r['peak_rss_mb']} MB ({r['rss_at_start_mb']} MB as the load began); largest in each third "
           f"of the load: RSS {r['rss_by_third_mb']} MB, of which heap {r['heap_by_third_mb']} MB; alive at the end: "
           f"{r['server_alive']}")
     s = r["steering"]
@@ -409,6 +440,8 @@ def print_table(r: dict) -> None:
           f"{r['server_logged_errors']})")
     for f in r["failures"]:
         print(f"failure: {f}")
+    print("verdict: " + ("; ".join(r["problems"]) if r["problems"] else "ok (no 5xx, no logged errors, the queue "
+                                                                            "bounded, in order, leaving no work behind)"))
 
 
 def main() -> None:
@@ -420,6 +453,8 @@ def main() -> None:
     p.add_argument("--max-queue", type=int, default=4, help="the server's --max-queue")
     p.add_argument("--abandon-seconds", type=float, default=2.0, help="the server's --abandon-seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warm", action="store_true", help="load the server the crawl warmed up (default: a fresh one, "
+                                                         "so every client arrives at once at cold caches)")
     args = p.parse_args()
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.seconds <= MAX_SECONDS:
         p.error(f"--clients must be in 1..{MAX_CLIENTS} and --seconds in (0, {MAX_SECONDS}]")
@@ -427,6 +462,7 @@ def main() -> None:
     if not Path(args.run).is_dir():
         p.error(f"run folder {args.run} does not exist (make one with `difflens demo`)")
     result = run_load(args)
+    result["problems"] = problems(result)
     print_table(result)
     print(json.dumps(result))
 
