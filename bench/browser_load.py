@@ -260,12 +260,15 @@ def percentiles(ms: list[float]) -> dict:
     return {"n": len(ms), **{f"p{q}_ms": round(float(np.percentile(a, q)), 1) for q in (50, 95, 99)}}
 
 
-def post_when_room(c: Connection, body: dict, tries: int = 40) -> dict | None:
-    """Post until the queue takes it (every 0.25 s): the accepted job, or None."""
-    for _ in range(tries):
+def post_behind(c: Connection, body: dict, until: float) -> dict | None:
+    """Post (every 0.25 s, until ``until``) until the queue takes it behind a running job: the job, or None."""
+    while time.perf_counter() < until:
         status, payload = c.request("steer_post", "POST", "/api/steer", body)
         if status == 202:
-            return json.loads(payload)
+            job = json.loads(payload)
+            if job.get("running"):
+                return job
+            c.request("steer_cancel", "DELETE", f"/api/steer/{job['id']}")  # it would start at once: no test
         time.sleep(0.25)
     return None
 
@@ -294,12 +297,14 @@ def check_queue(port: int, load: Load, max_queue: int, abandon_s: float) -> dict
     out = {}
     time.sleep(min(3.0, max(0.0, load.deadline - time.perf_counter()) / 4))
     # a client that posts and cancels (the page sends DELETE when it is closed): its job must never run
-    job = post_when_room(c, steer_body(target, 1001))
+    until = load.deadline + 30  # the steerers stop posting at the deadline: there is room then
+    job = post_behind(c, steer_body(target, 1001), until)
     cancelled = job["id"] if job else None
     if cancelled:
-        out["cancel_status"] = c.request("steer_cancel", "DELETE", f"/api/steer/{cancelled}")[0]
+        _, payload = c.request("steer_cancel", "DELETE", f"/api/steer/{cancelled}")
+        out["cancel_reply"] = json.loads(payload).get("status")  # "running": the DELETE came too late to count
     # a client that posts and vanishes: dropped unrun once unpolled for abandon_s (unless it ran before that)
-    job = post_when_room(c, steer_body(target, 1002))
+    job = post_behind(c, steer_body(target, 1002), until)
     deserted, deserted_position = (job["id"], job.get("position")) if job else (None, None)
     # a burst beyond max_queue: the excess is refused at once, with the reason
     t0 = time.perf_counter()
@@ -321,7 +326,8 @@ def check_queue(port: int, load: Load, max_queue: int, abandon_s: float) -> dict
         _, payload = c.request("steer_poll", "GET", f"/api/steer/{job_id}")
         job = json.loads(payload)
         out[key] = {"posted": True, "status": job.get("status"), "ran": job.get("started") is not None,
-                    "message": job.get("message"), **({"position": position} if position else {})}
+                    "waited_s": job.get("waited_s"), "message": job.get("message"),
+                    **({"position": position} if position else {})}
     c.close()
     return out
 
@@ -399,9 +405,13 @@ def problems(r: dict) -> list[str]:
         out.append("steering jobs ran out of order")
     if s["jobs_failed"]:
         out.append(f"{s['jobs_failed']} steering jobs failed")
-    for key in ("cancelled", "deserted"):
-        if s.get(key, {}).get("ran"):
-            out.append(f"the {key} steering job was generated")
+    cancelled, deserted = s.get("cancelled", {}), s.get("deserted", {})
+    if not (cancelled.get("posted") and deserted.get("posted")):
+        out.append("the cancelled or the deserted job could not be posted: not checked")
+    if cancelled.get("ran") and s.get("cancel_reply") == "cancelled":
+        out.append("a steering job cancelled while queued was generated")
+    if deserted.get("ran") and deserted.get("waited_s", 0) > r["abandon_seconds"] + 1:
+        out.append(f"a steering job unpolled for {deserted['waited_s']} s was generated")
     burst = s.get("burst", {})
     if burst.get("refused", 0) < 2 or burst.get("refused_status") != [429]:
         out.append(f"a burst beyond the queue was not refused with 429: {burst}")
@@ -435,7 +445,8 @@ def print_table(r: dict) -> None:
           f"(HTTP {b.get('refused_status')}, slowest {b.get('slowest_refusal_ms')} ms)")
     for key in ("cancelled", "deserted"):
         j = s.get(key, {})
-        print(f"{key} job: {j.get('status')}, ran: {j.get('ran')}  {j.get('message') or ''}")
+        print(f"{key} job: {j.get('status')}, ran: {j.get('ran')} (waited {j.get('waited_s')} s)  "
+              f"{j.get('message') or ''}")
     print(f"clients that hung up mid-request: {s.get('hung_up')} (errors in the server's log: "
           f"{r['server_logged_errors']})")
     for f in r["failures"]:

@@ -90,6 +90,8 @@ def test_jobs_run_first_come_first_served():
     wait_for(lambda: all(s.status(i)["status"] == "done" for i in ids))
     assert gen.ran == [0, 5, 3, 9, 1, 7]
     assert [s.status(i)["started"] for i in [first] + ids] == [1, 2, 3, 4, 5, 6]
+    waited = [s.status(i)["waited_s"] for i in ids]
+    assert waited == sorted(waited) and waited[0] >= 0  # each waited for the ones before it
 
 
 def test_a_cancelled_request_is_dropped_unrun_and_frees_its_place():

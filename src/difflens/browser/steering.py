@@ -43,9 +43,9 @@ class SteeringLimits:
     """steering requests that may wait at once (more are refused)"""
     max_prompt_chars: int = 300
     """longest prompt a steering request may send"""
-    abandon_seconds: float = 15.0
+    abandon_seconds: float = 30.0
     """a queued steering request whose page has not asked about it for this long is dropped unrun (the page asks
-    every 0.25 s; a closed tab stops asking)"""
+    every 0.25 s and cancels its request when closed; this catches pages that vanish without a word)"""
 
 
 class Refused(ValueError):
@@ -175,6 +175,7 @@ class SteeringJob:
     created: float = 0.0
     last_seen: float = 0.0  # time.monotonic() of the last time its page asked about it
     started: int | None = None  # the worker's start order (1, 2, ...): first come, first served
+    waited: float | None = None  # seconds from its request to its start
 
 
 class SteeringService:
@@ -292,7 +293,7 @@ class SteeringService:
 
     def _describe(self, job: SteeringJob) -> dict:
         out = {"id": job.id, "status": job.status, "message": job.message, "seconds": job.seconds,
-               "started": job.started}
+               "started": job.started, "waited_s": job.waited}
         if job.status == "queued":
             out["position"] = self._queue.index(job.id) + 1
             out["running"] = self._running is not None
@@ -311,6 +312,7 @@ class SteeringService:
                     self._drop_abandoned()
                 job = self._jobs[self._queue.pop(0)]
                 job.status, job.started, self._running = "running", next(self._starts), job.id
+                job.waited = round(time.time() - job.created, 3)
             started = time.perf_counter()
             status, message, result = "done", "", None
             try:
