@@ -380,6 +380,7 @@ def run_load(args) -> dict:
         "warm": args.warm, "peak_rss_mb": rss, "rss_at_start_mb": rss_before, "rss_by_third_mb": thirds(rss_samples.get("VmRSS", [])),
         "heap_by_third_mb": thirds(rss_samples.get("RssAnon", [])),
         "steering": {"jobs_done": len(done), "jobs_failed": sum(j.get("status") == "error" for j in load.jobs.values()),
+                     "polled_jobs_dropped": sum(j.get("status") == "cancelled" for j in load.jobs.values()),
                      "fifo": order == sorted(order) and None not in order,
                      "refused_full": len(load.refusals),
                      "refusal_p95_ms": round(float(np.percentile([m for m, _ in load.refusals], 95)), 1)
@@ -405,6 +406,8 @@ def problems(r: dict) -> list[str]:
         out.append("steering jobs ran out of order")
     if s["jobs_failed"]:
         out.append(f"{s['jobs_failed']} steering jobs failed")
+    if s["polled_jobs_dropped"]:
+        out.append(f"{s['polled_jobs_dropped']} steering jobs were dropped although their clients kept polling")
     cancelled, deserted = s.get("cancelled", {}), s.get("deserted", {})
     if not (cancelled.get("posted") and deserted.get("posted")):
         out.append("the cancelled or the deserted job could not be posted: not checked")
