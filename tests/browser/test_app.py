@@ -431,13 +431,22 @@ def test_steering_runs_one_at_a_time_and_a_second_request_waits(run_dir):
         assert status["status"] == "queued" and status["position"] == 1 and status["running"]
         assert c.get(f"/api/steer/{third['id']}").json()["position"] == 2
         full = c.post("/api/steer", json=steer_body())
-        assert full.status_code == 400 and "queue is full" in full.json()["error"]
+        assert full.status_code == 429 and "queue is full" in full.json()["error"]
+        assert full.headers["retry-after"] == "1"
+        # the page cancels a job when it is closed: dropped unrun, its place freed
+        cancelled = c.delete(f"/api/steer/{second['id']}").json()
+        assert cancelled["status"] == "cancelled" and "before it ran" in cancelled["message"]
+        assert c.get(f"/api/steer/{third['id']}").json()["position"] == 1
+        assert c.delete("/api/steer/12345").status_code == 404
+        fourth = c.post("/api/steer", json=steer_body(latent=4))
+        assert fourth.status_code == 202
         gate.set()
         deadline = time.time() + 10
         while time.time() < deadline and c.get(f"/api/steer/{third['id']}").json()["status"] != "done":
             time.sleep(0.02)
         done = c.get(f"/api/steer/{third['id']}").json()
         assert done["status"] == "done" and done["result"]["record"] == {"latent": 3}
+        assert c.get(f"/api/steer/{second['id']}").json()["started"] is None
     assert peak[0] == 1
 
 
@@ -519,6 +528,8 @@ def test_browse_command_defaults_to_localhost_and_refuses_bad_flags(run_dir, cap
     args = build_parser().parse_args(["browse", str(run_dir)])
     assert args.run == str(run_dir) and not hasattr(args, "host")  # the dataclass default applies
     assert main(["browse", str(run_dir), "--port", "0"]) == 2
+    assert main(["browse", str(run_dir), "--abandon-seconds", "0"]) == 2
+    assert "--abandon-seconds must be positive" in capsys.readouterr().err
     assert main(["browse", str(run_dir.parent / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -575,3 +586,29 @@ def test_matryoshka_prefix_level_is_a_column_a_filter_and_a_line(client, run_dir
     assert main(["browse", str(run_dir), "--export", str(out), "--export-features", f"={first}"]) == 0
     table = (out / "d" / "matryoshka" / "index.html").read_text()
     assert 'data-key="prefix"' in table and 'id="t-prefix"' in table and 'data-prefix="0"' in table
+
+
+def test_a_client_that_leaves_while_sending_a_steering_request_is_no_server_error(run_dir, capsys):
+    import asyncio
+
+    app = create_app(run_dir)
+    app.state.steering.available = True
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/steer", "raw_path": b"/api/steer", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    messages = iter([{"type": "http.request", "body": b'{"dictionary": "sae", ', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert "error on" not in capsys.readouterr().err  # no traceback in the server's log
+    assert app.state.steering.status("1") is None  # nothing was queued

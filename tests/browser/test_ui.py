@@ -1,6 +1,7 @@
 """The feature browser in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright) opens the
 index, follows a feature, draws a steering box, runs one steering request on the tiny embedded model and checks
-what the page shows; a screenshot is saved in the test's temp folder.
+what the page shows; a screenshot is saved in the test's temp folder. A page left while its steering request waits
+cancels it (the request is never generated).
 
 Enable on a laptop with: apt-get install chromium (or any Chromium on PATH as `chromium`) and
 pip install 'difflens[test]' (Playwright; its own browser download is not needed).
@@ -19,7 +20,8 @@ HOW = "install Debian's chromium (apt-get install chromium) and pip install play
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served(tmp_path_factory):
+    """(url, app) of the browser on a tiny run, served by uvicorn in a thread."""
     if shutil.which("chromium") is None:
         pytest.skip(f"chromium is not on PATH: {HOW}")
     pytest.importorskip("playwright.sync_api", reason=f"playwright is not installed: {HOW}")
@@ -42,9 +44,14 @@ def server(tmp_path_factory):
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", app
     srv.should_exit = True
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    return served[0]
 
 
 def test_index_feature_and_live_steering_in_chromium(server, tmp_path):
@@ -108,3 +115,52 @@ def test_index_feature_and_live_steering_in_chromium(server, tmp_path):
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_a_steering_request_is_cancelled_when_its_page_is_left(served):
+    """The page sends DELETE for its waiting job when it is left (pagehide): the job is dropped unrun."""
+    from playwright.sync_api import sync_playwright
+
+    url, app = served
+    service = app.state.steering
+    gate, ran = threading.Event(), []
+
+    def fake(settings):
+        ran.append(settings["seed"])
+        gate.wait(30)
+        return {"baseline": "data:,", "steered": "data:,", "record": {}}
+
+    real, service._generate = service._generate, fake  # the worker calls this; restored below
+    try:
+        busy = service.submit({"dictionary": "sae", "latent": 1, "prompt": "a red circle", "seed": 1, "num_steps": 2})
+        deadline = time.time() + 10
+        while service.status(busy.id)["status"] != "running" and time.time() < deadline:
+            time.sleep(0.02)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(url + "/d/sae/f/1")
+                page.fill("textarea[name=prompt]", "a red circle")
+                page.fill("input[name=seed]", "7")
+                page.click("#steer-go")
+                page.wait_for_function("() => document.querySelector('#steer-status').textContent"
+                                       ".startsWith('queued: position 1')")
+                mine = str(int(busy.id) + 1)
+                page.goto(url + "/")  # leaving the page: it cancels its job
+                deadline = time.time() + 10
+                while service.status(mine)["status"] == "queued" and time.time() < deadline:
+                    time.sleep(0.02)
+            finally:
+                browser.close()
+        status = service.status(mine)
+        assert status["status"] == "cancelled" and "cancelled by its page" in status["message"]
+        gate.set()
+        deadline = time.time() + 10
+        while service.status(busy.id)["status"] == "running" and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        assert ran == [1]  # the left page's request (seed 7) never ran
+    finally:
+        gate.set()
+        service._generate = real

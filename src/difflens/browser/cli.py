@@ -45,8 +45,9 @@ def cmd_browse(args) -> int:
     for name in ("max_steps", "max_queue", "max_prompt_chars", "max_resolution"):
         if getattr(limits, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if not limits.max_strength > 0:
-        raise ValueError("--max-strength must be positive")
+    for name in ("max_strength", "abandon_seconds"):
+        if not getattr(limits, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if cmd.export:
         from .export import export_site
 

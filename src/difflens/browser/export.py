@@ -47,7 +47,7 @@ def export_site(run: str | Path | Run, out: str | Path, features: str = "all", p
     from difflens.progress import progress as progress_bar
 
     run = run if isinstance(run, Run) else Run(run)
-    run.codes_cache_size = max(run.codes_cache_size, 4 * run.image_count() + 64)  # encode each image once per step
+    run.codes_cache.entries = max(run.codes_cache.entries, 4 * run.image_count() + 64)  # each image once a step
     out = Path(out)
     if out.resolve() == run.root or run.root in out.resolve().parents:
         raise ValueError(f"export into a folder outside the run, not {out}")

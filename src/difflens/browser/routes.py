@@ -7,7 +7,8 @@
                                                         activations, JSON)
     image page      /image/<id>?step=S                  + /api/token/<id>?step=S&token=T (latents on one token, JSON)
     images          /img/<id>.png, /overlay/<d>/<latent>/<id>/<step>.png, /errmap/<d>/<id>/<step>.png
-    steering API    /api/steer (POST), /api/steer/<job>  queue a live steering request, poll it
+    steering API    /api/steer (POST), /api/steer/<job>  queue a live steering request (429 when the queue is full),
+                                                        poll it (GET), cancel it (DELETE: the page is closed)
     run files       /run/<path>                         the run's plot files (PNG/JSON inside the run only)
     static          /static/...
 
@@ -21,8 +22,9 @@ import json
 import sys
 import traceback
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -30,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from .pages import HERE, Links, error_png, feature_context, image_context, overlay_png, render, run_context
 from .pages import dictionary_context, token_latents
 from .run import BadRequest, FeatureQuery, NotFound, Run, parse_int
-from .steering import Refused, SteeringService
+from .steering import QueueFull, Refused, SteeringService
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -62,8 +64,8 @@ class Site:
     def png(self, data: bytes) -> Response:
         return Response(data, media_type="image/png", headers={**SECURITY_HEADERS, "Cache-Control": "max-age=3600"})
 
-    def json(self, data, status: int = 200) -> JSONResponse:
-        return JSONResponse(data, status_code=status, headers=SECURITY_HEADERS)
+    def json(self, data, status: int = 200, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse(data, status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
     def dictionary(self, request: Request):
         return self.run.dictionary(request.path_params["name"])
@@ -178,7 +180,10 @@ def steering_routes(site: Site) -> list[Route]:
         # JSON only: a cross-site form or text/plain POST (no CORS preflight) cannot queue generations
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return site.json({"error": "refused: send the request as application/json"}, status=415)
-        raw = await _read_body(request)
+        try:
+            raw = await _read_body(request)
+        except ClientDisconnect:  # the client left while sending: nothing is queued, and it is no server error
+            return site.json({"error": "refused: the client disconnected before the request was sent"}, status=400)
         if raw is None:
             return site.json({"error": f"refused: the request body is larger than {MAX_BODY_BYTES} bytes"}, status=413)
         try:
@@ -186,18 +191,23 @@ def steering_routes(site: Site) -> list[Route]:
         except (ValueError, UnicodeDecodeError):
             return site.json({"error": "refused: the request body must be JSON"}, status=400)
         try:
-            job = steering.submit(body)
+            steering.check_room()  # on the loop: a full queue answers at once, however busy the thread pool is
+            job = await run_in_threadpool(steering.submit, body)  # its checks may load an index: not on the loop
+        except QueueFull as err:  # refused at once, to be tried again shortly
+            return site.json({"error": f"refused: {err}"}, status=429, headers={"Retry-After": "1"})
         except Refused as err:
             return site.json({"error": f"refused: {err}"}, status=400)
         return site.json(steering.status(job.id), status=202)
 
-    def api_steer_status(request: Request):
-        status = steering.status(request.path_params["job"])
+    def api_steer_job(request: Request):
+        job = request.path_params["job"]
+        status = steering.cancel(job) if request.method == "DELETE" else steering.status(job)
         if status is None:
             raise NotFound("no such steering job")
         return site.json(status)
 
-    return [Route("/api/steer", api_steer, methods=["POST"]), Route("/api/steer/{job}", api_steer_status)]
+    return [Route("/api/steer", api_steer, methods=["POST"]),
+            Route("/api/steer/{job}", api_steer_job, methods=["GET", "DELETE"])]
 
 
 async def _read_body(request: Request) -> bytes | None:

@@ -393,6 +393,55 @@ class FeatureQuery:
         return out
 
 
+class LRUCache:
+    """Least recently used values, bounded in count and in bytes; a value many requests ask for at once is made
+    once (the others wait for it) rather than once per request."""
+
+    def __init__(self, entries: int, max_bytes: int):
+        self.entries, self.max_bytes = entries, max_bytes
+        self.bytes = 0
+        self._items: OrderedDict = OrderedDict()  # key -> (value, its bytes)
+        self._lock = threading.Lock()
+        self._making: dict = {}  # key -> a lock held while its value is made
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _hit(self, key):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return True, self._items[key][0]
+        return False, None
+
+    def get(self, key, make, nbytes):
+        """The value of ``key``, made by ``make()`` when missing (``nbytes(value)``: its size)."""
+        with self._lock:
+            hit, value = self._hit(key)
+            if hit:
+                return value
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                hit, value = self._hit(key)
+                if hit:
+                    return value
+            try:
+                value = make()
+            except BaseException:
+                with self._lock:
+                    self._making.pop(key, None)
+                raise
+            size = int(nbytes(value))
+            with self._lock:
+                self._items[key] = (value, size)
+                self.bytes += size
+                while len(self._items) > 1 and (len(self._items) > self.entries or self.bytes > self.max_bytes):
+                    _, (_, dropped) = self._items.popitem(last=False)
+                    self.bytes -= dropped
+                self._making.pop(key, None)
+        return value
+
+
 class Run:
     """A run folder opened for browsing."""
 
@@ -414,9 +463,9 @@ class Run:
                 self.dictionaries[row["dictionary"]].interpretation = row
         self._store = None
         self._store_lock = threading.Lock()
-        self._codes: OrderedDict = OrderedDict()
-        self.codes_cache_size = 512  # images' codes kept (an export raises it to every image of a dictionary)
-        self._cache_lock = threading.Lock()
+        # images' codes kept: 512 images and 256 MiB at most (a large model's image holds megabytes of codes); an
+        # export raises the count to every image of a dictionary
+        self.codes_cache = LRUCache(entries=512, max_bytes=256 * 2**20)
 
     def dictionary(self, name: str) -> RunDictionary:
         d = self.dictionaries.get(name) if isinstance(name, str) else None
@@ -517,18 +566,6 @@ class Run:
         return out
 
     # ---- light computations on request (cached) ---------------------------------------------------------------
-    def _cached(self, cache: OrderedDict, key, make, size: int = 256):
-        with self._cache_lock:
-            if key in cache:
-                cache.move_to_end(key)
-                return cache[key]
-        value = make()
-        with self._cache_lock:
-            cache[key] = value
-            while len(cache) > size:
-                cache.popitem(last=False)
-        return value
-
     def activation_map(self, d: RunDictionary, latent: int, image_id: int, step: int) -> np.ndarray:
         """One latent's token activations on one image at one step: (grid_h, grid_w) or (T,) for text sites; the
         same values as FeatureIndex.activation_map, read off the image's cached codes (one encode per image)."""
@@ -575,7 +612,8 @@ class Run:
             error[token] = err.numpy()
             return {"values": values, "indices": indices, "error": error, "tokens": T}
 
-        return self._cached(self._codes, (d.name, image_id, step), make, self.codes_cache_size)
+        return self.codes_cache.get((d.name, image_id, step), make,
+                                    lambda codes: sum(a.nbytes for a in codes.values() if isinstance(a, np.ndarray)))
 
 
 def check_latent(d: RunDictionary, latent: int) -> None:

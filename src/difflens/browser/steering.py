@@ -3,7 +3,10 @@
 A request is checked in full before it is queued (limits on steps, strength, resolution, prompt length and queue
 length; the dictionary, latent, mode, box and step window), and refused with the reason. Accepted requests wait
 in one FIFO queue served by one worker thread, so a second request while one runs waits (its position is shown)
-rather than failing. The generation itself goes through :func:`difflens.steering.steer` on the run's model.
+rather than failing; a request beyond ``max_queue`` is refused at once (:class:`QueueFull`, HTTP 429). A queued
+request belongs to a page that polls it: one cancelled by its page (DELETE) or left unpolled for
+``abandon_seconds`` (the tab was closed) is dropped without being generated. The generation itself goes through
+:func:`difflens.steering.steer` on the run's model.
 """
 
 from __future__ import annotations
@@ -40,10 +43,17 @@ class SteeringLimits:
     """steering requests that may wait at once (more are refused)"""
     max_prompt_chars: int = 300
     """longest prompt a steering request may send"""
+    abandon_seconds: float = 30.0
+    """a queued steering request whose page has not asked about it for this long is dropped unrun (the page asks
+    every 0.25 s and cancels its request when closed; this catches pages that vanish without a word)"""
 
 
 class Refused(ValueError):
     """A steering request outside the limits or malformed: the reason is shown to the user."""
+
+
+class QueueFull(Refused):
+    """The queue holds ``max_queue`` waiting requests: refused at once (HTTP 429), to be tried again shortly."""
 
 
 def steering_status() -> tuple[bool, str]:
@@ -158,15 +168,19 @@ class SteeringJob:
 
     id: str
     settings: dict
-    status: str = "queued"  # queued | running | done | error
+    status: str = "queued"  # queued | running | done | error | cancelled
     message: str = ""
     result: dict | None = None
     seconds: float | None = None
     created: float = 0.0
+    last_seen: float = 0.0  # time.monotonic() of the last time its page asked about it
+    started: int | None = None  # the worker's start order (1, 2, ...): first come, first served
+    waited: float | None = None  # seconds from its request to its start
 
 
 class SteeringService:
-    """One worker thread, one FIFO queue: generations run one at a time, in order."""
+    """One worker thread, one FIFO queue: generations run one at a time, in order; cancelled and abandoned
+    requests are dropped unrun."""
 
     def __init__(self, run, limits: SteeringLimits | None = None, generate=None):
         self.run = run
@@ -177,6 +191,7 @@ class SteeringService:
         self._queue: list[str] = []
         self._jobs: OrderedDict[str, SteeringJob] = OrderedDict()
         self._ids = itertools.count(1)
+        self._starts = itertools.count(1)
         self._running: str | None = None
         self._thread: threading.Thread | None = None
         self._model = None
@@ -210,13 +225,13 @@ class SteeringService:
         """Check and enqueue a request; Refused with the reason when it is outside the limits."""
         if not self.available:
             raise Refused(self.reason)
+        self.check_room()  # a full queue refuses before the request is looked at: at once
         defaults = self.defaults()
         settings = check_request(body, self.run, self.limits, defaults["num_steps"], defaults["resolution"])
         with self._lock:
-            waiting = len(self._queue)
-            if waiting >= self.limits.max_queue:
-                raise Refused(f"the steering queue is full ({waiting} requests waiting); try again shortly")
-            job = SteeringJob(id=str(next(self._ids)), settings=settings, created=time.time())
+            self._check_room()
+            job = SteeringJob(id=str(next(self._ids)), settings=settings, created=time.time(),
+                              last_seen=time.monotonic())
             self._jobs[job.id] = job
             while len(self._jobs) > 64:  # forget old finished jobs
                 old = next(iter(self._jobs))
@@ -230,41 +245,87 @@ class SteeringService:
             self._wake.notify()
         return job
 
+    def check_room(self) -> None:
+        """QueueFull, with the reason, when ``max_queue`` requests are waiting (cheap: no request is read)."""
+        with self._lock:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        self._drop_abandoned()  # closed tabs hold no places
+        waiting = len(self._queue)
+        if waiting >= self.limits.max_queue:
+            raise QueueFull(f"the steering queue is full ({waiting} requests waiting, the limit is "
+                            f"{self.limits.max_queue}); try again shortly")
+
     def status(self, job_id: str) -> dict | None:
+        """The job as its page sees it (None: unknown); asking keeps a queued job alive (see abandon_seconds)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            out = {"id": job.id, "status": job.status, "message": job.message, "seconds": job.seconds}
+            self._drop_abandoned()  # a job past its time is gone, whether or not the worker has come to it yet
+            job.last_seen = time.monotonic()
+            return self._describe(job)
+
+    def cancel(self, job_id: str) -> dict | None:
+        """Drop a queued job unrun (its page was closed or its user gave up); a running or finished one is left
+        as it is. The job's status, or None when it is unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
             if job.status == "queued":
-                out["position"] = self._queue.index(job.id) + 1
-                out["running"] = self._running is not None
-            if job.status == "done":
-                out["result"] = job.result
-            return out
+                self._queue.remove(job.id)
+                job.status, job.message = "cancelled", "cancelled by its page before it ran"
+            return self._describe(job)
+
+    def _abandoned(self, job: SteeringJob) -> bool:
+        return time.monotonic() - job.last_seen > self.limits.abandon_seconds
+
+    def _drop_abandoned(self) -> None:
+        """Cancel queued jobs whose page stopped asking about them (caller holds the lock)."""
+        for job_id in [j for j in self._queue if self._abandoned(self._jobs[j])]:
+            self._queue.remove(job_id)
+            job = self._jobs[job_id]
+            job.status = "cancelled"
+            job.message = (f"dropped unrun: its page stopped asking about it for over "
+                           f"{self.limits.abandon_seconds:g} s (closed?)")
+
+    def _describe(self, job: SteeringJob) -> dict:
+        out = {"id": job.id, "status": job.status, "message": job.message, "seconds": job.seconds,
+               "started": job.started, "waited_s": job.waited}
+        if job.status == "queued":
+            out["position"] = self._queue.index(job.id) + 1
+            out["running"] = self._running is not None
+        if job.status == "done":
+            out["result"] = job.result
+        return out
 
     def _work(self) -> None:
         while True:
             with self._lock:
+                self._drop_abandoned()
                 while not self._queue:
                     if not self._wake.wait(timeout=300):
                         self._thread = None
                         return
+                    self._drop_abandoned()
                 job = self._jobs[self._queue.pop(0)]
-                job.status, self._running = "running", job.id
+                job.status, job.started, self._running = "running", next(self._starts), job.id
+                job.waited = round(time.time() - job.created, 3)
             started = time.perf_counter()
+            status, message, result = "done", "", None
             try:
                 result = self._generate(job.settings)
-                job.result, job.status = result, "done"
             except ValueError as err:  # the steering API's own checks: a reason for the user
-                job.status, job.message = "error", f"refused: {err}"
+                status, message = "error", f"refused: {err}"
             except Exception as err:  # noqa: BLE001 - reported to the page without a stack trace
                 traceback.print_exc()
-                job.status, job.message = "error", f"generation failed ({type(err).__name__}: {err})"
-            finally:
+                status, message = "error", f"generation failed ({type(err).__name__}: {err})"
+            with self._lock:
+                job.result, job.status, job.message = result, status, message
                 job.seconds = round(time.perf_counter() - started, 3)
-                with self._lock:
-                    self._running = None
+                self._running = None
 
     def _steer(self, settings: dict) -> dict:
         from difflens.steering import Edit, steer

@@ -116,7 +116,7 @@
         status.textContent = "queued: position " + job.position + (job.running ? " (another generation is running)" : "");
       } else if (job.status === "running") {
         status.textContent = "generating…";
-      } else if (job.status === "error") {
+      } else if (job.status === "error" || job.status === "cancelled") {
         status.textContent = job.message;
         status.className = "status bad";
       } else if (job.status === "done") {
@@ -133,11 +133,16 @@
         results.hidden = false;
       }
     }
+    var pending = null;  // the job this page waits for: cancelled when the page is closed, so it is not generated
+    window.addEventListener("pagehide", function () {
+      if (pending) fetch("/api/steer/" + encodeURIComponent(pending), {method: "DELETE", keepalive: true});
+    });
     function poll(id) {
+      pending = id;
       fetch("/api/steer/" + encodeURIComponent(id)).then(function (r) { return r.json(); }).then(function (job) {
         show(job);
         if (job.status === "queued" || job.status === "running") setTimeout(function () { poll(id); }, 250);
-        else go.disabled = false;
+        else { pending = null; go.disabled = false; }
       }).catch(function (err) { status.textContent = "lost the job: " + err; go.disabled = false; });
     }
     form.addEventListener("submit", function (ev) {
