@@ -39,7 +39,7 @@ from ..edits import parse_steps
 from ..regions import mask_to_grid
 from .image_scores import MASKED, WHOLE_IMAGE, pixel_scores, prepare_mask
 from .learned_scores import LearnedScorers, load_learned_scorers
-from .methods import BUILTIN_METHODS, FeatureMethod, PairActs, dense_delta, token_deltas
+from .methods import BUILTIN_METHODS, FeatureEdit, FeatureMethod, PairActs, SiteEdit, dense_delta, token_deltas
 from .pairs import SCENE_ATTRIBUTES, EditPair, check_prompts, model_vocabulary, pairs_file, read_pairs
 from .scoring import faithful, judge, summarise
 
@@ -71,6 +71,18 @@ class BenchConfig:
     select: str = "own"
     """step whose codes select the features: own (the dictionary's own step when edited, else the first edited
     step), first (RIEBench's), each (every step selects its own), or a step number"""
+    selection: Literal["mean-difference", "truth"] = "mean-difference"
+    """feature methods' latents: mean-difference (RIEBench's top / bottom k) or truth (up to k latents the
+    dictionary's truth.json names precise for the target concept, added, and for the source concept, removed;
+    needs `difflens features truth` run on the dictionary)"""
+    apply: Literal["add", "clamp"] = "add"
+    """feature methods' edit: add (RIEBench's transfer delta) or clamp (the added latents' live codes set to m1 x
+    their typical activation in the target generation, the removed ones' to 0, on the masked tokens)"""
+    preserve_norm: bool = False
+    """rescale every token a feature method (or its random control) edits to its unedited norm"""
+    together: bool = False
+    """apply every feature method at once (one edit at all their sites, named a+b, with its random control)
+    instead of one method at a time"""
     ks: list[int] = field(default_factory=lambda: [8, 32])
     """latents added (top-k) and subtracted (bottom-k)"""
     strengths: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
@@ -288,9 +300,12 @@ class _Plan:
         pairs_path, pairs, categories = _chosen_pairs(config, model)
         num_steps = config.num_steps or model.default_num_steps
         steps = parse_steps(config.steps, num_steps)
-        features = _feature_methods(dictionaries, model)
+        features = _feature_methods(dictionaries, model,
+                                    FeatureEdit(config.selection, config.apply, config.preserve_norm))
         dense_sites = _dense_sites(config, builtin, features, model)
         reference = _random_reference(config, builtin, features)
+        if config.together and reference is not None:  # the control matches the joint edit
+            reference = joint_name(features)
         select_index = {name: _select_index(config.select, f, steps) for name, f in features.items()}
         sites = list(dict.fromkeys([*(f.site for f in features.values()), *dense_sites]))
         grids = {s: model.site(s).grid for s in sites}
@@ -323,7 +338,12 @@ def _chosen_pairs(config: BenchConfig, model) -> tuple[Path, list[EditPair], lis
     return pairs_path, pairs, categories
 
 
-def _feature_methods(dictionaries: dict, model) -> dict[str, FeatureMethod]:
+def joint_name(features: dict[str, FeatureMethod]) -> str:
+    """The name of every feature method applied at once (--together): their names joined by +."""
+    return "+".join(features)
+
+
+def _feature_methods(dictionaries: dict, model, how: FeatureEdit) -> dict[str, FeatureMethod]:
     """A feature-transfer method per dictionary, each checked against its image site on the model."""
     features = {}
     for name, d in dictionaries.items():
@@ -334,7 +354,7 @@ def _feature_methods(dictionaries: dict, model) -> dict[str, FeatureMethod]:
             raise ValueError(f"dictionary {name} has width {d.d_in}, its site {d.site} has width {info.dim}")
         if info.grid is None:
             raise ValueError(f"dictionary {name}'s site {d.site} holds text tokens; edits need an image site")
-        features[name] = FeatureMethod(name, d, d.site)
+        features[name] = FeatureMethod(name, d, d.site, how)
     return features
 
 
@@ -500,44 +520,83 @@ class _Bench:
         config, plan = self.config, self.plan
         if "swap" in plan.builtin:
             self.score(kept, np.stack([kp.target for kp in kept]), "swap", None, None, None)
-        for name, fm in plan.features.items():
-            self._transfer(kept, name, fm)
-            log(f"{category}: {name} done")
+        groups = [list(plan.features)] if config.together and plan.features else [[n] for n in plan.features]
+        for names in groups:
+            self._transfer(kept, names)
+            log(f"{category}: {'+'.join(names)} done")
         for site in plan.dense_sites:
             for m1 in config.dense_strengths:
                 deltas = torch.stack([dense_delta(kp.acts[site], kp.tokens[site], m1) for kp in kept])
-                self._edit_with(kept, site, deltas, "dense", m1, None)
+                self._edit_with(kept, [(None, SiteEdit(site, deltas))], "dense", m1, None)
         if plan.dense_sites:
             log(f"{category}: dense done")
 
-    def _transfer(self, kept: list[Kept], name: str, fm: FeatureMethod) -> None:
-        """One dictionary's feature transfer at every k and strength (and the random control when it is the
-        reference)."""
-        codes = [fm.codes(kp.acts[fm.site]) for kp in kept]
-        for k in self.config.ks:
-            for m1 in self.config.strengths:
-                per, chosen = [], []
-                for kp, (src, tgt) in zip(kept, codes):
-                    d, c = fm.deltas(src, tgt, kp.tokens[fm.site], self.plan.select_index[name], k, m1)
-                    per.append(d)
-                    chosen.append(c)
-                deltas = torch.stack(per)
-                extra = [{"latents_added": float(np.mean([len(t) for t, _b in c])),
-                          "latents_subtracted": float(np.mean([len(b) for _t, b in c]))} for c in chosen]
-                self._edit_with(kept, fm.site, deltas, name, m1, k, extra)
-                if name == self.plan.reference:
-                    rand = torch.stack([fm.random_deltas(d, src, tgt, c, kp.tokens[fm.site], self.gen)
-                                        for d, (src, tgt), c, kp in zip(per, codes, chosen, kept)])
-                    self._edit_with(kept, fm.site, rand, "random", m1, k, extra)
+    def _transfer(self, kept: list[Kept], names: list[str]) -> None:
+        """Feature edits by the named methods, applied together (one method: the usual case), at every k and
+        strength, with the random control when they are the reference; each added (`FeatureEdit.apply` add) or
+        clamped, the latents chosen by the mean difference or the ground truth."""
+        plan, config = self.plan, self.config
+        methods = [plan.features[n] for n in names]
+        name = "+".join(names)
+        codes = {fm.name: [fm.codes(kp.acts[fm.site]) for kp in kept] for fm in methods}
+        for k in config.ks:
+            for m1 in config.strengths:
+                edits, controls, counts = [], [], np.zeros((len(kept), 2))
+                for fm in methods:
+                    edit, control, n_chosen = self._one_method(kept, fm, codes[fm.name], k, m1, name == plan.reference)
+                    edits.append((fm, edit))
+                    controls.append((fm, control))
+                    counts += n_chosen
+                extra = [{"latents_added": float(a), "latents_subtracted": float(b)} for a, b in counts]
+                self._edit_with(kept, edits, name, m1, k, extra)
+                if name == plan.reference:
+                    self._edit_with(kept, controls, "random", m1, k, extra)
 
-    def _edit_with(self, kept: list[Kept], site: str, deltas_BSTD: torch.Tensor, method: str, strength, k,
-                   extra=None) -> None:
-        """Re-generate the kept pairs' source prompts, same seeds, adding per-pair token deltas (B, S, T, D) at the
-        edited steps, and score the results."""
-        step_deltas = {st: deltas_BSTD[:, s] for s, st in enumerate(self.plan.steps)}
-        iv = lambda sl: token_deltas(site, {st: d[sl] for st, d in step_deltas.items()}, self.config.halves)  # noqa: E731
-        images, _ = self.generate([kp.pair.source for kp in kept], [kp.pair.seed for kp in kept], interventions=[iv])
-        self.score(kept, images, method, site, strength, k, extra)
+    def _one_method(self, kept: list[Kept], fm: FeatureMethod, codes: list, k: int, m1: float, control: bool):
+        """(its SiteEdit, the random control's SiteEdit or None, (B, 2) latents added / removed per pair, mean
+        over steps) of one feature method on the kept pairs."""
+        index = self.plan.select_index[fm.name]
+        clamp = fm.how.apply == "clamp"
+        per, rand, chosen = [], [], []
+        for kp, (src, tgt) in zip(kept, codes):
+            mask = kp.tokens[fm.site]
+            if clamp:
+                v, c = fm.clamps(src, tgt, mask, index, k, m1, kp.pair)
+                per.append(v)
+                if control:
+                    rand.append(fm.random_clamps(v, c, self.gen))
+            else:
+                v, c = fm.deltas(src, tgt, mask, index, k, m1, kp.pair)
+                per.append(v)
+                if control:
+                    rand.append(fm.random_deltas(v, src, tgt, c, mask, self.gen))
+            chosen.append(c)
+        masks = torch.stack([kp.tokens[fm.site] for kp in kept])
+
+        def site_edit(values):
+            if clamp:
+                return SiteEdit(fm.site, clamp_BSF=torch.stack(values), mask_BT=masks)
+            return SiteEdit(fm.site, deltas_BSTD=torch.stack(values))
+
+        counts = np.array([[np.mean([len(t) for t, _b in c]), np.mean([len(b) for _t, b in c])] for c in chosen])
+        return site_edit(per), (site_edit(rand) if control else None), counts
+
+    def _edit_with(self, kept: list[Kept], edits: list[tuple[FeatureMethod | None, SiteEdit]], method: str,
+                   strength, k, extra=None) -> None:
+        """Re-generate the kept pairs' source prompts, same seeds, with every (method, SiteEdit) applied at the
+        edited steps (a feature method's own intervention; None: the plain deltas), and score the results under
+        the sites joined by +."""
+        steps, halves = self.plan.steps, self.config.halves
+
+        def intervention(fm, edit):
+            if fm is None:
+                return lambda sl: token_deltas(edit.site, {st: edit.deltas_BSTD[sl, s] for s, st in enumerate(steps)},
+                                               halves)
+            return lambda sl: fm.intervention(edit, steps, halves, sl)
+
+        ivs = [intervention(fm, e) for fm, e in edits]
+        images, _ = self.generate([kp.pair.source for kp in kept], [kp.pair.seed for kp in kept], interventions=ivs)
+        self.score(kept, images, method, "+".join(e.site for _fm, e in edits), strength, k, extra)
 
 
 def _write_results(config: BenchConfig, plan: _Plan, records: list[dict], counts: dict[str, dict]) -> dict:
