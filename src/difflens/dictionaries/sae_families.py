@@ -14,7 +14,8 @@ Matryoshka, the loss) differs:
   holds a latent (0: the smallest).
 * **JumpReLU** (Rajamanoharan et al. 2024, Gemma Scope): per-latent thresholds θ = exp(log_threshold),
   z = pre·H(pre − θ), trained with rectangle-kernel straight-through estimators (``bandwidth`` ε) and an L0
-  target (``k``: see ``train.sae``).
+  target (``k``: see ``train.sae``), which all thresholds also track together after each step
+  (:meth:`JumpReLUSAE.observe`).
 
 Codes of a variable-L0 family are padded with zeros (index 0, value 0) up to the most active latents of
 any token in the batch, so ``SparseCodes`` keep their (…, K) shape; K then varies between calls. Training never
@@ -83,6 +84,9 @@ class JumpReLUConfig(SAEConfig):
     """JumpReLU straight-through window width ε (normalised pre-activation units)"""
     init_threshold: float = 0.0
     """JumpReLU starting threshold of every latent (0: the first batch's B·k-th largest score, so L0 starts at k)"""
+    l0_tracking: float = 0.05
+    """JumpReLU: after each training step every log-threshold moves by this × log(batch L0 / k), so the mean L0
+    reaches its target k (0: the L0 penalty alone, which stopped at L0 7 for 16 on the demo site)"""
 
 
 def prefix_levels(sizes: list[int]) -> Tensor:
@@ -248,8 +252,20 @@ class JumpReLUSAE(BatchTopKSAE):
         # decoded from its pairs only (window pairs too: their θ needs the loss gradient), see BatchTopK's
         return SAEOutput(packed_decode(vals, idx, self.W_dec, self.b_dec, pairs), vals, idx, aux_vals, aux_idx, l0=l0)
 
+    @torch.no_grad()
     def observe(self, out: SAEOutput, rate: float) -> None:
-        """JumpReLU learns its thresholds: nothing to estimate."""
+        """After each step, move every log-threshold by ``l0_tracking`` × log(batch L0 / k), so the mean L0
+        follows its target while the encoder's scores move. The L0 penalty alone could not: Adam moves a
+        log-threshold by about lr a step whatever the penalty's weight, about e^±0.4 over the demo's 366 steps,
+        while the encoder's scores shrank faster (L0 stopped at 7.2 for 16; docs/results.md). ``rate``: unused."""
+        gain = self.cfg.l0_tracking
+        if gain <= 0 or out.l0 is None:
+            return
+        counts = torch.stack([out.l0.detach().float(), torch.tensor(float(out.values_BK.shape[0]), device=out.l0.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # ranks move alike
+            torch.distributed.all_reduce(counts)
+        mean_l0 = (counts[0] / counts[1]).clamp_min(0.1)  # no active latent: still a finite, strong pull down
+        self.log_threshold.add_(gain * torch.log(mean_l0 / self.k))
 
 
 SAE_CLASSES: dict[str, tuple[type[SAEConfig], type[TopKSAE]]] = {
