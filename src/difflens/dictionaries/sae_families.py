@@ -25,6 +25,7 @@ pays for that padding: decode and backward touch the active pairs only (``packed
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -150,13 +151,22 @@ class BatchTopKSAE(TopKSAE):
     def _inference_threshold(self) -> Tensor:
         return self.threshold
 
-    @torch.no_grad()
     def calibrate(self, z_BD: Tensor) -> None:
-        """At the end of training, set the inference threshold to this batch's B·k-th score, so inference keeps k
-        latents a token on average: the running mean of training lags while training still moves the scores (on the
-        demo site it left held-out L0 at 12.4 for k 16). Every rank sees the same whole batch, so ranks agree."""
+        """At the end of training, set the inference threshold to this batch's B·k-th score (:meth:`match_l0`), so
+        inference keeps k latents a token on average: the running mean of training lags while training still moves
+        the scores (on the demo site it left held-out L0 at 12.4 for k 16). Every rank sees the same whole batch,
+        so ranks agree."""
+        self.match_l0(z_BD)
+
+    @torch.no_grad()
+    def match_l0(self, z_BD: Tensor) -> None:
+        """Every inference threshold at the batch's B·k-th score: codes of ``z_BD`` keep k latents a token on
+        average (BatchTopK's end of training, JumpReLU's start, a family's untrained control)."""
         if self.thresholded:
-            self.threshold.fill_(max(float(self.batch_kth_score(z_BD)), 0.0))
+            self._set_thresholds(float(self.batch_kth_score(z_BD)))
+
+    def _set_thresholds(self, value: float) -> None:
+        self.threshold.fill_(max(value, 0.0))
 
     def batch_kth_score(self, z_BD: Tensor) -> Tensor:
         """The batch's B·k-th largest score: a threshold that keeps k latents a token on average."""
@@ -239,11 +249,14 @@ class JumpReLUSAE(BatchTopKSAE):
     def calibrate(self, z_BD: Tensor) -> None:
         """JumpReLU's thresholds are learned per latent (its L0 penalty sets them): nothing to calibrate."""
 
+    def _set_thresholds(self, value: float) -> None:
+        self.log_threshold.fill_(math.log(max(value, 1e-3)))
+
     @torch.no_grad()
     def initialise(self, z_BD: Tensor) -> None:
         super().initialise(z_BD)
         if self.cfg.init_threshold <= 0:  # start at L0 = k: the B·k-th largest score of the first batch
-            self.log_threshold.fill_(float(self.batch_kth_score(z_BD).float().clamp_min(1e-3).log()))
+            self.match_l0(z_BD)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         vals, idx, l0, aux_vals, aux_idx, pairs = jumprelu_encode(z_BD, self.b_dec, self.W_enc, self.b_enc,
