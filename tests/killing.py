@@ -381,8 +381,10 @@ STAGES: list[Stage] = [
                           "--warmup-steps", "1", "--autoencoder-steps", "0", "--latent-channels", "0",
                           "--num-double-blocks", "1", "--num-single-blocks", "1", "--num-heads", "2",
                           "--text-layers", "1", "--checkpoint-every", "2", "--threads", "1"]),
+    # the export pages the run's indexed dictionaries with their truth and explanations (an ITDA without an index
+    # would add one table row: train-itda is killed as a stage of its own instead)
     Stage("browse-export", ["browse", "{work}/sae", "--export", "{work}/site", "--export-features", "6"],
-          inputs=("features-truth", "autointerp-oracle", "train-itda")),
+          inputs=("features-truth", "autointerp-oracle")),
 ]
 FAST = ("train-sae", "features-index")  # inputs: capture, train-sae  # the cases tests/test_kill_resume.py runs (a few seconds each)
 

@@ -178,3 +178,49 @@ def test_one_error_type_names_file_problem_and_remedy(tmp_path):
         read_json(path, "thing", expect=dict)
     with pytest.raises(FileNotFoundError, match="thing not found"):
         read_safetensors(tmp_path / "none.safetensors", "thing")
+
+
+# files the browser reads when they are there (a run browses without them): a damaged one is named on stderr and the
+# rest of the run is shown; (the file inside the run, what the browser shows without it)
+BROWSER_OPTIONAL = {
+    "truth.json": ("dictionaries/sae/truth.json", lambda run: run.dictionary("sae").truth),
+    "autointerp results": ("dictionaries/sae/index/autointerp/oracle/results.json",
+                           lambda run: run.dictionary("sae").autointerp.get("oracle")),
+    "summary.json": ("summary.json", lambda run: run.summary or None),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("fmt", BROWSER_OPTIONAL)
+def test_the_browser_names_a_damaged_optional_file_and_shows_the_rest(run, fmt, damage, capsys):
+    from difflens.browser.run import Run
+
+    relative, shown = BROWSER_OPTIONAL[fmt]
+    assert shown(Run(run)) is not None  # the intact file is shown
+    DAMAGES[damage](run / relative)
+    capsys.readouterr()
+    browsed = Run(run)
+    assert shown(browsed) is None
+    err = capsys.readouterr().err
+    assert "difflens: not showing the corrupt" in err, err
+    assert str(run / relative) in err or str((run / relative).resolve()) in err, err
+    assert browsed.dictionary("sae").table is not None  # the feature table is still there
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_embedded_model_config_or_training_config_gets_a_named_error(tmp_path, damage, capsys):
+    from difflens.cli import main
+    from difflens.embedded.config import ShapesModelConfig
+    from difflens.embedded.pipeline import CONFIG_FILE, ShapesPipeline
+
+    weights = tmp_path / "weights"
+    ShapesPipeline.random(ShapesModelConfig.tiny()).save_pretrained(weights)
+    ShapesPipeline.from_pretrained(weights)  # the intact folder loads
+    DAMAGES[damage](weights / CONFIG_FILE)
+    with pytest.raises(CorruptFileError, match="corrupt embedded model config .*config.json"):
+        ShapesPipeline.from_pretrained(weights)
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "train_config.json").write_text('{"steps": 1')
+    assert main(["world", "ship", str(train)]) == 2
+    assert f"corrupt world training config {train / 'train_config.json'}" in capsys.readouterr().err

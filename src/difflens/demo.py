@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from difflens.configs import add_config_arguments, config_from_args
+from difflens.reading import read_json
 from difflens.store import run_layout
 from difflens.store.layout import CAPTURE_CONFIG
 
@@ -301,7 +302,7 @@ def _write_summary(out: Path, cfg: DemoConfig, site: str, evaluation: dict, step
 def _check_previous_run(out: Path, cfg: DemoConfig) -> None:
     """A run folder holds one model's demo: say so plainly, not deep inside the capture's settings check."""
     capture = run_layout.store_folder(out) / CAPTURE_CONFIG
-    previous = json.loads(capture.read_text()).get("model") if capture.exists() else None
+    previous = read_json(capture, "capture config", expect=dict).get("model") if capture.exists() else None
     if previous and previous != cfg.model:
         raise ValueError(f"{out} holds a demo of model {previous!r}, not of {cfg.model!r} (the demo's default model "
                          f"is embedded-rich since the rich world landed): remove {out} or pass --out DIR")
@@ -397,7 +398,8 @@ def steer_showcase(model, dictionaries: dict, out: Path, cfg: DemoConfig) -> dic
 
     name = cfg.steer_dictionary
     dictionary = dictionaries[name]
-    truth = json.loads(run_layout.truth_path(run_layout.dictionary_folder(out, name)).read_text())
+    truth = read_json(run_layout.truth_path(run_layout.dictionary_folder(out, name)), "ground-truth report",
+                      hint="rerun `difflens demo`", expect=dict)
     strengths = list(cfg.steer_strengths)
     columns = [f"+{s:g}" for s in strengths]
     prompts_pool = world_prompts(200, seed=cfg.seed + 7, world=model.world)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from difflens.atomic import atomic_write_bytes
 from difflens.interpret.latent_spec import latents_from_spec
 
 from .pages import HERE, Links, dictionary_context, feature_context, overlay_png, render, run_context
@@ -35,11 +36,10 @@ def _choose(d, spec: str) -> list[int]:
 
 
 def _write(path: Path, data: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        path.write_text(data, encoding="utf-8")
-    else:
-        path.write_bytes(data)
+    """One file of the site, whole or not at all (an export killed midway leaves no half-written page; no fsync: a
+    site is rewritten by rerunning the export, not recovered)."""
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data, sync_dir=False, fsync=False,
+                       what="exported page")
 
 
 def export_site(run: str | Path | Run, out: str | Path, features: str = "all", progress: bool = False) -> Path:

@@ -9,7 +9,6 @@ their feature index, autointerp results and truth.json, and the store with its i
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import OrderedDict
@@ -31,11 +30,19 @@ class BadRequest(Exception):
     """A malformed query: the app answers 400 with this message."""
 
 
-def _read_json(path: Path):
+def _read_json(path: Path, what: str):
+    """The JSON in an optional file a stage wrote: None when it is missing or unreadable, so the browser still shows
+    the rest of the run; a corrupt one (truncated, garbled, empty) is also named on stderr, never silently skipped."""
+    from difflens.outputs import note
+    from difflens.reading import CorruptFileError, read_json
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        return read_json(path, what)
+    except CorruptFileError as err:
+        note(f"not showing the corrupt {what} {err.path} ({err.problem}); {err.hint}")
+    except OSError:
+        pass
+    return None
 
 
 def _finite(x) -> float | None:
@@ -84,7 +91,7 @@ class RunDictionary:
 
     def __init__(self, run: "Run", name: str, folder: Path):
         self.run, self.name, self.folder = run, name, folder
-        self.cfg = _read_json(run_layout.cfg_path(folder)) or {}
+        self.cfg = _read_json(run_layout.cfg_path(folder), "dictionary config") or {}
         meta = self.cfg.get("difflens_meta", {})
         self.kind = self.cfg.get("difflens_kind", "sae")
         self.site = meta.get("site")
@@ -148,7 +155,7 @@ class RunDictionary:
             if self._autointerp is None:
                 out = {}
                 for backend, path in run_layout.autointerp_backends(self.index_folder).items():
-                    data = _read_json(path)
+                    data = _read_json(path, "autointerp results")
                     if isinstance(data, dict) and isinstance(data.get("features"), dict):
                         out[backend] = data
                 self._autointerp = out
@@ -161,7 +168,7 @@ class RunDictionary:
             if self._truth is None:
                 data = None
                 for path in (run_layout.truth_path(self.folder), run_layout.truth_path(self.index_folder)):
-                    data = _read_json(path) if path.is_file() else None
+                    data = _read_json(path, "ground-truth report") if path.is_file() else None
                     if isinstance(data, dict):
                         break
                 if isinstance(data, dict):
@@ -450,7 +457,7 @@ class Run:
         if not root.is_dir():
             raise FileNotFoundError(f"run folder {root} does not exist")
         self.root = root.resolve()
-        summary = _read_json(run_layout.summary_path(self.root))
+        summary = _read_json(run_layout.summary_path(self.root), "run summary")
         self.summary = summary if isinstance(summary, dict) else {}
         self.dictionaries: dict[str, RunDictionary] = {
             name: RunDictionary(self, name, folder) for name, folder in run_layout.find_dictionaries(self.root).items()}
@@ -487,7 +494,7 @@ class Run:
 
                 candidates = [run_layout.store_folder(self.root)]
                 for d in self.dictionaries.values():
-                    header = _read_json(d.index_folder / run_layout.INDEX_HEADER) or {}
+                    header = _read_json(d.index_folder / run_layout.INDEX_HEADER, "feature index summary") or {}
                     candidates += run_layout.link_candidates(d.index_folder, header.get("store_relative"),
                                                              header.get("store_path"))
                     store = (d.cfg.get("difflens_meta") or {}).get("store")

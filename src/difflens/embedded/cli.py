@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from difflens.configs import add_command, add_config_arguments, config_from_args, field_docs, given
+from difflens.reading import read_json
 
 from .pipeline import DEFAULT_STEPS
 
@@ -248,7 +249,8 @@ def cmd_ship(args) -> None:
 
     cmd = config_from_args(ShipCommand, args)
     folder = Path(cmd.train_dir)
-    config = json.loads((folder / "train_config.json").read_text())
+    config = read_json(folder / "train_config.json", "world training config", expect=dict,
+                       hint="rerun `difflens world train` into that folder")
     pipe = load_checkpoint_ema(folder).use_guidance(cmd.guidance)
     notes = "" if cmd.notes is None else Path(cmd.notes).read_text()
     quality = ship(pipe, config, dest=cmd.dest, n=cmd.n, notes=notes, step=checkpoint_step(folder))

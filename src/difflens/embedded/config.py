@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 PREDICTIONS = ("x", "velocity")
 
@@ -118,5 +119,9 @@ class ShapesModelConfig:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ShapesModelConfig":
-        return cls(**json.loads(text))
+    def read(cls, path: str | Path) -> "ShapesModelConfig":
+        """The config a weights folder keeps (`config.json`); a corrupt file is a CorruptFileError naming it."""
+        from difflens.reading import read_json
+
+        return cls(**read_json(path, "embedded model config", expect=dict,
+                               hint="reinstall difflens, or retrain with `difflens world train`"))

@@ -113,7 +113,7 @@ class ShapesPipeline:
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"embedded model file missing: {path / name}")
-        config = ShapesModelConfig.from_json((path / CONFIG_FILE).read_text())
+        config = ShapesModelConfig.read(path / CONFIG_FILE)
         pipe = cls(config, *cls.build_modules(config))
         weights, _ = read_safetensors(path / WEIGHTS_FILE, "embedded model weights",
                                       hint="reinstall difflens, or retrain with `difflens world train`")

@@ -99,7 +99,7 @@ def pretrain_text_encoder(cfg: TextPretrainConfig = TextPretrainConfig(), log=pr
     training seconds, `background_word_cosine` and the binding probe's accuracies (`binding.binding_report`).
     Writes the encoder to `cfg.save` when set. `log` gets a progress line every 250 steps."""
     base_dir = Path(cfg.base) if cfg.base else SHIPPED_WEIGHTS["rich"]
-    base = ShapesModelConfig.from_json((base_dir / CONFIG_FILE).read_text())
+    base = ShapesModelConfig.read(base_dir / CONFIG_FILE)
     layers, width = cfg.layers or base.text_layers, cfg.width or base.text_encoder_width
     torch.manual_seed(cfg.seed)
     tokenizer = WordTokenizer(base.vocab, base.max_text_len)

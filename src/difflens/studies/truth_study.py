@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from difflens.dictionaries.train.config import sae_recipe
+from difflens.reading import CorruptFileError, read_json
 from difflens.store.run_layout import store_folder, summary_path, truth_path
 
 METHODS = ("sae_pca", "sae_none", "sae_pca_residual_loss", "itda", "neurons")
@@ -65,7 +66,7 @@ def open_run(run: str | Path) -> DemoRun:
     import difflens as dl
 
     run = Path(run)
-    summary = json.loads(summary_path(run).read_text())
+    summary = read_json(summary_path(run), "run summary", hint="rerun `difflens demo`", expect=dict)
     cfg, site, step = summary["config"], summary["site"], int(summary["step"])
     store = dl.open_store(store_folder(run))
     width = store.reader(site, step, "train").dim
@@ -76,14 +77,19 @@ def open_run(run: str | Path) -> DemoRun:
 
 def cached_report(dictionary, path: Path, labels, step: int | None = None) -> dict:
     """The ground-truth report (with its random and untrained controls, no sparse probes) of `dictionary` at
-    `step` (default: its own), read back from `path` when a finished one is there, else computed and written."""
+    `step` (default: its own), read back from `path` when a finished one is there, else computed and written (a
+    corrupt one is rebuilt: write_truth says so as it replaces it)."""
     from difflens.interpret.truth import truth_report, write_truth
 
+    corrupt = False
     if path.exists():
-        return json.loads(path.read_text())
+        try:
+            return read_json(path, "ground-truth report", expect=dict)
+        except CorruptFileError:
+            corrupt = True
     report = truth_report(dictionary, labels=labels, step=step, sparse_sizes=())
-    write_truth(report, path)
-    return json.loads(path.read_text())
+    write_truth(report, path, overwrite=corrupt)
+    return read_json(path, "ground-truth report", expect=dict)
 
 
 def report_row(report: dict, **keys) -> dict:

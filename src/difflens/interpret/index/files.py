@@ -41,12 +41,9 @@ def read_tensors(folder: Path) -> dict[str, Tensor]:
 
 
 def write_index(folder: Path, header: dict, tensors: dict[str, Tensor], summary: dict) -> None:
-    """Write index.safetensors (the tensors, the header in its metadata) then index.json, each atomically."""
-    from safetensors.torch import save
+    """Write index.safetensors (the tensors, the header in its metadata) then index.json, each atomically (a full
+    disk names the file and leaves the previous one: the package's one safetensors writer)."""
+    from difflens.atomic import atomic_save_tensors, atomic_write_json
 
-    from difflens.atomic import atomic_write_bytes, atomic_write_json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata={META_KEY: json.dumps(header)})
-    atomic_write_bytes(folder / TENSORS_FILE, blob, what="feature index")
+    atomic_save_tensors(folder / TENSORS_FILE, tensors, metadata={META_KEY: json.dumps(header)}, what="feature index")
     atomic_write_json(folder / HEADER_FILE, {**header, "summary": summary}, what="feature index summary")
