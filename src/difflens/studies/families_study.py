@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from difflens.dictionaries.train.config import sae_recipe
+from difflens.reading import read_json
 from difflens.store.run_layout import truth_path
 
 from .truth_study import cached_report, fmt_cell, open_run, report_row
@@ -122,7 +123,7 @@ class _Study:
         if not path.exists():
             ev = dl.evaluate(dictionary, self.demo.store, site=self.demo.site, step=step, max_tokens=self.cfg.eval_tokens)
             path.write_text(json.dumps(ev))
-        ev = json.loads(path.read_text())
+        ev = read_json(path, "held-out evaluation", expect=dict)
         return {k: ev[k] for k in ("split", "fvu_residual", "fvu_input_space", "l0", "dead_fraction")}
 
     def _row(self, sae, folder: Path, step: int, report_path: Path, **keys) -> dict:
@@ -140,7 +141,7 @@ class _Study:
         report_file = truth_path(folder)
         row = self._row(d, folder, step, report_file, part="families", space=space, family=family, seed=seed)
         if family == "matryoshka":
-            row["prefixes"] = prefix_shares(json.loads(report_file.read_text()), d.prefix_sizes)
+            row["prefixes"] = prefix_shares(read_json(report_file, "ground-truth report", expect=dict), d.prefix_sizes)
         row["command"] = self.command(families=[family], seeds=self.cfg.seeds, plain=space == "plain", steps=[])
         return row
 

@@ -22,7 +22,6 @@ oracle (FLUX, SDXL) is scored with; results and tables name the scorers that pro
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 from ...locks import locks_output
 from ...outputs import same_settings
+from ...reading import read_json
 from ..edits import parse_steps
 from ..regions import mask_to_grid
 from .image_scores import MASKED, WHOLE_IMAGE, pixel_scores, prepare_mask
@@ -818,7 +818,7 @@ def _save_figure(fig, path: Path) -> Path:
 
 
 def load_results(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    return read_json(path, "editing benchmark results", expect=dict)
 
 
 def merge_results(paths: list[str | Path], out: str | Path) -> dict:

@@ -22,11 +22,12 @@ Levers beside that rule (issue 26): the latents the ground truth names precise f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from difflens.reading import read_json
 
 
 @torch.no_grad()
@@ -129,7 +130,7 @@ def read_truth_latents(folder) -> dict[str, list[int]]:
     path = truth_path(folder)
     if not Path(path).exists():
         raise FileNotFoundError(f"ground-truth selection needs {path}: run `difflens features truth --run {folder}`")
-    return truth_latents(json.loads(Path(path).read_text()))
+    return truth_latents(read_json(path, "ground-truth report", expect=dict))
 
 
 def chosen_by_truth(latents: dict[str, list[int]], concepts: tuple[str, str] | None, k: int) -> tuple[Tensor, Tensor]:
