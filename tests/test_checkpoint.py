@@ -63,3 +63,14 @@ def test_an_unreadable_checkpoint_is_named(tmp_path):
     pointer.write_text(json.dumps({"format": 99, "tensors": "x"}))
     with pytest.raises(ValueError, match="unknown checkpoint format 99"):
         checkpoint_info(pointer)
+
+
+def test_trim_log_keeps_the_steps_up_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    from difflens.checkpoint import trim_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "fvu": 0.5}) + "\n" for s in (5, 10, 15, 20)) + '{"step": 2')
+    trim_log(log, 10)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [5, 10]
+    trim_log(tmp_path / "missing.jsonl", 3)  # no log yet: nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()

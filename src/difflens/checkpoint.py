@@ -20,11 +20,12 @@ tensors under ``opt.``), whose tensors are renamed on reading.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from .atomic import TMP_MARKER, atomic_save_tensors, atomic_write_json
+from .atomic import TMP_MARKER, atomic_save_tensors, atomic_write_bytes, atomic_write_json
 from .reading import CorruptFileError, read_json, read_safetensors
 
 FORMAT = 1
@@ -149,3 +150,25 @@ def _load_legacy_dictionary_checkpoint(folder: Path, prefixes) -> tuple[dict[str
     if prefixes is not None:
         tensors = {k: v for k, v in tensors.items() if k.startswith(prefixes)}
     return tensors, read_json(folder / "state.json", "checkpoint state", hint=START_OVER, expect=dict)
+
+
+def trim_log(path: str | Path, step: int) -> None:
+    """Keep the lines of a JSON-lines training log whose ``step`` is at most `step` (the checkpoint resumed from).
+
+    A job killed after its last checkpoint logged steps it now trains again, and may have left a torn last line;
+    without this the log would hold those steps twice.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    text = path.read_text(errors="replace")
+    kept = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    if "".join(kept) != text:
+        atomic_write_bytes(path, "".join(kept).encode(), what="training log")

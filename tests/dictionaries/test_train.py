@@ -76,16 +76,28 @@ def _cli(args, env_extra=None, nproc=None):
     return cmd, env
 
 
+def _logged_past_checkpoint(pointer, log, at_least: int) -> bool:
+    """Whether a running job has a checkpoint of step >= `at_least` and has logged a later step."""
+    try:
+        checkpoint = json.loads(pointer.read_text())["step"]
+        logged = json.loads(log.read_text().splitlines()[-1])["step"]
+    except (OSError, ValueError, IndexError, KeyError):  # not written yet, or a line being written
+        return False
+    return checkpoint >= at_least and logged > checkpoint
+
+
 def test_kill_and_resume_is_exact(site_store, tmp_path):
-    args = ["train", "--store", str(site_store), "--tokens", str(128 * 40), "--checkpoint-every", "5", "--seed", "3", *SAE_ARGS]
+    args = ["train", "--store", str(site_store), "--tokens", str(128 * 40), "--checkpoint-every", "5", "--log-every", "1",
+            "--seed", "3", *SAE_ARGS]
     cmd, env = _cli([*args, "--out", str(tmp_path / "ref")])
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     cmd, env = _cli([*args, "--out", str(tmp_path / "crash")], {"DIFFLENS_TRAIN_THROTTLE_S": "0.15"})
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "crash" / SITE / "checkpoint" / "latest.json"
     deadline = time.time() + 300  # generous: a loaded CI machine starts subprocesses slowly
-    while time.time() < deadline and not (latest.exists() and "000000010" in latest.read_text()):
-        time.sleep(0.05)
+    log = tmp_path / "crash" / SITE / "train_log.jsonl"
+    while time.time() < deadline and not _logged_past_checkpoint(latest, log, at_least=10):
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert latest.exists() and not (tmp_path / "crash" / SITE / "sae.safetensors").exists()
@@ -95,6 +107,9 @@ def test_kill_and_resume_is_exact(site_store, tmp_path):
     got = load_file(str(tmp_path / "crash" / SITE / "sae.safetensors"))
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
+    steps = [[json.loads(line)["step"] for line in (tmp_path / run / SITE / "train_log.jsonl").read_text().splitlines()]
+             for run in ("ref", "crash")]
+    assert steps[1] == steps[0]  # the steps logged after the checkpoint and trained again are logged once
 
 
 def test_two_process_ddp_matches_one_process(site_store, tmp_path):

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ..atomic import atomic_write_json
 from ..checkpoint import (checkpoint_info, load_checkpoint, load_optimizer_tensors, optimizer_tensors, restore_rng,
-                          save_checkpoint, strip, with_prefix)
+                          save_checkpoint, strip, trim_log, with_prefix)
 from ..locks import output_lock
 from ..outputs import note, same_settings
 from ..progress import progress as progress_bar
@@ -338,6 +338,7 @@ def _train(cfg: TrainConfig, progress: bool, until: int | None) -> ShapesPipelin
     live_params = [p.detach() for p in params]  # views: follow every optimizer step
     stop = cfg.steps if until is None else min(until, cfg.steps)
     bar = progress_bar(cfg.steps, "train", unit="step", enabled=progress, initial=start)
+    trim_log(out / "loss.jsonl", start)
     with bar, open(out / "loss.jsonl", "a") as log:
         t0 = time.time()
         for step in range(start, stop):

@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ...checkpoint import load_latest, save_checkpoint
+from ...checkpoint import load_latest, save_checkpoint, trim_log
 from ...distributed import rank_and_world
 from ...outputs import note, same_settings
 from ...progress import progress
@@ -181,6 +181,8 @@ class Job:
 
     def open_log(self, initial: int, desc: str, config: dict) -> None:
         active = self.rank == 0
+        if active and self.folder is not None:
+            trim_log(self.folder / TRAIN_LOG, initial)
         self._bar = progress(total=self.total_steps, initial=initial, desc=desc, unit="step",
                              enabled=active and self.run.progress)
         if not active or self.run.logger == "none":
