@@ -61,7 +61,7 @@ def train_sae(source, site: str | None = None, step: int | list[int] | str | Non
     them, ``"per-step"`` one per step (then ``sae.encode(acts, step=3)`` needs the rows' step).
     The lr defaults to 2e-4 / √(num_latents / 2**14) (sparsify's scaling) when not given.
     arch: the SAE family, topk, batchtopk, matryoshka (prefixes=(1/16, 1/4, 1), base="batchtopk"|"topk") or
-    jumprelu (k = target L0, l0_coef, bandwidth); its settings are its config's fields (``family_configs``).
+    jumprelu (k = target L0, l0_coef, l0_tracking, bandwidth); its settings are its config's fields (``family_configs``).
     settings: SAETrainConfig fields (k, num_latents, normalization, loss_space, lr, num_tokens, ...) and
     RunConfig fields (resume, overwrite, device, checkpoint_every, progress, ...). ``out`` None trains in memory;
     with ``out`` the dictionary folder is written (and resumed; locked against other writers meanwhile; a

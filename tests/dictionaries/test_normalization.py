@@ -67,3 +67,23 @@ def test_steering_direction_matches_decode_difference():
     z0 = torch.zeros(1, 12)
     delta = norm.denormalize(z0 + sae.W_dec[5].detach()) - norm.denormalize(z0)
     torch.testing.assert_close(d, delta[0] / delta.norm(), rtol=1e-4, atol=1e-5)
+
+
+def test_in_frame_standardises_other_data_along_the_frames_axes():
+    """Per-step normalisers share one frame: another data set (other eigenvectors, mean, scales) is centred and
+    standardised along the frame's axes, not rotated into its own, and the map still inverts exactly."""
+    from difflens.dictionaries.normalization import accumulate
+
+    frame = Normalizer.fit([_aniso(seed=0)], 12, "pca")
+    other = _aniso(seed=1) * 0.1 - 7.0
+    own = Normalizer.fit([other], 12, "pca")
+    norm = Normalizer.in_frame(accumulate([other], 12), frame)
+    torch.testing.assert_close(norm.rotation, frame.rotation)
+    assert not torch.allclose(own.rotation.abs(), frame.rotation.abs(), atol=0.1)  # its own axes differ
+    z = norm.normalize(other).double()
+    torch.testing.assert_close(z.mean(0), torch.zeros(12, dtype=torch.float64), rtol=0, atol=1e-3)
+    torch.testing.assert_close(z.var(0), torch.ones(12, dtype=torch.float64), rtol=1e-3, atol=1e-3)
+    assert float((z.T @ z / len(z) - torch.eye(12, dtype=torch.float64)).abs().max()) > 0.1  # standardised, not white
+    torch.testing.assert_close(norm.denormalize(norm.normalize(other)), other, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="at least 120 tokens"):
+        Normalizer.in_frame(accumulate([other[:50]], 12), frame)

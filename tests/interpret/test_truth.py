@@ -489,3 +489,21 @@ def test_a_dictionary_across_steps_is_reported_at_one_step_with_that_steps_norma
         for m in ("precise_share", "mean_f1", "mean_union_f1"):
             assert at[1]["summary"][control][m] == pytest.approx(at[0]["summary"][control][m], abs=1e-3), (control, m)
     assert at[1]["summary"]["dictionary"]["precise_share"] > at[1]["summary"]["init"]["precise_share"]
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu", "matryoshka"])
+def test_the_untrained_control_of_a_family_is_that_family_at_initialisation_with_its_l0(tmp_path, arch):
+    import difflens as dl
+    from difflens.interpret.truth import initial_dictionary
+
+    store = make_world_store(tmp_path, split=True)
+    sae = dl.train_sae(store, SITE, 0, arch=arch, k=4, num_latents=32, num_tokens=2_000, batch_size=256,
+                       normalization="none", seed=3, progress=False)
+    rows = torch.randn(512, DIM) + 2
+    center = rows.mean(0)
+    init = initial_dictionary(sae, center, rows)
+    fresh = type(sae)(DIM, sae.cfg, seed=3)
+    assert type(init) is type(sae) and torch.equal(init.W_enc, fresh.W_enc) and torch.equal(init.b_dec, center)
+    assert float(init.encode(rows).l0().float().mean()) == pytest.approx(4, rel=0.05)  # the family's L0, k
+    # without rows to set it, the threshold stays at its start: far more than k latents fire
+    assert float(initial_dictionary(sae, center).encode(rows).l0().float().mean()) > 8

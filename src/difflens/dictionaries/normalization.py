@@ -88,6 +88,19 @@ class CovarianceAccumulator:
         return m + self.shift, (cov + cov.t()) / 2
 
 
+def accumulate(batches: Iterable[Tensor], dim: int, max_tokens: int | None = None) -> CovarianceAccumulator:
+    """The moments of a stream of (B, D) batches (up to ``max_tokens`` tokens), summed over DDP ranks."""
+    acc = CovarianceAccumulator(dim)
+    for acts in batches:
+        if max_tokens is not None and acc.count >= max_tokens:
+            break
+        if max_tokens is not None:
+            acts = acts[: max_tokens - acc.count]
+        acc.update(acts)
+    acc.all_reduce()
+    return acc
+
+
 class Normalizer(torch.nn.Module):
     """Affine input normalisation stored beside a dictionary; see the module docstring."""
 
@@ -119,24 +132,43 @@ class Normalizer(torch.nn.Module):
         norm = cls(dim, kind)
         if kind == "none":
             return norm
-        acc = CovarianceAccumulator(dim)
-        for acts in batches:
-            if max_tokens is not None and acc.count >= max_tokens:
-                break
-            if max_tokens is not None:
-                acts = acts[: max_tokens - acc.count]
-            acc.update(acts)
-        acc.all_reduce()
-        norm.set_from_moments(acc, min_tokens_per_dim=min_tokens_per_dim, eps_rel=eps_rel)
+        norm.set_from_moments(accumulate(batches, dim, max_tokens), min_tokens_per_dim=min_tokens_per_dim,
+                              eps_rel=eps_rel)
         return norm
 
-    def set_from_moments(self, acc: CovarianceAccumulator, *, min_tokens_per_dim: float = 10.0, eps_rel: float = 1e-6):
+    @classmethod
+    def in_frame(cls, acc: CovarianceAccumulator, frame: "Normalizer", *, min_tokens_per_dim: float = 10.0,
+                 eps_rel: float = 1e-6) -> "Normalizer":
+        """A normaliser of ``acc``'s data (its mean, its variance along each axis) in ``frame``'s axes: for PCA,
+        ``frame``'s rotation (not this data's own eigenvectors) with each rotated coordinate standardised.
+        Per-step normalisers share one frame so that a latent's decoder row means one residual direction at every
+        step; whitening each step in its own eigenbasis gave each step unrelated axes (on the demo site the
+        eigenvectors of steps 3 and 7 overlap by 0.18 on average), and one dictionary across those steps then
+        had to learn a dictionary per step (:func:`~difflens.dictionaries.train.data.fit_normalizer`)."""
+        norm = cls(frame.dim, frame.kind)
+        if frame.kind != "pca":
+            norm.set_from_moments(acc, min_tokens_per_dim=min_tokens_per_dim, eps_rel=eps_rel)
+            return norm
+        norm._check_count(acc, min_tokens_per_dim)
+        mean, cov = acc.mean_cov()
+        rotation = frame.rotation.double()
+        var = (rotation.t() @ cov @ rotation).diagonal().clamp_min(0)
+        norm.mean.copy_(mean.float())
+        norm.rotation.copy_(frame.rotation)
+        norm.variances.copy_(var.float())
+        norm.scale.copy_(var.clamp_min(eps_rel * float(var.max()) + 1e-30).sqrt().float())
+        return norm
+
+    def _check_count(self, acc: CovarianceAccumulator, min_tokens_per_dim: float) -> None:
         need = int(min_tokens_per_dim * self.dim)
         if acc.count < need:
             raise ValueError(
                 f"{self.kind} normalisation needs at least {need} tokens ({min_tokens_per_dim:g} × width {self.dim}) "
                 f"but only {acc.count} were available; capture more tokens or lower min_tokens_per_dim"
             )
+
+    def set_from_moments(self, acc: CovarianceAccumulator, *, min_tokens_per_dim: float = 10.0, eps_rel: float = 1e-6):
+        self._check_count(acc, min_tokens_per_dim)
         mean, cov = acc.mean_cov()
         self.mean.copy_(mean.float())
         if self.kind == "standardise":
@@ -197,7 +229,8 @@ class Normalizer(torch.nn.Module):
 class StepNormalizers(torch.nn.Module):
     """One :class:`Normalizer` per denoising step, for a dictionary trained across steps with
     ``step_normalization="per-step"``: each row is normalised by the statistics of its own step (residual
-    norms and directions shift a lot between steps). The dictionary's weights act on the per-step-normalised
+    norms and directions shift a lot between steps), along axes all steps share (:meth:`Normalizer.in_frame`).
+    The dictionary's weights act on the per-step-normalised
     inputs, so there is no step-free map: :meth:`for_step` refuses ``step=None`` and so do the step-free
     methods of :class:`Normalizer` (``normalize`` ...), naming the steps to choose from.
     """

@@ -14,7 +14,8 @@ Matryoshka, the loss) differs:
   holds a latent (0: the smallest).
 * **JumpReLU** (Rajamanoharan et al. 2024, Gemma Scope): per-latent thresholds θ = exp(log_threshold),
   z = pre·H(pre − θ), trained with rectangle-kernel straight-through estimators (``bandwidth`` ε) and an L0
-  target (``k``: see ``train.sae``).
+  target (``k``: see ``train.sae``), which all thresholds also track together after each step
+  (:meth:`JumpReLUSAE.observe`).
 
 Codes of a variable-L0 family are padded with zeros (index 0, value 0) up to the most active latents of
 any token in the batch, so ``SparseCodes`` keep their (…, K) shape; K then varies between calls. Training never
@@ -24,6 +25,7 @@ pays for that padding: decode and backward touch the active pairs only (``packed
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -83,6 +85,9 @@ class JumpReLUConfig(SAEConfig):
     """JumpReLU straight-through window width ε (normalised pre-activation units)"""
     init_threshold: float = 0.0
     """JumpReLU starting threshold of every latent (0: the first batch's B·k-th largest score, so L0 starts at k)"""
+    l0_tracking: float = 0.05
+    """JumpReLU: after each training step every log-threshold moves by this × log(batch L0 / k), so the mean L0
+    reaches its target k (0: the L0 penalty alone, which stopped at L0 7 for 16 on the demo site)"""
 
 
 def prefix_levels(sizes: list[int]) -> Tensor:
@@ -146,13 +151,22 @@ class BatchTopKSAE(TopKSAE):
     def _inference_threshold(self) -> Tensor:
         return self.threshold
 
-    @torch.no_grad()
     def calibrate(self, z_BD: Tensor) -> None:
-        """At the end of training, set the inference threshold to this batch's B·k-th score, so inference keeps k
-        latents a token on average: the running mean of training lags while training still moves the scores (on the
-        demo site it left held-out L0 at 12.4 for k 16). Every rank sees the same whole batch, so ranks agree."""
+        """At the end of training, set the inference threshold to this batch's B·k-th score (:meth:`match_l0`), so
+        inference keeps k latents a token on average: the running mean of training lags while training still moves
+        the scores (on the demo site it left held-out L0 at 12.4 for k 16). Every rank sees the same whole batch,
+        so ranks agree."""
+        self.match_l0(z_BD)
+
+    @torch.no_grad()
+    def match_l0(self, z_BD: Tensor) -> None:
+        """Every inference threshold at the batch's B·k-th score: codes of ``z_BD`` keep k latents a token on
+        average (BatchTopK's end of training, JumpReLU's start, a family's untrained control)."""
         if self.thresholded:
-            self.threshold.fill_(max(float(self.batch_kth_score(z_BD)), 0.0))
+            self._set_thresholds(float(self.batch_kth_score(z_BD)))
+
+    def _set_thresholds(self, value: float) -> None:
+        self.threshold.fill_(max(value, 0.0))
 
     def batch_kth_score(self, z_BD: Tensor) -> Tensor:
         """The batch's B·k-th largest score: a threshold that keeps k latents a token on average."""
@@ -235,11 +249,14 @@ class JumpReLUSAE(BatchTopKSAE):
     def calibrate(self, z_BD: Tensor) -> None:
         """JumpReLU's thresholds are learned per latent (its L0 penalty sets them): nothing to calibrate."""
 
+    def _set_thresholds(self, value: float) -> None:
+        self.log_threshold.fill_(math.log(max(value, 1e-3)))
+
     @torch.no_grad()
     def initialise(self, z_BD: Tensor) -> None:
         super().initialise(z_BD)
         if self.cfg.init_threshold <= 0:  # start at L0 = k: the B·k-th largest score of the first batch
-            self.log_threshold.fill_(float(self.batch_kth_score(z_BD).float().clamp_min(1e-3).log()))
+            self.match_l0(z_BD)
 
     def forward_train(self, z_BD: Tensor, dead_idx: Tensor | None = None, k_aux: int = 0) -> SAEOutput:
         vals, idx, l0, aux_vals, aux_idx, pairs = jumprelu_encode(z_BD, self.b_dec, self.W_enc, self.b_enc,
@@ -248,8 +265,20 @@ class JumpReLUSAE(BatchTopKSAE):
         # decoded from its pairs only (window pairs too: their θ needs the loss gradient), see BatchTopK's
         return SAEOutput(packed_decode(vals, idx, self.W_dec, self.b_dec, pairs), vals, idx, aux_vals, aux_idx, l0=l0)
 
+    @torch.no_grad()
     def observe(self, out: SAEOutput, rate: float) -> None:
-        """JumpReLU learns its thresholds: nothing to estimate."""
+        """After each step, move every log-threshold by ``l0_tracking`` × log(batch L0 / k), so the mean L0
+        follows its target while the encoder's scores move. The L0 penalty alone could not: Adam moves a
+        log-threshold by about lr a step whatever the penalty's weight, about e^±0.4 over the demo's 366 steps,
+        while the encoder's scores shrank faster (L0 stopped at 7.2 for 16; docs/results.md). ``rate``: unused."""
+        gain = self.cfg.l0_tracking
+        if gain <= 0 or out.l0 is None:
+            return
+        counts = torch.stack([out.l0.detach().float(), torch.tensor(float(out.values_BK.shape[0]), device=out.l0.device)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # ranks move alike
+            torch.distributed.all_reduce(counts)
+        mean_l0 = (counts[0] / counts[1]).clamp_min(0.1)  # no active latent: still a finite, strong pull down
+        self.log_threshold.add_(gain * torch.log(mean_l0 / self.k))
 
 
 SAE_CLASSES: dict[str, tuple[type[SAEConfig], type[TopKSAE]]] = {

@@ -151,6 +151,10 @@ class TopKSAE(Dictionary):
     def calibrate(self, z_BD: Tensor) -> None:
         """At the end of training, on the last (normalised) batch: a family's inference settings (TopK: none)."""
 
+    def match_l0(self, z_BD: Tensor) -> None:
+        """Set a threshold family's inference thresholds so that codes of ``z_BD`` (normalised) keep k latents a
+        token on average (TopK keeps k by construction: nothing to set)."""
+
     # ---- decoder-norm constraint ----
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -442,23 +442,29 @@ def _encode(dictionary: Dictionary, acts: Tensor, device) -> SparseCodes:
     return SparseCodes(codes.values.float().cpu(), codes.indices.cpu())
 
 
-def initial_dictionary(dictionary: Dictionary, center_D: Tensor | None = None) -> Dictionary | None:
-    """The dictionary as its training started (same architecture, normaliser and seed; the decoder bias at
+def initial_dictionary(dictionary: Dictionary, center_D: Tensor | None = None,
+                       rows_BD: Tensor | None = None) -> Dictionary | None:
+    """The dictionary as its training started (same family, normaliser and seed; the decoder bias at
     `center_D`, the normalised train mean, as training sets it from its first batch): the untrained control. None
-    for kinds without a random initialisation (ITDA, neurons, random directions).
+    for kinds without a random initialisation (ITDA, neurons, random directions). A threshold family (BatchTopK,
+    Matryoshka on it, JumpReLU) gets the threshold that keeps k latents a token on average over `rows_BD`
+    (train rows, residual space), so it has the dictionary's L0; without rows it keeps its initial threshold.
 
     For a TopK SAE initialised as here (unit random decoder rows, encoder = their transpose, zero encoder bias)
     this is exactly `RandomDirections` drawn with the training seed and centred on `center_D`: a second draw of
     the random-direction control, kept so that families with other initialisations get their own."""
+    from difflens.dictionaries.sae_families import make_sae
     from difflens.dictionaries.topk_sae import TopKSAE
 
     if not isinstance(dictionary, TopKSAE):
         return None
     seed = int((dictionary.meta.get("train") or {}).get("seed", dictionary.meta.get("seed", 0)) or 0)
-    init = TopKSAE(dictionary.d_in, dictionary.cfg, copy.deepcopy(dictionary.normalizer).cpu(), seed=seed)
+    init = make_sae(dictionary.d_in, dictionary.cfg, copy.deepcopy(dictionary.normalizer).cpu(), seed=seed)
     if center_D is not None:
         with torch.no_grad():
             init.b_dec.copy_(center_D)
+    if rows_BD is not None and len(rows_BD):
+        init.match_l0(init.normalizer.normalize(rows_BD.float().cpu()))
     init.meta = {k: v for k, v in dictionary.meta.items() if k in ("site", "step")}
     return init
 
@@ -628,7 +634,7 @@ def truth_report(dictionary, store=None, *, site: str | None = None, step: int |
     data.choose_images(max_train_images, max_probe_tokens, random_seed)
     # pass 0 (train): mean of the inputs (centres the random directions), the probe's train tokens
     center, n_train, Xt, Yt = data.train_mean_and_probe_tokens(dictionary, device)
-    encoders = _encoders(dictionary, controls, center, random_seed, device)
+    encoders = _encoders(dictionary, controls, center, random_seed, device, Xt)
     # pass A (train): each latent's max, the probe tokens' codes; then the held-out probe tokens and their codes
     max_F, train_codes = _train_maxima(encoders, data, sparse_sizes, device)
     Xh, Yh, held_codes = _held_probe_tokens(encoders, data, sparse_sizes, device)
@@ -763,12 +769,13 @@ class _Data:
                                for i in range(0, len(held), 256)]).astype(np.float64)
 
 
-def _encoders(dictionary, controls, center: Tensor, seed: int, device) -> dict[str, Dictionary]:
-    """The dictionary and its controls: random directions centred on the train mean, the untrained dictionary."""
+def _encoders(dictionary, controls, center: Tensor, seed: int, device, train_rows_BD: Tensor) -> dict[str, Dictionary]:
+    """The dictionary and its controls: random directions centred on the train mean, the untrained dictionary
+    (a threshold family's set to the dictionary's L0 on `train_rows_BD`)."""
     encoders = {"dictionary": dictionary}
     if "random" in controls:
         encoders["random"] = random_floor(dictionary, seed=seed, center_D=center).to(device)
-    init = initial_dictionary(dictionary, center) if "init" in controls else None
+    init = initial_dictionary(dictionary, center, train_rows_BD) if "init" in controls else None
     if init is not None:
         encoders["init"] = init.to(device)
     return encoders

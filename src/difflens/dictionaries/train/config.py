@@ -123,8 +123,8 @@ class RunConfig:
     """refuse normalisation fits on fewer than this many tokens per input dimension"""
     step_normalization: Literal["shared", "per-step"] = "shared"
     """for a dictionary across several steps (--step 0,3,7 or all): one normaliser fitted on all its steps
-    (shared: usable at any step), or one per step applied to each row by its step (per-step: encode/decode then
-    need the step)"""
+    (shared: usable at any step), or one per step applied to each row by its step (per-step: each step's mean and
+    scales along the shared fit's axes; encode/decode then need the step)"""
     checkpoint_every: int = 200
     """steps between checkpoints (0: never)"""
     log_every: int = 10

@@ -20,7 +20,7 @@ import torch
 
 from ...distributed import rank_and_world
 from ..base import check_activations
-from ..normalization import Normalizer, StepNormalizers
+from ..normalization import Normalizer, StepNormalizers, accumulate
 
 SPLITS = ("all", "train", "held-out")
 STEP_NORMALIZATIONS = ("shared", "per-step")
@@ -233,14 +233,26 @@ def batch_stream(reader, batch_size: int, seed: int, start_epoch: int = 0, start
 def fit_normalizer(reader, kind: str, norm_fit_tokens: int, min_tokens_per_dim: float, seed: int,
                    step_normalization: str = "shared") -> Normalizer | StepNormalizers:
     """Stream up to ``norm_fit_tokens`` tokens (at least min_tokens_per_dim × width) into the normalisation fit;
-    a step-spanning reader with ``step_normalization="per-step"`` gets one fit per step (each with that budget)."""
+    a step-spanning reader with ``step_normalization="per-step"`` gets one fit per step (each with that budget),
+    all in the axes of the shared fit (:meth:`Normalizer.in_frame`: each step's own mean and per-axis scale, one
+    rotation), so the dictionary's coordinates mean the same residual directions at every step."""
     if step_normalization not in STEP_NORMALIZATIONS:
         raise ValueError(f"unknown step_normalization {step_normalization!r}; choose one of {', '.join(STEP_NORMALIZATIONS)}")
     if kind == "none":
         return Normalizer(reader.dim, "none")
     if isinstance(reader, StepsReader) and step_normalization == "per-step":
-        return StepNormalizers({t: fit_normalizer(r, kind, norm_fit_tokens, min_tokens_per_dim, seed)
-                                for t, r in zip(reader.steps, reader.readers)})
+        frame = fit_normalizer(reader, kind, norm_fit_tokens, min_tokens_per_dim, seed)
+        moments = {t: accumulate(_fit_batches(r, norm_fit_tokens, min_tokens_per_dim, seed), r.dim)
+                   for t, r in zip(reader.steps, reader.readers)}
+        return StepNormalizers({t: Normalizer.in_frame(acc, frame, min_tokens_per_dim=min_tokens_per_dim)
+                                for t, acc in moments.items()})
+    return Normalizer.fit(_fit_batches(reader, norm_fit_tokens, min_tokens_per_dim, seed), reader.dim, kind,
+                          min_tokens_per_dim=min_tokens_per_dim)
+
+
+def _fit_batches(reader, norm_fit_tokens: int, min_tokens_per_dim: float, seed: int) -> Iterator[torch.Tensor]:
+    """This rank's interleaved share of up to ``norm_fit_tokens`` shuffled rows (at least min_tokens_per_dim ×
+    width), the rows a normalisation fit reads."""
     rank, world = rank_and_world()
     budget = min(reader.num_rows, max(norm_fit_tokens, int(min_tokens_per_dim * reader.dim)))
 
@@ -254,4 +266,4 @@ def fit_normalizer(reader, kind: str, norm_fit_tokens: int, min_tokens_per_dim: 
             if seen >= budget:
                 return
 
-    return Normalizer.fit(mine(), reader.dim, kind, min_tokens_per_dim=min_tokens_per_dim)
+    return mine()

@@ -38,7 +38,8 @@ class MatryoshkaTrainConfig(SAETrainConfig, MatryoshkaConfig, _ThresholdEstimate
 
 @dataclass
 class JumpReLUTrainConfig(SAETrainConfig, JumpReLUConfig):
-    """A JumpReLU SAE: ``k`` is the target mean L0, pulled by ``l0_coef`` × (L0 / k − 1)²."""
+    """A JumpReLU SAE: ``k`` is the target mean L0, pulled by ``l0_coef`` × (L0 / k − 1)² per latent and tracked by
+    all thresholds together (``l0_tracking``)."""
 
     ARCH_CONFIG: ClassVar = JumpReLUConfig
 

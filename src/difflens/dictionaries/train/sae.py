@@ -7,8 +7,9 @@ Loss per step, over the global batch::
 
 Family terms: Matryoshka adds the FVU of each smaller prefix's reconstruction (the logged ``fvu`` stays the
 full dictionary's; ``fvu_prefix<i>`` each prefix's); JumpReLU adds ``l0_coef × (L0 / k − 1)²`` with L0 the
-mean active latents per token (straight-through gradient to the thresholds); BatchTopK (and Matryoshka on it)
-updates its inference threshold after each step.
+mean active latents per token (straight-through gradient to the thresholds), and after each step shifts all its
+log-thresholds by ``l0_tracking`` × log(L0 / k); BatchTopK (and Matryoshka on it) updates its inference threshold
+after each step.
 
 with z the normalised input. ``loss_space="input"``: w = 1 (the error the SAE sees). ``"residual"``:
 w = scale² of the normaliser, which is exactly the squared error after mapping back to residual space
