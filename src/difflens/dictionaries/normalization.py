@@ -155,9 +155,13 @@ class Normalizer(torch.nn.Module):
         var = (rotation.t() @ cov @ rotation).diagonal().clamp_min(0)
         norm.mean.copy_(mean.float())
         norm.rotation.copy_(frame.rotation)
-        norm.variances.copy_(var.float())
-        norm.scale.copy_(var.clamp_min(eps_rel * float(var.max()) + 1e-30).sqrt().float())
+        norm._set_variances(var, eps_rel)
         return norm
+
+    def _set_variances(self, var: torch.Tensor, eps_rel: float) -> None:
+        """Per-axis variances and the scales they give (floored at eps_rel × the largest, so no axis divides by 0)."""
+        self.variances.copy_(var.float())
+        self.scale.copy_(var.clamp_min(eps_rel * float(var.max()) + 1e-30).sqrt().float())
 
     def _check_count(self, acc: CovarianceAccumulator, min_tokens_per_dim: float) -> None:
         need = int(min_tokens_per_dim * self.dim)
@@ -172,9 +176,7 @@ class Normalizer(torch.nn.Module):
         mean, cov = acc.mean_cov()
         self.mean.copy_(mean.float())
         if self.kind == "standardise":
-            var = cov.diagonal().clamp_min(0)
-            self.variances.copy_(var.float())
-            self.scale.copy_(var.clamp_min(eps_rel * float(var.max()) + 1e-30).sqrt().float())
+            self._set_variances(cov.diagonal().clamp_min(0), eps_rel)
         else:
             evals, evecs = torch.linalg.eigh(cov)
             order = torch.argsort(evals, descending=True)
@@ -182,9 +184,8 @@ class Normalizer(torch.nn.Module):
             # Fix the sign of each eigenvector (largest-magnitude entry positive): deterministic output.
             signs = torch.sign(evecs.gather(0, evecs.abs().argmax(0, keepdim=True)))
             evecs = evecs * torch.where(signs == 0, 1.0, signs)
-            self.variances.copy_(evals.float())
             self.rotation.copy_(evecs.float())
-            self.scale.copy_(evals.clamp_min(eps_rel * float(evals[0]) + 1e-30).sqrt().float())
+            self._set_variances(evals, eps_rel)  # sorted: evals.max() is evals[0]
 
     # ---- the map -------------------------------------------------------------------------
     def _check(self, x: Tensor) -> None:

@@ -241,7 +241,9 @@ def fit_normalizer(reader, kind: str, norm_fit_tokens: int, min_tokens_per_dim: 
     if kind == "none":
         return Normalizer(reader.dim, "none")
     if isinstance(reader, StepsReader) and step_normalization == "per-step":
-        frame = fit_normalizer(reader, kind, norm_fit_tokens, min_tokens_per_dim, seed)
+        # only PCA's rotation is shared; a standardising frame has no axes to fit
+        frame = (fit_normalizer(reader, kind, norm_fit_tokens, min_tokens_per_dim, seed) if kind == "pca"
+                 else Normalizer(reader.dim, kind))
         moments = {t: accumulate(_fit_batches(r, norm_fit_tokens, min_tokens_per_dim, seed), r.dim)
                    for t, r in zip(reader.steps, reader.readers)}
         return StepNormalizers({t: Normalizer.in_frame(acc, frame, min_tokens_per_dim=min_tokens_per_dim)
