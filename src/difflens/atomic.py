@@ -108,10 +108,10 @@ def atomic_save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict |
     from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, sorted_metadata(data), sync_dir, fsync, what)
+    atomic_write_bytes(path, _sorted_metadata(data), sync_dir, fsync, what)
 
 
-def sorted_metadata(data: bytes) -> bytes:
+def _sorted_metadata(data: bytes) -> bytes:
     """safetensors bytes whose header lists ``__metadata__`` in key order: the writer keeps it in a hash map of random
     order per process, so the same tensors would give other bytes on every run (a resumed run would not match)."""
     n = int.from_bytes(data[:8], "little")

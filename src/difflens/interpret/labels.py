@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from difflens.atomic import atomic_write_bytes, sorted_metadata
+from difflens.atomic import atomic_save_tensors
 from difflens.outputs import note
 from difflens.reading import CorruptFileError, read_metadata_json, read_safetensors
 from difflens.world.oracle import SceneReading
@@ -469,10 +469,10 @@ def token_labels(store, *, grid: tuple[int, int] | None = None, cache: bool = Tr
     packed = np.packbits(full[:, :, keep], axis=-1, bitorder="little")
     labels = TokenLabels(concepts, grid, packed, readings, world.name)
     if cache:
-        from safetensors.numpy import save
+        import torch
 
         meta = {**want, "concepts": json.dumps(concepts), "readings": json.dumps(readings),
                 "ownership_fraction": str(OWNERSHIP_FRACTION), "min_positive_tokens": str(MIN_POSITIVE_TOKENS)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, sorted_metadata(save({"packed": np.ascontiguousarray(packed)}, metadata=meta)), what="labels cache")
+        atomic_save_tensors(path, {"packed": torch.from_numpy(np.ascontiguousarray(packed))}, metadata=meta,
+                            what="labels cache")
     return labels

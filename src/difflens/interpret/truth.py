@@ -1002,8 +1002,7 @@ def write_truth(report: dict, path: str | Path, overwrite: bool = False) -> Path
     """Write a report as JSON atomically (NaN becomes null), its store and dictionary relative to the file's folder
     (a run folder can move); returns the path. A report of another dictionary or other controls there is refused
     unless ``overwrite``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)  # its folder exists: the output lock made it
     previous = previous_output(path, "ground-truth report", overwrite)
     same_settings(path, truth_settings(previous) if previous else None, truth_settings(_clean(report)),
                   what="a ground-truth report", overwrite=overwrite)

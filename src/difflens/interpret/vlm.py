@@ -518,8 +518,7 @@ class VLMClient:
                 "cost_usd": cost,
                 "created": round(time.time(), 3),
             }
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.cache_path(request), entry, what="autointerp cache entry")
+            atomic_write_json(self.cache_path(request), entry, what="autointerp cache entry")  # makes the folder
             return VLMResult(request.key, True, text, parsed, None, False, n_in, n_out, cost, attempts)
         return _fail(request, f"failed after {attempts} tries: {last}", attempts)
 

@@ -126,22 +126,23 @@ class _Study:
         ev = read_json(path, "held-out evaluation", expect=dict)
         return {k: ev[k] for k in ("split", "fvu_residual", "fvu_input_space", "l0", "dead_fraction")}
 
-    def _row(self, sae, folder: Path, step: int, report_path: Path, **keys) -> dict:
-        """`keys`, the report's measures, the evaluation at `step`, training time and splitting."""
+    def _row(self, sae, folder: Path, step: int, report_path: Path, prefix_sizes=None, **keys) -> dict:
+        """`keys`, the report's measures, the evaluation at `step`, training time and splitting (and, given a
+        Matryoshka's `prefix_sizes`, the precise share of each prefix)."""
         report = cached_report(sae, report_path, self.labels, step=step)
         row = report_row(report, **keys, step=step, latents=report["num_latents"], k=report["k"])
         row.update(self._evaluate(sae, folder, step), train_seconds=sae.meta.get("seconds"),
                    **splitting(report))
+        if prefix_sizes:
+            row["prefixes"] = prefix_shares(report, prefix_sizes)
         return row
 
     def family_row(self, space: str, family: str, seed: int) -> dict:
         step = self.demo.step
         folder = self.out / space / family / f"step{step}" / f"seed{seed}"
         d = self._train(folder, step, seed, arch=family, normalization=SPACES[space])
-        report_file = truth_path(folder)
-        row = self._row(d, folder, step, report_file, part="families", space=space, family=family, seed=seed)
-        if family == "matryoshka":
-            row["prefixes"] = prefix_shares(read_json(report_file, "ground-truth report", expect=dict), d.prefix_sizes)
+        row = self._row(d, folder, step, truth_path(folder), d.prefix_sizes if family == "matryoshka" else None,
+                        part="families", space=space, family=family, seed=seed)
         row["command"] = self.command(families=[family], seeds=self.cfg.seeds, plain=space == "plain", steps=[])
         return row
 

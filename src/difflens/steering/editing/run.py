@@ -338,9 +338,10 @@ def _chosen_pairs(config: BenchConfig, model) -> tuple[Path, list[EditPair], lis
     return pairs_path, pairs, categories
 
 
-def joint_name(features: dict[str, FeatureMethod]) -> str:
-    """The name of every feature method applied at once (--together): their names joined by +."""
-    return "+".join(features)
+def joint_name(names) -> str:
+    """The name of feature methods applied at once (--together): their names (or a {name: method} dict's) joined
+    by +."""
+    return "+".join(names)
 
 
 def _feature_methods(dictionaries: dict, model, how: FeatureEdit) -> dict[str, FeatureMethod]:
@@ -537,7 +538,7 @@ class _Bench:
         clamped, the latents chosen by the mean difference or the ground truth."""
         plan, config = self.plan, self.config
         methods = [plan.features[n] for n in names]
-        name = "+".join(names)
+        name = joint_name(names)
         codes = {fm.name: [fm.codes(kp.acts[fm.site]) for kp in kept] for fm in methods}
         for k in config.ks:
             for m1 in config.strengths:
