@@ -108,10 +108,11 @@ def sample_rss(pid: int, until: float, out: dict) -> None:
 
 
 class Connection:
-    """One client's keep-alive connection; every request is timed and recorded under its page kind."""
+    """One client's keep-alive connection (one thread's); every request is timed and recorded under its page kind,
+    and its time kept as ``last_ms``."""
 
     def __init__(self, port: int, record):
-        self.port, self.record, self.conn = port, record, None
+        self.port, self.record, self.conn, self.last_ms = port, record, None, 0.0
 
     def request(self, kind: str, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -128,7 +129,8 @@ class Connection:
         except (OSError, http.client.HTTPException):
             self.close()
             status, payload = 0, b""  # a connection error counts as a failure
-        self.record(kind, status, (time.perf_counter() - t0) * 1000, path)
+        self.last_ms = (time.perf_counter() - t0) * 1000
+        self.record(kind, status, self.last_ms, path)
         return status, payload
 
     def close(self) -> None:
@@ -222,7 +224,7 @@ class Load:
             return reply
         with self.lock:
             if status == 429:
-                self.refusals.append((self.rec.ms["steer_post"][-1], str(reply.get("error"))))
+                self.refusals.append((c.last_ms, str(reply.get("error"))))
             else:
                 self.other_refusals.append(f"{status}: {reply.get('error')}")
         return None
@@ -308,12 +310,13 @@ def check_queue(port: int, load: Load, max_queue: int, abandon_s: float) -> dict
     deserted, deserted_position = (job["id"], job.get("position")) if job else (None, None)
     # a burst beyond max_queue: the excess is refused at once, with the reason
     t0 = time.perf_counter()
-    burst = [c.request("steer_burst", "POST", "/api/steer", steer_body(target, 2000 + j)) for j in range(max_queue + 2)]
-    burst_ids = [json.loads(p)["id"] for s, p in burst if s == 202]
-    refused = [(s, json.loads(p).get("error", "")) for s, p in burst if s != 202]
+    burst = [(*c.request("steer_burst", "POST", "/api/steer", steer_body(target, 2000 + j)), c.last_ms)
+             for j in range(max_queue + 2)]
+    burst_ids = [json.loads(p)["id"] for s, p, _ in burst if s == 202]
+    refused = [(s, json.loads(p).get("error", ""), ms) for s, p, ms in burst if s != 202]
     out["burst"] = {"posted": len(burst), "accepted": len(burst_ids), "refused": len(refused),
-                    "refused_status": sorted({s for s, _ in refused}), "reason": refused[0][1] if refused else None,
-                    "slowest_refusal_ms": round(max(rec.ms["steer_burst"][len(burst_ids):], default=0.0), 1),
+                    "refused_status": sorted({s for s, _, _ in refused}), "reason": refused[0][1] if refused else None,
+                    "slowest_refusal_ms": round(max((ms for _, _, ms in refused), default=0.0), 1),
                     "burst_s": round(time.perf_counter() - t0, 3)}
     for job_id in burst_ids:  # leave no work behind
         c.request("steer_cancel", "DELETE", f"/api/steer/{job_id}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -121,3 +122,17 @@ def precise_truth(truth: dict, init: bool) -> dict:
                    coarse_concept="part:fill", precise_coarse=True, ap_concept=concept, ap=0.66)
     truth["latents"][2].update(detection_token=0.875, detection_image=0.75)
     return truth
+
+
+class SteeringStubRun:
+    """What the browser's steering checks ask of a run: dictionaries by name ("sae" only), each with an index of 16
+    latents; no store."""
+
+    store = None
+
+    def dictionary(self, name):
+        from difflens.browser.run import NotFound
+
+        if name != "sae":
+            raise NotFound(f"no dictionary named {name!r} in this run")
+        return SimpleNamespace(index=SimpleNamespace(num_latents=16))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 
@@ -24,6 +23,7 @@ from starlette.datastructures import QueryParams  # noqa: E402
 
 from difflens.browser.run import BadRequest, FeatureQuery, parse_int  # noqa: E402
 from difflens.browser.steering import Refused, SteeringLimits, check_request  # noqa: E402
+from runs import SteeringStubRun  # noqa: E402
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -83,23 +83,12 @@ def _steer_bodies():
     return st.one_of(changed.map(lambda c: {**good, **c}), boxes.map(lambda b: {**good, "box": b}), JSON_VALUES)
 
 
-class _Run:
-    """What check_request asks of a run: dictionaries by name, each with an index of 16 latents."""
-
-    def dictionary(self, name):
-        from difflens.browser.run import NotFound
-
-        if name != "sae":
-            raise NotFound(f"no dictionary named {name!r} in this run")
-        return SimpleNamespace(index=SimpleNamespace(num_latents=16))
-
-
 @FUZZ
 @given(body=_steer_bodies())
 def test_steering_request_checks_or_refuses(body):
     limits = SteeringLimits()
     try:
-        s = check_request(body, _Run(), limits, default_steps=8)
+        s = check_request(body, SteeringStubRun(), limits, default_steps=8)
     except Refused as err:
         assert str(err).strip()
         return

@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
-from difflens.browser.run import NotFound
 from difflens.browser.steering import QueueFull, SteeringLimits, SteeringService
-
-
-class StubRun:
-    store = None
-
-    def dictionary(self, name):
-        if name != "sae":
-            raise NotFound(f"no dictionary named {name!r} in this run")
-        return SimpleNamespace(index=SimpleNamespace(num_latents=16))
+from runs import SteeringStubRun
 
 
 class Generations:
@@ -45,7 +35,7 @@ def body(latent: int) -> dict:
 
 def service(**limits) -> tuple[SteeringService, Generations]:
     gen = Generations()
-    s = SteeringService(StubRun(), SteeringLimits(**limits), generate=gen)
+    s = SteeringService(SteeringStubRun(), SteeringLimits(**limits), generate=gen)
     s.available = True
     return s, gen
 
