@@ -148,6 +148,24 @@ def test_learned_scorers_say_what_is_missing(monkeypatch, tmp_path):
         load_learned_scorers(clip_model=str(tmp_path / "nothing"), lpips_net=None)
 
 
+def test_clip_embeds_the_references_once_for_every_method_scored_against_them(tmp_path):
+    from difflens.steering.editing.learned_scores import ClipScorer
+
+    clip = ClipScorer(_tiny_clip(tmp_path / "clip"))
+    rng = np.random.default_rng(0)
+    source, target, a, b = (rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(4))
+    texts = (["a red circle", "a blue square"], ["a green circle", "a blue triangle"])
+    first = clip.scores(a, source, target, *texts)
+    embedded = []
+    clip.image_embeddings = lambda x, f=clip.image_embeddings: embedded.append(len(x)) or f(x)
+    again, other = clip.scores(a, source, target, *texts), clip.scores(b, source, target, *texts)
+    assert again == first  # the remembered references give the very same scores
+    assert embedded == [2, 2]  # only the edited images were embedded again
+    assert other != first
+    changed = clip.scores(a, target, source, *texts)  # other references (by content): embedded anew
+    assert changed[0]["clip_image_source"] == pytest.approx(first[0]["clip_image_target"])
+
+
 # ------------------------------------------------------------------ the benchmark on real-model adapters
 REAL = {"flux-tiny": "double.0.img.out", "sdxl-tiny": "unet.down_blocks.1.attentions.0.out"}
 

@@ -12,6 +12,7 @@ except what the `lpips` package itself fetches on first use.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,26 @@ class ClipScorer:
         self.path, self.device = path, device
         self.model = CLIPModel.from_pretrained(path).to(device).eval()
         self.processor = CLIPProcessor.from_pretrained(path)
+        self._references: dict[tuple, torch.Tensor] = {}  # the last few reference embeddings, by content
+
+    REFERENCES_KEPT = 8
+    """reference embeddings remembered: every method and setting of a category scores against the same ones"""
+
+    def _reference(self, key: tuple, embed) -> torch.Tensor:
+        """``embed()``, computed once per `key` (the content of the reference images or prompts)."""
+        if key not in self._references:
+            if len(self._references) >= self.REFERENCES_KEPT:
+                self._references.pop(next(iter(self._references)))
+            self._references[key] = embed()
+        return self._references[key]
+
+    def _reference_images(self, images_BHWC) -> torch.Tensor:
+        x = np.ascontiguousarray(images_BHWC)
+        key = ("images", x.shape, str(x.dtype), hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+        return self._reference(key, lambda: self.image_embeddings(x))
+
+    def _reference_texts(self, texts) -> torch.Tensor:
+        return self._reference(("texts", *texts), lambda: self.text_embeddings(list(texts)))
 
     @torch.no_grad()
     def image_embeddings(self, images_BHWC: np.ndarray) -> torch.Tensor:
@@ -54,9 +75,11 @@ class ClipScorer:
         return _unit(self.model.get_text_features(**inputs))
 
     def scores(self, edited_BHWC, source_BHWC, target_BHWC, source_texts, target_texts) -> list[dict]:
-        """Per image: clip_image_source / _target (edited vs reference), clip_text_target / _source."""
-        e, s, t = (self.image_embeddings(x) for x in (edited_BHWC, source_BHWC, target_BHWC))
-        ts, tt = self.text_embeddings(source_texts), self.text_embeddings(target_texts)
+        """Per image: clip_image_source / _target (edited vs reference), clip_text_target / _source. The references
+        and prompts are embedded once per category, not once per method and setting."""
+        e = self.image_embeddings(edited_BHWC)
+        s, t = self._reference_images(source_BHWC), self._reference_images(target_BHWC)
+        ts, tt = self._reference_texts(source_texts), self._reference_texts(target_texts)
         cols = {"clip_image_source": (e * s).sum(-1), "clip_image_target": (e * t).sum(-1),
                 "clip_text_target": (e * tt).sum(-1), "clip_text_source": (e * ts).sum(-1)}
         return [{k: float(v[i]) for k, v in cols.items()} for i in range(len(e))]
