@@ -23,12 +23,26 @@ def test_groups_run_once_then_merge(tmp_path, capsys, monkeypatch):
     args = ["bench", "edits", "--run", str(tmp_path / "run"), "--model", "embedded-tiny", "--pairs", str(pairs),
             "--n", "1", "--num-steps", "2", "--ks", "2", "--strengths", "1", "--dense-strengths", "1",
             "--no-require-faithful", "--n-boot", "10", "--quiet", "-o", str(out), "--groups", "size,color"]
+    import difflens.adapters
+    import difflens.steering.editing.run as run
+
+    loads = {"model": 0, "scorers": 0}
+
+    def counting(key, load):
+        def wrapped(*a, **k):
+            loads[key] += 1
+            return load(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(difflens.adapters, "load_adapter", counting("model", difflens.adapters.load_adapter))
+    monkeypatch.setattr(run, "load_learned_scorers", counting("scorers", run.load_learned_scorers))
     assert cli_main(args) == 0, capsys.readouterr().err
+    assert loads == {"model": 1, "scorers": 1}  # once for both groups
+    monkeypatch.undo()
     assert sorted(p.name for p in out.parent.glob("*.json")) == ["color.json", "results.json", "size.json"]
     merged = json.loads(out.read_text())
     assert {r["category"] for r in merged["rows"]} == {"size", "color"}
     assert "pairs kept/tried per category" in capsys.readouterr().out
-    import difflens.steering.editing.run as run
 
     monkeypatch.setattr(run, "run_edit_bench", lambda *a, **k: pytest.fail("a written group ran again"))
     out.unlink()

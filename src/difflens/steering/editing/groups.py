@@ -21,16 +21,21 @@ def group_file(out: str | Path, group: list[str]) -> Path:
 def run_by_groups(config, groups: list[list[str]], merge_only: bool = False, model=None) -> dict:
     """Run (or resume) `config` (a `BenchConfig`) for each category group, then merge the group files into
     `config.out`; returns the merged results. `merge_only`: merge the group files already written."""
-    from .run import merge_results, run_edit_bench
+    from .run import learned_scorers, merge_results, run_edit_bench
 
     if not config.out:
         raise ValueError("--groups needs --out: the group files go beside the merged results file")
-    files = []
+    files, learned = [], None
     for group in groups:
         path = group_file(config.out, group)
         files.append(path)
         if not (path.exists() or merge_only):
-            run_edit_bench(replace(config, categories=list(group), out=str(path)), model=model)
+            if model is None:  # loaded once for every group that runs, as the learned scorers
+                from difflens.adapters import load_adapter
+
+                model = load_adapter(config.model)
+            learned = learned_scorers(config) if learned is None else learned
+            run_edit_bench(replace(config, categories=list(group), out=str(path)), model=model, learned=learned)
         elif path.exists():
             with output_lock(path):  # a writer killed after its commit point left its lock: take it over, remove it
                 pass

@@ -238,15 +238,17 @@ def bench_settings(config: dict) -> dict:
 
 
 @locks_output(lambda config, *_, **__: config.out or None)
-def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = None) -> dict:
+def run_edit_bench(config: BenchConfig, model=None, dictionaries: dict | None = None,
+                   learned: LearnedScorers | None = None) -> dict:
     """Run the benchmark; returns the results dict written to `config.out` (when set; locked meanwhile; results
     of other settings there are refused unless `config.overwrite`). `model`: an adapter (default:
-    `load_adapter(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders."""
+    `load_adapter(config.model)`); `dictionaries`: {name: Dictionary} instead of the run's folders; `learned`: the
+    scorers of :func:`learned_scorers` when already loaded (several runs of one config)."""
     if config.out and Path(config.out).exists():
         same_settings(config.out, bench_settings(load_results(config.out)["config"]), bench_settings(asdict(config)),
                       what="editing-benchmark results", overwrite=config.overwrite)
     log = _Log(config.quiet)
-    plan = _Plan.check(config, model, dictionaries)  # everything that can be wrong, before the first generation
+    plan = _Plan.check(config, model, dictionaries, learned)  # all that can be wrong, before the first generation
     bench = _Bench(plan, config)
     for category in plan.categories:
         kept = bench.keep_pairs(category, log)
@@ -289,7 +291,8 @@ class _Plan:
         return [oracle, pixels, *self.learned.lines]
 
     @classmethod
-    def check(cls, config: BenchConfig, model, dictionaries: dict | None) -> "_Plan":
+    def check(cls, config: BenchConfig, model, dictionaries: dict | None,
+              learned: LearnedScorers | None = None) -> "_Plan":
         builtin = [m for m in (config.methods or BUILTIN_METHODS) if m in BUILTIN_METHODS]
         dictionaries = _chosen_dictionaries(config, dictionaries)
         if model is None:
@@ -309,10 +312,15 @@ class _Plan:
         select_index = {name: _select_index(config.select, f, steps) for name, f in features.items()}
         sites = list(dict.fromkeys([*(f.site for f in features.values()), *dense_sites]))
         grids = {s: model.site(s).grid for s in sites}
-        learned = load_learned_scorers(config.clip_model, None if config.lpips_net == "off" else config.lpips_net,
-                                       "cuda" if torch.cuda.is_available() else "cpu")
+        learned = learned_scorers(config) if learned is None else learned
         return cls(model, world, pairs_path, pairs, categories, num_steps, steps, builtin, features, dense_sites,
                    reference, select_index, sites, grids, learned)
+
+
+def learned_scorers(config: BenchConfig) -> LearnedScorers:
+    """The learned scorers `config` asks for (CLIP, LPIPS), loaded where their weights can be."""
+    return load_learned_scorers(config.clip_model, None if config.lpips_net == "off" else config.lpips_net,
+                                "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _chosen_dictionaries(config: BenchConfig, dictionaries: dict | None) -> dict:
