@@ -46,17 +46,23 @@ def _cells(text: str, grid: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def mask_to_grid(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Area-average a mask image (H, W; bool or [0, 1]) onto the token grid -> (gh, gw) weights."""
-    m = np.asarray(mask_HW, dtype=np.float32)
+def mask_values(mask_HW: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """A user's mask image as (H, W) values: an RGB(A) painting's strongest channel, values above 1 read as 0..255."""
+    m = np.asarray(mask_HW, dtype=dtype)
     if m.ndim == 3:  # an RGB(A) painting: any channel counts
         m = m.max(-1)
     if m.ndim != 2:
         raise ValueError(f"a mask image must be (H, W), got shape {m.shape}")
+    if m.max(initial=0) > 1:
+        m = m / 255.0
+    return m
+
+
+def mask_to_grid(mask_HW: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Area-average a mask image (H, W; bool or [0, 1]) onto the token grid -> (gh, gw) weights."""
+    m = mask_values(mask_HW)
     if not np.isfinite(m).all():
         raise ValueError("the mask image has non-finite values")
-    if m.max() > 1:
-        m = m / 255.0
     if m.min() < 0 or m.max() > 1:
         raise ValueError("mask values must lie in [0, 1] (or 0..255)")
     if m.shape[0] < grid[0] or m.shape[1] < grid[1]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..regions import mask_values
+
 PSNR_CAP = 60.0  # dB reported for pixel-identical regions (an unbounded mean otherwise)
 SSIM_SIGMA = 1.5  # px, the gaussian window of SSIM
 WHOLE_IMAGE = "whole image: no mask"  # the region of the pixel scores of a pair without a mask
@@ -117,13 +119,7 @@ def prepare_mask(mask_HW: np.ndarray, grid: tuple[int, int], blur: float = 1 / 6
     of the mask's longer side), resized to the token grid (area-averaged, as `regions.mask_to_grid`; bilinear for
     a mask coarser than the grid) and thresholded (> `threshold`; a non-empty mask that thresholds to nothing keeps its
     strongest token). Values above 1 are read as 0..255."""
-    m = np.asarray(mask_HW, dtype=np.float64)
-    if m.ndim == 3:  # an RGB(A) painting: any channel counts
-        m = m.max(-1)
-    if m.ndim != 2:
-        raise ValueError(f"a mask image must be (H, W), got shape {m.shape}")
-    if m.max(initial=0) > 1:
-        m = m / 255.0
+    m = mask_values(mask_HW, np.float64)
     x = gaussian_blur(torch.from_numpy(np.ascontiguousarray(m))[None, None], blur * max(m.shape))
     down = m.shape[0] >= grid[0] and m.shape[1] >= grid[1]
     x = (F.adaptive_avg_pool2d(x, grid) if down else F.interpolate(x, size=grid, mode="bilinear",
